@@ -1,0 +1,9 @@
+//! The Matrix protocol, as pure functions: no clock, no randomness, no I/O.
+//!
+//! Time (`now_ms`) and keys come in as arguments. Nothing here knows about the simulation engine.
+
+pub mod pdu;
+pub mod room_version;
+
+pub use pdu::{EventId, Pdu, StateKey, StateMap};
+pub use room_version::{MSC4430_ID, RoomVersion, StateResVersion};

@@ -1,0 +1,182 @@
+//! The typed view of a PDU that the auth rules, state resolution and the simulator read.
+//!
+//! A [`Pdu`] keeps the full JSON it was built from (`json`, including `hashes` and `signatures`)
+//! next to the fields the rules read, parsed once. It is immutable after construction; the
+//! simulator shares it behind an `Arc`.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::room_version::RoomVersion;
+
+/// An event ID (`$` + URL-safe unpadded base64 of the reference hash in room versions 4+).
+pub type EventId = String;
+
+/// The key of a piece of room state: `(event type, state key)`.
+pub type StateKey = (String, String);
+
+/// A state map: what each `(type, state_key)` points to. Ordered, so iterating it is deterministic.
+pub type StateMap = BTreeMap<StateKey, EventId>;
+
+/// A parsed PDU.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pdu {
+    pub event_id: EventId,
+    /// Absent only on the create event of room versions with `room_id_from_create_event`.
+    pub room_id: Option<String>,
+    pub sender: String,
+    /// The event `type`.
+    pub event_type: String,
+    pub state_key: Option<String>,
+    pub content: Value,
+    pub prev_events: Vec<EventId>,
+    pub auth_events: Vec<EventId>,
+    pub depth: i64,
+    pub origin_server_ts: i64,
+    /// For `m.room.redaction`: the redacted event, read from `content.redacts` (v11+) or the
+    /// top-level `redacts` (earlier versions).
+    pub redacts: Option<EventId>,
+    /// The complete event as JSON, without `event_id` (which is derived, not sent, in v4+).
+    pub json: Value,
+}
+
+/// Why a JSON object is not a well-formed PDU.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PduFormatError {
+    #[error("the event is not a JSON object")]
+    NotAnObject,
+    #[error("field `{field}` is missing")]
+    Missing { field: &'static str },
+    #[error("field `{field}` has the wrong type: expected {expected}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+    },
+}
+
+impl Pdu {
+    /// Parses the fields the rules need from `json`. `event_id` is passed in because in room
+    /// versions 4+ it is computed from the event (see `hashes::event_id`), not read from it.
+    pub fn from_json(
+        json: Value,
+        event_id: EventId,
+        version: &RoomVersion,
+    ) -> Result<Pdu, PduFormatError> {
+        let object = json.as_object().ok_or(PduFormatError::NotAnObject)?;
+        let string = |field: &'static str| -> Result<Option<String>, PduFormatError> {
+            match object.get(field) {
+                None => Ok(None),
+                Some(Value::String(text)) => Ok(Some(text.clone())),
+                Some(_) => Err(PduFormatError::WrongType {
+                    field,
+                    expected: "a string",
+                }),
+            }
+        };
+        let required_string = |field: &'static str| -> Result<String, PduFormatError> {
+            string(field)?.ok_or(PduFormatError::Missing { field })
+        };
+        let integer = |field: &'static str| -> Result<i64, PduFormatError> {
+            object
+                .get(field)
+                .ok_or(PduFormatError::Missing { field })?
+                .as_i64()
+                .ok_or(PduFormatError::WrongType {
+                    field,
+                    expected: "an integer",
+                })
+        };
+        let id_list = |field: &'static str| -> Result<Vec<EventId>, PduFormatError> {
+            let wrong_type = PduFormatError::WrongType {
+                field,
+                expected: "an array of event ID strings",
+            };
+            let items = object
+                .get(field)
+                .ok_or(PduFormatError::Missing { field })?
+                .as_array()
+                .ok_or(wrong_type.clone())?;
+            items
+                .iter()
+                .map(|item| item.as_str().map(str::to_owned).ok_or(wrong_type.clone()))
+                .collect()
+        };
+        let event_type = required_string("type")?;
+        let content = object
+            .get("content")
+            .ok_or(PduFormatError::Missing { field: "content" })?;
+        if !content.is_object() {
+            return Err(PduFormatError::WrongType {
+                field: "content",
+                expected: "an object",
+            });
+        }
+        let redacts = if event_type != "m.room.redaction" {
+            None
+        } else if version.redacts_in_content {
+            // v11 moved `redacts` into the content; servers still accept the top-level copy.
+            content
+                .get("redacts")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .or(string("redacts")?)
+        } else {
+            string("redacts")?
+        };
+        Ok(Pdu {
+            room_id: string("room_id")?,
+            sender: required_string("sender")?,
+            state_key: string("state_key")?,
+            content: content.clone(),
+            prev_events: id_list("prev_events")?,
+            auth_events: id_list("auth_events")?,
+            depth: integer("depth")?,
+            origin_server_ts: integer("origin_server_ts")?,
+            redacts,
+            event_type,
+            event_id,
+            json,
+        })
+    }
+
+    /// The state key pair if this is a state event.
+    pub fn state_key_pair(&self) -> Option<StateKey> {
+        self.state_key
+            .as_ref()
+            .map(|state_key| (self.event_type.clone(), state_key.clone()))
+    }
+
+    pub fn is_state(&self) -> bool {
+        self.state_key.is_some()
+    }
+
+    /// `content.membership` for `m.room.member` events.
+    pub fn membership(&self) -> Option<&str> {
+        self.content.get("membership").and_then(Value::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_a_member_event_and_reports_missing_fields() {
+        let event = json!({
+            "type": "m.room.member", "state_key": "@a:x", "sender": "@a:x", "room_id": "!r",
+            "content": {"membership": "join"}, "prev_events": ["$p"], "auth_events": [],
+            "depth": 3, "origin_server_ts": 5
+        });
+        let pdu = Pdu::from_json(event.clone(), "$e".into(), &RoomVersion::V12).unwrap();
+        assert_eq!(pdu.membership(), Some("join"));
+        assert_eq!(pdu.state_key_pair(), Some(("m.room.member".into(), "@a:x".into())));
+        let mut without_depth = event;
+        without_depth.as_object_mut().unwrap().remove("depth");
+        assert_eq!(
+            Pdu::from_json(without_depth, "$e".into(), &RoomVersion::V12),
+            Err(PduFormatError::Missing { field: "depth" })
+        );
+    }
+}
