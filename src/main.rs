@@ -15,13 +15,35 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// List the room versions fedsim implements and how they differ.
+    Versions,
+}
 
 fn main() {
     let cli = Cli::parse();
-    let result: Result<(), CliError> = match cli.command {};
+    let result: Result<(), CliError> = match cli.command {
+        Command::Versions => {
+            print_versions();
+            Ok(())
+        }
+    };
     if let Err(error) = result {
         eprintln!("fedsim: {error}");
         std::process::exit(error.exit_code);
+    }
+}
+
+fn print_versions() {
+    use fedsim::matrix::RoomVersion;
+    println!("room version        state res  member keys  federate in auth rules");
+    for version in RoomVersion::ALL {
+        println!(
+            "{:<19} {:<10} {:<12} {}",
+            version.id,
+            format!("{:?}", version.state_res),
+            version.member_keys,
+            version.federate_in_auth_rules
+        );
     }
 }

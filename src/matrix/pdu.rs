@@ -171,7 +171,10 @@ mod tests {
         });
         let pdu = Pdu::from_json(event.clone(), "$e".into(), &RoomVersion::V12).unwrap();
         assert_eq!(pdu.membership(), Some("join"));
-        assert_eq!(pdu.state_key_pair(), Some(("m.room.member".into(), "@a:x".into())));
+        assert_eq!(
+            pdu.state_key_pair(),
+            Some(("m.room.member".into(), "@a:x".into()))
+        );
         let mut without_depth = event;
         without_depth.as_object_mut().unwrap().remove("depth");
         assert_eq!(

@@ -202,12 +202,14 @@ mod tests {
 
     #[test]
     fn versions_differ_where_the_spec_says() {
-        assert!(RoomVersion::V10.redaction.keep_origin_membership_prev_state);
-        assert!(!RoomVersion::V11.redaction.keep_origin_membership_prev_state);
-        assert_eq!(RoomVersion::V11.state_res, StateResVersion::V2_0);
-        assert_eq!(RoomVersion::V12.state_res, StateResVersion::V2_1);
-        assert!(RoomVersion::MSC4430.redaction.keep_member_domain);
-        assert!(!RoomVersion::V12.redaction.keep_member_domain);
-        assert!(!RoomVersion::MSC4430.federate_in_auth_rules);
+        // Looked up by identifier, as a create event's `room_version` would be.
+        let version = |id: &str| RoomVersion::parse(id).unwrap();
+        assert!(version("10").redaction.keep_origin_membership_prev_state);
+        assert!(!version("11").redaction.keep_origin_membership_prev_state);
+        assert_eq!(version("11").state_res, StateResVersion::V2_0);
+        assert_eq!(version("12").state_res, StateResVersion::V2_1);
+        assert!(version("msc4430").redaction.keep_member_domain);
+        assert!(!version("12").redaction.keep_member_domain);
+        assert!(!version("msc4430").federate_in_auth_rules);
     }
 }
