@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// List the room versions fedsim implements and how they differ.
     Versions,
+    /// Join the directories of a sharded sweep (`fedsim sweep --shard I/N`) into one.
+    Merge(fedsim::cli::sweep::MergeArgs),
 }
 
 fn main() {
@@ -27,6 +29,7 @@ fn main() {
             print_versions();
             Ok(())
         }
+        Command::Merge(args) => fedsim::cli::sweep::run_merge(&args),
     };
     if let Err(error) = result {
         eprintln!("fedsim: {error}");
