@@ -176,7 +176,7 @@ fn results_are_identical_whatever_jobs_is() {
     );
     assert_eq!(
         text.lines().nth(1).unwrap(),
-        "\"net.rate=0.5,servers=10,seed=1\",0.5,10,1,ok,,10.0,0.2857142857142857"
+        "net.rate=0.5_servers=10_seed=1,0.5,10,1,ok,,10.0,0.2857142857142857"
     );
     assert_eq!(tree(&one), tree(&four));
     assert!(!text.contains(".partial"));
@@ -200,15 +200,15 @@ fn resume_after_an_interruption_runs_only_what_is_missing() {
     fs::remove_file(resumed.join("runs.csv")).unwrap();
     fs::write(resumed.join(".partial-runs.csv"), "run,net.ra").unwrap();
     let runs = resumed.join("runs");
-    let interrupted = "net.rate=2,servers=10,seed=2";
+    let interrupted = "net.rate=2_servers=10_seed=2";
     let partial = runs.join(format!(".partial-{interrupted}"));
     fs::rename(runs.join(interrupted), &partial).unwrap();
     fs::write(partial.join("summary.json"), "{\"seed\": 2, \"metr").unwrap();
-    let never_started = "net.rate=0.5,servers=20,seed=3";
+    let never_started = "net.rate=0.5_servers=20_seed=3";
     fs::remove_dir_all(runs.join(never_started)).unwrap();
     // A run folder whose summary is unreadable (e.g. truncated by a crash in an older version)
     // is also done again.
-    let truncated = "net.rate=0.5,servers=10,seed=1";
+    let truncated = "net.rate=0.5_servers=10_seed=1";
     fs::write(runs.join(truncated).join("summary.json"), "{\"seed\": 1,").unwrap();
 
     let runner = ArithmeticRunner::new();
@@ -249,7 +249,7 @@ fn failed_runs_are_recorded_then_retried() {
     let text = table(&out);
     assert_eq!(text.matches(",failed,").count(), 4);
     assert_eq!(text.matches(",ok,").count(), 2);
-    let message = fs::read_to_string(out.join("runs/net.rate=panic,seed=1/error.txt")).unwrap();
+    let message = fs::read_to_string(out.join("runs/net.rate=panic_seed=1/error.txt")).unwrap();
     assert!(
         message.contains("panicked: the runner panicked on purpose"),
         "{message}"
@@ -262,7 +262,7 @@ fn failed_runs_are_recorded_then_retried() {
         runner
             .calls()
             .iter()
-            .all(|name| !name.starts_with("net.rate=1,"))
+            .all(|name| !name.starts_with("net.rate=1_"))
     );
 }
 
@@ -436,7 +436,7 @@ fn bad_input_is_one_line_naming_the_flag_with_exit_code_2() {
         &runner,
     )
     .unwrap();
-    assert_eq!(runner.calls(), vec!["net.rate=1,seed=2"]);
+    assert_eq!(runner.calls(), vec!["net.rate=1_seed=2"]);
 }
 
 #[test]

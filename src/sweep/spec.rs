@@ -374,11 +374,13 @@ impl SweepSpec {
 /// The longest run folder name kept readable; longer names are cut and made unique by a hash.
 const RUN_NAME_LENGTH_MAX: usize = 120;
 
-/// A run's folder name: `path=value,...,seed=N`, readable and a function of the run's parameters
+/// A run's folder name: `path=value_..._seed=N`, readable and a function of the run's parameters
 /// and seed only, so the same run has the same folder in every sweep and shard that contains it
 /// (that is what makes resuming and merging work). Characters outside `[A-Za-z0-9._+-]` in a value
 /// become `_`; when that happens, or the name is too long, an 8-hex-digit hash of the exact
-/// parameters is appended so two different runs can never share a folder.
+/// parameters is appended so two different runs can never share a folder. (Without a hash the name
+/// is still unambiguous: values cannot contain `=`, and the parameter paths are fixed per sweep.)
+/// No comma, so the name needs no quoting in `runs.csv`.
 pub fn run_name(params: &[(String, String)], seed: u64) -> String {
     let safe = |character: char| character.is_ascii_alphanumeric() || "._+-[]".contains(character);
     let mut name = String::new();
@@ -394,7 +396,7 @@ pub fn run_name(params: &[(String, String)], seed: u64) -> String {
                 lossy = true;
             }
         }
-        name.push(',');
+        name.push('_');
     }
     name.push_str(&format!("seed={seed}"));
     if lossy || name.len() > RUN_NAME_LENGTH_MAX {
@@ -412,13 +414,13 @@ pub fn run_name(params: &[(String, String)], seed: u64) -> String {
             .map(|byte| format!("{byte:02x}"))
             .collect();
         // Keep the seed visible at the end; cut the parameter part on a character boundary.
-        let seed_part = format!(",seed={seed}");
+        let seed_part = format!("_seed={seed}");
         let mut head: String = name[..name.len() - seed_part.len() + 1].to_string();
         let head_max = RUN_NAME_LENGTH_MAX.saturating_sub(seed_part.len() + 10);
         while head.len() > head_max {
             head.pop();
         }
-        let head = head.trim_end_matches(',');
+        let head = head.trim_end_matches('_');
         name = if head.is_empty() {
             format!("seed={seed}-{hash}")
         } else {
@@ -494,10 +496,10 @@ mod tests {
         let sweep = spec(&["a=1,2", "b=x,y,z"], "5..6");
         let runs = sweep.runs();
         assert_eq!(runs.len(), 12);
-        assert_eq!(runs[0].name, "a=1,b=x,seed=5");
-        assert_eq!(runs[1].name, "a=1,b=x,seed=6");
-        assert_eq!(runs[2].name, "a=1,b=y,seed=5");
-        assert_eq!(runs[11].name, "a=2,b=z,seed=6");
+        assert_eq!(runs[0].name, "a=1_b=x_seed=5");
+        assert_eq!(runs[1].name, "a=1_b=x_seed=6");
+        assert_eq!(runs[2].name, "a=1_b=y_seed=5");
+        assert_eq!(runs[11].name, "a=2_b=z_seed=6");
         assert!(
             runs.iter()
                 .enumerate()
@@ -527,12 +529,12 @@ mod tests {
         let a = run_name(&[("p".into(), "a/b".into())], 1);
         let b = run_name(&[("p".into(), "a b".into())], 1);
         assert_ne!(a, b);
-        assert!(a.starts_with("p=a_b,seed=1-"));
+        assert!(a.starts_with("p=a_b_seed=1-"));
         assert!(!a.contains('/'));
         let long_value = "v".repeat(300);
         let long = run_name(&[("p".into(), long_value)], 42);
         assert!(long.len() <= RUN_NAME_LENGTH_MAX);
-        assert!(long.contains(",seed=42-"));
+        assert!(long.contains("_seed=42-"));
         assert_eq!(run_name(&[], 3), "seed=3");
     }
 

@@ -91,9 +91,9 @@ mod tests {
         let text = String::from_utf8(render_table(&["p".into()], &rows)).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "run,p,seed,status,alpha,beta,zeta");
-        assert_eq!(lines[1], "\"p=a,seed=1\",a,1,ok,0.5,,1");
+        assert_eq!(lines[1], "p=a_seed=1,a,1,ok,0.5,,1");
         assert!(lines[2].ends_with(",\"a,b\",2,failed,,,"), "{}", lines[2]);
-        assert_eq!(lines[3], "\"p=b,seed=1\",b,1,ok,,3e-7,");
+        assert_eq!(lines[3], "p=b_seed=1,b,1,ok,,3e-7,");
         assert!(text.ends_with('\n') && !text.contains('\r'));
     }
 }
