@@ -7,3 +7,7 @@ pub mod room_version;
 
 pub use pdu::{EventId, Pdu, StateKey, StateMap};
 pub use room_version::{MSC4430_ID, RoomVersion, StateResVersion};
+pub mod canonical_json;
+pub mod hashes;
+pub mod redaction;
+pub mod signing;
