@@ -10,4 +10,5 @@ pub use room_version::{MSC4430_ID, RoomVersion, StateResVersion};
 pub mod canonical_json;
 pub mod hashes;
 pub mod redaction;
+pub mod server_keys;
 pub mod signing;
