@@ -3,5 +3,6 @@
 //! See ARCHITECTURE.md for the code map and the invariants.
 
 pub mod cli;
+pub mod engine;
 pub mod matrix;
 pub mod sweep;

@@ -7,3 +7,9 @@ pub mod room_version;
 
 pub use pdu::{EventId, Pdu, StateKey, StateMap};
 pub use room_version::{MSC4430_ID, RoomVersion, StateResVersion};
+pub mod canonical_json;
+pub mod hashes;
+pub mod member_keys;
+pub mod redaction;
+pub mod server_keys;
+pub mod signing;
