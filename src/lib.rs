@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the code map and the invariants.
 
+pub mod chart;
 pub mod cli;
 pub mod engine;
 pub mod matrix;

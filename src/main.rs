@@ -20,6 +20,8 @@ enum Command {
     Versions,
     /// Join the directories of a sharded sweep (`fedsim sweep --shard I/N`) into one.
     Merge(fedsim::cli::sweep::MergeArgs),
+    /// Redraw a sweep's charts (SVG and PNG per metric) from its runs.csv.
+    Plot(fedsim::cli::plot::PlotArgs),
 }
 
 fn main() {
@@ -30,6 +32,7 @@ fn main() {
             Ok(())
         }
         Command::Merge(args) => fedsim::cli::sweep::run_merge(&args),
+        Command::Plot(args) => fedsim::cli::plot::run(&args),
     };
     if let Err(error) = result {
         eprintln!("fedsim: {error}");

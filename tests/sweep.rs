@@ -458,3 +458,59 @@ fn merge_command_rejects_a_directory_that_is_not_a_sweep() {
         "{stderr}"
     );
 }
+
+#[test]
+fn plot_redraws_charts_from_runs_csv_deterministically() {
+    let root = scratch("plot");
+    let scenario = scenario_file(&root);
+    let out = root.join("out");
+    run_with(&args(&scenario, &out, &SWEEP), &ArithmeticRunner::new()).unwrap();
+    let plot = |chart_dir: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fedsim"))
+            .args([
+                "plot",
+                &out.display().to_string(),
+                "--out",
+                &chart_dir.display().to_string(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let (first, second) = (root.join("charts-1"), root.join("charts-2"));
+    let output = plot(&first);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap().lines().count(),
+        3 * 2
+    );
+    let svg = fs::read_to_string(first.join("requests_total.svg")).unwrap();
+    assert!(
+        svg.contains("requests_total by net.rate"),
+        "the title names metric and parameter"
+    );
+    assert!(svg.contains("servers=20"), "the legend names each series");
+    assert!(
+        fs::read(first.join("share_visible.png"))
+            .unwrap()
+            .starts_with(b"\x89PNG")
+    );
+    assert!(plot(&second).status.success());
+    assert_eq!(
+        tree(&first),
+        tree(&second),
+        "charts are a pure function of runs.csv"
+    );
+
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_fedsim"))
+        .args(["plot", &root.join("not-a-sweep").display().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("not-a-sweep/runs.csv: no such file")
+    );
+}

@@ -50,4 +50,5 @@ pub fn read_input(path: &str) -> Result<String, CliError> {
             .map_err(|error| CliError::input(format!("{path}: cannot read: {error}")))
     }
 }
+pub mod plot;
 pub mod sweep;
