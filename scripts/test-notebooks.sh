@@ -19,7 +19,13 @@ stamp="$venv/requirements.installed"
 if ! cmp -s notebooks/requirements.txt "$stamp" || [ ! -x "$venv/bin/python" ]; then
     echo "== notebooks: creating $venv with $("$python" --version)"
     rm -rf "$venv"
-    "$python" -m venv "$venv"
+    if ! "$python" -m venv "$venv" 2>/dev/null; then
+        # Debian's system Python keeps venv (ensurepip) in a separate package.
+        rm -rf "$venv"
+        version=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "python$version-venv" >/dev/null
+        "$python" -m venv "$venv"
+    fi
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r notebooks/requirements.txt
     cp notebooks/requirements.txt "$stamp"
 fi

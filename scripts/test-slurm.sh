@@ -25,9 +25,19 @@ fail() { echo "test-slurm: FAILED: $*" >&2; exit 1; }
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null ||
     ! command -v sbatch >/dev/null || ! command -v munged >/dev/null; then
     say "installing slurmctld slurmd slurm-client munge"
+    # Keep the packages' own services from starting (policy-rc.d 101 = "not now"): this script
+    # starts private daemons and must leave nothing else running.
+    policy=/usr/sbin/policy-rc.d
+    made_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        made_policy=1
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         slurmctld slurmd slurm-client munge >/dev/null
+    [ "$made_policy" = 1 ] && rm -f "$policy"
 fi
 id munge >/dev/null 2>&1 || fail "the munge package did not create the munge user"
 
