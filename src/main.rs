@@ -18,6 +18,10 @@ struct Cli {
 enum Command {
     /// List the room versions fedsim implements and how they differ.
     Versions,
+    /// Run a scenario (default: the built-in RQ1 polling-load scenario) and write its results.
+    Run(fedsim::cli::run::Args),
+    /// Validate a scenario file without running it.
+    Check(fedsim::cli::check::Args),
 }
 
 fn main() {
@@ -27,6 +31,8 @@ fn main() {
             print_versions();
             Ok(())
         }
+        Command::Run(args) => fedsim::cli::run::run(&args),
+        Command::Check(args) => fedsim::cli::check::run(&args),
     };
     if let Err(error) = result {
         eprintln!("fedsim: {error}");
