@@ -180,7 +180,7 @@ merged=$work/sweep/array
 cmp "$work/sweep/single/runs.csv" "$merged/runs.csv" ||
     fail "runs.csv from the array job differs from the single-machine one"
 cmp "$work/sweep/single/sweep.json" "$merged/sweep.json" || fail "sweep.json differs"
-diff -r "$work/sweep/single/runs" "$merged/runs" >/dev/null || fail "run folders differ"
+diff -r -x run-info.json "$work/sweep/single/runs" "$merged/runs" >/dev/null || fail "run folders differ"
 rows=$(($(wc -l <"$merged/runs.csv") - 1))
 # Every run was executed by some array task (and none twice).
 logged=$(cat "$merged"/logs/sweep-"${array_job}"_*.out | grep -c '^sweep: \[' || true)

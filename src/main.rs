@@ -22,6 +22,12 @@ enum Command {
     Merge(fedsim::cli::sweep::MergeArgs),
     /// Redraw a sweep's charts (SVG and PNG per metric) from its runs.csv.
     Plot(fedsim::cli::plot::PlotArgs),
+    /// Run a scenario over parameter values x seeds in parallel; resumable, shardable.
+    Sweep(fedsim::cli::sweep::SweepArgs),
+    /// Run a scenario (default: the built-in RQ1 polling-load scenario) and write its results.
+    Run(fedsim::cli::run::Args),
+    /// Validate a scenario file without running it.
+    Check(fedsim::cli::check::Args),
 }
 
 fn main() {
@@ -33,6 +39,9 @@ fn main() {
         }
         Command::Merge(args) => fedsim::cli::sweep::run_merge(&args),
         Command::Plot(args) => fedsim::cli::plot::run(&args),
+        Command::Sweep(args) => fedsim::cli::sweep::run(&args),
+        Command::Run(args) => fedsim::cli::run::run(&args),
+        Command::Check(args) => fedsim::cli::check::run(&args),
     };
     if let Err(error) = result {
         eprintln!("fedsim: {error}");

@@ -362,7 +362,7 @@ fn bad_input_is_one_line_naming_the_flag_with_exit_code_2() {
     let root = scratch("bad");
     let scenario = scenario_file(&root);
     let out = root.join("out");
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 11] = [
         (
             &["--param", "net.rate"],
             "--param net.rate: expected path=value1,value2",
@@ -380,13 +380,14 @@ fn bad_input_is_one_line_naming_the_flag_with_exit_code_2() {
         ),
         (&["--shard", "1of4"], "--shard 1of4: expected I/N"),
         (&["--jobs", "0"], "--jobs 0"),
+        (&["--set", "x=invalid"], "--set: x=invalid: not a number"),
         (
             &["--param", "a=1", "--set", "a=2"],
             "--set a=2: 'a' is also swept",
         ),
         (
             &["--param", "net.rate=1,invalid"],
-            "--param/--set net.rate=invalid: net.rate=invalid: not a number",
+            "--param net.rate=invalid: net.rate=invalid: not a number",
         ),
     ];
     for (flags, expected) in cases {
@@ -505,6 +506,32 @@ fn plot_redraws_charts_from_runs_csv_deterministically() {
         "charts are a pure function of runs.csv"
     );
 
+    let only = root.join("charts-only");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fedsim"))
+        .args([
+            "plot",
+            &out.display().to_string(),
+            "--out",
+            &only.display().to_string(),
+        ])
+        .args(["--metric", "share"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        tree(&only).keys().collect::<Vec<_>>(),
+        vec!["share_visible.png", "share_visible.svg"]
+    );
+    assert_eq!(
+        tree(&only)["share_visible.svg"],
+        tree(&first)["share_visible.svg"]
+    );
+    let unknown = std::process::Command::new(env!("CARGO_BIN_EXE_fedsim"))
+        .args(["plot", &out.display().to_string(), "--metric", "nonesuch"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("--metric nonesuch: no metric"));
     let missing = std::process::Command::new(env!("CARGO_BIN_EXE_fedsim"))
         .args(["plot", &root.join("not-a-sweep").display().to_string()])
         .output()

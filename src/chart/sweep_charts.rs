@@ -197,9 +197,51 @@ fn file_stem(metric: &str) -> String {
         .collect()
 }
 
-/// Draws every chart of the sweep in `sweep_dir` into `chart_dir` (SVG and PNG per metric).
-pub fn plot_sweep_dir(sweep_dir: &Path, chart_dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let table = read_table(&sweep_dir.join(crate::sweep::store::TABLE_FILE))?;
+/// Draws the charts of the sweep in `sweep_dir` into `chart_dir` (SVG and PNG per metric): every
+/// metric, or those whose name contains one of `metric_filters`.
+pub fn plot_sweep_dir(
+    sweep_dir: &Path,
+    chart_dir: &Path,
+    metric_filters: &[String],
+) -> Result<Vec<PathBuf>, String> {
+    let mut table = read_table(&sweep_dir.join(crate::sweep::store::TABLE_FILE))?;
+    for filter in metric_filters {
+        if !table
+            .metric_names
+            .iter()
+            .any(|name| name.contains(filter.as_str()))
+        {
+            return Err(format!(
+                "--metric {filter}: no metric in runs.csv contains it"
+            ));
+        }
+    }
+    if !metric_filters.is_empty() {
+        let keep: Vec<bool> = table
+            .metric_names
+            .iter()
+            .map(|name| {
+                metric_filters
+                    .iter()
+                    .any(|filter| name.contains(filter.as_str()))
+            })
+            .collect();
+        let retain = |cells: &mut Vec<Option<f64>>| {
+            let mut position = 0;
+            cells.retain(|_| {
+                position += 1;
+                keep[position - 1]
+            });
+        };
+        for row in &mut table.rows {
+            retain(&mut row.metrics);
+        }
+        let mut position = 0;
+        table.metric_names.retain(|_| {
+            position += 1;
+            keep[position - 1]
+        });
+    }
     let prefix = sweep_dir
         .file_name()
         .map(|name| format!("{}: ", name.to_string_lossy()))
@@ -224,8 +266,10 @@ pub fn plot_sweep_dir(sweep_dir: &Path, chart_dir: &Path) -> Result<Vec<PathBuf>
 mod tests {
     use super::*;
 
-    fn table(text: &str) -> SweepTable {
-        let dir = std::env::temp_dir().join(format!("fedsim-chart-table-{}", std::process::id()));
+    /// Reads `text` as a runs.csv; `label` keeps parallel tests out of each other's folder.
+    fn table(label: &str, text: &str) -> SweepTable {
+        let process = std::process::id();
+        let dir = std::env::temp_dir().join(format!("fedsim-chart-table-{process}-{label}"));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("runs.csv");
         std::fs::write(&path, text).unwrap();
@@ -242,7 +286,7 @@ mod tests {
                    c,1,always,1,ok,20,300\n\
                    d,10,never,1,ok,30,1000\n\
                    e,10,always,1,failed,,\n";
-        let charts = charts_for(&table(csv), "");
+        let charts = charts_for(&table("series", csv), "");
         assert_eq!(charts.len(), 2);
         let (stem, latency) = &charts[0];
         assert_eq!(stem, "latency_ms");
@@ -263,7 +307,7 @@ mod tests {
     #[test]
     fn text_parameters_become_categories() {
         let csv = "run,policy,seed,status,m\na,never,1,ok,1\nb,expiry,1,ok,2\n";
-        let charts = charts_for(&table(csv), "");
+        let charts = charts_for(&table("categories", csv), "");
         assert_eq!(
             charts[0].1.x_axis,
             XAxis::Categories(vec!["never".into(), "expiry".into()])

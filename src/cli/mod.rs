@@ -52,3 +52,6 @@ pub fn read_input(path: &str) -> Result<String, CliError> {
 }
 pub mod plot;
 pub mod sweep;
+
+pub mod check;
+pub mod run;

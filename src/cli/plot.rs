@@ -11,6 +11,9 @@ pub struct PlotArgs {
     /// Where to write the charts (default: DIR/charts).
     #[arg(long, short, value_name = "CHART_DIR")]
     pub out: Option<PathBuf>,
+    /// Draw only metrics whose name contains this text (repeatable; default: every metric).
+    #[arg(long = "metric", value_name = "TEXT")]
+    pub metrics: Vec<String>,
 }
 
 pub fn run(args: &PlotArgs) -> Result<(), CliError> {
@@ -22,7 +25,7 @@ pub fn run(args: &PlotArgs) -> Result<(), CliError> {
         )));
     }
     let chart_dir = args.out.clone().unwrap_or_else(|| args.dir.join("charts"));
-    let written = crate::chart::sweep_charts::plot_sweep_dir(&args.dir, &chart_dir)
+    let written = crate::chart::sweep_charts::plot_sweep_dir(&args.dir, &chart_dir, &args.metrics)
         .map_err(CliError::input)?;
     for path in &written {
         println!("{}", path.display());

@@ -120,10 +120,23 @@ pub fn parse(args: &SweepArgs) -> Result<(SweepSpec, SweepOptions, PathBuf), Cli
     ))
 }
 
+/// Runs `fedsim sweep` with the simulator doing the runs.
+pub fn run(args: &SweepArgs) -> Result<(), CliError> {
+    let runner = sweep::simulator::SimulatorRunner {
+        scenario: args.scenario.clone(),
+        sets: args.sets.clone(),
+    };
+    run_with(args, &runner)
+}
+
 /// Runs `fedsim sweep` with `runner` doing the runs.
 pub fn run_with(args: &SweepArgs, runner: &dyn Runner) -> Result<(), CliError> {
     let (spec, options, out) = parse(args)?;
-    // A bad swept value should stop the sweep before hours of runs, with the flag named.
+    // A bad value should stop the sweep before hours of runs, with the flag named: first the
+    // fixed --set overrides alone, then each combination of swept values.
+    runner
+        .validate(&spec.sets)
+        .map_err(|error| CliError::input(format!("--set: {error}")))?;
     let mut checked: Vec<Vec<String>> = Vec::new();
     for run in spec.runs_in(options.shard) {
         let overrides = run.overrides(&spec.sets);
@@ -132,7 +145,7 @@ pub fn run_with(args: &SweepArgs, runner: &dyn Runner) -> Result<(), CliError> {
         }
         runner.validate(&overrides).map_err(|error| {
             let swept: Vec<String> = run.params.iter().map(|(p, v)| format!("{p}={v}")).collect();
-            CliError::input(format!("--param/--set {}: {error}", swept.join(" ")))
+            CliError::input(format!("--param {}: {error}", swept.join(" ")))
         })?;
         checked.push(overrides);
     }

@@ -14,6 +14,7 @@
 pub mod execute;
 pub mod merge;
 pub mod progress;
+pub mod simulator;
 pub mod spec;
 pub mod store;
 pub mod table;

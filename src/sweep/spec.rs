@@ -294,6 +294,17 @@ impl SweepSpec {
                     "this parameter is swept twice; list all its values in one --param",
                 ));
             }
+            let label = path_label(&param.path);
+            if let Some(earlier) = params[..position]
+                .iter()
+                .find(|earlier| path_label(&earlier.path) == label)
+            {
+                return Err(SpecError::new(
+                    "--param",
+                    &param.path,
+                    format!("names the same field as --param {}", earlier.path),
+                ));
+            }
         }
         for set in &sets {
             let path = parse_set(set)?;
@@ -371,22 +382,30 @@ impl SweepSpec {
     }
 }
 
+/// A parameter path as written in run folder names: `observers[0].policy` → `observers.0.policy`,
+/// because brackets are glob patterns in shells. [`SweepSpec::new`] rejects two swept paths with
+/// the same label, so names stay unique.
+pub fn path_label(path: &str) -> String {
+    path.replace('[', ".").replace(']', "")
+}
+
 /// The longest run folder name kept readable; longer names are cut and made unique by a hash.
 const RUN_NAME_LENGTH_MAX: usize = 120;
 
-/// A run's folder name: `path=value_..._seed=N`, readable and a function of the run's parameters
-/// and seed only, so the same run has the same folder in every sweep and shard that contains it
-/// (that is what makes resuming and merging work). Characters outside `[A-Za-z0-9._+-]` in a value
+/// A run's folder name: `path=value_..._seed=N` (paths as [`path_label`]s), readable and a
+/// function of the run's parameters and seed only, so the same run has the same folder in every
+/// sweep and shard that contains it (that is what makes resuming and merging work). Characters
+/// outside `[A-Za-z0-9._+-]` in a value
 /// become `_`; when that happens, or the name is too long, an 8-hex-digit hash of the exact
 /// parameters is appended so two different runs can never share a folder. (Without a hash the name
 /// is still unambiguous: values cannot contain `=`, and the parameter paths are fixed per sweep.)
 /// No comma, so the name needs no quoting in `runs.csv`.
 pub fn run_name(params: &[(String, String)], seed: u64) -> String {
-    let safe = |character: char| character.is_ascii_alphanumeric() || "._+-[]".contains(character);
+    let safe = |character: char| character.is_ascii_alphanumeric() || "._+-".contains(character);
     let mut name = String::new();
     let mut lossy = false;
     for (path, value) in params {
-        name.push_str(path);
+        name.push_str(&path_label(path));
         name.push('=');
         for character in value.chars() {
             if safe(character) {
@@ -414,18 +433,15 @@ pub fn run_name(params: &[(String, String)], seed: u64) -> String {
             .map(|byte| format!("{byte:02x}"))
             .collect();
         // Keep the seed visible at the end; cut the parameter part on a character boundary.
+        // Lossy or long names always have parameters, so the name ends with `_seed=N`; keep that
+        // visible and cut the parameter part on a character boundary.
         let seed_part = format!("_seed={seed}");
-        let mut head: String = name[..name.len() - seed_part.len() + 1].to_string();
-        let head_max = RUN_NAME_LENGTH_MAX.saturating_sub(seed_part.len() + 10);
+        let mut head: String = name[..name.len() - seed_part.len()].to_string();
+        let head_max = RUN_NAME_LENGTH_MAX.saturating_sub(seed_part.len() + 9);
         while head.len() > head_max {
             head.pop();
         }
-        let head = head.trim_end_matches('_');
-        name = if head.is_empty() {
-            format!("seed={seed}-{hash}")
-        } else {
-            format!("{head}{seed_part}-{hash}")
-        };
+        name = format!("{head}{seed_part}-{hash}");
     }
     name
 }
@@ -536,6 +552,10 @@ mod tests {
         assert!(long.len() <= RUN_NAME_LENGTH_MAX);
         assert!(long.contains("_seed=42-"));
         assert_eq!(run_name(&[], 3), "seed=3");
+        let indexed = run_name(&[("groups[0].lifetime".into(), "1d".into())], 2);
+        assert_eq!(indexed, "groups.0.lifetime=1d_seed=2");
+        let bracketed = run_name(&[("p".into(), "[5]".into())], 1);
+        assert!(bracketed.starts_with("p=_5__seed=1-"), "{bracketed}");
     }
 
     #[test]
@@ -549,5 +569,11 @@ mod tests {
             SweptParam::parse("a=2").unwrap(),
         ];
         assert!(SweepSpec::new("s".into(), "0".into(), vec![], twice, vec![1]).is_err());
+        let aliased = vec![
+            SweptParam::parse("a[0]=1").unwrap(),
+            SweptParam::parse("a.0=2").unwrap(),
+        ];
+        let error = SweepSpec::new("s".into(), "0".into(), vec![], aliased, vec![1]).unwrap_err();
+        assert!(error.message.contains("same field"), "{error}");
     }
 }
