@@ -541,3 +541,44 @@ fn plot_redraws_charts_from_runs_csv_deterministically() {
         String::from_utf8_lossy(&missing.stderr).contains("not-a-sweep/runs.csv: no such file")
     );
 }
+
+#[test]
+fn a_scenario_can_declare_its_sweep_and_flags_replace_it() {
+    let root = scratch("declared");
+    let scenario = root.join("declared.toml");
+    let declared = "name = \"t\"\n[sweep]\nseeds = \"1..2\"\n\
+                    params = [{ path = \"net.rate\", values = [1, 3] }]\n";
+    fs::write(&scenario, declared).unwrap();
+    let runner = ArithmeticRunner::new();
+    run_with(&args(&scenario, &root.join("a"), &[]), &runner).unwrap();
+    assert_eq!(
+        runner.calls(),
+        vec![
+            "net.rate=1_seed=1",
+            "net.rate=1_seed=2",
+            "net.rate=3_seed=1",
+            "net.rate=3_seed=2"
+        ]
+    );
+    let runner = ArithmeticRunner::new();
+    run_with(
+        &args(
+            &scenario,
+            &root.join("b"),
+            &["--seeds", "5", "--param", "servers=20"],
+        ),
+        &runner,
+    )
+    .unwrap();
+    assert_eq!(runner.calls(), vec!["servers=20_seed=5"]);
+    fs::write(&scenario, "[sweep]\nseeds = \"x\"\n").unwrap();
+    let error = run_with(&args(&scenario, &root.join("c"), &[]), &runner).unwrap_err();
+    assert_eq!(error.exit_code, 2);
+    assert!(
+        error
+            .message
+            .contains("declared.toml: sweep.seeds: 'x' is not a seed"),
+        "{}",
+        error.message
+    );
+}

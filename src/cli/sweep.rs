@@ -13,15 +13,17 @@ pub struct SweepArgs {
     /// The scenario file every run starts from.
     pub scenario: PathBuf,
     /// A swept parameter: `path=value1,value2,...` (repeatable; the runs are the cartesian
-    /// product of all lists, the first --param varying slowest).
+    /// product of all lists, the first --param varying slowest). Without any --param, the
+    /// scenario's own `[sweep] params` are used.
     #[arg(long = "param", value_name = "PATH=V1,V2,...")]
     pub params: Vec<String>,
     /// A fixed override applied to every run: `path=value` (repeatable).
     #[arg(long = "set", value_name = "PATH=VALUE")]
     pub sets: Vec<String>,
-    /// Seeds: an inclusive range `A..B`, a list `1,5,9`, or one seed.
-    #[arg(long, default_value = "1", value_name = "A..B|LIST")]
-    pub seeds: String,
+    /// Seeds: an inclusive range `A..B`, a list `1,5,9`, or one seed (default: the scenario's
+    /// `[sweep] seeds`, else 1).
+    #[arg(long, value_name = "A..B|LIST")]
+    pub seeds: Option<String>,
     /// Runs executed at once (default: the number of CPUs). Results do not depend on it.
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
@@ -69,13 +71,24 @@ pub fn parse(args: &SweepArgs) -> Result<(SweepSpec, SweepOptions, PathBuf), Cli
     })?;
     let digest = Sha256::digest(&bytes);
     let scenario_sha256: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-    let params = args
-        .params
-        .iter()
-        .map(|text| SweptParam::parse(text))
-        .collect::<Result<Vec<_>, _>>()
+    let text = String::from_utf8_lossy(&bytes);
+    let declared = sweep::defaults::scenario_sweep(&args.scenario.display().to_string(), &text)
         .map_err(CliError::input)?;
-    let seeds = sweep::spec::parse_seeds(&args.seeds).map_err(CliError::input)?;
+    // Flags replace the scenario's declared sweep part by part.
+    let params = if args.params.is_empty() {
+        declared.params
+    } else {
+        args.params
+            .iter()
+            .map(|text| SweptParam::parse(text))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(CliError::input)?
+    };
+    let seeds = match (&args.seeds, declared.seeds) {
+        (Some(text), _) => sweep::spec::parse_seeds(text).map_err(CliError::input)?,
+        (None, Some(seeds)) => seeds,
+        (None, None) => vec![1],
+    };
     let spec = SweepSpec::new(
         args.scenario.display().to_string(),
         scenario_sha256,

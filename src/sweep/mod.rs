@@ -11,6 +11,7 @@
 //! A sweep does not know how to simulate: it calls a [`Runner`], which writes one run's files
 //! (at least `summary.json` with a `metrics` object) into the folder it is given.
 
+pub mod defaults;
 pub mod execute;
 pub mod merge;
 pub mod progress;
