@@ -9,6 +9,7 @@ use fedsim::matrix::canonical_json;
 use fedsim::matrix::event_builder::{self, EventDraft, EventSigner};
 use fedsim::matrix::hashes::{self, ContentHashCheck};
 use fedsim::matrix::member_keys;
+use fedsim::matrix::redaction;
 use fedsim::matrix::room_version::RoomVersion;
 use fedsim::matrix::signing::{self, KeyId, ServerSigningKey};
 use proptest::prelude::*;
@@ -132,6 +133,17 @@ proptest! {
         let mut deeper = event.clone();
         deeper["depth"] = Value::from(deeper["depth"].as_i64().unwrap() + 1);
         prop_assert!(signing::verify_event_signature(&version, &deeper, "example.org", "ed25519:k1", &key.verifying_key()).is_err());
+    }
+
+    #[test]
+    fn the_borrowing_redacted_writer_matches_redact(event in common::arb_event(), version in arb_version()) {
+        let mut written = String::new();
+        redaction::write_redacted_canonical(&version, &event, &mut written).unwrap();
+        let redacted = Value::Object(redaction::redact_for_hashing(&version, &event));
+        prop_assert_eq!(&written, &canonical_json::to_canonical_string(&redacted).unwrap());
+        let mut full = redaction::redact(&version, &event);
+        full.as_object_mut().unwrap().remove("signatures");
+        prop_assert_eq!(full, redacted);
     }
 
     #[test]
