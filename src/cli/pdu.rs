@@ -72,8 +72,10 @@ pub fn run(command: &PduCommand) -> Result<(), CliError> {
         PduCommand::Sign(args) => sign(args)?,
         PduCommand::Inspect(args) => inspect(args)?,
     };
-    println!("{output}");
-    Ok(())
+    // Not println!: it panics when stdout is a closed pipe.
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{output}")
+        .map_err(|error| CliError::failure(format!("cannot write to stdout: {error}")))
 }
 
 fn input_name(file: &str) -> &str {

@@ -296,8 +296,9 @@ impl<'de> Visitor<'de> for StrictSeed {
         }
         let integral = value.is_finite() && value.fract() == 0.0;
         if integral && value.abs() > MAX_SAFE_INTEGER as f64 {
+            // An integer literal beyond 64 bits or a huge float: serde_json cannot tell which.
             return Err(E::custom(format_args!(
-                "integer {value} is outside the canonical JSON range [-(2^53)+1, 2^53-1]"
+                "number {value} is outside the canonical JSON integer range [-(2^53)+1, 2^53-1]"
             )));
         }
         if integral && self.lenient_numbers {
