@@ -372,8 +372,8 @@ pub enum PduSignatureError {
 
 /// PDU receipt check 2: the event carries valid signatures from the entities that must sign it.
 ///
-/// - Room versions 10-12: the sender's server, and for a join through a restricted room
-///   (`join_authorised_via_users_server`) also the authorising user's server. For each, every
+/// - Room versions 10-12: the sender's server, and for an `m.room.member` event with
+///   `join_authorised_via_users_server` (a restricted join) also the authorising user's server. For each, every
 ///   signature whose key `lookup(server, key_id)` supplies must verify and at least one must
 ///   exist; key IDs `lookup` does not know (or knows to be expired for this event's
 ///   `origin_server_ts`, see `server_keys::key_valid_for_event`) are ignored, as the spec says.
@@ -414,12 +414,13 @@ fn server_of<'id>(pdu: &Pdu, user_id: &'id str) -> Result<&'id str, PduSignature
     })
 }
 
-/// `content.join_authorised_via_users_server` of a join in a version with restricted joins.
+/// `content.join_authorised_via_users_server` of an `m.room.member` event in a version with
+/// restricted joins. Auth rule 4.2 (v8+) applies it whatever the membership: "If `content` has a
+/// `join_authorised_via_users_server` key: if the event is not validly signed by the homeserver of
+/// the user ID denoted by the key, reject", so check 2 asks for that signature on any membership.
+/// (ruma asks for it on every event type; the spec's rule is under `m.room.member`.)
 fn authorising_user<'pdu>(version: &RoomVersion, pdu: &'pdu Pdu) -> Option<&'pdu str> {
-    if !version.restricted_joins
-        || pdu.event_type != "m.room.member"
-        || pdu.membership() != Some("join")
-    {
+    if !version.restricted_joins || pdu.event_type != "m.room.member" {
         return None;
     }
     pdu.content
@@ -618,6 +619,23 @@ mod tests {
         let countersigned = countersign_pdu(&version, &pdu, "c.example", &resident_key).unwrap();
         assert_eq!(countersigned.event_id, pdu.event_id);
         verify_pdu_signatures(&version, &countersigned, lookup).unwrap();
+        // Auth rule 4.2 applies to any membership carrying the key, so check 2 does too.
+        let mut leave = draft("@bob:b.example");
+        leave.event_type = "m.room.member".into();
+        leave.state_key = Some("@bob:b.example".into());
+        leave.content =
+            json!({"membership": "leave", "join_authorised_via_users_server": "@carol:c.example"});
+        let signer = EventSigner::Server {
+            server_name: "b.example",
+            key: &joiner_key,
+        };
+        let leave = build_pdu(leave, &version, signer).unwrap();
+        assert!(verify_pdu_signatures(&version, &leave, lookup).is_err());
+        // Other event types never need it.
+        let mut message = draft("@bob:b.example");
+        message.content = json!({"join_authorised_via_users_server": "@carol:c.example"});
+        let message = build_pdu(message, &version, signer).unwrap();
+        verify_pdu_signatures(&version, &message, lookup).unwrap();
     }
 
     #[test]
