@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::canonical_json::{self, CanonicalJsonError, MAX_SAFE_INTEGER};
-use super::hashes::{self, HashError};
+use super::hashes;
 use super::member_keys::{self, MEMBER_ENTITY, MEMBER_KEY_ID, MemberKeyError};
 use super::pdu::{EventId, Pdu, PduFormatError};
 use super::redaction;
@@ -457,52 +457,18 @@ fn verify_server_entity<F>(
 where
     F: FnMut(&str, &str) -> Option<VerifyingKey>,
 {
-    let signature_error = |error| PduSignatureError::Signature {
-        event_id: pdu.event_id.clone(),
-        error,
-    };
-    // 1. The server must have signed.
-    let by_server = pdu
-        .json
-        .get("signatures")
-        .and_then(|signatures| signatures.get(server))
-        .and_then(Value::as_object)
-        .ok_or_else(|| {
-            signature_error(SignatureError::MissingEntity {
-                entity: server.to_owned(),
-            })
-        })?;
-    // 2-3. Known algorithms with keys we hold, in key ID order.
-    let mut usable: Vec<(&String, VerifyingKey)> = by_server
-        .keys()
-        .filter(|key_id| key_id.starts_with("ed25519:"))
-        .filter_map(|key_id| lookup(server, key_id).map(|key| (key_id, key)))
-        .collect();
-    if usable.is_empty() {
-        return Err(PduSignatureError::NoUsableKey {
-            event_id: pdu.event_id.clone(),
-            server: server.to_owned(),
-        });
-    }
-    usable.sort_unstable_by(|left, right| left.0.cmp(right.0));
-    // 4-7. Every usable signature must verify; the redacted bytes are built once.
-    let canonical =
-        hashes::redacted_canonical(version, &pdu.json).map_err(|error| match error {
-            HashError::Canonical(error) => signature_error(SignatureError::Canonical(error)),
-            HashError::NotAnObject => signature_error(SignatureError::NotAnObject),
-        })?;
-    for (key_id, key) in usable {
-        let signature =
-            signing::read_signature(&pdu.json, server, key_id).map_err(signature_error)?;
-        key.verify_strict(canonical.as_bytes(), &signature)
-            .map_err(|_| {
-                signature_error(SignatureError::Invalid {
-                    entity: server.to_owned(),
-                    key_id: key_id.clone(),
-                })
-            })?;
-    }
-    Ok(())
+    signing::verify_event_entity(version, &pdu.json, server, |key_id| lookup(server, key_id))
+        .map(|_| ())
+        .map_err(|error| match error {
+            SignatureError::NoKnownKey { .. } => PduSignatureError::NoUsableKey {
+                event_id: pdu.event_id.clone(),
+                server: server.to_owned(),
+            },
+            error => PduSignatureError::Signature {
+                event_id: pdu.event_id.clone(),
+                error,
+            },
+        })
 }
 
 #[cfg(test)]
