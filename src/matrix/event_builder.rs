@@ -701,6 +701,22 @@ mod tests {
     }
 
     #[test]
+    fn building_is_deterministic() {
+        let key = server_key(1);
+        let signer = EventSigner::Server {
+            server_name: "a.example",
+            key: &key,
+        };
+        let first = build_pdu(draft("@alice:a.example"), &RoomVersion::V12, signer).unwrap();
+        let second = build_pdu(draft("@alice:a.example"), &RoomVersion::V12, signer).unwrap();
+        assert_eq!(first, second);
+        let mut later = draft("@alice:a.example");
+        later.origin_server_ts_ms += 1;
+        let third = build_pdu(later, &RoomVersion::V12, signer).unwrap();
+        assert_ne!(first.event_id, third.event_id);
+    }
+
+    #[test]
     fn limits_and_shapes_are_enforced() {
         let key = server_key(1);
         let version = RoomVersion::V12;
