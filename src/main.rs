@@ -18,6 +18,9 @@ struct Cli {
 enum Command {
     /// List the room versions fedsim implements and how they differ.
     Versions,
+    /// Sign or inspect events and JSON objects (canonical JSON, hashes, event IDs, redaction).
+    #[command(subcommand)]
+    Pdu(fedsim::cli::pdu::PduCommand),
 }
 
 fn main() {
@@ -27,6 +30,7 @@ fn main() {
             print_versions();
             Ok(())
         }
+        Command::Pdu(command) => fedsim::cli::pdu::run(&command),
     };
     if let Err(error) = result {
         eprintln!("fedsim: {error}");

@@ -50,3 +50,4 @@ pub fn read_input(path: &str) -> Result<String, CliError> {
             .map_err(|error| CliError::input(format!("{path}: cannot read: {error}")))
     }
 }
+pub mod pdu;
