@@ -505,6 +505,20 @@ pub fn join_rule_of(state: &(impl AuthState + ?Sized)) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
+/// The room creators from room version 12 on: the create event's sender, then the strings in
+/// `content.additional_creators`.
+pub fn creators(create: &Pdu) -> impl Iterator<Item = &str> {
+    std::iter::once(create.sender.as_str()).chain(
+        create
+            .content
+            .get("additional_creators")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str),
+    )
+}
+
 /// Whether `user` is a room creator according to `create`: its `content.creator` in v10, its
 /// sender from v11 on, plus `content.additional_creators` from v12 on.
 pub fn creators_contain(version: &RoomVersion, create: &Pdu, user: &str) -> bool {

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::identifiers::is_valid_member_id;
 use super::rule::{Rejection, Rule};
-use super::{AuthState, creators_contain};
+use super::{AuthState, creators, creators_contain};
 use crate::matrix::{Pdu, RoomVersion};
 
 /// The largest integer a power level (or any canonical-JSON integer) may hold: 2^53 - 1.
@@ -208,11 +208,10 @@ pub(super) fn check_power_levels_event(
             }
         }
         // 10.4 (v12+): creators may not be listed in `users`: their power is infinite and fixed.
+        // (Looking each creator up in `users` costs O(creators · log users).)
         if version.privileged_creators
             && let Some(create) = state.get("m.room.create", "")
-            && let Some(creator) = users
-                .keys()
-                .find(|user| creators_contain(version, create, user))
+            && let Some(creator) = creators(create).find(|creator| users.contains_key(*creator))
         {
             return Err(Rejection::new(
                 Rule::PowerLevelsUsersContainCreator,
@@ -410,4 +409,48 @@ fn changed_entries<'a>(
         }
     }
     changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn changed_entries_reports_additions_changes_and_removals_in_key_order() {
+        let old = json!({"a": 1, "b": 2, "c": 3, "e": 5});
+        let new = json!({"b": 2, "c": 30, "d": 4, "e": "5"});
+        let changes = changed_entries("users", old.as_object(), new.as_object());
+        let summary: Vec<(&str, Option<i64>, Option<i64>)> = changes
+            .iter()
+            .map(|change| (change.key, change.old, change.new))
+            .collect();
+        // "e" changes from 5 to a non-integer: that counts as removing the integer.
+        assert_eq!(
+            summary,
+            vec![
+                ("a", Some(1), None),
+                ("c", Some(3), Some(30)),
+                ("d", None, Some(4)),
+                ("e", Some(5), None),
+            ]
+        );
+        assert!(changed_entries("users", None, None).is_empty());
+        assert_eq!(changed_entries("users", None, new.as_object()).len(), 3);
+        assert!(changed_entries("users", old.as_object(), old.as_object()).is_empty());
+    }
+
+    #[test]
+    fn power_levels_order_infinite_above_every_integer() {
+        assert!(PowerLevel::Infinite > PowerLevel::Int(MAX_SAFE_INTEGER));
+        assert!(PowerLevel::Int(-1) < PowerLevel::Int(0));
+        assert_eq!(
+            integer_value(&json!(MAX_SAFE_INTEGER)),
+            Some(MAX_SAFE_INTEGER)
+        );
+        assert_eq!(integer_value(&json!(MAX_SAFE_INTEGER + 1)), None);
+        assert_eq!(integer_value(&json!(-MAX_SAFE_INTEGER - 1)), None);
+        assert_eq!(integer_value(&json!(1.0)), None);
+        assert_eq!(integer_value(&json!("1")), None);
+    }
 }
