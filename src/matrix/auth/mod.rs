@@ -444,9 +444,10 @@ pub fn check_auth_events_shape(
     Ok(())
 }
 
-/// PDU check 4: `event` against its own `auth_events`. `create` is the room's create event, which
-/// room versions 12+ add to the state (their `auth_events` never list it); earlier versions find
-/// it among `auth_events` and ignore the argument.
+/// PDU check 4: `event` against its own `auth_events`. `create` is the room's accepted create
+/// event, which room versions 12+ add to the state (their `auth_events` never list it; pass `None`
+/// if it is unknown or was rejected, and rule 2 rejects the event); earlier versions find it among
+/// `auth_events` and ignore the argument.
 pub fn check_against_auth_events(
     version: &RoomVersion,
     event: &Pdu,
@@ -462,6 +463,23 @@ pub fn check_against_auth_events(
         state.push(create);
     }
     authorize(version, event, state.as_slice())
+}
+
+/// The auth events an event with these fields should list, taken from `state` (the selection of
+/// [`auth_types_for_event`], keeping the entries `state` has), in the selection's order. For
+/// building events: `auth_events` = the IDs of the result.
+pub fn select_auth_events<'a>(
+    version: &RoomVersion,
+    event_type: &str,
+    sender: &str,
+    state_key: Option<&str>,
+    content: &Value,
+    state: &'a (impl AuthState + ?Sized),
+) -> Vec<&'a Pdu> {
+    auth_types_for_event(version, event_type, sender, state_key, content)
+        .iter()
+        .filter_map(|(kind, key)| state.get(kind, key))
+        .collect()
 }
 
 /// The sender's power level in `state` (see [`user_power_level`]).
