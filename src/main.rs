@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// List the room versions fedsim implements and how they differ.
     Versions,
+    /// Resolve room state over real events (a JSON array or JSON lines of PDUs).
+    Resolve(fedsim::cli::resolve::Args),
 }
 
 fn main() {
@@ -27,6 +29,7 @@ fn main() {
             print_versions();
             Ok(())
         }
+        Command::Resolve(args) => fedsim::cli::resolve::run(&args),
     };
     if let Err(error) = result {
         eprintln!("fedsim: {error}");
