@@ -1507,6 +1507,30 @@ fn power_events_are_those_that_can_take_power_away() {
 }
 
 #[test]
+fn every_rule_has_a_unique_snake_case_name_and_a_number() {
+    let names: std::collections::BTreeSet<&str> =
+        Rule::ALL.iter().map(|rule| rule.name()).collect();
+    assert_eq!(names.len(), Rule::ALL.len());
+    for rule in Rule::ALL {
+        assert!(
+            rule.name()
+                .bytes()
+                .all(|byte| byte.is_ascii_lowercase() || byte == b'_'),
+            "{rule}"
+        );
+        for version in ALL {
+            let number = rule.spec_number(&version);
+            assert!(
+                number.split('.').all(|part| part.parse::<u32>().is_ok()),
+                "{rule} {number}"
+            );
+        }
+    }
+    assert_eq!(Rule::ALL.iter().filter(|rule| rule.allows()).count(), 16);
+    assert!(Rule::ALL.is_sorted(), "ALL follows the declaration order");
+}
+
+#[test]
 fn rules_display_their_names_and_numbers() {
     let rejection = Rejection::new(Rule::SenderBanned, "@x:y is banned");
     assert_eq!(rejection.to_string(), "sender_banned: @x:y is banned");
