@@ -1571,3 +1571,32 @@ fn auth_state_works_over_maps_of_any_pdu_handle_and_lists() {
     }
     assert!(AuthState::get(&room.state, "m.room.member", "@nobody:x").is_none());
 }
+
+proptest::proptest! {
+    /// The allocation-free lookup through `dyn StateKeyView` must find exactly what an owned
+    /// `(String, String)` key finds: `Borrow` requires the two orders to agree.
+    #[test]
+    fn borrowed_state_lookup_agrees_with_owned_keys(
+        keys in proptest::collection::vec(("[a-c.]{0,3}", "[@a-c:]{0,3}"), 0..40),
+        probes in proptest::collection::vec(("[a-c.]{0,3}", "[@a-c:]{0,3}"), 0..40),
+    ) {
+        let room = Room::new(RoomVersion::V11);
+        let template = room.state[&("m.room.create".to_owned(), String::new())].clone();
+        let state: BTreeMap<StateKey, Pdu> = keys
+            .iter()
+            .enumerate()
+            .map(|(index, key)| {
+                let mut event = template.clone();
+                event.event_id = format!("${index}");
+                (key.clone(), event)
+            })
+            .collect();
+        for (event_type, state_key) in probes.iter().chain(&keys) {
+            let borrowed = AuthState::get(&state, event_type, state_key).map(|event| &event.event_id);
+            let owned = state
+                .get(&(event_type.clone(), state_key.clone()))
+                .map(|event| &event.event_id);
+            proptest::prop_assert_eq!(borrowed, owned);
+        }
+    }
+}
