@@ -860,9 +860,15 @@ fn rule_5_4_1_third_party_invites() {
             invite(&mut room, "moderator", json!({"signed": {"mxid": carol}})),
             Err(Rule::ThirdPartyInviteSignedIncomplete)
         );
-        // 5.4.1.2 signed must be there.
+        // 5.4.1.2 signed must be there. A `third_party_invite` of null is still a property the
+        // content has (Synapse reads it so; ruma treats null as absent and would judge a plain
+        // invite).
         assert_eq!(
             invite(&mut room, "moderator", json!({"display_name": "c"})),
+            Err(Rule::ThirdPartyInviteMissingSigned)
+        );
+        assert_eq!(
+            invite(&mut room, "moderator", Value::Null),
             Err(Rule::ThirdPartyInviteMissingSigned)
         );
         // 5.4.1.1 a banned target cannot be invited this way either.
