@@ -24,6 +24,11 @@ enum Command {
     Plot(fedsim::cli::plot::PlotArgs),
     /// Run a scenario over parameter values x seeds in parallel; resumable, shardable.
     Sweep(fedsim::cli::sweep::SweepArgs),
+    /// Sign or inspect events and JSON objects (canonical JSON, hashes, event IDs, redaction).
+    #[command(subcommand)]
+    Pdu(fedsim::cli::pdu::PduCommand),
+    /// Resolve room state over real events (a JSON array or JSON lines of PDUs).
+    Resolve(fedsim::cli::resolve::Args),
     /// Run a scenario (default: the built-in RQ1 polling-load scenario) and write its results.
     Run(fedsim::cli::run::Args),
     /// Validate a scenario file without running it.
@@ -40,6 +45,8 @@ fn main() {
         Command::Merge(args) => fedsim::cli::sweep::run_merge(&args),
         Command::Plot(args) => fedsim::cli::plot::run(&args),
         Command::Sweep(args) => fedsim::cli::sweep::run(&args),
+        Command::Pdu(command) => fedsim::cli::pdu::run(&command),
+        Command::Resolve(args) => fedsim::cli::resolve::run(&args),
         Command::Run(args) => fedsim::cli::run::run(&args),
         Command::Check(args) => fedsim::cli::check::run(&args),
     };

@@ -68,6 +68,13 @@ impl Trace {
         }
     }
 
+    /// Flushes and closes the sink; the hash is kept.
+    pub fn close_sink(&mut self) -> std::io::Result<()> {
+        self.flush()?;
+        self.sink = None;
+        Ok(())
+    }
+
     /// The running hash so far, as 16 hex digits.
     pub fn hash_hex(&self) -> String {
         format!("{:016x}", self.hash)

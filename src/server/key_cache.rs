@@ -147,6 +147,8 @@ pub struct Slot {
     backoff_until_ms: u64,
     generation: u32,
     next_due_ms: Option<u64>,
+    /// Whether the last successful fetch returned the validity already cached.
+    unchanged: bool,
 }
 
 impl Slot {
@@ -165,6 +167,7 @@ impl Slot {
             backoff_until_ms: 0,
             generation: 0,
             next_due_ms: None,
+            unchanged: false,
         }
     }
 
@@ -458,6 +461,7 @@ impl KeyCache {
             entry.tracked = first_key(&keys);
         }
         entry.keys = Some(keys);
+        entry.unchanged = entry.valid_until_ms == valid_until_ms;
         entry.valid_until_ms = valid_until_ms;
         entry.fetched_at_ms = now_abs_ms;
         entry.failures = 0;
@@ -526,13 +530,19 @@ impl KeyCache {
         let entry = &self.slots[slot as usize];
         let valid_until_ms = sim_ms(entry.valid_until_ms);
         let remaining_ms = valid_until_ms.saturating_sub(now_ms);
+        // An origin re-signs only when its response has expired (Synapse), so a re-check before
+        // expiry that returned the same validity learned nothing new: the next one is at expiry.
+        let unchanged = entry.unchanged;
         let due_ms = match self.policy.recheck {
             Recheck::AtExpiry => valid_until_ms,
             Recheck::Interval => now_ms + self.policy.recheck_interval_ms,
+            // Late jitter: at expiry plus up to `jitter_fraction` of the lifetime. Early jitter
+            // would only fetch the same response again.
             Recheck::Jittered => {
-                let early = self.rng.unit_f64() * self.policy.jitter_fraction * remaining_ms as f64;
-                valid_until_ms - early as u64
+                let late = self.rng.unit_f64() * self.policy.jitter_fraction * remaining_ms as f64;
+                valid_until_ms + late as u64
             }
+            Recheck::HalfLife if unchanged => valid_until_ms,
             Recheck::HalfLife => now_ms + remaining_ms / 2,
             Recheck::OnDemand | Recheck::Never => return,
         };
@@ -579,4 +589,405 @@ fn first_key(keys: &ServerKeys) -> Option<(String, VerifyingKey)> {
         .iter()
         .next()
         .map(|(key_id, key)| (key_id.clone(), *key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::time::{DAY_MS, HOUR_MS, MINUTE_MS};
+    use crate::server::EPOCH_MS;
+    use crate::server::memo::check_direct;
+    use crate::server::policy::{Malformed, Unreachable};
+    use crate::server::publisher::KeyPublisher;
+
+    const NAME: &str = "origin.example";
+
+    struct Harness {
+        cache: KeyCache,
+        publisher: KeyPublisher,
+        out: Vec<KeyCacheOutput>,
+    }
+
+    fn keys_of(body: &Arc<str>) -> Arc<ServerKeys> {
+        check_direct(NAME, body).unwrap().unwrap()
+    }
+
+    /// A cache of `slots` domains (all served by one publisher for simplicity), warm with a
+    /// response made at time 0 and valid for one day.
+    fn harness(policy: KeyPolicy, slots: u32) -> Harness {
+        let mut publisher = KeyPublisher::new(NAME.into(), DAY_MS, SimRng::stream(1, "k", 0));
+        let body = publisher.publish_at(EPOCH_MS);
+        let domains: Vec<DomainId> = (0..slots).collect();
+        let mut cache = KeyCache::new(policy, &domains, 1, SimRng::stream(1, "c", 0));
+        let mut out = Vec::new();
+        for slot in 0..slots {
+            cache.warm(0, slot, keys_of(&body), EPOCH_MS, &mut out);
+        }
+        Harness {
+            cache,
+            publisher,
+            out,
+        }
+    }
+
+    fn policy(edit: impl FnOnce(&mut KeyPolicy)) -> KeyPolicy {
+        let mut policy = KeyPolicy::msc4430();
+        edit(&mut policy);
+        policy
+    }
+
+    fn timers(out: &[KeyCacheOutput]) -> Vec<u64> {
+        out.iter()
+            .filter_map(|output| match output {
+                KeyCacheOutput::SetTimer { at_ms, .. } => Some(*at_ms),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn sends(out: &[KeyCacheOutput]) -> Vec<(u32, Via)> {
+        out.iter()
+            .filter_map(|output| match output {
+                KeyCacheOutput::Send { slot, via } => Some((*slot, *via)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn decisions(out: &[KeyCacheOutput]) -> Vec<Decision> {
+        out.iter()
+            .filter_map(|output| match output {
+                KeyCacheOutput::Decision { decision, .. } => Some(*decision),
+                _ => None,
+            })
+            .collect()
+    }
+
+    impl Harness {
+        fn fire(&mut self, now_ms: u64, slot: u32) {
+            let generation = self.cache.slots[slot as usize].generation;
+            self.out.clear();
+            self.cache.on_timer(now_ms, slot, generation, &mut self.out);
+        }
+
+        fn answer(&mut self, now_ms: u64, slot: u32, via: Via, fetched: Fetched) {
+            self.out.clear();
+            self.cache
+                .on_response(now_ms, slot, via, fetched, &mut self.out);
+        }
+
+        fn fresh_keys(&mut self, now_ms: u64) -> Fetched {
+            Fetched::Keys(keys_of(&self.publisher.response(absolute_ms(now_ms))))
+        }
+    }
+
+    #[test]
+    fn recheck_at_expiry_polls_once_per_lifetime() {
+        let mut harness = harness(KeyPolicy::msc4430(), 1);
+        assert_eq!(timers(&harness.out), vec![DAY_MS]);
+        harness.fire(DAY_MS, 0);
+        assert_eq!(sends(&harness.out), vec![(0, Via::Direct)]);
+        let fresh = harness.fresh_keys(DAY_MS + 50);
+        harness.answer(DAY_MS + 100, 0, Via::Direct, fresh);
+        assert_eq!(timers(&harness.out), vec![2 * DAY_MS + 50]);
+        assert!(decisions(&harness.out).is_empty());
+        assert_eq!(harness.cache.stats.refreshes, 1);
+    }
+
+    #[test]
+    fn recheck_interval_ignores_the_lifetime() {
+        let harness = harness(
+            policy(|p| {
+                p.recheck = Recheck::Interval;
+                p.recheck_interval_ms = HOUR_MS;
+            }),
+            1,
+        );
+        assert_eq!(timers(&harness.out), vec![HOUR_MS]);
+    }
+
+    #[test]
+    fn recheck_jittered_comes_late_by_at_most_the_fraction() {
+        let harness = harness(
+            policy(|p| {
+                p.recheck = Recheck::Jittered;
+                p.jitter_fraction = 0.2;
+            }),
+            50,
+        );
+        let due = timers(&harness.out);
+        assert!(
+            due.iter()
+                .all(|at| (DAY_MS..=DAY_MS + DAY_MS / 5).contains(at))
+        );
+        assert!(
+            due.iter().any(|at| *at != due[0]),
+            "jitter spreads the timers"
+        );
+    }
+
+    #[test]
+    fn recheck_half_life_then_at_expiry_when_unchanged() {
+        let mut harness = harness(policy(|p| p.recheck = Recheck::HalfLife), 1);
+        assert_eq!(timers(&harness.out), vec![DAY_MS / 2]);
+        harness.fire(DAY_MS / 2, 0);
+        let same = harness.fresh_keys(DAY_MS / 2);
+        harness.answer(DAY_MS / 2, 0, Via::Direct, same);
+        assert_eq!(timers(&harness.out), vec![DAY_MS]);
+    }
+
+    #[test]
+    fn recheck_on_demand_fetches_only_for_an_expired_key() {
+        let mut harness = harness(policy(|p| p.recheck = Recheck::OnDemand), 1);
+        assert!(timers(&harness.out).is_empty());
+        harness.out.clear();
+        harness
+            .cache
+            .on_incoming_request(HOUR_MS, 0, &mut harness.out);
+        assert!(sends(&harness.out).is_empty());
+        assert_eq!(harness.cache.stats.served_from_cache, 1);
+        harness
+            .cache
+            .on_incoming_request(DAY_MS + 1, 0, &mut harness.out);
+        assert_eq!(sends(&harness.out), vec![(0, Via::Direct)]);
+    }
+
+    #[test]
+    fn recheck_never_sets_no_timer() {
+        let harness = harness(policy(|p| p.recheck = Recheck::Never), 3);
+        assert!(timers(&harness.out).is_empty());
+    }
+
+    #[test]
+    fn transport_notary_first_falls_back_to_the_origin() {
+        let mut harness = harness(policy(|p| p.transport = Transport::NotaryFirst), 1);
+        harness.fire(DAY_MS, 0);
+        assert_eq!(sends(&harness.out), vec![(0, Via::Notary(0))]);
+        harness.answer(DAY_MS + 10, 0, Via::Notary(0), Fetched::NotaryEmpty);
+        assert_eq!(sends(&harness.out), vec![(0, Via::Direct)]);
+        assert_eq!(harness.cache.stats.notary_fallbacks, 1);
+        // Still one request in flight: the fallback kept the notary request's place.
+        assert_eq!(harness.cache.in_flight(), 1);
+    }
+
+    fn failure_intervals(policy: KeyPolicy, failures: usize) -> Vec<u64> {
+        let mut harness = harness(policy, 1);
+        let mut now_ms = DAY_MS;
+        let mut intervals = Vec::new();
+        for _ in 0..failures {
+            harness.fire(now_ms, 0);
+            harness.answer(now_ms, 0, Via::Direct, Fetched::Unreachable("timeout"));
+            let next = timers(&harness.out)[0];
+            intervals.push(next - now_ms);
+            now_ms = next;
+        }
+        intervals
+    }
+
+    #[test]
+    fn backoff_none_retries_at_the_retry_interval() {
+        let intervals = failure_intervals(
+            policy(|p| {
+                p.backoff = BackoffKind::None;
+                p.retry_interval_ms = 30_000;
+            }),
+            3,
+        );
+        assert_eq!(intervals, vec![30_000; 3]);
+    }
+
+    #[test]
+    fn backoff_synapse_starts_at_10_minutes_and_grows_with_jitter_to_7_days() {
+        let mut synapse = KeyPolicy::msc4430();
+        synapse.apply_backoff_kind(BackoffKind::Synapse);
+        let intervals = failure_intervals(synapse, 20);
+        assert_eq!(intervals[0], 10 * MINUTE_MS);
+        let ratio = intervals[1] as f64 / intervals[0] as f64;
+        assert!(
+            (1.6..=2.8).contains(&ratio),
+            "x2 with 0.8-1.4 jitter: {ratio}"
+        );
+        assert_eq!(*intervals.last().unwrap(), 7 * DAY_MS);
+    }
+
+    #[test]
+    fn backoff_msc4499_doubles_from_60_seconds_to_1_hour() {
+        let mut msc4499 = KeyPolicy::msc4430();
+        msc4499.apply_backoff_kind(BackoffKind::Msc4499);
+        let intervals = failure_intervals(msc4499, 8);
+        assert_eq!(
+            intervals,
+            vec![
+                60_000, 120_000, 240_000, 480_000, 960_000, 1_920_000, HOUR_MS, HOUR_MS
+            ]
+        );
+    }
+
+    #[test]
+    fn backoff_per_domain_global_blocks_on_demand_fetches_but_synapse_does_not() {
+        for (kind, blocked) in [
+            (BackoffKind::PerDomainGlobal, true),
+            (BackoffKind::Synapse, false),
+        ] {
+            let mut harness = harness(policy(|p| p.recheck = Recheck::OnDemand), 1);
+            harness.cache.policy.apply_backoff_kind(kind);
+            harness.out.clear();
+            harness
+                .cache
+                .on_incoming_request(DAY_MS + 1, 0, &mut harness.out);
+            harness.answer(DAY_MS + 2, 0, Via::Direct, Fetched::Unreachable("refused"));
+            harness.out.clear();
+            harness
+                .cache
+                .on_incoming_request(DAY_MS + 3, 0, &mut harness.out);
+            assert_eq!(sends(&harness.out).is_empty(), blocked, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn max_in_flight_queues_the_rest_in_order() {
+        let mut harness = harness(policy(|p| p.max_in_flight = 1), 3);
+        harness.fire(DAY_MS, 0);
+        let mut out = std::mem::take(&mut harness.out);
+        for slot in [1, 2] {
+            let generation = harness.cache.slots[slot as usize].generation;
+            harness.cache.on_timer(DAY_MS, slot, generation, &mut out);
+        }
+        assert_eq!(sends(&out), vec![(0, Via::Direct)]);
+        assert_eq!(harness.cache.stats.queued, 2);
+        let fresh = harness.fresh_keys(DAY_MS);
+        harness.answer(DAY_MS + 5, 0, Via::Direct, fresh);
+        assert_eq!(sends(&harness.out), vec![(1, Via::Direct)]);
+        assert_eq!(harness.cache.stats.in_flight_peak, 1);
+    }
+
+    #[test]
+    fn coalescing_joins_a_fetch_in_flight_and_can_be_switched_off() {
+        for (coalesce, expected_sends) in [(true, 1), (false, 2)] {
+            let mut harness = harness(
+                policy(|p| {
+                    p.recheck = Recheck::OnDemand;
+                    p.coalesce = coalesce;
+                }),
+                1,
+            );
+            harness.out.clear();
+            harness
+                .cache
+                .on_incoming_request(DAY_MS + 1, 0, &mut harness.out);
+            harness
+                .cache
+                .on_incoming_request(DAY_MS + 2, 0, &mut harness.out);
+            assert_eq!(
+                sends(&harness.out).len(),
+                expected_sends,
+                "coalesce {coalesce}"
+            );
+        }
+    }
+
+    #[test]
+    fn unreachable_fail_open_keeps_the_key_fail_closed_drops_it_after_expiry() {
+        for (unreachable, expected) in [
+            (Unreachable::FailOpen, vec![]),
+            (
+                Unreachable::FailClosed,
+                vec![Decision::Invalidated(InvalidReason::UnreachableAfterExpiry)],
+            ),
+        ] {
+            let mut harness = harness(policy(|p| p.unreachable = unreachable), 1);
+            // Before expiry a failure changes nothing under either reading.
+            harness.answer(HOUR_MS, 0, Via::Direct, Fetched::Unreachable("timeout"));
+            assert!(decisions(&harness.out).is_empty());
+            harness.answer(DAY_MS + 1, 0, Via::Direct, Fetched::Unreachable("timeout"));
+            assert_eq!(decisions(&harness.out), expected, "{unreachable:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_answers_follow_their_knob() {
+        for (malformed, expected) in [
+            (Malformed::FailOpen, vec![]),
+            (
+                Malformed::Invalidate,
+                vec![Decision::Invalidated(InvalidReason::Malformed)],
+            ),
+        ] {
+            let mut harness = harness(policy(|p| p.malformed = malformed), 1);
+            harness.answer(HOUR_MS, 0, Via::Direct, Fetched::Malformed);
+            assert_eq!(decisions(&harness.out), expected, "{malformed:?}");
+        }
+    }
+
+    #[test]
+    fn clamp_7d_caps_a_long_validity() {
+        for (clamp, expected_due) in [(true, 7 * DAY_MS), (false, 30 * DAY_MS)] {
+            let mut publisher =
+                KeyPublisher::new(NAME.into(), 30 * DAY_MS, SimRng::stream(1, "k", 0));
+            let body = publisher.publish_at(EPOCH_MS);
+            let mut cache = KeyCache::new(
+                policy(|p| p.clamp_7d = clamp),
+                &[0],
+                0,
+                SimRng::stream(1, "c", 0),
+            );
+            let mut out = Vec::new();
+            cache.warm(0, 0, keys_of(&body), EPOCH_MS, &mut out);
+            assert_eq!(timers(&out), vec![expected_due], "clamp {clamp}");
+        }
+    }
+
+    #[test]
+    fn rotation_invalidates_the_old_key_then_tracks_the_new_one() {
+        let mut harness = harness(KeyPolicy::msc4430(), 1);
+        harness.publisher.rotate(absolute_ms(HOUR_MS));
+        let rotated = harness.fresh_keys(DAY_MS);
+        harness.answer(DAY_MS, 0, Via::Direct, rotated);
+        assert_eq!(
+            decisions(&harness.out),
+            vec![
+                Decision::Invalidated(InvalidReason::MovedToOld),
+                Decision::Revalidated
+            ]
+        );
+        let again = harness.fresh_keys(2 * DAY_MS);
+        harness.answer(2 * DAY_MS, 0, Via::Direct, again);
+        assert!(decisions(&harness.out).is_empty());
+    }
+
+    #[test]
+    fn key_loss_and_404_invalidate_and_a_later_key_revalidates() {
+        let mut harness = harness(KeyPolicy::msc4430(), 1);
+        harness.publisher.lose_key();
+        let lost = harness.fresh_keys(DAY_MS);
+        harness.answer(DAY_MS, 0, Via::Direct, lost);
+        assert_eq!(
+            decisions(&harness.out)[0],
+            Decision::Invalidated(InvalidReason::DifferentBytes)
+        );
+        harness.answer(2 * DAY_MS, 0, Via::Direct, Fetched::NotFound);
+        assert_eq!(
+            decisions(&harness.out),
+            vec![Decision::Invalidated(InvalidReason::NotFound)]
+        );
+        assert!(harness.cache.slots()[0].keys().is_none());
+        let back = harness.fresh_keys(3 * DAY_MS);
+        harness.answer(3 * DAY_MS, 0, Via::Direct, back);
+        assert_eq!(decisions(&harness.out), vec![Decision::Revalidated]);
+    }
+
+    #[test]
+    fn database_loss_refetches_everything() {
+        let mut harness = harness(KeyPolicy::msc4430(), 4);
+        harness.out.clear();
+        harness.cache.forget_all(HOUR_MS, &mut harness.out);
+        assert_eq!(timers(&harness.out), vec![HOUR_MS; 4]);
+        assert!(
+            harness
+                .cache
+                .slots()
+                .iter()
+                .all(|slot| slot.keys().is_none())
+        );
+    }
 }

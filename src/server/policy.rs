@@ -15,9 +15,11 @@ pub enum Recheck {
     AtExpiry,
     /// Every `recheck_interval`, whatever the key's lifetime.
     Interval,
-    /// At expiry, but earlier by a uniform fraction up to `jitter_fraction` of the lifetime.
+    /// At expiry plus a uniform delay of up to `jitter_fraction` of the lifetime (late jitter:
+    /// it spreads the load; a re-check before expiry would get the same response back).
     Jittered,
-    /// When half the lifetime has passed (what notaries do with their cache).
+    /// When half the remaining lifetime has passed (what notaries do with their cache); if that
+    /// returns the same response, at expiry.
     HalfLife,
     /// Only when a signature must be checked and the cached key is missing or expired.
     OnDemand,
@@ -78,7 +80,7 @@ pub struct KeyPolicy {
     pub recheck: Recheck,
     /// For `Recheck::Interval`.
     pub recheck_interval_ms: u64,
-    /// For `Recheck::Jittered`: the largest fraction of the lifetime a re-check comes early.
+    /// For `Recheck::Jittered`: the largest fraction of the lifetime a re-check comes late.
     pub jitter_fraction: f64,
     pub transport: Transport,
     pub backoff: BackoffKind,

@@ -69,8 +69,10 @@ pub fn run_to_dir(
     progress.finish();
     let wall_seconds = started.elapsed().as_secs_f64();
     if scenario.outputs.trace {
-        world.trace.flush().map_err(io_error(&trace_temporary))?;
-        world.trace = Trace::default();
+        world
+            .trace
+            .close_sink()
+            .map_err(io_error(&trace_temporary))?;
         std::fs::rename(&trace_temporary, &trace_path).map_err(io_error(&trace_path))?;
     }
     write_results(&world, out_dir, wall_seconds)
