@@ -131,6 +131,7 @@ fn write_results(world: &World, out_dir: &Path, wall_seconds: f64) -> Result<Run
         "peak_memory_kib": peak_memory_kib(),
         "verify_checks": world.memo.checks,
         "verify_memo_hits": world.memo.hits,
+        "crypto_seconds": rounded(world.crypto_seconds()),
     });
     let run_info_path = out_dir.join("run-info.json");
     write_json(&run_info_path, &run_info).map_err(io_error(&run_info_path))?;
