@@ -336,7 +336,7 @@ impl Generator {
     /// One random state change on branch `branch`.
     fn random_state_event(&mut self, branch: usize) {
         let tip = self.tips[branch];
-        let state = (*self.dag.evaluation(tip).state_after).clone();
+        let state = self.dag.evaluation(tip).state_after.to_map();
         let joined: Vec<&str> = USERS
             .iter()
             .copied()
@@ -418,9 +418,9 @@ impl Generator {
     /// A message merging two branches; `None` if no one is joined in the merged state.
     fn merge(&mut self, into: usize, from: usize) {
         let prev = [self.tips[into], self.tips[from]];
-        let states: Vec<&StateMap> = prev
+        let states: Vec<StateMap> = prev
             .iter()
-            .map(|&index| &*self.dag.evaluation(index).state_after)
+            .map(|&index| self.dag.evaluation(index).state_after.to_map())
             .collect();
         let merged = state_res::resolve(&self.version, &states, &self.dag).unwrap();
         let Some(sender) = USERS.iter().copied().find(|user| {
@@ -480,7 +480,7 @@ fn random_dag(version: RoomVersion, seed: u64) -> Generator {
     let mut tip = create;
     let mut step =
         |generator: &mut Generator, sender: &str, event_type: &str, key: &str, content: Value| {
-            let state = (*generator.dag.evaluation(tip).state_after).clone();
+            let state = generator.dag.evaluation(tip).state_after.to_map();
             tip = generator.add(&[tip], &state, sender, event_type, Some(key), content);
             assert!(
                 generator.dag.evaluation(tip).rejection.is_none(),
@@ -561,17 +561,17 @@ fn differential(version: RoomVersion, seed_base: u64) {
             })
             .collect();
         // Every merge point: the state before it is fedsim's resolution of its parents' states.
-        let mut cases: Vec<(String, Vec<&StateMap>, StateMap)> = Vec::new();
+        let mut cases: Vec<(String, Vec<StateMap>, StateMap)> = Vec::new();
         for index in dag.topological_order() {
             let prev = dag.prev_indices(index);
             if prev.len() < 2 {
                 continue;
             }
-            let states: Vec<&StateMap> = prev
+            let states: Vec<StateMap> = prev
                 .iter()
-                .map(|&parent| &*dag.evaluation(parent).state_after)
+                .map(|&parent| dag.evaluation(parent).state_after.to_map())
                 .collect();
-            let fedsim = (*dag.evaluation(index).state_before).clone();
+            let fedsim = dag.evaluation(index).state_before.to_map();
             cases.push((
                 format!("before {}", dag.event(index).event_id),
                 states,
@@ -581,9 +581,9 @@ fn differential(version: RoomVersion, seed_base: u64) {
         // The final resolution over all branch tips.
         let tips: BTreeSet<u32> = generator.tips.iter().copied().collect();
         if tips.len() > 1 {
-            let states: Vec<&StateMap> = tips
+            let states: Vec<StateMap> = tips
                 .iter()
-                .map(|&tip| &*dag.evaluation(tip).state_after)
+                .map(|&tip| dag.evaluation(tip).state_after.to_map())
                 .collect();
             let fedsim = state_res::resolve(&version, &states, dag).unwrap();
             cases.push(("at the tips".to_owned(), states, fedsim));
@@ -592,19 +592,19 @@ fn differential(version: RoomVersion, seed_base: u64) {
         // values from the state after an earlier event, as a `/state_ids` answer may hold.
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
         let tip_list: Vec<u32> = tips.iter().copied().collect();
-        let mut stale = (*dag.evaluation(tip_list[0]).state_after).clone();
+        let mut stale = dag.evaluation(tip_list[0]).state_after.to_map();
         let older_event = rng.random_range(0..dag.len() as u32);
-        let older = &*dag.evaluation(older_event).state_after;
-        for (key, id) in older {
+        let older = dag.evaluation(older_event).state_after.to_map();
+        for (key, id) in &older {
             if rng.random_bool(0.3) {
                 stale.insert(key.clone(), id.clone());
             }
         }
-        let mut stale_states: Vec<&StateMap> = vec![&stale];
+        let mut stale_states: Vec<StateMap> = vec![stale];
         stale_states.extend(
             tip_list
                 .iter()
-                .map(|&tip| &*dag.evaluation(tip).state_after),
+                .map(|&tip| dag.evaluation(tip).state_after.to_map()),
         );
         let fedsim = state_res::resolve(&version, &stale_states, dag).unwrap();
         cases.push(("with a stale state set".to_owned(), stale_states, fedsim));
@@ -624,7 +624,8 @@ fn differential(version: RoomVersion, seed_base: u64) {
                 });
                 with_subgraph_additions += usize::from(added_by_subgraph);
             }
-            let ruma = ruma_resolve(&version, &states, &ruma_events);
+            let state_refs: Vec<&StateMap> = states.iter().collect();
+            let ruma = ruma_resolve(&version, &state_refs, &ruma_events);
             if ruma != fedsim {
                 let difference: BTreeMap<_, _> = ruma
                     .keys()
