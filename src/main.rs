@@ -18,8 +18,15 @@ struct Cli {
 enum Command {
     /// List the room versions fedsim implements and how they differ.
     Versions,
+    /// Sign or inspect events and JSON objects (canonical JSON, hashes, event IDs, redaction).
+    #[command(subcommand)]
+    Pdu(fedsim::cli::pdu::PduCommand),
     /// Resolve room state over real events (a JSON array or JSON lines of PDUs).
     Resolve(fedsim::cli::resolve::Args),
+    /// Run a scenario (default: the built-in RQ1 polling-load scenario) and write its results.
+    Run(fedsim::cli::run::Args),
+    /// Validate a scenario file without running it.
+    Check(fedsim::cli::check::Args),
 }
 
 fn main() {
@@ -29,7 +36,10 @@ fn main() {
             print_versions();
             Ok(())
         }
+        Command::Pdu(command) => fedsim::cli::pdu::run(&command),
         Command::Resolve(args) => fedsim::cli::resolve::run(&args),
+        Command::Run(args) => fedsim::cli::run::run(&args),
+        Command::Check(args) => fedsim::cli::check::run(&args),
     };
     if let Err(error) = result {
         eprintln!("fedsim: {error}");

@@ -1,0 +1,482 @@
+//! The server keys object of `GET /_matrix/key/v2/server` (s2s "Retrieving server keys"), and
+//! the rules for when a fetched key may check a signature.
+//!
+//! Validity is a pure function of the key object, the time the check is about (an event's
+//! `origin_server_ts`, or "now" for MSC4430's current-key rule) and a [`ValidityClamp`] holding
+//! the fetch time: nothing here reads a clock.
+//!
+//! - Room v5+ (`content/rooms/fragments/v5-signing-requirements.md`): a key checks an event only
+//!   if its `valid_until_ts` >= the event's `origin_server_ts`; an old key (in `old_verify_keys`)
+//!   only if its `expired_ts` >= the event's `origin_server_ts`.
+//! - "Servers MUST use the lesser of [`valid_until_ts`] and 7 days into the future": the clamp
+//!   caps `valid_until_ts` at fetch time + 7 days. It is a parameter (on by default) so the
+//!   simulator can sweep it.
+//! - MSC4430: a member event's server co-signature is valid only with the domain's *current* key
+//!   (in `verify_keys`, `valid_until_ts` in the future at check time); old keys never count.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::VerifyingKey;
+use serde_json::{Map, Value};
+
+use super::signing::{
+    self, KeyId, ServerSigningKey, SignatureError, SigningError, unpadded_base64,
+};
+
+/// Seven days in milliseconds: the spec's cap on how far ahead `valid_until_ts` is believed.
+pub const SEVEN_DAYS_MS: i64 = 7 * 24 * 60 * 60 * 1000;
+
+/// A key the server no longer uses, still valid for events sent before it expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OldVerifyKey {
+    pub key: VerifyingKey,
+    /// When the key stopped being used (the `expired_ts` field).
+    pub expired_ts_ms: i64,
+}
+
+/// A parsed `/_matrix/key/v2/server` response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerKeys {
+    pub server_name: String,
+    /// Current keys, by key ID (`ed25519:<version>`).
+    pub verify_keys: BTreeMap<String, VerifyingKey>,
+    /// Retired keys, by key ID.
+    pub old_verify_keys: BTreeMap<String, OldVerifyKey>,
+    /// When the response should be refreshed (the `valid_until_ts` field), before any clamp.
+    pub valid_until_ts_ms: i64,
+}
+
+/// Why a server keys object was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServerKeyError {
+    #[error("server keys: the response is not a JSON object")]
+    NotAnObject,
+    #[error("server keys: field `{0}` is missing or has the wrong type")]
+    Field(&'static str),
+    #[error("server keys: server_name is {found:?}, expected {expected:?}")]
+    NameMismatch { expected: String, found: String },
+    #[error("server keys: {field} {key_id}: {problem}")]
+    MalformedKey {
+        field: &'static str,
+        key_id: String,
+        problem: String,
+    },
+    #[error("server keys: verify_keys lists no ed25519 key, so nothing self-signs the response")]
+    NoVerifyKeys,
+    #[error("server keys: self-signature: {0}")]
+    SelfSignature(SignatureError),
+}
+
+impl ServerKeys {
+    /// A key object with one current key.
+    pub fn with_current_key(
+        server_name: &str,
+        key: &ServerSigningKey,
+        valid_until_ts_ms: i64,
+    ) -> ServerKeys {
+        ServerKeys {
+            server_name: server_name.to_owned(),
+            verify_keys: BTreeMap::from([(key.key_id.to_string(), key.verifying_key())]),
+            old_verify_keys: BTreeMap::new(),
+            valid_until_ts_ms,
+        }
+    }
+
+    /// The unsigned JSON form.
+    pub fn to_json(&self) -> Value {
+        let verify_keys: Map<String, Value> = self
+            .verify_keys
+            .iter()
+            .map(|(key_id, key)| {
+                let entry = serde_json::json!({ "key": unpadded_base64(key.as_bytes()) });
+                (key_id.clone(), entry)
+            })
+            .collect();
+        let old_verify_keys: Map<String, Value> = self
+            .old_verify_keys
+            .iter()
+            .map(|(key_id, old)| {
+                let entry = serde_json::json!({
+                    "key": unpadded_base64(old.key.as_bytes()),
+                    "expired_ts": old.expired_ts_ms,
+                });
+                (key_id.clone(), entry)
+            })
+            .collect();
+        serde_json::json!({
+            "server_name": self.server_name,
+            "verify_keys": verify_keys,
+            "old_verify_keys": old_verify_keys,
+            "valid_until_ts": self.valid_until_ts_ms,
+        })
+    }
+
+    /// The JSON form signed by `key` under the server's name, as the server publishes it.
+    pub fn to_signed_json(&self, key: &ServerSigningKey) -> Result<Value, SigningError> {
+        self.to_signed_json_by(&[key])
+    }
+
+    /// The JSON form signed by each of `keys` (a server with several current keys signs with all
+    /// of them, so every verify key self-signs).
+    pub fn to_signed_json_by(&self, keys: &[&ServerSigningKey]) -> Result<Value, SigningError> {
+        let mut value = self.to_json();
+        for key in keys {
+            signing::sign_json(&mut value, &self.server_name, key)?;
+        }
+        Ok(value)
+    }
+
+    /// Parses a key response and checks it: 1. it is an object whose `server_name` is
+    /// `expected_server_name`; 2. `valid_until_ts` is an integer; 3. `verify_keys` and
+    /// `old_verify_keys` are well formed (keys with unknown algorithms are ignored, as the spec
+    /// says of unknown algorithms); 4. every ed25519 verify key signed the response.
+    pub fn parse_and_verify(
+        value: &Value,
+        expected_server_name: &str,
+    ) -> Result<ServerKeys, ServerKeyError> {
+        // 1.
+        let object = value.as_object().ok_or(ServerKeyError::NotAnObject)?;
+        let server_name = object
+            .get("server_name")
+            .and_then(Value::as_str)
+            .ok_or(ServerKeyError::Field("server_name"))?;
+        if server_name != expected_server_name {
+            return Err(ServerKeyError::NameMismatch {
+                expected: expected_server_name.to_owned(),
+                found: server_name.to_owned(),
+            });
+        }
+        // 2.
+        let valid_until_ts_ms = object
+            .get("valid_until_ts")
+            .and_then(Value::as_i64)
+            .ok_or(ServerKeyError::Field("valid_until_ts"))?;
+        // 3.
+        let mut verify_keys = BTreeMap::new();
+        let listed = object
+            .get("verify_keys")
+            .and_then(Value::as_object)
+            .ok_or(ServerKeyError::Field("verify_keys"))?;
+        for (key_id, entry) in listed {
+            if let Some(key) = parse_key_entry("verify_keys", key_id, entry)? {
+                verify_keys.insert(key_id.clone(), key);
+            }
+        }
+        let mut old_verify_keys = BTreeMap::new();
+        match object.get("old_verify_keys") {
+            None => {}
+            Some(Value::Object(listed)) => {
+                for (key_id, entry) in listed {
+                    let Some(key) = parse_key_entry("old_verify_keys", key_id, entry)? else {
+                        continue;
+                    };
+                    let expired_ts_ms = entry
+                        .get("expired_ts")
+                        .and_then(Value::as_i64)
+                        .ok_or_else(|| ServerKeyError::MalformedKey {
+                            field: "old_verify_keys",
+                            key_id: key_id.clone(),
+                            problem: "`expired_ts` is missing or not an integer".to_owned(),
+                        })?;
+                    old_verify_keys.insert(key_id.clone(), OldVerifyKey { key, expired_ts_ms });
+                }
+            }
+            Some(_) => return Err(ServerKeyError::Field("old_verify_keys")),
+        }
+        // 4.
+        if verify_keys.is_empty() {
+            return Err(ServerKeyError::NoVerifyKeys);
+        }
+        for (key_id, key) in &verify_keys {
+            signing::verify_json_signature(value, server_name, key_id, key)
+                .map_err(ServerKeyError::SelfSignature)?;
+        }
+        Ok(ServerKeys {
+            server_name: server_name.to_owned(),
+            verify_keys,
+            old_verify_keys,
+            valid_until_ts_ms,
+        })
+    }
+}
+
+/// Parses `{"key": <base64>}`; `None` for a key ID with an algorithm other than ed25519.
+fn parse_key_entry(
+    field: &'static str,
+    key_id: &str,
+    entry: &Value,
+) -> Result<Option<VerifyingKey>, ServerKeyError> {
+    let malformed = |problem: String| ServerKeyError::MalformedKey {
+        field,
+        key_id: key_id.to_owned(),
+        problem,
+    };
+    if !key_id.starts_with("ed25519:") {
+        return Ok(None);
+    }
+    KeyId::parse(key_id).map_err(|error| malformed(error.to_string()))?;
+    let text = entry
+        .get("key")
+        .and_then(Value::as_str)
+        .ok_or_else(|| malformed("`key` is missing or not a string".to_owned()))?;
+    signing::decode_verifying_key(text)
+        .map(Some)
+        .map_err(|error| malformed(error.to_string()))
+}
+
+/// The spec's cap on `valid_until_ts`: the lesser of it and `fetched_at_ms + max_validity_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidityClamp {
+    /// When the key object was fetched (simulated milliseconds).
+    pub fetched_at_ms: i64,
+    /// The cap; `None` turns the clamp off (for sweeps; the spec requires 7 days).
+    pub max_validity_ms: Option<i64>,
+}
+
+impl ValidityClamp {
+    /// The spec's rule: believe `valid_until_ts` at most 7 days past the fetch.
+    pub fn spec(fetched_at_ms: i64) -> ValidityClamp {
+        ValidityClamp {
+            fetched_at_ms,
+            max_validity_ms: Some(SEVEN_DAYS_MS),
+        }
+    }
+
+    /// No clamp: `valid_until_ts` is believed as published.
+    pub fn unclamped(fetched_at_ms: i64) -> ValidityClamp {
+        ValidityClamp {
+            fetched_at_ms,
+            max_validity_ms: None,
+        }
+    }
+
+    /// The `valid_until_ts` to use after clamping.
+    #[inline]
+    pub fn effective_valid_until_ms(&self, valid_until_ts_ms: i64) -> i64 {
+        match self.max_validity_ms {
+            Some(max) => valid_until_ts_ms.min(self.fetched_at_ms.saturating_add(max)),
+            None => valid_until_ts_ms,
+        }
+    }
+}
+
+/// Why a known key object does not supply a usable key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUnusable {
+    /// The key ID is in neither `verify_keys` nor `old_verify_keys`.
+    UnknownKey,
+    /// A current key whose (clamped) `valid_until_ts` is before the time checked.
+    Expired { valid_until_ms: i64 },
+    /// An old key that expired before the time checked.
+    OldKeyExpired { expired_ts_ms: i64 },
+    /// MSC4430: the key is an old key, and only the current key validates a member
+    /// co-signature.
+    NotCurrent,
+}
+
+/// The room v5+ rule: the key that may check a signature on an event sent at
+/// `origin_server_ts_ms`, or why there is none.
+#[inline]
+pub fn key_valid_for_event<'keys>(
+    keys: &'keys ServerKeys,
+    key_id: &str,
+    origin_server_ts_ms: i64,
+    clamp: ValidityClamp,
+) -> Result<&'keys VerifyingKey, KeyUnusable> {
+    if let Some(key) = keys.verify_keys.get(key_id) {
+        let valid_until_ms = clamp.effective_valid_until_ms(keys.valid_until_ts_ms);
+        return if valid_until_ms >= origin_server_ts_ms {
+            Ok(key)
+        } else {
+            Err(KeyUnusable::Expired { valid_until_ms })
+        };
+    }
+    match keys.old_verify_keys.get(key_id) {
+        Some(old) if old.expired_ts_ms >= origin_server_ts_ms => Ok(&old.key),
+        Some(old) => Err(KeyUnusable::OldKeyExpired {
+            expired_ts_ms: old.expired_ts_ms,
+        }),
+        None => Err(KeyUnusable::UnknownKey),
+    }
+}
+
+/// MSC4430: the key that may check a member event's server co-signature at `now_ms`. Only a key
+/// in `verify_keys` whose (clamped) `valid_until_ts` is still in the future (`> now_ms`) counts;
+/// the event's `origin_server_ts` is irrelevant (a back-dated event gains nothing). Whether a
+/// server keeps using an expired response when it cannot re-fetch (the MSC's fail-open rule) is
+/// the caller's policy: it decides which `ServerKeys` and fetch time it passes in.
+#[inline]
+pub fn key_valid_for_member_cosignature<'keys>(
+    keys: &'keys ServerKeys,
+    key_id: &str,
+    now_ms: i64,
+    clamp: ValidityClamp,
+) -> Result<&'keys VerifyingKey, KeyUnusable> {
+    match keys.verify_keys.get(key_id) {
+        Some(key) => {
+            let valid_until_ms = clamp.effective_valid_until_ms(keys.valid_until_ts_ms);
+            if valid_until_ms > now_ms {
+                Ok(key)
+            } else {
+                Err(KeyUnusable::Expired { valid_until_ms })
+            }
+        }
+        None if keys.old_verify_keys.contains_key(key_id) => Err(KeyUnusable::NotCurrent),
+        None => Err(KeyUnusable::UnknownKey),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key(version: &str, seed: u8) -> ServerSigningKey {
+        ServerSigningKey::from_seed(KeyId::ed25519(version).unwrap(), &[seed; 32])
+    }
+
+    fn keys_with_old() -> ServerKeys {
+        let mut keys = ServerKeys::with_current_key("a.example", &key("2", 2), 1_000_000);
+        keys.old_verify_keys.insert(
+            "ed25519:1".into(),
+            OldVerifyKey {
+                key: key("1", 1).verifying_key(),
+                expired_ts_ms: 500_000,
+            },
+        );
+        keys
+    }
+
+    #[test]
+    fn signed_round_trip_and_checks() {
+        let keys = keys_with_old();
+        let signed = keys.to_signed_json(&key("2", 2)).unwrap();
+        assert_eq!(
+            ServerKeys::parse_and_verify(&signed, "a.example"),
+            Ok(keys.clone())
+        );
+        assert!(matches!(
+            ServerKeys::parse_and_verify(&signed, "b.example"),
+            Err(ServerKeyError::NameMismatch { .. })
+        ));
+        let mut tampered = signed.clone();
+        tampered["valid_until_ts"] = json!(2_000_000);
+        assert!(matches!(
+            ServerKeys::parse_and_verify(&tampered, "a.example"),
+            Err(ServerKeyError::SelfSignature(
+                SignatureError::Invalid { .. }
+            ))
+        ));
+        // Signed by a key that is not listed: the listed key's signature is missing.
+        let wrong_signer = keys.to_signed_json(&key("1", 1)).unwrap();
+        assert!(matches!(
+            ServerKeys::parse_and_verify(&wrong_signer, "a.example"),
+            Err(ServerKeyError::SelfSignature(
+                SignatureError::MissingKey { .. }
+            ))
+        ));
+        // Two current keys: both must sign.
+        let mut two = keys.clone();
+        two.verify_keys
+            .insert("ed25519:3".into(), key("3", 3).verifying_key());
+        let one_signature = two.to_signed_json(&key("2", 2)).unwrap();
+        assert!(ServerKeys::parse_and_verify(&one_signature, "a.example").is_err());
+        let both = two
+            .to_signed_json_by(&[&key("2", 2), &key("3", 3)])
+            .unwrap();
+        assert_eq!(ServerKeys::parse_and_verify(&both, "a.example"), Ok(two));
+    }
+
+    #[test]
+    fn malformed_responses_are_errors() {
+        let signed = keys_with_old().to_signed_json(&key("2", 2)).unwrap();
+        let parse = |value: &Value| ServerKeys::parse_and_verify(value, "a.example");
+        assert_eq!(parse(&json!([])), Err(ServerKeyError::NotAnObject));
+        for field in ["server_name", "valid_until_ts", "verify_keys"] {
+            let mut broken = signed.clone();
+            broken.as_object_mut().unwrap().remove(field);
+            assert_eq!(parse(&broken), Err(ServerKeyError::Field(field)), "{field}");
+        }
+        let mut bad_key = signed.clone();
+        bad_key["verify_keys"]["ed25519:2"]["key"] = json!("AAAA");
+        assert!(matches!(
+            parse(&bad_key),
+            Err(ServerKeyError::MalformedKey { .. })
+        ));
+        let mut bad_id = signed.clone();
+        bad_id["verify_keys"]["ed25519:a-b"] = json!({"key": "x"});
+        assert!(matches!(
+            parse(&bad_id),
+            Err(ServerKeyError::MalformedKey { .. })
+        ));
+        let mut no_expiry = signed.clone();
+        no_expiry["old_verify_keys"]["ed25519:1"]
+            .as_object_mut()
+            .unwrap()
+            .remove("expired_ts");
+        assert!(matches!(
+            parse(&no_expiry),
+            Err(ServerKeyError::MalformedKey { .. })
+        ));
+        let mut empty = ServerKeys::with_current_key("a.example", &key("2", 2), 1);
+        empty.verify_keys.clear();
+        assert_eq!(parse(&empty.to_json()), Err(ServerKeyError::NoVerifyKeys));
+    }
+
+    #[test]
+    fn room_v5_rule_with_and_without_the_clamp() {
+        let keys = keys_with_old();
+        let clamp = ValidityClamp::unclamped(0);
+        assert!(key_valid_for_event(&keys, "ed25519:2", 1_000_000, clamp).is_ok());
+        assert_eq!(
+            key_valid_for_event(&keys, "ed25519:2", 1_000_001, clamp),
+            Err(KeyUnusable::Expired {
+                valid_until_ms: 1_000_000
+            })
+        );
+        assert!(key_valid_for_event(&keys, "ed25519:1", 500_000, clamp).is_ok());
+        assert_eq!(
+            key_valid_for_event(&keys, "ed25519:1", 500_001, clamp),
+            Err(KeyUnusable::OldKeyExpired {
+                expired_ts_ms: 500_000
+            })
+        );
+        assert_eq!(
+            key_valid_for_event(&keys, "ed25519:9", 0, clamp),
+            Err(KeyUnusable::UnknownKey)
+        );
+        // Far-future valid_until_ts is capped at fetch + 7 days.
+        let mut long = keys.clone();
+        long.valid_until_ts_ms = i64::MAX;
+        let clamp = ValidityClamp::spec(100);
+        assert!(key_valid_for_event(&long, "ed25519:2", 100 + SEVEN_DAYS_MS, clamp).is_ok());
+        assert_eq!(
+            key_valid_for_event(&long, "ed25519:2", 101 + SEVEN_DAYS_MS, clamp),
+            Err(KeyUnusable::Expired {
+                valid_until_ms: 100 + SEVEN_DAYS_MS
+            })
+        );
+    }
+
+    #[test]
+    fn member_cosignature_needs_the_current_key_at_check_time() {
+        let keys = keys_with_old();
+        let clamp = ValidityClamp::spec(0);
+        assert!(key_valid_for_member_cosignature(&keys, "ed25519:2", 999_999, clamp).is_ok());
+        assert_eq!(
+            key_valid_for_member_cosignature(&keys, "ed25519:2", 1_000_000, clamp),
+            Err(KeyUnusable::Expired {
+                valid_until_ms: 1_000_000
+            })
+        );
+        // An old key never validates a co-signature, whatever the event's timestamp.
+        assert_eq!(
+            key_valid_for_member_cosignature(&keys, "ed25519:1", 0, clamp),
+            Err(KeyUnusable::NotCurrent)
+        );
+        assert_eq!(
+            key_valid_for_member_cosignature(&keys, "ed25519:7", 0, clamp),
+            Err(KeyUnusable::UnknownKey)
+        );
+    }
+}
