@@ -453,9 +453,10 @@ fn write_servers(world: &World, out_dir: &Path) -> Result<(), RunError> {
                     status,
                     received,
                 ]);
-                row.extend((0..2).map(|_| empty()));
+                // known_domains is empty; requests_sent = the notary's fetches from origins.
+                row.push(empty());
                 row.push(notary.stats.origin_fetches.to_string());
-                row.extend((0..9).map(|_| empty()));
+                row.extend((0..10).map(|_| empty()));
             }
             super::Role::Observer(index) => {
                 let observer = &world.observers[index as usize];
