@@ -68,7 +68,8 @@ fn main() {
         .skip(1)
         .filter_map(|argument| argument.parse().ok())
         .collect();
-    let sizes = if sizes.is_empty() {
+    let with_default = std::env::args().any(|argument| argument == "default");
+    let sizes = if sizes.is_empty() && !with_default {
         vec![1_000, 10_000, 100_000]
     } else {
         sizes
