@@ -576,9 +576,9 @@ impl Progress {
         } else if self.plain && self.last_line.elapsed().as_secs_f64() >= 5.0 {
             self.last_line = Instant::now();
             eprintln!(
-                "fedsim: simulated {} of {} ({:.0}%), {:.0}s wall",
-                format_duration_ms(now_ms / 1000 * 1000),
-                format_duration_ms(self.end_ms),
+                "fedsim: simulated {:.1} h of {:.1} h ({:.0}%), {:.0} s wall",
+                now_ms as f64 / 3_600_000.0,
+                self.end_ms as f64 / 3_600_000.0,
                 100.0 * now_ms as f64 / self.end_ms.max(1) as f64,
                 self.started.elapsed().as_secs_f64()
             );
