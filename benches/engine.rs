@@ -2,7 +2,8 @@
 //! 1 000, 10 000 and 100 000 known domains over 30 simulated days, against the hold rate of a
 //! raw `BinaryHeap` of the same size measured in the same run.
 //!
-//! `cargo bench --bench engine` (all three sizes) or `cargo bench --bench engine -- 1000 10000`.
+//! `cargo bench --bench engine` (all three sizes) or `cargo bench --bench engine -- 1000 10000`;
+//! `-- default` also runs the built-in RQ1 scenario (40 observers sharing verified responses).
 //! Prints simulated events per second with everything (real ed25519 signing of every published
 //! response and verification of every distinct fetched one), the share of wall time spent in
 //! that crypto, and the rate without it.
@@ -36,8 +37,9 @@ chart = "none"
     )
 }
 
-/// The classic hold model: a heap of `size` pending (time, seq) entries; each hold pops the
-/// earliest and pushes it back a pseudo-random increment later.
+/// The classic hold model: a heap of `size` pending (time, seq, payload) entries (the size of
+/// the engine's largest queue, entries as large as its events); each hold pops the earliest and
+/// pushes it back a pseudo-random increment later.
 fn heap_holds_per_second(size: usize, holds: u64) -> f64 {
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -66,7 +68,8 @@ fn main() {
         .skip(1)
         .filter_map(|argument| argument.parse().ok())
         .collect();
-    let sizes = if sizes.is_empty() {
+    let with_default = std::env::args().any(|argument| argument == "default");
+    let sizes = if sizes.is_empty() && !with_default {
         vec![1_000, 10_000, 100_000]
     } else {
         sizes
@@ -84,8 +87,21 @@ fn main() {
         "ratio",
         "ratio_nocrypto"
     );
-    for domains in sizes {
-        let scenario = parse("bench.toml", &scenario_text(domains), &[]).expect("valid");
+    let mut runs: Vec<(String, fedsim::scenario::Scenario)> = sizes
+        .iter()
+        .map(|domains| {
+            let text = scenario_text(*domains);
+            (
+                domains.to_string(),
+                parse("bench.toml", &text, &[]).expect("valid"),
+            )
+        })
+        .collect();
+    if with_default {
+        let scenario = fedsim::scenario::load(None, &[]).expect("the built-in scenario is valid");
+        runs.push(("default".to_owned(), scenario));
+    }
+    for (label, scenario) in runs {
         let started = Instant::now();
         let mut world = World::build(&scenario, 1, Trace::default());
         let build_s = started.elapsed().as_secs_f64();
@@ -97,10 +113,11 @@ fn main() {
         let events = world.events_processed;
         let events_per_s = events as f64 / run_s;
         let events_per_s_without_crypto = events as f64 / (run_s - crypto_s).max(1e-9);
-        let heap_rate = heap_holds_per_second(domains as usize, events.max(1_000_000));
+        let heap_size = world.queue_len_max();
+        let heap_rate = heap_holds_per_second(heap_size, events.max(1_000_000));
         println!(
             "{:>8} {:>11} {:>9.2} {:>9.2} {:>13.0} {:>6.0}% {:>15.0} {:>14.0} {:>6.1}% {:>11.1}%",
-            domains,
+            label,
             events,
             build_s,
             run_s,
