@@ -108,6 +108,8 @@ pub struct Observer {
     /// Outbound key requests per metrics window.
     pub window_requests: Vec<u32>,
     pub requests_to_dead_domains: u64,
+    /// Bytes of 200 bodies received (key responses and notary answers).
+    pub bytes_received: u64,
     incoming_mean_gap_ms: f64,
     incoming_rng: SimRng,
     crashed: bool,
@@ -565,6 +567,9 @@ impl World {
                 let state = &mut self.observers[observer as usize];
                 if state.crashed || state.cache.epoch != epoch {
                     return;
+                }
+                if let Outcome::Ok(body) = &outcome {
+                    state.bytes_received += body.len() as u64;
                 }
                 let domain = state.cache.slots()[slot as usize].domain;
                 let fetched = key_cache::classify(
