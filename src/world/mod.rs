@@ -752,8 +752,9 @@ impl World {
         let Some(domain) = self.original_domain(server) else {
             return;
         };
-        let old_region = 0;
-        let new_server = self.net.add_server(self.seed, old_region);
+        // The new owner's server sits where the old one did (same region).
+        let region = self.net.region_of(server);
+        let new_server = self.net.add_server(self.seed, region);
         let lifetime_ms = self.publishers[server as usize]
             .as_ref()
             .map(|publisher| publisher.lifetime_ms())
