@@ -503,7 +503,11 @@ fn iterative_auth_checks<'a, S: EventSource>(
     events: &'a S,
     auth_failures: &mut Vec<(EventIndex, Rejection)>,
 ) {
-    let create = events.create_index().map(|create| events.pdu(create));
+    // v12 rule 2: only an accepted create event counts (a rejected one authorises nothing).
+    let create = events
+        .create_index()
+        .filter(|&create| !events.is_rejected(create))
+        .map(|create| events.pdu(create));
     for &event in order {
         let pdu = events.pdu(event);
         let Some(state_key) = pdu.state_key.as_deref() else {
