@@ -71,3 +71,33 @@ fn r1_v12_rejected_create_event_authorises_nothing_in_check_4() {
         "rule 2 is a check-4 rule: a rejected create event is not an accepted one"
     );
 }
+
+/// Finding R2: rule 1.3 — "If `content.room_version` is present and is not a recognised
+/// version, reject." `msc4430` is fedsim's command-line alias for `org.matrix.12.4430`, not a room
+/// version identifier any server recognises, so a create event naming it must be rejected.
+#[test]
+fn r2_the_cli_alias_msc4430_is_not_a_recognised_room_version() {
+    let version = RoomVersion::V12;
+    let create = |room_version: &str| {
+        pdu(
+            &version,
+            json!({
+                "event_id": "$CREATE", "type": "m.room.create", "sender": "@alice:a.example",
+                "state_key": "", "content": {"room_version": room_version},
+                "prev_events": [], "auth_events": [], "depth": 1, "origin_server_ts": 0,
+                "hashes": {"sha256": "unchecked"}, "signatures": {}
+            }),
+        )
+    };
+    let no_state: Vec<&Pdu> = Vec::new();
+    for recognised in ["1", "10", "12", "org.matrix.12.4430"] {
+        assert_eq!(
+            fedsim::matrix::auth::authorize(&version, &create(recognised), &no_state),
+            Ok(Rule::CreateAllowed),
+            "{recognised}"
+        );
+    }
+    let rejection =
+        fedsim::matrix::auth::authorize(&version, &create("msc4430"), &no_state).unwrap_err();
+    assert_eq!(rejection.rule, Rule::CreateUnknownRoomVersion);
+}
