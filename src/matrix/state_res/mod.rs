@@ -17,6 +17,8 @@
 //!   rather than silently dropped: in fedsim every state map comes from events the server holds.
 
 mod ordering;
+#[cfg(test)]
+mod tests;
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
