@@ -10,4 +10,5 @@ pub mod metrics;
 pub mod net;
 pub mod scenario;
 pub mod server;
+pub mod sweep;
 pub mod world;
