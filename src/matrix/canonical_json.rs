@@ -142,6 +142,11 @@ fn check_integer_range(integer: i64, path: &str) -> Result<(), CanonicalJsonErro
     }
 }
 
+/// Appends `text` as a JSON string with only the escapes JSON requires.
+pub fn write_json_string(text: &str, out: &mut String) {
+    write_string(text, out);
+}
+
 /// Writes a JSON string with only the escapes JSON requires.
 fn write_string(text: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789abcdef";

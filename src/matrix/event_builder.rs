@@ -157,9 +157,8 @@ pub fn build_pdu(
     object.insert("hashes".into(), hashes_value);
     let mut json = Value::Object(object);
     // 4.
-    let redacted = redaction::redact_for_hashing(version, &json);
-    let mut signed_bytes = String::with_capacity(hashed.len());
-    canonical_json::write_object_without(&redacted, &[], &mut signed_bytes)?;
+    let mut signed_bytes = String::with_capacity(hashed.len() + 64);
+    redaction::write_redacted_canonical(version, &json, &mut signed_bytes)?;
     // 5.
     let mut signatures = Map::new();
     match signer {

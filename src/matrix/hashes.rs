@@ -87,9 +87,8 @@ pub fn redacted_canonical(version: &RoomVersion, event: &Value) -> Result<String
     if !event.is_object() {
         return Err(HashError::NotAnObject);
     }
-    let redacted = redaction::redact_for_hashing(version, event);
     let mut canonical = String::with_capacity(512);
-    canonical_json::write_object_without(&redacted, &[], &mut canonical)?;
+    redaction::write_redacted_canonical(version, event, &mut canonical)?;
     Ok(canonical)
 }
 

@@ -8,6 +8,7 @@
 
 use serde_json::{Map, Value};
 
+use super::canonical_json::{self, CanonicalJsonError};
 use super::room_version::{RedactionRules, RoomVersion};
 
 /// Top-level keys every supported room version keeps.
@@ -41,32 +42,99 @@ pub fn redact_for_hashing(version: &RoomVersion, event: &Value) -> Map<String, V
     redact_object(&version.redaction, event, false)
 }
 
+/// Appends the canonical JSON of [`redact_for_hashing`]'s result to `out` without copying any
+/// part of the event: the bytes the reference hash and event signatures cover.
+pub fn write_redacted_canonical(
+    version: &RoomVersion,
+    event: &Value,
+    out: &mut String,
+) -> Result<(), CanonicalJsonError> {
+    match event.as_object() {
+        Some(object) => write_kept_object(kept_top_level(&version.redaction, object, false), out),
+        None => {
+            out.push_str("{}");
+            Ok(())
+        }
+    }
+}
+
 fn redact_object(
     rules: &RedactionRules,
     event: &Value,
     keep_signatures: bool,
 ) -> Map<String, Value> {
-    let mut redacted = Map::new();
-    let Some(object) = event.as_object() else {
-        return redacted;
-    };
-    // 1. Keep only the allowed top-level keys.
-    for (key, value) in object {
-        let kept = KEPT_TOP_LEVEL.contains(&key.as_str())
-            || (rules.keep_origin_membership_prev_state
-                && KEPT_TOP_LEVEL_BEFORE_V11.contains(&key.as_str()));
-        if kept && key != "content" && (keep_signatures || key != "signatures") {
-            redacted.insert(key.clone(), value.clone());
+    match event.as_object() {
+        Some(object) => kept_to_map(kept_top_level(rules, object, keep_signatures)),
+        None => Map::new(),
+    }
+}
+
+/// What redaction keeps of a value, borrowed from the event: the whole value, or an object
+/// with some of its keys.
+enum Kept<'event> {
+    Whole(&'event Value),
+    Object(Vec<(&'event str, Kept<'event>)>),
+}
+
+fn kept_to_map(entries: Vec<(&str, Kept<'_>)>) -> Map<String, Value> {
+    entries
+        .into_iter()
+        .map(|(key, kept)| {
+            let value = match kept {
+                Kept::Whole(value) => value.clone(),
+                Kept::Object(entries) => Value::Object(kept_to_map(entries)),
+            };
+            (key.to_owned(), value)
+        })
+        .collect()
+}
+
+fn write_kept_object(
+    mut entries: Vec<(&str, Kept<'_>)>,
+    out: &mut String,
+) -> Result<(), CanonicalJsonError> {
+    // Sorted by code point (= UTF-8 byte order), whatever order the map iterated in.
+    entries.sort_unstable_by(|left, right| left.0.cmp(right.0));
+    out.push('{');
+    for (index, (key, kept)) in entries.into_iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        canonical_json::write_json_string(key, out);
+        out.push(':');
+        match kept {
+            Kept::Whole(value) => canonical_json::write_canonical(value, out)?,
+            Kept::Object(entries) => write_kept_object(entries, out)?,
         }
     }
-    // 2. Strip the content to the keys its event type keeps.
+    out.push('}');
+    Ok(())
+}
+
+/// 1. Keep only the allowed top-level keys; 2. strip the content to what its type keeps.
+fn kept_top_level<'event>(
+    rules: &RedactionRules,
+    object: &'event Map<String, Value>,
+    keep_signatures: bool,
+) -> Vec<(&'event str, Kept<'event>)> {
+    let mut kept = Vec::with_capacity(KEPT_TOP_LEVEL.len());
+    // 1.
+    for (key, value) in object {
+        let allowed = KEPT_TOP_LEVEL.contains(&key.as_str())
+            || (rules.keep_origin_membership_prev_state
+                && KEPT_TOP_LEVEL_BEFORE_V11.contains(&key.as_str()));
+        if allowed && key != "content" && (keep_signatures || key != "signatures") {
+            kept.push((key.as_str(), Kept::Whole(value)));
+        }
+    }
+    // 2. A missing or non-object content becomes `{}`.
     let event_type = object.get("type").and_then(Value::as_str).unwrap_or("");
     let content = match object.get("content") {
         Some(Value::Object(content)) => redact_content(rules, event_type, content),
-        _ => Map::new(),
+        _ => Vec::new(),
     };
-    redacted.insert("content".to_owned(), Value::Object(content));
-    redacted
+    kept.push(("content", Kept::Object(content)));
+    kept
 }
 
 /// The content keys kept for `event_type`, before special cases.
@@ -103,18 +171,21 @@ fn kept_content_keys(rules: &RedactionRules, event_type: &str) -> &'static [&'st
     }
 }
 
-fn redact_content(
+fn redact_content<'event>(
     rules: &RedactionRules,
     event_type: &str,
-    content: &Map<String, Value>,
-) -> Map<String, Value> {
+    content: &'event Map<String, Value>,
+) -> Vec<(&'event str, Kept<'event>)> {
     if event_type == "m.room.create" && rules.keep_all_create_content {
-        return content.clone();
+        return content
+            .iter()
+            .map(|(key, value)| (key.as_str(), Kept::Whole(value)))
+            .collect();
     }
-    let mut kept = Map::new();
+    let mut kept = Vec::new();
     let mut keep = |key: &str| {
-        if let Some(value) = content.get(key) {
-            kept.insert(key.to_owned(), value.clone());
+        if let Some((key, value)) = content.get_key_value(key) {
+            kept.push((key.as_str(), Kept::Whole(value)));
         }
     };
     for key in kept_content_keys(rules, event_type) {
@@ -131,13 +202,14 @@ fn redact_content(
             // v11: "it allows the `signed` key of the `third_party_invite` key". Only an object
             // can have a `signed` key: an object keeps just that key (and stays, possibly empty,
             // as Synapse does); a null or any other non-object `third_party_invite` has nothing
-            // allowed in it and is removed.
-            if let Some(Value::Object(invite)) = content.get("third_party_invite") {
-                let mut kept_invite = Map::new();
-                if let Some(signed) = invite.get("signed") {
-                    kept_invite.insert("signed".to_owned(), signed.clone());
-                }
-                kept.insert("third_party_invite".to_owned(), Value::Object(kept_invite));
+            // allowed in it and is removed. (ruma keeps a non-object as is; see
+            // tests/differential_ruma.rs.)
+            if let Some((key, Value::Object(invite))) = content.get_key_value("third_party_invite")
+            {
+                let signed = invite
+                    .get_key_value("signed")
+                    .map(|(key, value)| (key.as_str(), Kept::Whole(value)));
+                kept.push((key.as_str(), Kept::Object(signed.into_iter().collect())));
             }
         }
     }
