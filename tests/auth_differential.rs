@@ -35,6 +35,7 @@ use fedsim::matrix::auth::{
     PowerLevel, PowerLevels, Rule, auth_types_for_event, check_against_auth_events,
     check_auth_rules, user_power_level, write_canonical_json,
 };
+use fedsim::matrix::canonical_json::to_canonical_string;
 use fedsim::matrix::{EventId, Pdu, RoomVersion, StateKey};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -470,8 +471,7 @@ impl Generator {
         } else if self.chance(0.05) {
             signed.as_object_mut().unwrap().remove("token");
         }
-        let mut canonical = String::new();
-        write_canonical_json(&signed, &mut canonical);
+        let canonical = to_canonical_string(&signed).unwrap();
         let signer = if self.chance(0.8) {
             self.identity_server_key.clone()
         } else {

@@ -5,16 +5,11 @@
 //! characters except `:` and NUL) are accepted, because the auth rules must accept every event a
 //! conforming server may have sent.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
 use crate::matrix::RoomVersion;
+use crate::matrix::member_keys::decode_member_key;
 
 /// The maximum length of a user ID, room ID or event ID in bytes (appendices §Identifier Grammar).
 pub const ID_MAX_BYTES: usize = 255;
-
-/// The length of a member key after its `@` sigil: unpadded base64 of 32 bytes.
-pub const MEMBER_KEY_BASE64_LEN: usize = 43;
 
 /// Whether `user` names a room member under `version`'s rules: a user ID `@localpart:server` in
 /// room versions 10-12, a member key `@<base64url(ed25519 public key)>` under MSC4430.
@@ -44,16 +39,11 @@ pub fn is_valid_user_id(user: &str) -> bool {
     !localpart.is_empty() && !localpart.contains('\0') && is_valid_server_name(server_name)
 }
 
-/// An MSC4430 member key: `@` + URL-safe unpadded base64 of a 32-byte Ed25519 public key, in its
-/// canonical encoding (no stray trailing bits).
+/// An MSC4430 member key: `@` + URL-safe unpadded base64 of an Ed25519 public key, in its one
+/// canonical spelling (see [`decode_member_key`]). A string that is no public key could never
+/// sign an event, so it names no member.
 pub fn is_valid_member_key(user: &str) -> bool {
-    let Some(encoded) = user.strip_prefix('@') else {
-        return false;
-    };
-    encoded.len() == MEMBER_KEY_BASE64_LEN
-        && URL_SAFE_NO_PAD
-            .decode(encoded)
-            .is_ok_and(|bytes| bytes.len() == 32)
+    decode_member_key(user).is_ok()
 }
 
 /// The server name part of a user or room ID (`@user:server`, `!opaque:server`): everything after
@@ -107,6 +97,7 @@ pub fn is_valid_server_name(server_name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::matrix::member_keys::{member_key_user_id, member_signing_key};
 
     #[test]
     fn user_ids_follow_the_federation_grammar() {
@@ -125,7 +116,8 @@ mod tests {
 
     #[test]
     fn member_keys_are_43_chars_of_url_safe_base64() {
-        let key = format!("@{}", URL_SAFE_NO_PAD.encode([7u8; 32]));
+        let key = member_key_user_id(&member_signing_key(&[7; 32]).verifying_key());
+        assert_eq!(key.len(), 44);
         assert!(is_valid_member_key(&key));
         assert!(is_valid_member_key(
             "@l8Hft5qXKn1vfHrg3p4-W8gELQVo8N13JkluMfmn2sQ"

@@ -44,7 +44,6 @@ pub use identifiers::{
 pub use power_levels::{PowerLevel, PowerLevels, integer_value, user_power_level};
 pub use rule::{Rejection, Rule};
 pub use selection::auth_types_for_event;
-pub use third_party_invite::write_canonical_json;
 
 use super::{EventId, Pdu, RoomVersion, StateKey};
 

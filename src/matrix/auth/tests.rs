@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD_NO_PAD;
 use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::*;
+use crate::matrix::canonical_json::to_canonical_string;
+use crate::matrix::member_keys::{member_key_user_id, member_signing_key};
 
 const ALL: [RoomVersion; 4] = RoomVersion::ALL;
 
@@ -59,10 +61,8 @@ impl Room {
     /// the name under MSC4430.
     fn user(&self, name: &str) -> String {
         if self.version.member_keys {
-            format!(
-                "@{}",
-                URL_SAFE_NO_PAD.encode(Sha256::digest(name.as_bytes()))
-            )
+            let seed: [u8; 32] = Sha256::digest(name.as_bytes()).into();
+            member_key_user_id(&member_signing_key(&seed).verifying_key())
         } else {
             format!("@{name}:{name}.example")
         }
@@ -781,8 +781,7 @@ fn third_party_invite_room(version: RoomVersion) -> (Room, SigningKey) {
 /// `signed` for `mxid` and `token`, signed by `key` as identity server `is.example`.
 fn signed_object(mxid: &str, token: &str, key: &SigningKey) -> Value {
     let mut signed = json!({"mxid": mxid, "token": token});
-    let mut canonical = String::new();
-    write_canonical_json(&signed, &mut canonical);
+    let canonical = to_canonical_string(&signed).unwrap();
     let signature = STANDARD_NO_PAD.encode(key.sign(canonical.as_bytes()).to_bytes());
     signed["signatures"] = json!({"is.example": {"ed25519:0": signature}});
     signed

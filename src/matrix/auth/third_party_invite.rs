@@ -10,6 +10,8 @@ use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::{Map, Value};
 
+use crate::matrix::canonical_json::write_object_without;
+
 /// Whether some signature in `signed.signatures` verifies, with some public key of the
 /// `m.room.third_party_invite` content (`public_key`, and `public_keys[].public_key`), over the
 /// canonical JSON of `signed` without `signatures` and `unsigned` (appendices §Signing JSON).
@@ -34,11 +36,12 @@ pub fn any_signature_verifies(signed: &Map<String, Value>, invite_content: &Valu
     if public_keys.is_empty() {
         return false;
     }
-    let mut unsigned_object = signed.clone();
-    unsigned_object.remove("signatures");
-    unsigned_object.remove("unsigned");
-    let mut message = String::new();
-    write_canonical_json(&Value::Object(unsigned_object), &mut message);
+    // The signed bytes: canonical JSON of `signed` without `signatures` and `unsigned`. A
+    // `signed` that has no canonical form (a float, say) verifies with no key.
+    let mut message = String::with_capacity(128);
+    if write_object_without(signed, &["signatures", "unsigned"], &mut message).is_err() {
+        return false;
+    }
 
     signatures
         .values()
@@ -71,75 +74,4 @@ fn decode_public_key(text: &str) -> Option<VerifyingKey> {
 fn decode_signature(text: &str) -> Option<Signature> {
     let bytes: [u8; 64] = decode_base64(text)?.try_into().ok()?;
     Some(Signature::from_bytes(&bytes))
-}
-
-/// Canonical JSON (appendices §Canonical JSON): object keys sorted by code point, no
-/// insignificant whitespace, strings with only the mandatory escapes, integers as-is.
-pub fn write_canonical_json(value: &Value, out: &mut String) {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by_key(|(key, _)| *key);
-            out.push('{');
-            for (index, (key, item)) in entries.into_iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                write_json_string(key, out);
-                out.push(':');
-                write_canonical_json(item, out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (index, item) in items.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                write_canonical_json(item, out);
-            }
-            out.push(']');
-        }
-        Value::String(text) => write_json_string(text, out),
-        // Numbers, booleans and null print the same in canonical JSON as in serde_json's
-        // compact form.
-        other => out.push_str(&other.to_string()),
-    }
-}
-
-fn write_json_string(text: &str, out: &mut String) {
-    out.push('"');
-    for character in text.chars() {
-        match character {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            control if (control as u32) < 0x20 => {
-                out.push_str(&format!("\\u{:04x}", control as u32));
-            }
-            other => out.push(other),
-        }
-    }
-    out.push('"');
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn canonical_json_sorts_keys_and_escapes_minimally() {
-        let mut out = String::new();
-        write_canonical_json(
-            &json!({"b": 1, "a": {"d": "\u{1}\n\"é", "c": [true, null]}}),
-            &mut out,
-        );
-        assert_eq!(out, r#"{"a":{"c":[true,null],"d":"\u0001\n\"é"},"b":1}"#);
-    }
 }
