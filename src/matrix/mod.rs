@@ -2,6 +2,7 @@
 //!
 //! Time (`now_ms`) and keys come in as arguments. Nothing here knows about the simulation engine.
 
+pub mod auth;
 pub mod pdu;
 pub mod room_version;
 
