@@ -33,7 +33,7 @@ use base64::engine::general_purpose::STANDARD_NO_PAD;
 use ed25519_dalek::{Signer, SigningKey};
 use fedsim::matrix::auth::{
     PowerLevel, PowerLevels, Rule, auth_types_for_event, check_against_auth_events,
-    check_auth_rules, user_power_level, write_canonical_json,
+    check_auth_rules, user_power_level,
 };
 use fedsim::matrix::canonical_json::to_canonical_string;
 use fedsim::matrix::{EventId, Pdu, RoomVersion, StateKey};
