@@ -5,6 +5,7 @@
 //! Sans-IO: every function takes the time (`now_ms`) and the keys it needs as arguments and
 //! returns what happened; fetching keys or missing events is the caller's job.
 
+pub mod checks;
 pub mod keys;
 pub mod links;
 pub mod policy;
