@@ -21,6 +21,8 @@ enum Command {
     /// Sign or inspect events and JSON objects (canonical JSON, hashes, event IDs, redaction).
     #[command(subcommand)]
     Pdu(fedsim::cli::pdu::PduCommand),
+    /// Resolve room state over real events (a JSON array or JSON lines of PDUs).
+    Resolve(fedsim::cli::resolve::Args),
 }
 
 fn main() {
@@ -31,6 +33,7 @@ fn main() {
             Ok(())
         }
         Command::Pdu(command) => fedsim::cli::pdu::run(&command),
+        Command::Resolve(args) => fedsim::cli::resolve::run(&args),
     };
     if let Err(error) = result {
         eprintln!("fedsim: {error}");

@@ -1,6 +1,8 @@
 //! Command-line front end. Each subcommand lives in its own module with an `Args` struct (clap)
 //! and a `run` function; errors are [`CliError`] values that `main` maps to exit codes.
 
+pub mod resolve;
+
 use std::fmt;
 
 /// An error that ends a command: printed as one line on stderr, then the process exits with

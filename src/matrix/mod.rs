@@ -3,8 +3,10 @@
 //! Time (`now_ms`) and keys come in as arguments. Nothing here knows about the simulation engine.
 
 pub mod auth;
+pub mod dag;
 pub mod pdu;
 pub mod room_version;
+pub mod state_res;
 
 pub use pdu::{EventId, Pdu, StateKey, StateMap};
 pub use room_version::{MSC4430_ID, RoomVersion, StateResVersion};

@@ -1,0 +1,499 @@
+//! The event DAG of one room: events interned to dense indices, their `prev_events` and
+//! `auth_events` edges (a petgraph graph), memoised auth chains, and for each event the state
+//! before and after it and whether it was rejected.
+//!
+//! Invariants:
+//! - Indices are assigned in insertion order, and an event is only inserted once every event it
+//!   references is present, so index order is a topological order (parents before children) and
+//!   the graph can never hold a cycle.
+//! - Every inserted event is evaluated once, at insertion: PDU check 4 (the auth rules against
+//!   its own `auth_events`) and check 5 (against the state before it). The state after a rejected
+//!   event equals the state before it. Events rejected by check 4 never enter state resolution
+//!   (the spec's "Rejected events" note); events rejected by check 5 do, as usual.
+//! - State maps are shared behind `Arc`: a message or a rejected event shares its state with its
+//!   parent instead of copying it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use petgraph::Direction;
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::EdgeRef;
+
+use super::auth::{self, AuthState, Rejection};
+use super::state_res::{self, EventSource, ResolveError};
+use super::{EventId, Pdu, RoomVersion, StateMap};
+
+/// The dense index of an event in a [`Dag`] (its insertion position).
+pub type EventIndex = u32;
+
+/// Which reference an edge of the DAG stands for. Edges point from an event to the event it
+/// references (child to parent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeKind {
+    Prev,
+    Auth,
+}
+
+/// Why events cannot form a room DAG. Each names the offending event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DagError {
+    #[error("event {0}: duplicate event ID")]
+    DuplicateEventId(EventId),
+    #[error("event {event}: unknown prev event {missing}")]
+    UnknownPrevEvent { event: EventId, missing: EventId },
+    #[error("event {event}: unknown auth event {missing}")]
+    UnknownAuthEvent { event: EventId, missing: EventId },
+    #[error("event {0}: part of a cycle of prev_events/auth_events references")]
+    Cycle(EventId),
+    #[error("no m.room.create event with an empty state key")]
+    MissingCreate,
+    #[error("event {0}: a second m.room.create event (the room already has one)")]
+    SecondCreate(EventId),
+    #[error("event {event}: state resolution of the state before it failed: {error}")]
+    Resolution { event: EventId, error: ResolveError },
+}
+
+/// Which PDU check rejected an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RejectionCheck {
+    /// Check 4: the auth rules against the event's own `auth_events`.
+    AuthEvents,
+    /// Check 5: the auth rules against the state before the event.
+    StateBefore,
+}
+
+/// How an event was judged on insertion.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// `None` if the event passed checks 4 and 5.
+    pub rejection: Option<(RejectionCheck, Rejection)>,
+    pub state_before: Arc<StateMap>,
+    pub state_after: Arc<StateMap>,
+}
+
+struct Node {
+    pdu: Arc<Pdu>,
+    prev: Vec<EventIndex>,
+    auth: Vec<EventIndex>,
+    /// Memoised auth chain: every event reachable through `auth_events`, not the event itself,
+    /// sorted by index.
+    auth_chain: OnceLock<Arc<[EventIndex]>>,
+    evaluation: Evaluation,
+}
+
+/// The event DAG of one room. See the module documentation for the invariants.
+pub struct Dag {
+    version: RoomVersion,
+    graph: DiGraph<EventIndex, EdgeKind, EventIndex>,
+    nodes: Vec<Node>,
+    index_of: HashMap<EventId, EventIndex>,
+    create: Option<EventIndex>,
+}
+
+impl Dag {
+    /// An empty DAG for a room of `version`.
+    pub fn new(version: RoomVersion) -> Dag {
+        Dag {
+            version,
+            graph: DiGraph::default(),
+            nodes: Vec::new(),
+            index_of: HashMap::new(),
+            create: None,
+        }
+    }
+
+    /// Builds a DAG from events in any order (such as a homeserver export): rejects duplicate
+    /// IDs, references to unknown events, cycles and a missing create event, then inserts the
+    /// events parents first, evaluating each.
+    pub fn from_events(version: RoomVersion, events: Vec<Pdu>) -> Result<Dag, DagError> {
+        let mut position_of: HashMap<&str, usize> = HashMap::with_capacity(events.len());
+        for (position, event) in events.iter().enumerate() {
+            if position_of.insert(&event.event_id, position).is_some() {
+                return Err(DagError::DuplicateEventId(event.event_id.clone()));
+            }
+        }
+        let is_create = |event: &Pdu| {
+            event.event_type == "m.room.create" && event.state_key.as_deref() == Some("")
+        };
+        let mut creates = events.iter().filter(|event| is_create(event));
+        if creates.next().is_none() {
+            return Err(DagError::MissingCreate);
+        }
+        if let Some(second) = creates.next() {
+            return Err(DagError::SecondCreate(second.event_id.clone()));
+        }
+        // An order graph with an edge parent -> child for every reference, to sort parents first.
+        let mut order_graph: DiGraph<usize, (), u32> =
+            DiGraph::with_capacity(events.len(), events.len() * 4);
+        for position in 0..events.len() {
+            order_graph.add_node(position);
+        }
+        for (position, event) in events.iter().enumerate() {
+            for prev in &event.prev_events {
+                let Some(&parent) = position_of.get(prev.as_str()) else {
+                    return Err(DagError::UnknownPrevEvent {
+                        event: event.event_id.clone(),
+                        missing: prev.clone(),
+                    });
+                };
+                order_graph.add_edge(NodeIndex::new(parent), NodeIndex::new(position), ());
+            }
+            for auth_event in &event.auth_events {
+                let Some(&parent) = position_of.get(auth_event.as_str()) else {
+                    return Err(DagError::UnknownAuthEvent {
+                        event: event.event_id.clone(),
+                        missing: auth_event.clone(),
+                    });
+                };
+                order_graph.add_edge(NodeIndex::new(parent), NodeIndex::new(position), ());
+            }
+        }
+        let order = petgraph::algo::toposort(&order_graph, None).map_err(|cycle| {
+            DagError::Cycle(events[order_graph[cycle.node_id()]].event_id.clone())
+        })?;
+        drop(position_of);
+        let mut slots: Vec<Option<Pdu>> = events.into_iter().map(Some).collect();
+        let mut dag = Dag::new(version);
+        for node in order {
+            let event = slots[order_graph[node]]
+                .take()
+                .expect("each event is sorted once");
+            dag.insert(Arc::new(event))?;
+        }
+        Ok(dag)
+    }
+
+    /// Inserts an event whose prev and auth events are all present, and evaluates it (PDU checks
+    /// 4 and 5). Returns its index. Inserting an ID already present is an error.
+    pub fn insert(&mut self, pdu: Arc<Pdu>) -> Result<EventIndex, DagError> {
+        let prev = self.resolve_references(&pdu, EdgeKind::Prev, true)?;
+        let state_before = if prev.is_empty() {
+            Arc::new(StateMap::new())
+        } else if prev.len() == 1 {
+            Arc::clone(&self.nodes[prev[0] as usize].evaluation.state_after)
+        } else {
+            // Parents sharing one state (messages after the same state) resolve trivially.
+            let mut parent_states: Vec<&Arc<StateMap>> = prev
+                .iter()
+                .map(|&parent| &self.nodes[parent as usize].evaluation.state_after)
+                .collect();
+            parent_states.sort_by_key(|state| Arc::as_ptr(state));
+            parent_states.dedup_by(|a, b| Arc::ptr_eq(a, b));
+            if parent_states.len() == 1 {
+                Arc::clone(parent_states[0])
+            } else {
+                let states: Vec<&StateMap> = parent_states.iter().map(|state| &***state).collect();
+                let resolved =
+                    state_res::resolve(&self.version, &states, self).map_err(|error| {
+                        DagError::Resolution {
+                            event: pdu.event_id.clone(),
+                            error,
+                        }
+                    })?;
+                Arc::new(resolved)
+            }
+        };
+        self.insert_with_state_before(pdu, state_before)
+    }
+
+    /// Inserts an event with a state before it given from outside (for example from a
+    /// `/state_ids` answer when its prev events are unknown). Its auth events must be present;
+    /// unknown prev events are allowed.
+    pub fn insert_with_state_before(
+        &mut self,
+        pdu: Arc<Pdu>,
+        state_before: Arc<StateMap>,
+    ) -> Result<EventIndex, DagError> {
+        if self.index_of.contains_key(&pdu.event_id) {
+            return Err(DagError::DuplicateEventId(pdu.event_id.clone()));
+        }
+        let is_create = pdu.event_type == "m.room.create" && pdu.state_key.as_deref() == Some("");
+        if is_create && self.create.is_some() {
+            return Err(DagError::SecondCreate(pdu.event_id.clone()));
+        }
+        let prev = self.resolve_references(&pdu, EdgeKind::Prev, false)?;
+        let auth = self.resolve_references(&pdu, EdgeKind::Auth, true)?;
+        let rejection = self.check_event(&pdu, &auth, &state_before);
+        let state_after = match (&rejection, pdu.state_key_pair()) {
+            (None, Some(key)) => {
+                let mut state = StateMap::clone(&state_before);
+                state.insert(key, pdu.event_id.clone());
+                Arc::new(state)
+            }
+            _ => Arc::clone(&state_before),
+        };
+        let index = self.nodes.len() as EventIndex;
+        let node = self.graph.add_node(index);
+        debug_assert_eq!(node.index(), index as usize);
+        for &parent in &prev {
+            self.graph
+                .add_edge(node, NodeIndex::new(parent as usize), EdgeKind::Prev);
+        }
+        for &parent in &auth {
+            self.graph
+                .add_edge(node, NodeIndex::new(parent as usize), EdgeKind::Auth);
+        }
+        self.index_of.insert(pdu.event_id.clone(), index);
+        if is_create {
+            self.create = Some(index);
+        }
+        self.nodes.push(Node {
+            pdu,
+            prev,
+            auth,
+            auth_chain: OnceLock::new(),
+            evaluation: Evaluation {
+                rejection,
+                state_before,
+                state_after,
+            },
+        });
+        Ok(index)
+    }
+
+    /// The indices of the events `pdu` references by `kind`; an unknown one is an error if
+    /// `required`, and skipped otherwise.
+    fn resolve_references(
+        &self,
+        pdu: &Pdu,
+        kind: EdgeKind,
+        required: bool,
+    ) -> Result<Vec<EventIndex>, DagError> {
+        let ids = match kind {
+            EdgeKind::Prev => &pdu.prev_events,
+            EdgeKind::Auth => &pdu.auth_events,
+        };
+        let mut indices = Vec::with_capacity(ids.len());
+        for id in ids {
+            match (self.index_of.get(id), kind) {
+                (Some(&index), _) => indices.push(index),
+                (None, _) if !required => {}
+                (None, EdgeKind::Prev) => {
+                    return Err(DagError::UnknownPrevEvent {
+                        event: pdu.event_id.clone(),
+                        missing: id.clone(),
+                    });
+                }
+                (None, EdgeKind::Auth) => {
+                    return Err(DagError::UnknownAuthEvent {
+                        event: pdu.event_id.clone(),
+                        missing: id.clone(),
+                    });
+                }
+            }
+        }
+        Ok(indices)
+    }
+
+    /// PDU checks 4 and 5 for an event not yet inserted.
+    fn check_event(
+        &self,
+        pdu: &Pdu,
+        auth: &[EventIndex],
+        state_before: &StateMap,
+    ) -> Option<(RejectionCheck, Rejection)> {
+        // 4. The auth rules against the event's own auth events: first their shape (no
+        //    duplicates, only the types the selection algorithm picks, none rejected), then the
+        //    rules evaluated with those events as the state. Room v12 never lists the create
+        //    event (its ID is the room ID), so it is added for the rules to read.
+        let auth_pdus: Vec<&Pdu> = auth.iter().map(|&index| self.pdu(index)).collect();
+        let create = self.create.map(|create| self.pdu(create));
+        if let Err(rejection) =
+            auth::check_against_auth_events(&self.version, pdu, &auth_pdus, create, |id| {
+                self.index_of
+                    .get(id)
+                    .is_some_and(|&index| self.is_rejected(index))
+            })
+        {
+            return Some((RejectionCheck::AuthEvents, rejection));
+        }
+        // 5. The auth rules against the state before the event.
+        let view = StateMapView {
+            state: state_before,
+            dag: self,
+        };
+        if let Err(rejection) = auth::check_auth_rules(&self.version, pdu, &view) {
+            return Some((RejectionCheck::StateBefore, rejection));
+        }
+        None
+    }
+
+    /// The room version this DAG follows.
+    pub fn version(&self) -> &RoomVersion {
+        &self.version
+    }
+
+    /// How many events the DAG holds.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The index of an event ID, if present.
+    pub fn index(&self, event_id: &str) -> Option<EventIndex> {
+        self.index_of.get(event_id).copied()
+    }
+
+    /// The event at `index`, shared.
+    pub fn event(&self, index: EventIndex) -> &Arc<Pdu> {
+        &self.nodes[index as usize].pdu
+    }
+
+    /// The indices of the event's prev events that are in the DAG.
+    pub fn prev_indices(&self, index: EventIndex) -> &[EventIndex] {
+        &self.nodes[index as usize].prev
+    }
+
+    /// How the event was judged on insertion.
+    pub fn evaluation(&self, index: EventIndex) -> &Evaluation {
+        &self.nodes[index as usize].evaluation
+    }
+
+    /// The state after the event (equal to the state before it if it was rejected or is not a
+    /// state event).
+    pub fn state_after(&self, event_id: &str) -> Option<&Arc<StateMap>> {
+        self.index(event_id)
+            .map(|index| &self.nodes[index as usize].evaluation.state_after)
+    }
+
+    /// The state before the event: the resolution of the states after its prev events.
+    pub fn state_before(&self, event_id: &str) -> Option<&Arc<StateMap>> {
+        self.index(event_id)
+            .map(|index| &self.nodes[index as usize].evaluation.state_before)
+    }
+
+    /// The forward extremities: accepted events that no accepted event names in its
+    /// `prev_events` (a rejected child does not make its parents stop being extremities),
+    /// sorted by index.
+    pub fn forward_extremities(&self) -> Vec<EventIndex> {
+        (0..self.nodes.len() as EventIndex)
+            .filter(|&index| self.nodes[index as usize].evaluation.rejection.is_none())
+            .filter(|&index| {
+                !self
+                    .graph
+                    .edges_directed(NodeIndex::new(index as usize), Direction::Incoming)
+                    .any(|edge| {
+                        *edge.weight() == EdgeKind::Prev
+                            && self.nodes[edge.source().index()]
+                                .evaluation
+                                .rejection
+                                .is_none()
+                    })
+            })
+            .collect()
+    }
+
+    /// Every event, parents before children (the insertion order).
+    pub fn topological_order(&self) -> impl Iterator<Item = EventIndex> + '_ {
+        0..self.nodes.len() as EventIndex
+    }
+
+    /// The petgraph graph: node weights are event indices, edges point from an event to the
+    /// events it references.
+    pub fn graph(&self) -> &DiGraph<EventIndex, EdgeKind, EventIndex> {
+        &self.graph
+    }
+
+    /// The resolution of the states after the given events (the current state when they are the
+    /// forward extremities).
+    pub fn resolve_states_after(&self, events: &[EventIndex]) -> Result<StateMap, ResolveError> {
+        let states: Vec<&StateMap> = events
+            .iter()
+            .map(|&index| &*self.nodes[index as usize].evaluation.state_after)
+            .collect();
+        state_res::resolve(&self.version, &states, self)
+    }
+}
+
+impl EventSource for Dag {
+    fn index_of(&self, event_id: &str) -> Option<EventIndex> {
+        self.index_of.get(event_id).copied()
+    }
+
+    fn pdu(&self, index: EventIndex) -> &Pdu {
+        &self.nodes[index as usize].pdu
+    }
+
+    fn auth_indices(&self, index: EventIndex) -> &[EventIndex] {
+        &self.nodes[index as usize].auth
+    }
+
+    fn is_rejected(&self, index: EventIndex) -> bool {
+        self.nodes[index as usize].evaluation.rejection.is_some()
+    }
+
+    fn is_rejected_by_auth_events(&self, index: EventIndex) -> bool {
+        matches!(
+            self.nodes[index as usize].evaluation.rejection,
+            Some((RejectionCheck::AuthEvents, _))
+        )
+    }
+
+    fn create_index(&self) -> Option<EventIndex> {
+        self.create
+    }
+
+    fn event_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn auth_chain(&self, index: EventIndex) -> &[EventIndex] {
+        if let Some(chain) = self.nodes[index as usize].auth_chain.get() {
+            return chain;
+        }
+        // Compute the chains of the auth ancestors that are not memoised yet, deepest first, with
+        // an explicit stack: auth chains can be thousands of events deep.
+        let mut stack = vec![(index, false)];
+        while let Some((current, children_done)) = stack.pop() {
+            let node = &self.nodes[current as usize];
+            if node.auth_chain.get().is_some() {
+                continue;
+            }
+            if !children_done {
+                stack.push((current, true));
+                for &parent in &node.auth {
+                    if self.nodes[parent as usize].auth_chain.get().is_none() {
+                        stack.push((parent, false));
+                    }
+                }
+                continue;
+            }
+            let mut chain: Vec<EventIndex> = Vec::new();
+            for &parent in &node.auth {
+                chain.push(parent);
+                chain.extend_from_slice(
+                    self.nodes[parent as usize]
+                        .auth_chain
+                        .get()
+                        .expect("parents are computed first"),
+                );
+            }
+            chain.sort_unstable();
+            chain.dedup();
+            let _ = node.auth_chain.set(chain.into());
+        }
+        self.nodes[index as usize]
+            .auth_chain
+            .get()
+            .expect("computed above")
+    }
+}
+
+/// A [`StateMap`] of event IDs read as auth state through the DAG that holds the events.
+pub struct StateMapView<'a> {
+    pub state: &'a StateMap,
+    pub dag: &'a Dag,
+}
+
+impl AuthState for StateMapView<'_> {
+    fn get(&self, event_type: &str, state_key: &str) -> Option<&Pdu> {
+        let id = self
+            .state
+            .get(&(event_type.to_owned(), state_key.to_owned()))?;
+        self.dag.index(id).map(|index| &**self.dag.event(index))
+    }
+}
