@@ -4,8 +4,20 @@
 //!
 //! Sans-IO: every function takes the time (`now_ms`) and the keys it needs as arguments and
 //! returns what happened; fetching keys or missing events is the caller's job.
+//!
+//! - [`checks`]: PDU checks 1–3 (format, signatures, hashes).
+//! - [`room_state`]: one room as one server sees it (DAG, fates, extremities, current state,
+//!   timeline, member_info).
+//! - [`pipeline`]: checks 1–6 in order plus the link rule, on a [`room_state::RoomState`].
+//! - [`links`]: the member link table and its state machine.
+//! - [`keys`]: the server keys the room layer reads.
+//! - [`policy`]: the room-layer knobs and the P0–P9 presets.
+//! - [`testbed`]: a hand-fed federation of a few servers for tests and scripted reproductions.
 
 pub mod checks;
 pub mod keys;
 pub mod links;
+pub mod pipeline;
 pub mod policy;
+pub mod room_state;
+pub mod testbed;
