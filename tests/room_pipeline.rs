@@ -6,12 +6,15 @@ use std::sync::Arc;
 
 use fedsim::matrix::auth::Rule;
 use fedsim::matrix::event_builder::EventDraft;
+use fedsim::matrix::event_builder::countersign_pdu;
 use fedsim::matrix::server_keys::{OldVerifyKey, ServerKeys};
 use fedsim::matrix::signing::{KeyId, ServerSigningKey};
 use fedsim::matrix::{Pdu, RoomVersion};
 use fedsim::room::links::{KeyInvalidation, LinkStatus, LinkVerdict};
-use fedsim::room::pipeline::{DropReason, Outcome, Verdict};
-use fedsim::room::policy::{ArrivalPath, RoomPolicy};
+use fedsim::room::pipeline::{
+    DropReason, Outcome, ServerView, Verdict, receive_pdu_with_state_before, reveal_verified,
+};
+use fedsim::room::policy::{ArrivalPath, ArrivalPaths, RoomPolicy};
 use fedsim::room::room_state::{Fate, RejectedAt, SoftFailReason, Visibility};
 use fedsim::room::testbed::{Federation, KEY_VALIDITY_MS, User, public_room};
 use serde_json::json;
@@ -701,4 +704,129 @@ fn the_current_state_memo_changes_nothing() {
             .collect::<Vec<_>>()
     };
     assert_eq!(run(true), run(false));
+}
+
+#[test]
+fn a_resigned_member_event_refetched_after_a_rotation_reverifies_and_may_reveal() {
+    for reveal in [false, true] {
+        let policy = RoomPolicy {
+            reveal_on_verification: reveal,
+            ..RoomPolicy::P1
+        };
+        let mut room = room(&policy);
+        let bob = room.bob.clone();
+        let bob_join = room
+            .federation
+            .server("a.example")
+            .room
+            .current_state_event("m.room.member", &bob.id())
+            .unwrap()
+            .unwrap();
+        invalidate_b_key_on_a(&mut room, 50);
+        let message =
+            room.federation
+                .broadcast(&bob, "m.room.message", None, json!({"body": "hi"}), 100);
+        let a = room.federation.server("a.example");
+        assert!(!a.room.visible_event_ids().contains(&message.event_id));
+        // b.example re-signs bob's join with its new key; a.example re-queries it directly.
+        let new_key = ServerSigningKey::from_seed(KeyId::ed25519("2").unwrap(), &[42; 32]);
+        let resigned =
+            countersign_pdu(&policy.room_version, &bob_join, "b.example", &new_key).unwrap();
+        assert_eq!(resigned.event_id, bob_join.event_id);
+        let receipt = a.receive(&resigned, ArrivalPath::EventFetch, 200);
+        assert_eq!(receipt.verdict, Verdict::AlreadyHeld);
+        assert_eq!(receipt.link_after, Some(LinkStatus::Verified));
+        assert_eq!(
+            a.links.user_id(&bob.id()).as_deref(),
+            Some("@bob:b.example")
+        );
+        let revealed = reveal_verified(&mut a.room, &a.links, &a.policy, &[bob.id()], 201);
+        assert_eq!(revealed, usize::from(reveal));
+        assert_eq!(
+            a.room.visible_event_ids().contains(&message.event_id),
+            reveal
+        );
+        // New messages are delivered either way.
+        let later =
+            room.federation
+                .broadcast(&bob, "m.room.message", None, json!({"body": "back"}), 300);
+        let a = room.federation.server("a.example");
+        assert!(a.room.visible_event_ids().contains(&later.event_id));
+    }
+}
+
+#[test]
+fn the_link_rule_soft_fails_only_on_the_arrival_paths_the_policy_names() {
+    let policy = RoomPolicy {
+        link_soft_fail_paths: ArrivalPaths::SEND_ONLY,
+        ..RoomPolicy::P1
+    };
+    let mut room = room(&policy);
+    let bob = room.bob.clone();
+    invalidate_b_key_on_a(&mut room, 50);
+    let first = room
+        .federation
+        .server("b.example")
+        .send(&bob, "m.room.message", None, json!({"body": "1"}), 100)
+        .unwrap();
+    let second = room
+        .federation
+        .server("b.example")
+        .send(&bob, "m.room.message", None, json!({"body": "2"}), 101)
+        .unwrap();
+    let a = room.federation.server("a.example");
+    assert_eq!(
+        a.receive(&first, ArrivalPath::Backfill, 110).verdict,
+        Verdict::Accepted { labelled: true }
+    );
+    assert_eq!(
+        a.receive(&second, ArrivalPath::Send, 111).verdict,
+        Verdict::SoftFailed(SoftFailReason::Link(LinkVerdict::Unverified))
+    );
+}
+
+#[test]
+fn an_event_after_a_gap_with_a_given_state_and_its_late_parent_keep_the_extremities_right() {
+    let mut room = room(&RoomPolicy::P0);
+    let bob = room.bob.clone();
+    let b = room.federation.server("b.example");
+    let first = b
+        .send(&bob, "m.room.message", None, json!({"body": "1"}), 100)
+        .unwrap();
+    let second = b
+        .send(&bob, "m.room.message", None, json!({"body": "2"}), 101)
+        .unwrap();
+    let state_before = Arc::clone(b.room.dag().state_before(&second.event_id).unwrap());
+    let before_gap = room
+        .federation
+        .server("a.example")
+        .room
+        .forward_extremities();
+    let a = room.federation.server("a.example");
+    let receipt = {
+        let mut view = ServerView {
+            keys: &a.keys,
+            links: &mut a.links,
+            policy: &a.policy,
+        };
+        receive_pdu_with_state_before(
+            &mut a.room,
+            &mut view,
+            second.json.clone(),
+            ArrivalPath::Send,
+            state_before,
+            110,
+        )
+    };
+    assert_eq!(receipt.outcome(), Outcome::Accepted);
+    let mut expected = before_gap.clone();
+    expected.push(second.event_id.clone());
+    assert_eq!(a.room.forward_extremities(), expected);
+    // The missing parent arrives later: it is not an extremity (it has an accepted child), and
+    // the event before the gap stops being one.
+    assert_eq!(
+        a.receive(&first, ArrivalPath::MissingEvents, 120).outcome(),
+        Outcome::Accepted
+    );
+    assert_eq!(a.room.forward_extremities(), vec![second.event_id.clone()]);
 }
