@@ -3,6 +3,10 @@
 //! and `auth_types_for_event`), on seeded random room states and events for room versions 10, 11
 //! and 12.
 //!
+//! Two kinds of runs, 3 000 cases each per version: fresh random rooms (one per case) and evolving
+//! rooms (each accepted state event joins the room, a new room every 60 events), so that both
+//! arbitrary and reachable states are covered.
+//!
 //! Each case is a random room state (memberships, power levels, join rules, a third-party invite,
 //! `m.federate`, v12 `additional_creators`) and a random event (member events of every membership
 //! with restricted-join authorisers and third-party invites with good and bad signatures,
@@ -24,7 +28,7 @@
 //! The MSC4430 room version has no oracle (no implementation of member keys exists), so it is
 //! not part of this test.
 //!
-//! `FEDSIM_AUTH_DIFF_CASES` sets the number of cases per room version (default 3000).
+//! `FEDSIM_AUTH_DIFF_CASES` sets the number of cases per room version and run (default 3000).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -814,8 +818,14 @@ impl Generator {
         (auth_events, rejected)
     }
 
+    /// A case in a fresh random room.
     fn case(&mut self) -> Case {
         let state = self.state();
+        self.case_in(state)
+    }
+
+    /// A case in the room whose state is `state`.
+    fn case_in(&mut self, state: BTreeMap<StateKey, Pdu>) -> Case {
         let (mut event, not_comparable) = self.event(&state);
         let (auth_events, rejected) = self.auth_events(&state, &event);
         event.auth_events = auth_events
@@ -946,15 +956,43 @@ fn cases_per_version() -> usize {
         .unwrap_or(3000)
 }
 
-fn run_version(version: RoomVersion, seed: u64) {
+/// How the room states of a run come about.
+#[derive(Clone, Copy, PartialEq)]
+enum Rooms {
+    /// A fresh random state for every case.
+    Fresh,
+    /// Rooms that evolve: every state event (but a create event) that fedsim accepts against the
+    /// current state (check 5) becomes part of it, as in a live room. A new room starts every
+    /// [`EVOLVING_ROOM_EVENTS`] cases, before bans and power changes have locked everyone out.
+    Evolving,
+}
+
+/// How many events each evolving room sees.
+const EVOLVING_ROOM_EVENTS: usize = 60;
+
+fn run_version(version: RoomVersion, seed: u64, rooms: Rooms) {
     let mut generator = Generator::new(version, seed);
     let cases = cases_per_version();
+    let mut room_state = BTreeMap::new();
     let mut disagreements = Vec::new();
     let mut rules_seen: BTreeMap<String, usize> = BTreeMap::new();
     let (mut compared, mut allowed4, mut allowed5, mut excluded) = (0, 0, 0, 0);
     for index in 0..cases {
-        let case = generator.case();
+        if rooms == Rooms::Evolving && index % EVOLVING_ROOM_EVENTS == 0 {
+            room_state = generator.state();
+        }
+        let case = match rooms {
+            Rooms::Fresh => generator.case(),
+            Rooms::Evolving => generator.case_in(room_state.clone()),
+        };
         let verdicts = judge(&version, &case);
+        if rooms == Rooms::Evolving
+            && case.event.is_state()
+            && case.event.event_type != "m.room.create"
+            && check_auth_rules(&version, &case.event, &case.state).is_ok()
+        {
+            room_state.insert(case.event.state_key_pair().unwrap(), case.event.clone());
+        }
         let (mine4, ruma4) = &verdicts.check4;
         let rule = match mine4 {
             Ok(rule) => rule.name().to_owned(),
@@ -994,8 +1032,13 @@ fn run_version(version: RoomVersion, seed: u64) {
         }
     }
     eprintln!(
-        "room version {}: {compared} cases compared ({excluded} not comparable), check 4 allowed {allowed4}, check 5 allowed {allowed5}, {} distinct deciding rules",
+        "room version {} ({}): {compared} cases compared ({excluded} not comparable), check 4 allowed {allowed4}, check 5 allowed {allowed5}, {} distinct deciding rules",
         version.id,
+        if rooms == Rooms::Fresh {
+            "fresh rooms"
+        } else {
+            "an evolving room"
+        },
         rules_seen.len()
     );
     for (rule, count) in &rules_seen {
@@ -1030,15 +1073,30 @@ fn run_version(version: RoomVersion, seed: u64) {
 
 #[test]
 fn auth_rules_agree_with_ruma_in_room_version_10() {
-    run_version(RoomVersion::V10, 10);
+    run_version(RoomVersion::V10, 10, Rooms::Fresh);
 }
 
 #[test]
 fn auth_rules_agree_with_ruma_in_room_version_11() {
-    run_version(RoomVersion::V11, 11);
+    run_version(RoomVersion::V11, 11, Rooms::Fresh);
 }
 
 #[test]
 fn auth_rules_agree_with_ruma_in_room_version_12() {
-    run_version(RoomVersion::V12, 12);
+    run_version(RoomVersion::V12, 12, Rooms::Fresh);
+}
+
+#[test]
+fn auth_rules_agree_with_ruma_in_evolving_rooms_of_version_10() {
+    run_version(RoomVersion::V10, 110, Rooms::Evolving);
+}
+
+#[test]
+fn auth_rules_agree_with_ruma_in_evolving_rooms_of_version_11() {
+    run_version(RoomVersion::V11, 111, Rooms::Evolving);
+}
+
+#[test]
+fn auth_rules_agree_with_ruma_in_evolving_rooms_of_version_12() {
+    run_version(RoomVersion::V12, 112, Rooms::Evolving);
 }

@@ -189,6 +189,18 @@ fn msc4430_member_signing_and_inspection() {
 }
 
 #[test]
+fn inspecting_a_v12_create_event_names_the_room() {
+    let create = r#"{"type": "m.room.create", "state_key": "", "sender": "@a:x",
+        "content": {"room_version": "12"}, "prev_events": [], "auth_events": [], "depth": 1,
+        "origin_server_ts": 0}"#;
+    let report = stdout_json(&fedsim(&["pdu", "inspect", "--room-version", "12"], create));
+    let event_id = report["event_id"].as_str().unwrap();
+    assert_eq!(report["room_id"], format!("!{}", &event_id[1..]));
+    let v11 = stdout_json(&fedsim(&["pdu", "inspect", "--room-version", "11"], create));
+    assert!(v11.get("room_id").is_none());
+}
+
+#[test]
 fn bad_input_is_one_line_and_exit_code_2() {
     let cases: [(&[&str], &str, &str); 9] = [
         (&["pdu", "inspect"], "not json", "invalid JSON"),

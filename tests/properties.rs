@@ -213,4 +213,82 @@ proptest! {
             prop_assert!(event_builder::verify_pdu_signatures(&version, &forged, no_lookup).is_err());
         }
     }
+
+    #[test]
+    fn nothing_panics_on_arbitrary_json(value in arb_any_json(), version in arb_version(), seed in any::<[u8; 32]>()) {
+        let key = signing_key(seed);
+        let _ = canonical_json::to_canonical_string(&value);
+        let _ = canonical_json::check_strict(&value);
+        let _ = hashes::content_hash(&value);
+        let _ = hashes::check_content_hash(&value);
+        let _ = hashes::event_id(&version, &value);
+        let _ = redaction::redact(&version, &value);
+        let _ = signing::verify_event_signature(&version, &value, "x", "ed25519:1", &key.verifying_key());
+        let _ = signing::verify_json_signature(&value, "x", "ed25519:1", &key.verifying_key());
+        let _ = member_keys::verify_member_signature(&version, &value);
+        let _ = fedsim::matrix::server_keys::ServerKeys::parse_and_verify(&value, "x");
+        let mut signed = value.clone();
+        let _ = signing::sign_event(&version, &mut signed, "x", &key);
+        let mut signed = value.clone();
+        let _ = signing::sign_json(&mut signed, "x", &key);
+        let _ = canonical_json::parse_strict(&value.to_string());
+        if let Ok(pdu) = fedsim::matrix::Pdu::from_json(value.clone(), "$e".into(), &version) {
+            let _ = event_builder::verify_pdu_signatures(&version, &pdu, |_, _| Some(key.verifying_key()));
+        }
+    }
+
+    #[test]
+    fn member_key_decoding_never_panics(text in "@?[A-Za-z0-9_+/=-]{0,50}|\\PC{0,50}") {
+        let _ = member_keys::decode_member_key(&text);
+    }
+}
+
+/// Any JSON, including floats, huge integers and odd shapes around event fields.
+fn arb_any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        common::arb_leaf(),
+        any::<f64>()
+            .prop_filter_map("finite", serde_json::Number::from_f64)
+            .prop_map(Value::Number),
+        any::<u64>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+    ];
+    let keys = prop_oneof![
+        prop::sample::select(vec![
+            "type",
+            "content",
+            "sender",
+            "signatures",
+            "hashes",
+            "sha256",
+            "depth",
+            "prev_events",
+            "auth_events",
+            "room_id",
+            "state_key",
+            "unsigned",
+            "domain",
+            "membership",
+            "third_party_invite",
+            "signed",
+            "x",
+            "ed25519:1",
+            "origin_server_ts",
+            "verify_keys",
+            "old_verify_keys",
+            "server_name",
+            "valid_until_ts",
+            "key",
+            "expired_ts",
+        ])
+        .prop_map(str::to_owned),
+        common::arb_string(),
+    ];
+    leaf.prop_recursive(4, 40, 6, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::btree_map(keys.clone(), inner, 0..7)
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+        ]
+    })
 }

@@ -72,8 +72,10 @@ pub fn run(command: &PduCommand) -> Result<(), CliError> {
         PduCommand::Sign(args) => sign(args)?,
         PduCommand::Inspect(args) => inspect(args)?,
     };
-    println!("{output}");
-    Ok(())
+    // Not println!: it panics when stdout is a closed pipe.
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{output}")
+        .map_err(|error| CliError::failure(format!("cannot write to stdout: {error}")))
 }
 
 fn input_name(file: &str) -> &str {
@@ -226,6 +228,15 @@ fn inspect(args: &InspectArgs) -> Result<String, CliError> {
         .map_err(|error| fail(&error))?;
     let mut report = Map::new();
     report.insert("room_version".into(), Value::from(version.id));
+    let is_create = event.get("type").and_then(Value::as_str) == Some("m.room.create")
+        && event.get("state_key").and_then(Value::as_str) == Some("");
+    if is_create && version.room_id_from_create_event {
+        // v12+: this create event names the room.
+        report.insert(
+            "room_id".into(),
+            Value::from(hashes::room_id_from_create_event_id(&event_id)),
+        );
+    }
     report.insert("event_id".into(), Value::from(event_id));
     report.insert(
         "content_hash".into(),

@@ -147,12 +147,24 @@ pub fn write_json_string(text: &str, out: &mut String) {
     write_string(text, out);
 }
 
+/// Whether JSON requires `byte` to be escaped in a string.
+#[inline]
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
+}
+
 /// Writes a JSON string with only the escapes JSON requires.
 fn write_string(text: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.reserve(text.len() + 2);
     out.push('"');
     let bytes = text.as_bytes();
+    // Fast path: most strings (IDs, keys, bodies) need no escape at all.
+    if !bytes.iter().any(|&byte| needs_escape(byte)) {
+        out.push_str(text);
+        out.push('"');
+        return;
+    }
     let mut clean_from = 0;
     for (index, &byte) in bytes.iter().enumerate() {
         let escape: &str = match byte {
@@ -296,8 +308,9 @@ impl<'de> Visitor<'de> for StrictSeed {
         }
         let integral = value.is_finite() && value.fract() == 0.0;
         if integral && value.abs() > MAX_SAFE_INTEGER as f64 {
+            // An integer literal beyond 64 bits or a huge float: serde_json cannot tell which.
             return Err(E::custom(format_args!(
-                "integer {value} is outside the canonical JSON range [-(2^53)+1, 2^53-1]"
+                "number {value} is outside the canonical JSON integer range [-(2^53)+1, 2^53-1]"
             )));
         }
         if integral && self.lenient_numbers {

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::canonical_json::{self, CanonicalJsonError, MAX_SAFE_INTEGER};
-use super::hashes::{self, HashError};
+use super::hashes;
 use super::member_keys::{self, MEMBER_ENTITY, MEMBER_KEY_ID, MemberKeyError};
 use super::pdu::{EventId, Pdu, PduFormatError};
 use super::redaction;
@@ -372,8 +372,8 @@ pub enum PduSignatureError {
 
 /// PDU receipt check 2: the event carries valid signatures from the entities that must sign it.
 ///
-/// - Room versions 10-12: the sender's server, and for a join through a restricted room
-///   (`join_authorised_via_users_server`) also the authorising user's server. For each, every
+/// - Room versions 10-12: the sender's server, and for an `m.room.member` event with
+///   `join_authorised_via_users_server` (a restricted join) also the authorising user's server. For each, every
 ///   signature whose key `lookup(server, key_id)` supplies must verify and at least one must
 ///   exist; key IDs `lookup` does not know (or knows to be expired for this event's
 ///   `origin_server_ts`, see `server_keys::key_valid_for_event`) are ignored, as the spec says.
@@ -414,12 +414,13 @@ fn server_of<'id>(pdu: &Pdu, user_id: &'id str) -> Result<&'id str, PduSignature
     })
 }
 
-/// `content.join_authorised_via_users_server` of a join in a version with restricted joins.
+/// `content.join_authorised_via_users_server` of an `m.room.member` event in a version with
+/// restricted joins. Auth rule 4.2 (v8+) applies it whatever the membership: "If `content` has a
+/// `join_authorised_via_users_server` key: if the event is not validly signed by the homeserver of
+/// the user ID denoted by the key, reject", so check 2 asks for that signature on any membership.
+/// (ruma asks for it on every event type; the spec's rule is under `m.room.member`.)
 fn authorising_user<'pdu>(version: &RoomVersion, pdu: &'pdu Pdu) -> Option<&'pdu str> {
-    if !version.restricted_joins
-        || pdu.event_type != "m.room.member"
-        || pdu.membership() != Some("join")
-    {
+    if !version.restricted_joins || pdu.event_type != "m.room.member" {
         return None;
     }
     pdu.content
@@ -456,52 +457,18 @@ fn verify_server_entity<F>(
 where
     F: FnMut(&str, &str) -> Option<VerifyingKey>,
 {
-    let signature_error = |error| PduSignatureError::Signature {
-        event_id: pdu.event_id.clone(),
-        error,
-    };
-    // 1. The server must have signed.
-    let by_server = pdu
-        .json
-        .get("signatures")
-        .and_then(|signatures| signatures.get(server))
-        .and_then(Value::as_object)
-        .ok_or_else(|| {
-            signature_error(SignatureError::MissingEntity {
-                entity: server.to_owned(),
-            })
-        })?;
-    // 2-3. Known algorithms with keys we hold, in key ID order.
-    let mut usable: Vec<(&String, VerifyingKey)> = by_server
-        .keys()
-        .filter(|key_id| key_id.starts_with("ed25519:"))
-        .filter_map(|key_id| lookup(server, key_id).map(|key| (key_id, key)))
-        .collect();
-    if usable.is_empty() {
-        return Err(PduSignatureError::NoUsableKey {
-            event_id: pdu.event_id.clone(),
-            server: server.to_owned(),
-        });
-    }
-    usable.sort_unstable_by(|left, right| left.0.cmp(right.0));
-    // 4-7. Every usable signature must verify; the redacted bytes are built once.
-    let canonical =
-        hashes::redacted_canonical(version, &pdu.json).map_err(|error| match error {
-            HashError::Canonical(error) => signature_error(SignatureError::Canonical(error)),
-            HashError::NotAnObject => signature_error(SignatureError::NotAnObject),
-        })?;
-    for (key_id, key) in usable {
-        let signature =
-            signing::read_signature(&pdu.json, server, key_id).map_err(signature_error)?;
-        key.verify_strict(canonical.as_bytes(), &signature)
-            .map_err(|_| {
-                signature_error(SignatureError::Invalid {
-                    entity: server.to_owned(),
-                    key_id: key_id.clone(),
-                })
-            })?;
-    }
-    Ok(())
+    signing::verify_event_entity(version, &pdu.json, server, |key_id| lookup(server, key_id))
+        .map(|_| ())
+        .map_err(|error| match error {
+            SignatureError::NoKnownKey { .. } => PduSignatureError::NoUsableKey {
+                event_id: pdu.event_id.clone(),
+                server: server.to_owned(),
+            },
+            error => PduSignatureError::Signature {
+                event_id: pdu.event_id.clone(),
+                error,
+            },
+        })
 }
 
 #[cfg(test)]
@@ -618,6 +585,23 @@ mod tests {
         let countersigned = countersign_pdu(&version, &pdu, "c.example", &resident_key).unwrap();
         assert_eq!(countersigned.event_id, pdu.event_id);
         verify_pdu_signatures(&version, &countersigned, lookup).unwrap();
+        // Auth rule 4.2 applies to any membership carrying the key, so check 2 does too.
+        let mut leave = draft("@bob:b.example");
+        leave.event_type = "m.room.member".into();
+        leave.state_key = Some("@bob:b.example".into());
+        leave.content =
+            json!({"membership": "leave", "join_authorised_via_users_server": "@carol:c.example"});
+        let signer = EventSigner::Server {
+            server_name: "b.example",
+            key: &joiner_key,
+        };
+        let leave = build_pdu(leave, &version, signer).unwrap();
+        assert!(verify_pdu_signatures(&version, &leave, lookup).is_err());
+        // Other event types never need it.
+        let mut message = draft("@bob:b.example");
+        message.content = json!({"join_authorised_via_users_server": "@carol:c.example"});
+        let message = build_pdu(message, &version, signer).unwrap();
+        verify_pdu_signatures(&version, &message, lookup).unwrap();
     }
 
     #[test]
@@ -714,6 +698,22 @@ mod tests {
         assert!(verify_pdu_signatures(&version, &pdu, |_, _| None).is_err());
         let signed = countersign_pdu(&version, &pdu, &authoriser_id, &authoriser).unwrap();
         verify_pdu_signatures(&version, &signed, |_, _| None).unwrap();
+    }
+
+    #[test]
+    fn building_is_deterministic() {
+        let key = server_key(1);
+        let signer = EventSigner::Server {
+            server_name: "a.example",
+            key: &key,
+        };
+        let first = build_pdu(draft("@alice:a.example"), &RoomVersion::V12, signer).unwrap();
+        let second = build_pdu(draft("@alice:a.example"), &RoomVersion::V12, signer).unwrap();
+        assert_eq!(first, second);
+        let mut later = draft("@alice:a.example");
+        later.origin_server_ts_ms += 1;
+        let third = build_pdu(later, &RoomVersion::V12, signer).unwrap();
+        assert_ne!(first.event_id, third.event_id);
     }
 
     #[test]

@@ -211,6 +211,8 @@ pub enum SignatureError {
     Malformed { entity: String, key_id: String },
     #[error("signature by {entity:?} {key_id} does not verify")]
     Invalid { entity: String, key_id: String },
+    #[error("none of the keys {entity:?} signed with is known")]
+    NoKnownKey { entity: String },
     #[error("not canonical JSON: {0}")]
     Canonical(#[from] CanonicalJsonError),
 }
@@ -317,6 +319,92 @@ fn verify_bytes(
             entity: entity.to_owned(),
             key_id: key_id.to_owned(),
         })
+}
+
+/// The spec's "Checking for a signature" for an entity, with keys from `lookup(key_id)`:
+///
+/// 1. `signatures[entity]` must exist;
+/// 2. key IDs of unknown algorithms are dropped;
+/// 3. keys are looked up, unknown (or, by the caller's rule, expired) ones dropped, and if none
+///    is left the check fails;
+/// 4. to 7. every remaining signature must verify over the canonical JSON without `signatures`
+///    and `unsigned`.
+///
+/// Returns how many signatures were checked.
+pub fn verify_json_entity<F>(
+    value: &Value,
+    entity: &str,
+    lookup: F,
+) -> Result<usize, SignatureError>
+where
+    F: FnMut(&str) -> Option<VerifyingKey>,
+{
+    let object = value.as_object().ok_or(SignatureError::NotAnObject)?;
+    verify_entity_over(value, entity, lookup, || {
+        let mut canonical = String::with_capacity(256);
+        canonical_json::write_object_without(object, &["signatures", "unsigned"], &mut canonical)?;
+        Ok(canonical)
+    })
+}
+
+/// [`verify_json_entity`] for an event: the signatures cover the redacted event.
+pub fn verify_event_entity<F>(
+    version: &RoomVersion,
+    event: &Value,
+    entity: &str,
+    lookup: F,
+) -> Result<usize, SignatureError>
+where
+    F: FnMut(&str) -> Option<VerifyingKey>,
+{
+    if !event.is_object() {
+        return Err(SignatureError::NotAnObject);
+    }
+    verify_entity_over(event, entity, lookup, || {
+        hashes::redacted_canonical(version, event).map_err(|error| match error {
+            HashError::Canonical(error) => SignatureError::Canonical(error),
+            HashError::NotAnObject => SignatureError::NotAnObject,
+        })
+    })
+}
+
+fn verify_entity_over<F, B>(
+    value: &Value,
+    entity: &str,
+    mut lookup: F,
+    signed_bytes: B,
+) -> Result<usize, SignatureError>
+where
+    F: FnMut(&str) -> Option<VerifyingKey>,
+    B: FnOnce() -> Result<String, SignatureError>,
+{
+    // 1.
+    let by_entity = value
+        .get("signatures")
+        .and_then(|signatures| signatures.get(entity))
+        .and_then(Value::as_object)
+        .ok_or_else(|| SignatureError::MissingEntity {
+            entity: entity.to_owned(),
+        })?;
+    // 2-3. Known algorithms with keys the caller holds, in key ID order (map order not trusted).
+    let mut known: Vec<(&String, VerifyingKey)> = by_entity
+        .keys()
+        .filter(|key_id| key_id.starts_with("ed25519:"))
+        .filter_map(|key_id| lookup(key_id).map(|key| (key_id, key)))
+        .collect();
+    if known.is_empty() {
+        return Err(SignatureError::NoKnownKey {
+            entity: entity.to_owned(),
+        });
+    }
+    known.sort_unstable_by(|left, right| left.0.cmp(right.0));
+    // 4-7. The signed bytes are built once for all keys.
+    let bytes = signed_bytes()?;
+    for (key_id, key) in &known {
+        let signature = read_signature(value, entity, key_id)?;
+        verify_bytes(bytes.as_bytes(), &signature, key, entity, key_id)?;
+    }
+    Ok(known.len())
 }
 
 /// Signs an event the way a server does (s2s "Adding hashes and signatures to outgoing
@@ -467,6 +555,50 @@ mod tests {
         // Redactable content is not covered by the signature, only by the hash.
         v12_event["content"]["body"] = json!("x");
         verify_event_signature(&RoomVersion::V12, &v12_event, "domain", "ed25519:1", &key).unwrap();
+    }
+
+    #[test]
+    fn entity_checks_need_one_known_key_and_all_known_keys_valid() {
+        let first = spec_key();
+        let second = ServerSigningKey::from_seed(KeyId::parse("ed25519:2").unwrap(), &[2; 32]);
+        let mut value = json!({"a": 1});
+        sign_json(&mut value, "domain", &first).unwrap();
+        sign_json(&mut value, "domain", &second).unwrap();
+        value["signatures"]["domain"]["curve25519:x"] = json!("ignored");
+        let both = |key_id: &str| match key_id {
+            "ed25519:1" => Some(first.verifying_key()),
+            "ed25519:2" => Some(second.verifying_key()),
+            _ => None,
+        };
+        assert_eq!(verify_json_entity(&value, "domain", both), Ok(2));
+        let only_second = |key_id: &str| (key_id == "ed25519:2").then(|| second.verifying_key());
+        assert_eq!(verify_json_entity(&value, "domain", only_second), Ok(1));
+        assert_eq!(
+            verify_json_entity(&value, "domain", |_| None),
+            Err(SignatureError::NoKnownKey {
+                entity: "domain".into()
+            })
+        );
+        // A known key whose signature is wrong fails the whole check.
+        let swapped = |key_id: &str| match key_id {
+            "ed25519:1" => Some(second.verifying_key()),
+            "ed25519:2" => Some(second.verifying_key()),
+            _ => None,
+        };
+        assert!(matches!(
+            verify_json_entity(&value, "domain", swapped),
+            Err(SignatureError::Invalid { .. })
+        ));
+        assert!(matches!(
+            verify_json_entity(&value, "other", both),
+            Err(SignatureError::MissingEntity { .. })
+        ));
+        let mut event = json!({"type": "X", "content": {"body": "b"}, "sender": "@a:domain"});
+        sign_event(&RoomVersion::V12, &mut event, "domain", &first).unwrap();
+        assert_eq!(
+            verify_event_entity(&RoomVersion::V12, &event, "domain", both),
+            Ok(1)
+        );
     }
 
     #[test]

@@ -444,9 +444,10 @@ pub fn check_auth_events_shape(
     Ok(())
 }
 
-/// PDU check 4: `event` against its own `auth_events`. `create` is the room's create event, which
-/// room versions 12+ add to the state (their `auth_events` never list it); earlier versions find
-/// it among `auth_events` and ignore the argument.
+/// PDU check 4: `event` against its own `auth_events`. `create` is the room's accepted create
+/// event, which room versions 12+ add to the state (their `auth_events` never list it; pass `None`
+/// if it is unknown or was rejected, and rule 2 rejects the event); earlier versions find it among
+/// `auth_events` and ignore the argument.
 pub fn check_against_auth_events(
     version: &RoomVersion,
     event: &Pdu,
@@ -462,6 +463,23 @@ pub fn check_against_auth_events(
         state.push(create);
     }
     authorize(version, event, state.as_slice())
+}
+
+/// The auth events an event with these fields should list, taken from `state` (the selection of
+/// [`auth_types_for_event`], keeping the entries `state` has), in the selection's order. For
+/// building events: `auth_events` = the IDs of the result.
+pub fn select_auth_events<'a>(
+    version: &RoomVersion,
+    event_type: &str,
+    sender: &str,
+    state_key: Option<&str>,
+    content: &Value,
+    state: &'a (impl AuthState + ?Sized),
+) -> Vec<&'a Pdu> {
+    auth_types_for_event(version, event_type, sender, state_key, content)
+        .iter()
+        .filter_map(|(kind, key)| state.get(kind, key))
+        .collect()
 }
 
 /// The sender's power level in `state` (see [`user_power_level`]).
@@ -503,6 +521,20 @@ pub fn join_rule_of(state: &(impl AuthState + ?Sized)) -> Option<&str> {
         .get("m.room.join_rules", "")
         .and_then(|event| event.content.get("join_rule"))
         .and_then(Value::as_str)
+}
+
+/// The room creators from room version 12 on: the create event's sender, then the strings in
+/// `content.additional_creators`.
+pub fn creators(create: &Pdu) -> impl Iterator<Item = &str> {
+    std::iter::once(create.sender.as_str()).chain(
+        create
+            .content
+            .get("additional_creators")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str),
+    )
 }
 
 /// Whether `user` is a room creator according to `create`: its `content.creator` in v10, its

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::identifiers::is_valid_member_id;
 use super::rule::{Rejection, Rule};
-use super::{AuthState, creators_contain};
+use super::{AuthState, creators, creators_contain};
 use crate::matrix::{Pdu, RoomVersion};
 
 /// The largest integer a power level (or any canonical-JSON integer) may hold: 2^53 - 1.
@@ -208,11 +208,10 @@ pub(super) fn check_power_levels_event(
             }
         }
         // 10.4 (v12+): creators may not be listed in `users`: their power is infinite and fixed.
+        // (Looking each creator up in `users` costs O(creators · log users).)
         if version.privileged_creators
             && let Some(create) = state.get("m.room.create", "")
-            && let Some(creator) = users
-                .keys()
-                .find(|user| creators_contain(version, create, user))
+            && let Some(creator) = creators(create).find(|creator| users.contains_key(*creator))
         {
             return Err(Rejection::new(
                 Rule::PowerLevelsUsersContainCreator,
@@ -255,88 +254,203 @@ pub(super) fn check_power_levels_event(
         }
     }
 
-    // 10.7 and 10.8, for `events` and `notifications`.
-    for field in ["events", "notifications"] {
-        let old_map = current.get(field).and_then(Value::as_object);
-        let new_map = new.get(field).and_then(Value::as_object);
-        for key in union_of_keys(old_map, new_map) {
-            let old_level = old_map.and_then(|map| map.get(key)).and_then(integer_value);
-            let new_level = new_map.and_then(|map| map.get(key)).and_then(integer_value);
-            if old_level == new_level {
-                continue;
-            }
-            // 10.7: an entry changed or removed must not currently exceed the sender's level.
-            if let Some(old_level) = old_level
-                && sender_level.compare_int(old_level) == Ordering::Less
-            {
-                return Err(Rejection::new(
-                    Rule::PowerLevelsEventsRemovalTooHigh,
-                    format!(
-                        "`{field}[{key}]` is currently {old_level}, above the sender's {sender_level}"
-                    ),
-                ));
-            }
-            // 10.8: an entry added or changed must not exceed the sender's level.
-            if let Some(new_level) = new_level
-                && sender_level.compare_int(new_level) == Ordering::Less
-            {
-                return Err(Rejection::new(
-                    Rule::PowerLevelsEventsAdditionTooHigh,
-                    format!(
-                        "`{field}[{key}]` would become {new_level}, above the sender's {sender_level}"
-                    ),
-                ));
-            }
+    // The entries of `events`, `notifications` and `users` that were added, changed or removed.
+    let differences = |field: &'static str| {
+        changed_entries(
+            field,
+            current.get(field).and_then(Value::as_object),
+            new.get(field).and_then(Value::as_object),
+        )
+    };
+    let mut event_changes = differences("events");
+    event_changes.extend(differences("notifications"));
+    let user_changes = differences("users");
+
+    // 10.7 For each entry changed in, or removed from, `events` or `notifications`: if its current
+    //      value exceeds the sender's level, reject.
+    for change in &event_changes {
+        if let Some(old_level) = change.old
+            && sender_level.compare_int(old_level) == Ordering::Less
+        {
+            return Err(Rejection::new(
+                Rule::PowerLevelsEventsRemovalTooHigh,
+                format!(
+                    "`{}[{}]` is currently {old_level}, above the sender's {sender_level}",
+                    change.field, change.key
+                ),
+            ));
         }
     }
-
-    // 10.9 and 10.10, for `users`.
-    let old_users = current.get("users").and_then(Value::as_object);
-    let new_users = new.get("users").and_then(Value::as_object);
-    for user in union_of_keys(old_users, new_users) {
-        let old_level = old_users
-            .and_then(|map| map.get(user))
-            .and_then(integer_value);
-        let new_level = new_users
-            .and_then(|map| map.get(user))
-            .and_then(integer_value);
-        if old_level == new_level {
-            continue;
+    // 10.8 For each entry added to, or changed in, `events` or `notifications`: if its new value
+    //      exceeds the sender's level, reject.
+    for change in &event_changes {
+        if let Some(new_level) = change.new
+            && sender_level.compare_int(new_level) == Ordering::Less
+        {
+            return Err(Rejection::new(
+                Rule::PowerLevelsEventsAdditionTooHigh,
+                format!(
+                    "`{}[{}]` would become {new_level}, above the sender's {sender_level}",
+                    change.field, change.key
+                ),
+            ));
         }
-        // 10.9: another user's entry changed or removed must be below the sender's level.
-        if let Some(old_level) = old_level
-            && *user != event.sender
+    }
+    // 10.9 For each entry changed in, or removed from, `users`, other than the sender's own: if
+    //      its current value is at least the sender's level, reject.
+    for change in &user_changes {
+        if let Some(old_level) = change.old
+            && change.key != event.sender
             && sender_level.compare_int(old_level) != Ordering::Greater
         {
             return Err(Rejection::new(
                 Rule::PowerLevelsUsersRemovalTooHigh,
-                format!("`users[{user}]` is {old_level}, not below the sender's {sender_level}"),
+                format!(
+                    "`users[{}]` is {old_level}, not below the sender's {sender_level}",
+                    change.key
+                ),
             ));
         }
-        // 10.10: an entry added or changed must not exceed the sender's level.
-        if let Some(new_level) = new_level
+    }
+    // 10.10 For each entry added to, or changed in, `users`: if its new value exceeds the
+    //       sender's level, reject.
+    for change in &user_changes {
+        if let Some(new_level) = change.new
             && sender_level.compare_int(new_level) == Ordering::Less
         {
             return Err(Rejection::new(
                 Rule::PowerLevelsUsersAdditionTooHigh,
                 format!(
-                    "`users[{user}]` would become {new_level}, above the sender's {sender_level}"
+                    "`users[{}]` would become {new_level}, above the sender's {sender_level}",
+                    change.key
                 ),
             ));
         }
     }
 
-    // 10.11: otherwise, allow.
+    // 10.11 Otherwise, allow.
     Ok(Rule::PowerLevelsAllowed)
 }
 
-/// The keys of two optional JSON objects, sorted and without duplicates.
-fn union_of_keys<'a>(
+/// An entry of `events`, `notifications` or `users` that a power-levels event adds, changes or
+/// removes: `old` is `None` when added, `new` is `None` when removed.
+struct ChangedEntry<'a> {
+    field: &'static str,
+    key: &'a str,
+    old: Option<i64>,
+    new: Option<i64>,
+}
+
+/// The entries whose (integer) value differs between `old` and `new`, in key order.
+///
+/// Both maps are walked in step when they iterate in key order (serde_json's default map), so
+/// comparing two `users` maps of n entries costs O(n) string comparisons and no allocation but
+/// the (usually tiny) result. Otherwise (serde_json's `preserve_order`) every key is looked up.
+fn changed_entries<'a>(
+    field: &'static str,
     old: Option<&'a Map<String, Value>>,
     new: Option<&'a Map<String, Value>>,
-) -> BTreeSet<&'a String> {
-    old.into_iter()
-        .chain(new)
-        .flat_map(|map| map.keys())
-        .collect()
+) -> Vec<ChangedEntry<'a>> {
+    let entries = |map: Option<&'a Map<String, Value>>| map.into_iter().flat_map(|map| map.iter());
+    let mut changes = Vec::new();
+    let mut record = |key: &'a str, old: Option<&Value>, new: Option<&Value>| {
+        let (old, new) = (old.and_then(integer_value), new.and_then(integer_value));
+        if old != new {
+            changes.push(ChangedEntry {
+                field,
+                key,
+                old,
+                new,
+            });
+        }
+    };
+    let sorted = |map: Option<&Map<String, Value>>| map.is_none_or(|map| map.keys().is_sorted());
+    if sorted(old) && sorted(new) {
+        let mut old_entries = entries(old).peekable();
+        let mut new_entries = entries(new).peekable();
+        loop {
+            match (old_entries.peek(), new_entries.peek()) {
+                (None, None) => break,
+                (Some((old_key, old_value)), None) => {
+                    record(old_key, Some(old_value), None);
+                    old_entries.next();
+                }
+                (None, Some((new_key, new_value))) => {
+                    record(new_key, None, Some(new_value));
+                    new_entries.next();
+                }
+                (Some((old_key, old_value)), Some((new_key, new_value))) => {
+                    match old_key.cmp(new_key) {
+                        Ordering::Less => {
+                            record(old_key, Some(old_value), None);
+                            old_entries.next();
+                        }
+                        Ordering::Greater => {
+                            record(new_key, None, Some(new_value));
+                            new_entries.next();
+                        }
+                        Ordering::Equal => {
+                            record(old_key, Some(old_value), Some(new_value));
+                            old_entries.next();
+                            new_entries.next();
+                        }
+                    }
+                }
+            }
+        }
+    } else {
+        let keys: BTreeSet<&'a String> = entries(old)
+            .chain(entries(new))
+            .map(|(key, _)| key)
+            .collect();
+        let get = |map: Option<&'a Map<String, Value>>, key: &str| map.and_then(|map| map.get(key));
+        for key in keys {
+            record(key, get(old, key), get(new, key));
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn changed_entries_reports_additions_changes_and_removals_in_key_order() {
+        let old = json!({"a": 1, "b": 2, "c": 3, "e": 5});
+        let new = json!({"b": 2, "c": 30, "d": 4, "e": "5"});
+        let changes = changed_entries("users", old.as_object(), new.as_object());
+        let summary: Vec<(&str, Option<i64>, Option<i64>)> = changes
+            .iter()
+            .map(|change| (change.key, change.old, change.new))
+            .collect();
+        // "e" changes from 5 to a non-integer: that counts as removing the integer.
+        assert_eq!(
+            summary,
+            vec![
+                ("a", Some(1), None),
+                ("c", Some(3), Some(30)),
+                ("d", None, Some(4)),
+                ("e", Some(5), None),
+            ]
+        );
+        assert!(changed_entries("users", None, None).is_empty());
+        assert_eq!(changed_entries("users", None, new.as_object()).len(), 3);
+        assert!(changed_entries("users", old.as_object(), old.as_object()).is_empty());
+    }
+
+    #[test]
+    fn power_levels_order_infinite_above_every_integer() {
+        assert!(PowerLevel::Infinite > PowerLevel::Int(MAX_SAFE_INTEGER));
+        assert!(PowerLevel::Int(-1) < PowerLevel::Int(0));
+        assert_eq!(
+            integer_value(&json!(MAX_SAFE_INTEGER)),
+            Some(MAX_SAFE_INTEGER)
+        );
+        assert_eq!(integer_value(&json!(MAX_SAFE_INTEGER + 1)), None);
+        assert_eq!(integer_value(&json!(-MAX_SAFE_INTEGER - 1)), None);
+        assert_eq!(integer_value(&json!(1.0)), None);
+        assert_eq!(integer_value(&json!("1")), None);
+    }
 }

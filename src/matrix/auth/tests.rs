@@ -361,16 +361,14 @@ fn an_event_needs_a_create_event_in_its_state() {
 
 /// The auth events the selection picks for `event` from `room`'s state.
 fn selected_auth_events<'a>(room: &'a Room, event: &Pdu) -> Vec<&'a Pdu> {
-    auth_types_for_event(
+    select_auth_events(
         &room.version,
         &event.event_type,
         &event.sender,
         event.state_key.as_deref(),
         &event.content,
+        &room.state,
     )
-    .iter()
-    .filter_map(|(kind, key)| room.state.get(&(kind.clone(), key.clone())))
-    .collect()
 }
 
 #[test]
@@ -381,6 +379,15 @@ fn rule_3_auth_events_shape() {
         let older_power_levels = room.event("m.room.power_levels", "alice", Some(""), json!({}));
         let create = room.state[&("m.room.create".to_owned(), String::new())].clone();
         let auth_events = selected_auth_events(&room, &topic);
+        let selected_types: Vec<&str> = auth_events
+            .iter()
+            .map(|event| event.event_type.as_str())
+            .collect();
+        let mut expected_types = vec!["m.room.power_levels", "m.room.member"];
+        if !version.room_id_from_create_event {
+            expected_types.insert(0, "m.room.create");
+        }
+        assert_eq!(selected_types, expected_types);
         let never_rejected = |_: &EventId| false;
         assert_eq!(
             check_auth_events_shape(&version, &topic, &auth_events, never_rejected),
