@@ -1,0 +1,81 @@
+//! Time per received PDU through one server's whole receipt pipeline (checks 1–6 and, under P1,
+//! the MSC4430 link rule), on real signed events: a 3-server room (creator, two members), and a
+//! chain of 200 messages by one member that another server receives by `/send` in order.
+//! Messages are built and signed once, outside the timing; each sample starts from a fresh
+//! server that holds only the room's setup events.
+//!
+//! Run: `cargo bench --bench room_pipeline`.
+
+use std::sync::OnceLock;
+
+use divan::counter::ItemsCount;
+use divan::{Bencher, black_box};
+use fedsim::matrix::Pdu;
+use fedsim::room::policy::{ArrivalPath, RoomPolicy};
+use fedsim::room::testbed::{Federation, User, public_room};
+use serde_json::json;
+
+fn main() {
+    divan::main();
+}
+
+const MESSAGES: usize = 200;
+
+fn setup(policy: &RoomPolicy) -> (Federation, User) {
+    let version = policy.room_version;
+    let carol = User::new(&version, "carol", "c.example");
+    let alice = User::new(&version, "alice", "a.example");
+    let bob = User::new(&version, "bob", "b.example");
+    let (federation, _) = public_room(
+        &["a.example", "b.example", "c.example"],
+        policy,
+        &carol,
+        &[&alice, &bob],
+    );
+    (federation, bob)
+}
+
+fn messages(policy: &RoomPolicy) -> Vec<Pdu> {
+    let (mut federation, bob) = setup(policy);
+    (0..MESSAGES)
+        .map(|index| {
+            federation
+                .server("b.example")
+                .send(
+                    &bob,
+                    "m.room.message",
+                    None,
+                    json!({"body": format!("message {index}")}),
+                    100 + index as i64,
+                )
+                .expect("the message builds")
+        })
+        .collect()
+}
+
+fn bench_policy(bencher: Bencher, policy: &RoomPolicy, messages: &[Pdu]) {
+    bencher
+        .counter(ItemsCount::new(MESSAGES))
+        .with_inputs(|| setup(policy).0)
+        .bench_local_values(|mut federation| {
+            let server = federation.server("a.example");
+            for message in messages {
+                black_box(server.receive(message, ArrivalPath::Send, 1_000));
+            }
+            federation
+        });
+}
+
+#[divan::bench(sample_count = 20)]
+fn receive_message_p0(bencher: Bencher) {
+    static MESSAGES_P0: OnceLock<Vec<Pdu>> = OnceLock::new();
+    let messages = MESSAGES_P0.get_or_init(|| messages(&RoomPolicy::P0));
+    bench_policy(bencher, &RoomPolicy::P0, messages);
+}
+
+#[divan::bench(sample_count = 20)]
+fn receive_message_p1(bencher: Bencher) {
+    static MESSAGES_P1: OnceLock<Vec<Pdu>> = OnceLock::new();
+    let messages = MESSAGES_P1.get_or_init(|| messages(&RoomPolicy::P1));
+    bench_policy(bencher, &RoomPolicy::P1, messages);
+}
