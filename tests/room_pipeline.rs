@@ -92,6 +92,7 @@ fn a_message_from_a_member_is_accepted_everywhere_and_extends_the_extremities() 
         let server = room.federation.server(name);
         let receipt = server.receipts.last().unwrap();
         assert_eq!(receipt.outcome(), Outcome::Accepted, "on {name}");
+        assert_eq!(receipt.allowed_by, Some(Rule::Otherwise), "on {name}");
         assert_eq!(
             server.room.forward_extremities(),
             vec![message.event_id.clone()]
@@ -435,6 +436,7 @@ fn partition_ban_reaches_b_only_if_b_receives_it() {
             .server("b.example")
             .receive(&ban, ArrivalPath::MissingEvents, 600);
     assert_eq!(receipt.outcome(), Outcome::Accepted);
+    assert_eq!(receipt.allowed_by, Some(Rule::BanAllowed));
     assert_eq!(membership(&mut room, "b.example"), "ban");
     let states: Vec<_> = ["a.example", "b.example", "c.example"]
         .iter()
@@ -448,6 +450,11 @@ fn partition_ban_reaches_b_only_if_b_receives_it() {
 /// `ed25519:2`, the old `ed25519:1` in `old_verify_keys`) and invalidates the old key. Returns the
 /// members whose links changed.
 fn invalidate_b_key_on_a(room: &mut Room, now_ms: i64) -> Vec<String> {
+    rotate_b_key_on_a(room, now_ms, now_ms)
+}
+
+/// As [`invalidate_b_key_on_a`], with the old key's `expired_ts` given.
+fn rotate_b_key_on_a(room: &mut Room, now_ms: i64, expired_ts_ms: i64) -> Vec<String> {
     let old = room
         .federation
         .server("b.example")
@@ -459,7 +466,7 @@ fn invalidate_b_key_on_a(room: &mut Room, now_ms: i64) -> Vec<String> {
         "ed25519:1".into(),
         OldVerifyKey {
             key: old,
-            expired_ts_ms: now_ms,
+            expired_ts_ms,
         },
     );
     room.federation
@@ -469,9 +476,7 @@ fn invalidate_b_key_on_a(room: &mut Room, now_ms: i64) -> Vec<String> {
     room.federation.server("a.example").links.key_invalidated(
         "b.example",
         "ed25519:1",
-        KeyInvalidation::MovedToOld {
-            expired_ts_ms: now_ms,
-        },
+        KeyInvalidation::MovedToOld { expired_ts_ms },
         now_ms,
     )
 }
@@ -829,4 +834,40 @@ fn an_event_after_a_gap_with_a_given_state_and_its_late_parent_keep_the_extremit
         Outcome::Accepted
     );
     assert_eq!(a.room.forward_extremities(), vec![second.event_id.clone()]);
+}
+
+/// The same story under every preset: b.example rotates its key (the old one expired at 150 ms)
+/// as a.example sees it at 50 ms, then bob's message sent at 100 ms arrives by `/send`.
+#[test]
+fn each_preset_decides_a_message_after_a_rotation_as_questions_md_says() {
+    let hidden = Verdict::SoftFailed(SoftFailReason::Link(LinkVerdict::Unverified));
+    let shown = Verdict::Accepted { labelled: false };
+    let labelled = Verdict::Accepted { labelled: true };
+    for (name, policy) in RoomPolicy::PRESETS {
+        let expected = match name {
+            // Today: no member links; the old key still checks events sent before it expired.
+            "P0" => shown.clone(),
+            // Verify once, cache forever: the rotation changes nothing.
+            "P4" => shown.clone(),
+            // Label, don't hide.
+            "P5" => labelled.clone(),
+            // Expiry is not revocation: the old key vouches for events up to 150 ms.
+            "P7" => shown.clone(),
+            // MSC4430 as written and the presets that differ only outside the room layer.
+            _ => hidden.clone(),
+        };
+        let mut room = room(&policy);
+        rotate_b_key_on_a(&mut room, 50, 150);
+        let bob = room.bob.clone();
+        let message =
+            room.federation
+                .broadcast(&bob, "m.room.message", None, json!({"body": "hi"}), 100);
+        let a = room.federation.server("a.example");
+        assert_eq!(a.receipts.last().unwrap().verdict, expected, "{name}");
+        assert_eq!(
+            a.room.visible_event_ids().contains(&message.event_id),
+            expected != hidden,
+            "{name}"
+        );
+    }
 }

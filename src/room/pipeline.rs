@@ -29,7 +29,7 @@ use super::keys::KeySource;
 use super::links::{LinkStatus, LinkTable, LinkVerdict};
 use super::policy::{ArrivalPath, LinkAction, RoomPolicy, UnverifiedStateEvents};
 use super::room_state::{Fate, HeldEvent, RejectedAt, RoomState, SoftFailReason};
-use crate::matrix::auth::Rejection;
+use crate::matrix::auth::{Rejection, Rule};
 use crate::matrix::dag::DagError;
 use crate::matrix::event_builder::PduSignatureError;
 use crate::matrix::hashes::ContentHashCheck;
@@ -100,6 +100,9 @@ pub struct Receipt {
     pub verdict: Verdict,
     /// The sender's link status after processing (member-key rooms, events that got that far).
     pub link_after: Option<LinkStatus>,
+    /// For an event that passed checks 4 and 5: the auth rule that allowed it against the
+    /// current state (check 6), or against the state before it where check 6 did not run.
+    pub allowed_by: Option<Rule>,
 }
 
 impl Receipt {
@@ -171,6 +174,7 @@ fn receive<K: KeySource>(
         hash_check: None,
         verdict: Verdict::AlreadyHeld,
         link_after: None,
+        allowed_by: None,
     };
     // 1. A valid event for the room version.
     let pdu = match checks::check_format(&version, room.room_id(), json) {
@@ -253,10 +257,13 @@ fn receive<K: KeySource>(
     }
     // 6. The current state (before this event joins the extremities).
     let mut fate = Fate::Accepted { labelled: false };
-    if server.policy.auth_soft_fail_paths.contains(path)
-        && let Err(reason) = room.check_current_state(&pdu)
-    {
-        fate = Fate::SoftFailed(reason);
+    if server.policy.auth_soft_fail_paths.contains(path) {
+        match room.check_current_state(&pdu) {
+            Ok(rule) => receipt.allowed_by = Some(rule),
+            Err(reason) => fate = Fate::SoftFailed(reason),
+        }
+    } else {
+        receipt.allowed_by = room.allowing_rule_before(index);
     }
     // MSC4430: the sender's own member event carries its link claim; then the link rule.
     if version.member_keys {
@@ -340,4 +347,113 @@ pub fn reveal_verified(
         .filter(|member| links.status(member) == LinkStatus::Verified)
         .map(|member| room.reveal_link_hidden(member, now_ms))
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matrix::RoomVersion;
+    use crate::matrix::member_keys::{member_key_user_id, member_signing_key};
+    use crate::matrix::server_keys::ServerKeys;
+    use crate::matrix::signing::{KeyId, ServerSigningKey};
+    use crate::room::keys::KeyRing;
+    use crate::room::policy::ArrivalPaths;
+    use serde_json::json;
+
+    /// An event by `sender` (a member key); a state event if `state`.
+    fn event(sender: &str, state: bool) -> Pdu {
+        let mut json = json!({
+            "type": if state { "m.room.topic" } else { "m.room.message" },
+            "sender": sender, "room_id": "!r", "content": {}, "prev_events": [],
+            "auth_events": [], "depth": 1, "origin_server_ts": 5
+        });
+        if state {
+            json["state_key"] = json!("");
+        }
+        Pdu::from_json(json, "$e".into(), &RoomVersion::MSC4430).unwrap()
+    }
+
+    /// A table where `unverified` has an uncosigned member event and `pending` has none.
+    fn table() -> (LinkTable, String, String) {
+        let version = RoomVersion::MSC4430;
+        let unverified = member_key_user_id(&member_signing_key(&[1; 32]).verifying_key());
+        let pending = member_key_user_id(&member_signing_key(&[2; 32]).verifying_key());
+        let member_event = Pdu::from_json(
+            json!({"type": "m.room.member", "state_key": unverified, "sender": unverified,
+                   "room_id": "!r", "content": {"membership": "join", "domain": "a.example"},
+                   "prev_events": [], "auth_events": [], "depth": 1, "origin_server_ts": 1}),
+            "$m".into(),
+            &version,
+        )
+        .unwrap();
+        let mut links = LinkTable::new(RoomPolicy::P1.invalidation);
+        let key = ServerSigningKey::from_seed(KeyId::ed25519("1").unwrap(), &[9; 32]);
+        let mut ring = KeyRing::new();
+        ring.insert(ServerKeys::with_current_key("a.example", &key, 1_000), 0);
+        links.observe_member_event(
+            &version,
+            &Arc::new(member_event),
+            ring.held_keys("a.example"),
+            1,
+        );
+        assert_eq!(links.status(&unverified), LinkStatus::Unverified);
+        (links, unverified, pending)
+    }
+
+    #[test]
+    fn the_link_rule_follows_each_knob() {
+        let (links, unverified, pending) = table();
+        let soft = |verdict| Fate::SoftFailed(SoftFailReason::Link(verdict));
+        let label = Fate::Accepted { labelled: true };
+        let p1 = RoomPolicy::P1;
+        let rule = |policy: &RoomPolicy, sender: &str, state: bool, path| {
+            link_rule(&links, policy, &event(sender, state), path)
+        };
+        assert_eq!(
+            rule(&p1, &unverified, false, ArrivalPath::Send),
+            soft(LinkVerdict::Unverified)
+        );
+        assert_eq!(rule(&p1, &pending, false, ArrivalPath::Send), label);
+        assert_eq!(
+            rule(&RoomPolicy::P2, &pending, false, ArrivalPath::Send),
+            soft(LinkVerdict::Pending)
+        );
+        // State events resolve (labelled) unless the policy soft-fails them too.
+        assert_eq!(rule(&p1, &unverified, true, ArrivalPath::Send), label);
+        let strict = RoomPolicy {
+            unverified_state_events: UnverifiedStateEvents::SoftFail,
+            ..RoomPolicy::P1
+        };
+        assert_eq!(
+            rule(&strict, &unverified, true, ArrivalPath::Send),
+            soft(LinkVerdict::Unverified)
+        );
+        // Paths outside the policy's set label instead; local events are never soft-failed.
+        let send_only = RoomPolicy {
+            link_soft_fail_paths: ArrivalPaths::SEND_ONLY,
+            ..RoomPolicy::P1
+        };
+        assert_eq!(
+            rule(&send_only, &unverified, false, ArrivalPath::Backfill),
+            label
+        );
+        assert_eq!(rule(&p1, &unverified, false, ArrivalPath::Local), label);
+        // P5 labels; P0 has no link rule; Deliver shows without a label.
+        assert_eq!(
+            rule(&RoomPolicy::P5, &unverified, false, ArrivalPath::Send),
+            label
+        );
+        assert_eq!(
+            rule(&RoomPolicy::P0, &unverified, false, ArrivalPath::Send),
+            Fate::Accepted { labelled: false }
+        );
+        let deliver = RoomPolicy {
+            unverified_link: LinkAction::Deliver,
+            ..RoomPolicy::P1
+        };
+        assert_eq!(
+            rule(&deliver, &unverified, false, ArrivalPath::Send),
+            Fate::Accepted { labelled: false }
+        );
+    }
 }

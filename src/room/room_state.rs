@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::links::{LinkTable, LinkVerdict};
 use super::policy::ArrivalPath;
-use crate::matrix::auth::{Rejection, auth_types_for_event};
+use crate::matrix::auth::{Rejection, Rule, auth_types_for_event, authorize};
 use crate::matrix::canonical_json::MAX_SAFE_INTEGER;
 use crate::matrix::dag::{Dag, DagError, EventIndex, RejectionCheck, StateMapView};
 use crate::matrix::event_builder::{EventDraft, MAX_PREV_EVENTS};
@@ -284,8 +284,9 @@ impl RoomState {
         Ok((index, rejection))
     }
 
-    /// Checks `pdu` against the auth rules over the current state (check 6).
-    pub(crate) fn check_current_state(&mut self, pdu: &Pdu) -> Result<(), SoftFailReason> {
+    /// Checks `pdu` against the auth rules over the current state (check 6); on success, the
+    /// rule that allowed it.
+    pub(crate) fn check_current_state(&mut self, pdu: &Pdu) -> Result<Rule, SoftFailReason> {
         let state = self
             .current_state()
             .map_err(SoftFailReason::StateUnresolvable)?;
@@ -293,8 +294,17 @@ impl RoomState {
             state: &state,
             dag: &self.dag,
         };
-        crate::matrix::auth::check_auth_rules(self.dag.version(), pdu, &view)
-            .map_err(SoftFailReason::CurrentState)
+        authorize(self.dag.version(), pdu, &view).map_err(SoftFailReason::CurrentState)
+    }
+
+    /// The rule that allowed a held, not rejected event against the state before it (check 5's
+    /// deciding rule; the DAG keeps only rejections).
+    pub(crate) fn allowing_rule_before(&self, index: EventIndex) -> Option<Rule> {
+        let view = StateMapView {
+            state: &self.dag.evaluation(index).state_before,
+            dag: &self.dag,
+        };
+        authorize(self.dag.version(), self.dag.event(index), &view).ok()
     }
 
     /// Records how the event at `index` was judged, updates the forward extremities and the
