@@ -2,6 +2,13 @@
 //!
 //! See ARCHITECTURE.md for the code map and the invariants.
 
+pub mod chart;
 pub mod cli;
+pub mod engine;
 pub mod matrix;
 pub mod room;
+pub mod metrics;
+pub mod net;
+pub mod scenario;
+pub mod server;
+pub mod world;

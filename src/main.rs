@@ -23,6 +23,10 @@ enum Command {
     Pdu(fedsim::cli::pdu::PduCommand),
     /// Resolve room state over real events (a JSON array or JSON lines of PDUs).
     Resolve(fedsim::cli::resolve::Args),
+    /// Run a scenario (default: the built-in RQ1 polling-load scenario) and write its results.
+    Run(fedsim::cli::run::Args),
+    /// Validate a scenario file without running it.
+    Check(fedsim::cli::check::Args),
 }
 
 fn main() {
@@ -34,6 +38,8 @@ fn main() {
         }
         Command::Pdu(command) => fedsim::cli::pdu::run(&command),
         Command::Resolve(args) => fedsim::cli::resolve::run(&args),
+        Command::Run(args) => fedsim::cli::run::run(&args),
+        Command::Check(args) => fedsim::cli::check::run(&args),
     };
     if let Err(error) = result {
         eprintln!("fedsim: {error}");

@@ -52,4 +52,7 @@ pub fn read_input(path: &str) -> Result<String, CliError> {
             .map_err(|error| CliError::input(format!("{path}: cannot read: {error}")))
     }
 }
+
+pub mod check;
 pub mod pdu;
+pub mod run;

@@ -1,0 +1,144 @@
+//! `fedsim run [SCENARIO] [--seed N] [--out DIR] [--set k=v ...] [--check-determinism]`.
+
+use std::path::{Path, PathBuf};
+
+use super::CliError;
+
+/// Arguments of `fedsim run`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The scenario file (default: the built-in RQ1 polling-load scenario).
+    pub scenario: Option<PathBuf>,
+    /// The run seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Output directory (default: results/<scenario>/seed-<N>/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Override a scenario field: --set observers[0].policy.recheck=half-life (repeatable).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub sets: Vec<String>,
+    /// Run twice and fail unless every result file (except run-info.json) is byte-identical.
+    #[arg(long)]
+    pub check_determinism: bool,
+}
+
+/// Files that may differ between identical runs (wall-clock figures).
+const NONDETERMINISTIC_FILES: &[&str] = &["run-info.json"];
+
+/// Runs the command.
+pub fn run(args: &Args) -> Result<(), CliError> {
+    let scenario =
+        crate::scenario::load(args.scenario.as_deref(), &args.sets).map_err(CliError::input)?;
+    let out_dir = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("results")
+            .join(&scenario.name)
+            .join(format!("seed-{}", args.seed))
+    });
+    let reproduce = reproduce_command(args);
+    let outcome = crate::world::run_to_dir(&scenario, args.seed, &out_dir, true)
+        .map_err(|error| CliError::failure(format!("run failed: {error}")))?;
+    println!(
+        "fedsim: {} seed {}: {} events in {:.1}s; results in {}",
+        scenario.name,
+        args.seed,
+        outcome.events_processed,
+        outcome.wall_seconds,
+        out_dir.display()
+    );
+    if let Some(chart) = ["polling-load.png", "polling-load.svg"]
+        .iter()
+        .map(|name| out_dir.join(name))
+        .find(|path| path.exists())
+    {
+        println!("fedsim: chart: {}", chart.display());
+    }
+    if args.check_determinism {
+        let second_dir = out_dir.with_file_name(format!(
+            "{}.determinism-check",
+            out_dir
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        crate::world::run_to_dir(&scenario, args.seed, &second_dir, true)
+            .map_err(|error| CliError::failure(format!("second run failed: {error}")))?;
+        let difference = first_difference(&out_dir, &second_dir)
+            .map_err(|error| CliError::failure(format!("comparing runs: {error}")))?;
+        let _ = std::fs::remove_dir_all(&second_dir);
+        if let Some(difference) = difference {
+            return Err(CliError::failure(format!(
+                "determinism check failed: {difference}\nreproduce: {reproduce}"
+            )));
+        }
+        println!("fedsim: determinism check passed: two runs wrote byte-identical result files");
+    }
+    if !outcome.failed_checks.is_empty() {
+        for (name, detail) in &outcome.failed_checks {
+            eprintln!("fedsim: check failed: {name}: {detail}");
+        }
+        return Err(CliError::failure(format!(
+            "{} check(s) failed\nreproduce: {reproduce}",
+            outcome.failed_checks.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The one command that reproduces this run.
+fn reproduce_command(args: &Args) -> String {
+    let mut command = String::from("fedsim run");
+    if let Some(scenario) = &args.scenario {
+        command.push_str(&format!(" {}", scenario.display()));
+    }
+    command.push_str(&format!(" --seed {}", args.seed));
+    for set in &args.sets {
+        command.push_str(&format!(" --set '{set}'"));
+    }
+    if args.check_determinism {
+        command.push_str(" --check-determinism");
+    }
+    command
+}
+
+/// The first difference between two result directories, ignoring wall-clock files.
+pub fn first_difference(first: &Path, second: &Path) -> std::io::Result<Option<String>> {
+    let names = |directory: &Path| -> std::io::Result<Vec<String>> {
+        let mut names: Vec<String> = std::fs::read_dir(directory)?
+            .filter_map(|entry| entry.ok())
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| {
+                !NONDETERMINISTIC_FILES.contains(&name.as_str()) && !name.starts_with('.')
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    };
+    let first_names = names(first)?;
+    let second_names = names(second)?;
+    if first_names != second_names {
+        return Ok(Some(format!(
+            "file lists differ: {first_names:?} vs {second_names:?}"
+        )));
+    }
+    for name in first_names {
+        let a = std::fs::read(first.join(&name))?;
+        let b = std::fs::read(second.join(&name))?;
+        if a != b {
+            let offset = a
+                .iter()
+                .zip(&b)
+                .position(|(x, y)| x != y)
+                .unwrap_or(a.len().min(b.len()));
+            let line = a[..offset.min(a.len())]
+                .iter()
+                .filter(|byte| **byte == b'\n')
+                .count()
+                + 1;
+            return Ok(Some(format!(
+                "{name} differs first at byte {offset} (line {line})"
+            )));
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,993 @@
+//! An observer's cache of other domains' server keys, and its re-check policy. Sans-IO: each
+//! call takes the simulated time and pushes outputs (requests to send, timers, decisions).
+//!
+//! Each known domain has a slot. The slot tracks the key K that links would be signed with (the
+//! current key at the last successful fetch), the clamped validity of the cached response,
+//! the fetch in flight, and the backoff after failures. What a re-check answer means for K is
+//! [`outcome_table`](super::outcome_table)'s decision.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use ed25519_dalek::VerifyingKey;
+
+use crate::engine::SimRng;
+use crate::matrix::server_keys::{SEVEN_DAYS_MS, ServerKeys};
+use crate::net::{DomainId, Outcome};
+
+use super::memo::{NotaryIdentity, VerifyMemo};
+use super::outcome_table::{self, Effect, InvalidReason, RecheckResult};
+use super::policy::{BackoffKind, KeyPolicy, Recheck, Transport};
+use super::{absolute_ms, sim_ms};
+
+/// Where a key request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The origin's `/_matrix/key/v2/server`.
+    Direct,
+    /// A notary's `/_matrix/key/v2/query` (index into the configured notaries).
+    Notary(u32),
+}
+
+/// What the cache asks the world to do, or reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyCacheOutput {
+    /// Send a key request for the domain of `slot`.
+    Send { slot: u32, via: Via },
+    /// Call [`KeyCache::on_timer`] at `at_ms` with this generation.
+    SetTimer {
+        at_ms: u64,
+        slot: u32,
+        generation: u32,
+    },
+    /// The tracked key of `slot` changed status.
+    Decision { slot: u32, decision: Decision },
+}
+
+/// A change in what the cache believes about a domain's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The tracked key became invalid: links signed with it would become unverified.
+    Invalidated(InvalidReason),
+    /// After being invalid, a valid current key is known again.
+    Revalidated,
+}
+
+/// A fetched answer, classified (see [`classify`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// 200 with verified keys.
+    Keys(Arc<ServerKeys>),
+    NotFound,
+    /// No valid HTTP answer, or a status other than 200/404; the label says which.
+    Unreachable(&'static str),
+    /// 200, but the body does not parse or verify.
+    Malformed,
+    /// A notary that had nothing for the domain.
+    NotaryEmpty,
+}
+
+/// Turns a network outcome into a [`Fetched`], checking signatures through the memo.
+pub fn classify(
+    outcome: &Outcome,
+    via: Via,
+    domain: DomainId,
+    domain_name: &str,
+    notaries: &[NotaryIdentity],
+    memo: &mut VerifyMemo,
+) -> Fetched {
+    match outcome {
+        Outcome::Ok(body) => {
+            let checked = match via {
+                Via::Direct => memo.check_direct(domain, domain_name, body),
+                Via::Notary(index) => {
+                    memo.check_notary(domain, domain_name, index, &notaries[index as usize], body)
+                }
+            };
+            match checked {
+                Ok(Some(keys)) => Fetched::Keys(keys),
+                Ok(None) => Fetched::NotaryEmpty,
+                Err(_) => Fetched::Malformed,
+            }
+        }
+        Outcome::NotFound => Fetched::NotFound,
+        other => Fetched::Unreachable(other.label()),
+    }
+}
+
+/// Counters of one cache's work.
+#[derive(Debug, Clone, Default)]
+pub struct KeyCacheStats {
+    pub requests_direct: u64,
+    pub requests_notary: u64,
+    pub notary_fallbacks: u64,
+    pub answers_keys: u64,
+    pub answers_not_found: u64,
+    pub answers_unreachable: u64,
+    pub answers_malformed: u64,
+    pub coalesced: u64,
+    pub queued: u64,
+    pub blocked_by_backoff: u64,
+    pub incoming_requests: u64,
+    pub served_from_cache: u64,
+    pub refreshes: u64,
+    pub invalidations: [u64; 7],
+    pub revalidations: u64,
+    pub in_flight_peak: u32,
+    pub waiting_peak: u32,
+}
+
+impl KeyCacheStats {
+    /// Requests sent (direct and notary).
+    pub fn requests(&self) -> u64 {
+        self.requests_direct + self.requests_notary
+    }
+
+    /// Invalidations of every reason.
+    pub fn invalidations_total(&self) -> u64 {
+        self.invalidations.iter().sum()
+    }
+}
+
+/// One known domain.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub domain: DomainId,
+    keys: Option<Arc<ServerKeys>>,
+    tracked: Option<(String, VerifyingKey)>,
+    /// The cached response's validity after the clamp (absolute ms).
+    valid_until_ms: i64,
+    fetched_at_ms: i64,
+    /// Whether the tracked key is currently believed valid.
+    pub valid: bool,
+    in_flight: u16,
+    waiting: bool,
+    failures: u32,
+    backoff_interval_ms: u64,
+    backoff_until_ms: u64,
+    generation: u32,
+    next_due_ms: Option<u64>,
+    /// Whether the last successful fetch returned the validity already cached.
+    unchanged: bool,
+}
+
+impl Slot {
+    fn new(domain: DomainId) -> Slot {
+        Slot {
+            domain,
+            keys: None,
+            tracked: None,
+            valid_until_ms: i64::MIN,
+            fetched_at_ms: i64::MIN,
+            valid: false,
+            in_flight: 0,
+            waiting: false,
+            failures: 0,
+            backoff_interval_ms: 0,
+            backoff_until_ms: 0,
+            generation: 0,
+            next_due_ms: None,
+            unchanged: false,
+        }
+    }
+
+    /// The cached, verified key object.
+    pub fn keys(&self) -> Option<&Arc<ServerKeys>> {
+        self.keys.as_ref()
+    }
+
+    /// The clamped validity of the cached response (absolute ms).
+    pub fn valid_until_ms(&self) -> i64 {
+        self.valid_until_ms
+    }
+}
+
+/// An observer's key cache.
+pub struct KeyCache {
+    policy: KeyPolicy,
+    slots: Vec<Slot>,
+    notary_count: u32,
+    in_flight_total: u32,
+    waiting: VecDeque<u32>,
+    rng: SimRng,
+    /// Bumped by a restart: answers to requests sent before it are dropped by the world.
+    pub epoch: u32,
+    pub stats: KeyCacheStats,
+}
+
+/// The least time between two re-checks of one domain, so a response that is already expired
+/// cannot make the cache spin.
+const MIN_RECHECK_GAP_MS: u64 = 1_000;
+
+impl KeyCache {
+    /// A cache for `domains` under `policy`, with `notary_count` notaries configured and `rng`
+    /// for jitter and backoff draws.
+    pub fn new(
+        policy: KeyPolicy,
+        domains: &[DomainId],
+        notary_count: u32,
+        rng: SimRng,
+    ) -> KeyCache {
+        KeyCache {
+            policy,
+            slots: domains.iter().map(|domain| Slot::new(*domain)).collect(),
+            notary_count,
+            in_flight_total: 0,
+            waiting: VecDeque::new(),
+            rng,
+            epoch: 0,
+            stats: KeyCacheStats::default(),
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &KeyPolicy {
+        &self.policy
+    }
+
+    /// The slots, by slot index.
+    pub fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight_total
+    }
+
+    /// Starts a slot warm: as if `keys` had been fetched at `fetched_at_abs_ms` (before the
+    /// run), then schedules its next re-check.
+    pub fn warm(
+        &mut self,
+        now_ms: u64,
+        slot: u32,
+        keys: Arc<ServerKeys>,
+        fetched_at_abs_ms: i64,
+        out: &mut Vec<KeyCacheOutput>,
+    ) {
+        let valid_until_ms = self.clamp(keys.valid_until_ts_ms, fetched_at_abs_ms);
+        let entry = &mut self.slots[slot as usize];
+        entry.tracked = first_key(&keys);
+        entry.keys = Some(keys);
+        entry.valid_until_ms = valid_until_ms;
+        entry.fetched_at_ms = fetched_at_abs_ms;
+        entry.valid = true;
+        self.schedule_after_success(now_ms, slot, out);
+    }
+
+    /// A timer set by this cache fires.
+    pub fn on_timer(
+        &mut self,
+        _now_ms: u64,
+        slot: u32,
+        generation: u32,
+        out: &mut Vec<KeyCacheOutput>,
+    ) {
+        let entry = &mut self.slots[slot as usize];
+        if entry.generation != generation {
+            return; // superseded by a later timer
+        }
+        entry.next_due_ms = None;
+        self.start_fetch(slot, out);
+    }
+
+    /// A signed request from the slot's domain arrives: with an on-demand policy this is what
+    /// makes the cache fetch (when the cached key is missing or expired).
+    pub fn on_incoming_request(&mut self, now_ms: u64, slot: u32, out: &mut Vec<KeyCacheOutput>) {
+        self.stats.incoming_requests += 1;
+        let now_abs_ms = absolute_ms(now_ms);
+        let entry = &self.slots[slot as usize];
+        if entry.keys.is_some() && entry.valid && entry.valid_until_ms > now_abs_ms {
+            self.stats.served_from_cache += 1;
+            return;
+        }
+        let backoff_blocks = matches!(
+            self.policy.backoff,
+            BackoffKind::Msc4499 | BackoffKind::PerDomainGlobal
+        );
+        if backoff_blocks && now_ms < entry.backoff_until_ms {
+            self.stats.blocked_by_backoff += 1;
+            return;
+        }
+        self.start_fetch(slot, out);
+    }
+
+    /// An answer (or failure) to a request for `slot` sent `via` arrives.
+    pub fn on_response(
+        &mut self,
+        now_ms: u64,
+        slot: u32,
+        via: Via,
+        fetched: Fetched,
+        out: &mut Vec<KeyCacheOutput>,
+    ) {
+        let now_abs_ms = absolute_ms(now_ms);
+        // A notary that cannot vouch for a current key: ask the origin instead, as the same
+        // request (it keeps its place under the concurrency cap).
+        if let Via::Notary(_) = via {
+            let usable = matches!(&fetched, Fetched::Keys(keys)
+                if self.clamp(keys.valid_until_ts_ms, now_abs_ms) > now_abs_ms);
+            if !usable {
+                self.stats.notary_fallbacks += 1;
+                self.stats.requests_direct += 1;
+                out.push(KeyCacheOutput::Send {
+                    slot,
+                    via: Via::Direct,
+                });
+                return;
+            }
+        }
+        self.finish_request(slot, out);
+        let result = match &fetched {
+            Fetched::Keys(keys) => {
+                self.stats.answers_keys += 1;
+                RecheckResult::Keys(keys)
+            }
+            Fetched::NotFound => {
+                self.stats.answers_not_found += 1;
+                RecheckResult::NotFound
+            }
+            Fetched::Unreachable(_) | Fetched::NotaryEmpty => {
+                self.stats.answers_unreachable += 1;
+                RecheckResult::Unreachable
+            }
+            Fetched::Malformed => {
+                self.stats.answers_malformed += 1;
+                RecheckResult::Malformed
+            }
+        };
+        let effective_valid_until_ms = match &fetched {
+            Fetched::Keys(keys) => self.clamp(keys.valid_until_ts_ms, now_abs_ms),
+            _ => i64::MIN,
+        };
+        let entry = &mut self.slots[slot as usize];
+        let key_expired = now_abs_ms >= entry.valid_until_ms;
+        let effect = match (&entry.tracked, &fetched) {
+            (Some((key_id, key)), _) => {
+                let row =
+                    outcome_table::row(result, key_id, key, effective_valid_until_ms, now_abs_ms);
+                outcome_table::effect(
+                    row,
+                    self.policy.unreachable,
+                    self.policy.malformed,
+                    key_expired,
+                )
+            }
+            // Nothing tracked yet (first fetch, or after a database loss): any usable key is new.
+            (None, Fetched::Keys(_)) if effective_valid_until_ms > now_abs_ms => Effect::Refresh,
+            (None, _) => Effect::Unchanged,
+        };
+        let usable_keys = match fetched {
+            Fetched::Keys(keys) if effective_valid_until_ms > now_abs_ms => Some(keys),
+            _ => None,
+        };
+        match effect {
+            Effect::Refresh => {
+                let keys = usable_keys.expect("Refresh needs usable keys");
+                self.adopt(slot, keys, effective_valid_until_ms, now_abs_ms, out);
+                self.stats.refreshes += 1;
+                self.schedule_after_success(now_ms, slot, out);
+            }
+            Effect::Invalidate(reason) => {
+                let entry = &mut self.slots[slot as usize];
+                if entry.valid {
+                    entry.valid = false;
+                    self.stats.invalidations[reason as usize] += 1;
+                    out.push(KeyCacheOutput::Decision {
+                        slot,
+                        decision: Decision::Invalidated(reason),
+                    });
+                }
+                match usable_keys {
+                    // The domain answers with another current key: track it from now on.
+                    Some(keys) => {
+                        self.adopt(slot, keys, effective_valid_until_ms, now_abs_ms, out);
+                        self.schedule_after_success(now_ms, slot, out);
+                    }
+                    None => {
+                        let entry = &mut self.slots[slot as usize];
+                        if reason != InvalidReason::UnreachableAfterExpiry {
+                            entry.keys = None;
+                        }
+                        self.schedule_after_failure(now_ms, slot, out);
+                    }
+                }
+            }
+            Effect::Unchanged => self.schedule_after_failure(now_ms, slot, out),
+        }
+    }
+
+    /// Database loss: every slot forgets its keys; periodic policies fetch them all again.
+    pub fn forget_all(&mut self, now_ms: u64, out: &mut Vec<KeyCacheOutput>) {
+        for index in 0..self.slots.len() {
+            let domain = self.slots[index].domain;
+            let generation = self.slots[index].generation + 1;
+            self.slots[index] = Slot {
+                generation,
+                ..Slot::new(domain)
+            };
+        }
+        self.in_flight_total = 0;
+        self.waiting.clear();
+        self.epoch += 1;
+        if self.is_periodic() || self.policy.recheck == Recheck::Never {
+            for slot in 0..self.slots.len() as u32 {
+                self.set_timer(now_ms, slot, out);
+            }
+        }
+    }
+
+    /// Restart after a crash: requests in flight are lost; due timers fire now.
+    pub fn resume(&mut self, now_ms: u64, out: &mut Vec<KeyCacheOutput>) {
+        self.in_flight_total = 0;
+        self.waiting.clear();
+        self.epoch += 1;
+        for slot in 0..self.slots.len() as u32 {
+            let entry = &mut self.slots[slot as usize];
+            entry.in_flight = 0;
+            entry.waiting = false;
+            if let Some(due_ms) = entry.next_due_ms {
+                self.set_timer(due_ms.max(now_ms), slot, out);
+            }
+        }
+    }
+
+    fn is_periodic(&self) -> bool {
+        !matches!(self.policy.recheck, Recheck::OnDemand | Recheck::Never)
+    }
+
+    fn clamp(&self, valid_until_ts_ms: i64, fetched_at_abs_ms: i64) -> i64 {
+        if self.policy.clamp_7d {
+            valid_until_ts_ms.min(fetched_at_abs_ms.saturating_add(SEVEN_DAYS_MS))
+        } else {
+            valid_until_ts_ms
+        }
+    }
+
+    fn adopt(
+        &mut self,
+        slot: u32,
+        keys: Arc<ServerKeys>,
+        valid_until_ms: i64,
+        now_abs_ms: i64,
+        out: &mut Vec<KeyCacheOutput>,
+    ) {
+        let entry = &mut self.slots[slot as usize];
+        let tracked_still_listed = entry
+            .tracked
+            .as_ref()
+            .is_some_and(|(key_id, key)| keys.verify_keys.get(key_id) == Some(key));
+        if !tracked_still_listed {
+            entry.tracked = first_key(&keys);
+        }
+        entry.keys = Some(keys);
+        entry.unchanged = entry.valid_until_ms == valid_until_ms;
+        entry.valid_until_ms = valid_until_ms;
+        entry.fetched_at_ms = now_abs_ms;
+        entry.failures = 0;
+        entry.backoff_interval_ms = 0;
+        entry.backoff_until_ms = 0;
+        if !entry.valid {
+            entry.valid = true;
+            self.stats.revalidations += 1;
+            out.push(KeyCacheOutput::Decision {
+                slot,
+                decision: Decision::Revalidated,
+            });
+        }
+    }
+
+    fn start_fetch(&mut self, slot: u32, out: &mut Vec<KeyCacheOutput>) {
+        let entry = &mut self.slots[slot as usize];
+        if entry.waiting || (entry.in_flight > 0 && self.policy.coalesce) {
+            self.stats.coalesced += 1;
+            return;
+        }
+        let cap = self.policy.max_in_flight;
+        if cap > 0 && self.in_flight_total >= cap {
+            entry.waiting = true;
+            self.waiting.push_back(slot);
+            self.stats.queued += 1;
+            self.stats.waiting_peak = self.stats.waiting_peak.max(self.waiting.len() as u32);
+            return;
+        }
+        self.send(slot, out);
+    }
+
+    fn send(&mut self, slot: u32, out: &mut Vec<KeyCacheOutput>) {
+        let entry = &mut self.slots[slot as usize];
+        entry.in_flight += 1;
+        self.in_flight_total += 1;
+        self.stats.in_flight_peak = self.stats.in_flight_peak.max(self.in_flight_total);
+        let via = match self.policy.transport {
+            Transport::NotaryFirst if self.notary_count > 0 => {
+                self.stats.requests_notary += 1;
+                Via::Notary(entry.domain % self.notary_count)
+            }
+            _ => {
+                self.stats.requests_direct += 1;
+                Via::Direct
+            }
+        };
+        out.push(KeyCacheOutput::Send { slot, via });
+    }
+
+    fn finish_request(&mut self, slot: u32, out: &mut Vec<KeyCacheOutput>) {
+        let entry = &mut self.slots[slot as usize];
+        entry.in_flight = entry.in_flight.saturating_sub(1);
+        self.in_flight_total = self.in_flight_total.saturating_sub(1);
+        let cap = self.policy.max_in_flight;
+        while cap > 0 && self.in_flight_total < cap {
+            let Some(next) = self.waiting.pop_front() else {
+                break;
+            };
+            self.slots[next as usize].waiting = false;
+            self.send(next, out);
+        }
+    }
+
+    fn schedule_after_success(&mut self, now_ms: u64, slot: u32, out: &mut Vec<KeyCacheOutput>) {
+        let entry = &self.slots[slot as usize];
+        let valid_until_ms = sim_ms(entry.valid_until_ms);
+        let remaining_ms = valid_until_ms.saturating_sub(now_ms);
+        // An origin re-signs only when its response has expired (Synapse), so a re-check before
+        // expiry that returned the same validity learned nothing new: the next one is at expiry.
+        let unchanged = entry.unchanged;
+        let due_ms = match self.policy.recheck {
+            Recheck::AtExpiry => valid_until_ms,
+            Recheck::Interval => now_ms + self.policy.recheck_interval_ms,
+            // Late jitter: at expiry plus up to `jitter_fraction` of the lifetime. Early jitter
+            // would only fetch the same response again.
+            Recheck::Jittered => {
+                let late = self.rng.unit_f64() * self.policy.jitter_fraction * remaining_ms as f64;
+                valid_until_ms + late as u64
+            }
+            Recheck::HalfLife if unchanged => valid_until_ms,
+            Recheck::HalfLife => now_ms + remaining_ms / 2,
+            Recheck::OnDemand | Recheck::Never => return,
+        };
+        self.set_timer(due_ms.max(now_ms + MIN_RECHECK_GAP_MS), slot, out);
+    }
+
+    fn schedule_after_failure(&mut self, now_ms: u64, slot: u32, out: &mut Vec<KeyCacheOutput>) {
+        let policy = &self.policy;
+        let entry = &mut self.slots[slot as usize];
+        entry.failures += 1;
+        let interval_ms = match policy.backoff {
+            BackoffKind::None => policy.retry_interval_ms,
+            _ if entry.failures == 1 => policy.backoff_floor_ms,
+            _ => {
+                let factor = policy.backoff_jitter_low
+                    + self.rng.unit_f64()
+                        * (policy.backoff_jitter_high - policy.backoff_jitter_low);
+                let grown = entry.backoff_interval_ms as f64 * policy.backoff_multiplier * factor;
+                (grown as u64).min(policy.backoff_cap_ms)
+            }
+        };
+        entry.backoff_interval_ms = interval_ms;
+        entry.backoff_until_ms = now_ms + interval_ms;
+        if policy.recheck != Recheck::OnDemand {
+            let due_ms = entry.backoff_until_ms;
+            self.set_timer(due_ms, slot, out);
+        }
+    }
+
+    fn set_timer(&mut self, at_ms: u64, slot: u32, out: &mut Vec<KeyCacheOutput>) {
+        let entry = &mut self.slots[slot as usize];
+        entry.generation += 1;
+        entry.next_due_ms = Some(at_ms);
+        out.push(KeyCacheOutput::SetTimer {
+            at_ms,
+            slot,
+            generation: entry.generation,
+        });
+    }
+}
+
+fn first_key(keys: &ServerKeys) -> Option<(String, VerifyingKey)> {
+    keys.verify_keys
+        .iter()
+        .next()
+        .map(|(key_id, key)| (key_id.clone(), *key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::time::{DAY_MS, HOUR_MS, MINUTE_MS};
+    use crate::server::EPOCH_MS;
+    use crate::server::memo::check_direct;
+    use crate::server::policy::{Malformed, Unreachable};
+    use crate::server::publisher::KeyPublisher;
+
+    const NAME: &str = "origin.example";
+
+    struct Harness {
+        cache: KeyCache,
+        publisher: KeyPublisher,
+        out: Vec<KeyCacheOutput>,
+    }
+
+    fn keys_of(body: &Arc<str>) -> Arc<ServerKeys> {
+        check_direct(NAME, body).unwrap().unwrap()
+    }
+
+    /// A cache of `slots` domains (all served by one publisher for simplicity), warm with a
+    /// response made at time 0 and valid for one day.
+    fn harness(policy: KeyPolicy, slots: u32) -> Harness {
+        let mut publisher = KeyPublisher::new(NAME.into(), DAY_MS, SimRng::stream(1, "k", 0));
+        let body = publisher.publish_at(EPOCH_MS);
+        let domains: Vec<DomainId> = (0..slots).collect();
+        let mut cache = KeyCache::new(policy, &domains, 1, SimRng::stream(1, "c", 0));
+        let mut out = Vec::new();
+        for slot in 0..slots {
+            cache.warm(0, slot, keys_of(&body), EPOCH_MS, &mut out);
+        }
+        Harness {
+            cache,
+            publisher,
+            out,
+        }
+    }
+
+    fn policy(edit: impl FnOnce(&mut KeyPolicy)) -> KeyPolicy {
+        let mut policy = KeyPolicy::msc4430();
+        edit(&mut policy);
+        policy
+    }
+
+    fn timers(out: &[KeyCacheOutput]) -> Vec<u64> {
+        out.iter()
+            .filter_map(|output| match output {
+                KeyCacheOutput::SetTimer { at_ms, .. } => Some(*at_ms),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn sends(out: &[KeyCacheOutput]) -> Vec<(u32, Via)> {
+        out.iter()
+            .filter_map(|output| match output {
+                KeyCacheOutput::Send { slot, via } => Some((*slot, *via)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn decisions(out: &[KeyCacheOutput]) -> Vec<Decision> {
+        out.iter()
+            .filter_map(|output| match output {
+                KeyCacheOutput::Decision { decision, .. } => Some(*decision),
+                _ => None,
+            })
+            .collect()
+    }
+
+    impl Harness {
+        fn fire(&mut self, now_ms: u64, slot: u32) {
+            let generation = self.cache.slots[slot as usize].generation;
+            self.out.clear();
+            self.cache.on_timer(now_ms, slot, generation, &mut self.out);
+        }
+
+        fn answer(&mut self, now_ms: u64, slot: u32, via: Via, fetched: Fetched) {
+            self.out.clear();
+            self.cache
+                .on_response(now_ms, slot, via, fetched, &mut self.out);
+        }
+
+        fn fresh_keys(&mut self, now_ms: u64) -> Fetched {
+            Fetched::Keys(keys_of(&self.publisher.response(absolute_ms(now_ms))))
+        }
+    }
+
+    #[test]
+    fn recheck_at_expiry_polls_once_per_lifetime() {
+        let mut harness = harness(KeyPolicy::msc4430(), 1);
+        assert_eq!(timers(&harness.out), vec![DAY_MS]);
+        harness.fire(DAY_MS, 0);
+        assert_eq!(sends(&harness.out), vec![(0, Via::Direct)]);
+        let fresh = harness.fresh_keys(DAY_MS + 50);
+        harness.answer(DAY_MS + 100, 0, Via::Direct, fresh);
+        assert_eq!(timers(&harness.out), vec![2 * DAY_MS + 50]);
+        assert!(decisions(&harness.out).is_empty());
+        assert_eq!(harness.cache.stats.refreshes, 1);
+    }
+
+    #[test]
+    fn recheck_interval_ignores_the_lifetime() {
+        let harness = harness(
+            policy(|p| {
+                p.recheck = Recheck::Interval;
+                p.recheck_interval_ms = HOUR_MS;
+            }),
+            1,
+        );
+        assert_eq!(timers(&harness.out), vec![HOUR_MS]);
+    }
+
+    #[test]
+    fn recheck_jittered_comes_late_by_at_most_the_fraction() {
+        let harness = harness(
+            policy(|p| {
+                p.recheck = Recheck::Jittered;
+                p.jitter_fraction = 0.2;
+            }),
+            50,
+        );
+        let due = timers(&harness.out);
+        assert!(
+            due.iter()
+                .all(|at| (DAY_MS..=DAY_MS + DAY_MS / 5).contains(at))
+        );
+        assert!(
+            due.iter().any(|at| *at != due[0]),
+            "jitter spreads the timers"
+        );
+    }
+
+    #[test]
+    fn recheck_half_life_then_at_expiry_when_unchanged() {
+        let mut harness = harness(policy(|p| p.recheck = Recheck::HalfLife), 1);
+        assert_eq!(timers(&harness.out), vec![DAY_MS / 2]);
+        harness.fire(DAY_MS / 2, 0);
+        let same = harness.fresh_keys(DAY_MS / 2);
+        harness.answer(DAY_MS / 2, 0, Via::Direct, same);
+        assert_eq!(timers(&harness.out), vec![DAY_MS]);
+    }
+
+    #[test]
+    fn recheck_on_demand_fetches_only_for_an_expired_key() {
+        let mut harness = harness(policy(|p| p.recheck = Recheck::OnDemand), 1);
+        assert!(timers(&harness.out).is_empty());
+        harness.out.clear();
+        harness
+            .cache
+            .on_incoming_request(HOUR_MS, 0, &mut harness.out);
+        assert!(sends(&harness.out).is_empty());
+        assert_eq!(harness.cache.stats.served_from_cache, 1);
+        harness
+            .cache
+            .on_incoming_request(DAY_MS + 1, 0, &mut harness.out);
+        assert_eq!(sends(&harness.out), vec![(0, Via::Direct)]);
+    }
+
+    #[test]
+    fn recheck_never_sets_no_timer() {
+        let harness = harness(policy(|p| p.recheck = Recheck::Never), 3);
+        assert!(timers(&harness.out).is_empty());
+    }
+
+    #[test]
+    fn transport_notary_first_falls_back_to_the_origin() {
+        let mut harness = harness(policy(|p| p.transport = Transport::NotaryFirst), 1);
+        harness.fire(DAY_MS, 0);
+        assert_eq!(sends(&harness.out), vec![(0, Via::Notary(0))]);
+        harness.answer(DAY_MS + 10, 0, Via::Notary(0), Fetched::NotaryEmpty);
+        assert_eq!(sends(&harness.out), vec![(0, Via::Direct)]);
+        assert_eq!(harness.cache.stats.notary_fallbacks, 1);
+        // Still one request in flight: the fallback kept the notary request's place.
+        assert_eq!(harness.cache.in_flight(), 1);
+    }
+
+    fn failure_intervals(policy: KeyPolicy, failures: usize) -> Vec<u64> {
+        let mut harness = harness(policy, 1);
+        let mut now_ms = DAY_MS;
+        let mut intervals = Vec::new();
+        for _ in 0..failures {
+            harness.fire(now_ms, 0);
+            harness.answer(now_ms, 0, Via::Direct, Fetched::Unreachable("timeout"));
+            let next = timers(&harness.out)[0];
+            intervals.push(next - now_ms);
+            now_ms = next;
+        }
+        intervals
+    }
+
+    #[test]
+    fn backoff_none_retries_at_the_retry_interval() {
+        let intervals = failure_intervals(
+            policy(|p| {
+                p.backoff = BackoffKind::None;
+                p.retry_interval_ms = 30_000;
+            }),
+            3,
+        );
+        assert_eq!(intervals, vec![30_000; 3]);
+    }
+
+    #[test]
+    fn backoff_synapse_starts_at_10_minutes_and_grows_with_jitter_to_7_days() {
+        let mut synapse = KeyPolicy::msc4430();
+        synapse.apply_backoff_kind(BackoffKind::Synapse);
+        let intervals = failure_intervals(synapse, 20);
+        assert_eq!(intervals[0], 10 * MINUTE_MS);
+        let ratio = intervals[1] as f64 / intervals[0] as f64;
+        assert!(
+            (1.6..=2.8).contains(&ratio),
+            "x2 with 0.8-1.4 jitter: {ratio}"
+        );
+        assert_eq!(*intervals.last().unwrap(), 7 * DAY_MS);
+    }
+
+    #[test]
+    fn backoff_msc4499_doubles_from_60_seconds_to_1_hour() {
+        let mut msc4499 = KeyPolicy::msc4430();
+        msc4499.apply_backoff_kind(BackoffKind::Msc4499);
+        let intervals = failure_intervals(msc4499, 8);
+        assert_eq!(
+            intervals,
+            vec![
+                60_000, 120_000, 240_000, 480_000, 960_000, 1_920_000, HOUR_MS, HOUR_MS
+            ]
+        );
+    }
+
+    #[test]
+    fn backoff_per_domain_global_blocks_on_demand_fetches_but_synapse_does_not() {
+        for (kind, blocked) in [
+            (BackoffKind::PerDomainGlobal, true),
+            (BackoffKind::Synapse, false),
+        ] {
+            let mut harness = harness(policy(|p| p.recheck = Recheck::OnDemand), 1);
+            harness.cache.policy.apply_backoff_kind(kind);
+            harness.out.clear();
+            harness
+                .cache
+                .on_incoming_request(DAY_MS + 1, 0, &mut harness.out);
+            harness.answer(DAY_MS + 2, 0, Via::Direct, Fetched::Unreachable("refused"));
+            harness.out.clear();
+            harness
+                .cache
+                .on_incoming_request(DAY_MS + 3, 0, &mut harness.out);
+            assert_eq!(sends(&harness.out).is_empty(), blocked, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn max_in_flight_queues_the_rest_in_order() {
+        let mut harness = harness(policy(|p| p.max_in_flight = 1), 3);
+        harness.fire(DAY_MS, 0);
+        let mut out = std::mem::take(&mut harness.out);
+        for slot in [1, 2] {
+            let generation = harness.cache.slots[slot as usize].generation;
+            harness.cache.on_timer(DAY_MS, slot, generation, &mut out);
+        }
+        assert_eq!(sends(&out), vec![(0, Via::Direct)]);
+        assert_eq!(harness.cache.stats.queued, 2);
+        let fresh = harness.fresh_keys(DAY_MS);
+        harness.answer(DAY_MS + 5, 0, Via::Direct, fresh);
+        assert_eq!(sends(&harness.out), vec![(1, Via::Direct)]);
+        assert_eq!(harness.cache.stats.in_flight_peak, 1);
+    }
+
+    #[test]
+    fn coalescing_joins_a_fetch_in_flight_and_can_be_switched_off() {
+        for (coalesce, expected_sends) in [(true, 1), (false, 2)] {
+            let mut harness = harness(
+                policy(|p| {
+                    p.recheck = Recheck::OnDemand;
+                    p.coalesce = coalesce;
+                }),
+                1,
+            );
+            harness.out.clear();
+            harness
+                .cache
+                .on_incoming_request(DAY_MS + 1, 0, &mut harness.out);
+            harness
+                .cache
+                .on_incoming_request(DAY_MS + 2, 0, &mut harness.out);
+            assert_eq!(
+                sends(&harness.out).len(),
+                expected_sends,
+                "coalesce {coalesce}"
+            );
+        }
+    }
+
+    #[test]
+    fn unreachable_fail_open_keeps_the_key_fail_closed_drops_it_after_expiry() {
+        for (unreachable, expected) in [
+            (Unreachable::FailOpen, vec![]),
+            (
+                Unreachable::FailClosed,
+                vec![Decision::Invalidated(InvalidReason::UnreachableAfterExpiry)],
+            ),
+        ] {
+            let mut harness = harness(policy(|p| p.unreachable = unreachable), 1);
+            // Before expiry a failure changes nothing under either reading.
+            harness.answer(HOUR_MS, 0, Via::Direct, Fetched::Unreachable("timeout"));
+            assert!(decisions(&harness.out).is_empty());
+            harness.answer(DAY_MS + 1, 0, Via::Direct, Fetched::Unreachable("timeout"));
+            assert_eq!(decisions(&harness.out), expected, "{unreachable:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_answers_follow_their_knob() {
+        for (malformed, expected) in [
+            (Malformed::FailOpen, vec![]),
+            (
+                Malformed::Invalidate,
+                vec![Decision::Invalidated(InvalidReason::Malformed)],
+            ),
+        ] {
+            let mut harness = harness(policy(|p| p.malformed = malformed), 1);
+            harness.answer(HOUR_MS, 0, Via::Direct, Fetched::Malformed);
+            assert_eq!(decisions(&harness.out), expected, "{malformed:?}");
+        }
+    }
+
+    #[test]
+    fn clamp_7d_caps_a_long_validity() {
+        for (clamp, expected_due) in [(true, 7 * DAY_MS), (false, 30 * DAY_MS)] {
+            let mut publisher =
+                KeyPublisher::new(NAME.into(), 30 * DAY_MS, SimRng::stream(1, "k", 0));
+            let body = publisher.publish_at(EPOCH_MS);
+            let mut cache = KeyCache::new(
+                policy(|p| p.clamp_7d = clamp),
+                &[0],
+                0,
+                SimRng::stream(1, "c", 0),
+            );
+            let mut out = Vec::new();
+            cache.warm(0, 0, keys_of(&body), EPOCH_MS, &mut out);
+            assert_eq!(timers(&out), vec![expected_due], "clamp {clamp}");
+        }
+    }
+
+    #[test]
+    fn rotation_invalidates_the_old_key_then_tracks_the_new_one() {
+        let mut harness = harness(KeyPolicy::msc4430(), 1);
+        harness.publisher.rotate(absolute_ms(HOUR_MS));
+        let rotated = harness.fresh_keys(DAY_MS);
+        harness.answer(DAY_MS, 0, Via::Direct, rotated);
+        assert_eq!(
+            decisions(&harness.out),
+            vec![
+                Decision::Invalidated(InvalidReason::MovedToOld),
+                Decision::Revalidated
+            ]
+        );
+        let again = harness.fresh_keys(2 * DAY_MS);
+        harness.answer(2 * DAY_MS, 0, Via::Direct, again);
+        assert!(decisions(&harness.out).is_empty());
+    }
+
+    #[test]
+    fn key_loss_and_404_invalidate_and_a_later_key_revalidates() {
+        let mut harness = harness(KeyPolicy::msc4430(), 1);
+        harness.publisher.lose_key();
+        let lost = harness.fresh_keys(DAY_MS);
+        harness.answer(DAY_MS, 0, Via::Direct, lost);
+        assert_eq!(
+            decisions(&harness.out)[0],
+            Decision::Invalidated(InvalidReason::DifferentBytes)
+        );
+        harness.answer(2 * DAY_MS, 0, Via::Direct, Fetched::NotFound);
+        assert_eq!(
+            decisions(&harness.out),
+            vec![Decision::Invalidated(InvalidReason::NotFound)]
+        );
+        assert!(harness.cache.slots()[0].keys().is_none());
+        let back = harness.fresh_keys(3 * DAY_MS);
+        harness.answer(3 * DAY_MS, 0, Via::Direct, back);
+        assert_eq!(decisions(&harness.out), vec![Decision::Revalidated]);
+    }
+
+    #[test]
+    fn database_loss_refetches_everything() {
+        let mut harness = harness(KeyPolicy::msc4430(), 4);
+        harness.out.clear();
+        harness.cache.forget_all(HOUR_MS, &mut harness.out);
+        assert_eq!(timers(&harness.out), vec![HOUR_MS; 4]);
+        assert!(
+            harness
+                .cache
+                .slots()
+                .iter()
+                .all(|slot| slot.keys().is_none())
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! Verify each distinct key response once.
+//!
+//! Parsing a key response and checking its signatures is a pure function of (the bytes, the
+//! expected server name, the notary key for notary answers): when several observers fetch the
+//! same published response, the first check is remembered and the others reuse its result.
+//! Entries are keyed by the exact bytes, so a changed body is always checked afresh. A few
+//! entries are kept per domain (the latest published bodies), which bounds memory.
+
+use std::sync::Arc;
+
+use ed25519_dalek::VerifyingKey;
+use serde_json::Value;
+
+use crate::matrix::server_keys::ServerKeys;
+use crate::matrix::signing;
+
+/// Marks a direct (origin) answer in the memo.
+const DIRECT: u32 = u32::MAX;
+/// Entries kept per domain.
+const ENTRIES_PER_DOMAIN: usize = 4;
+
+/// What checking a response gave.
+pub type Checked = Result<Option<Arc<ServerKeys>>, String>;
+
+struct Entry {
+    via: u32,
+    body: Arc<str>,
+    result: Checked,
+}
+
+/// A notary as its clients know it (from their `trusted_key_servers` configuration).
+#[derive(Debug, Clone)]
+pub struct NotaryIdentity {
+    pub server_name: String,
+    pub key_id: String,
+    pub key: VerifyingKey,
+}
+
+/// The memo of checked responses, by domain.
+#[derive(Default)]
+pub struct VerifyMemo {
+    per_domain: Vec<Vec<Entry>>,
+    /// Answers taken from the memo.
+    pub hits: u64,
+    /// Answers that were parsed and verified.
+    pub checks: u64,
+    /// Switch the memo off (every answer is checked afresh): results must not change.
+    pub disabled: bool,
+}
+
+impl VerifyMemo {
+    /// A memo for `domain_count` domains (it grows as domains are added).
+    pub fn new(domain_count: usize) -> VerifyMemo {
+        VerifyMemo {
+            per_domain: (0..domain_count).map(|_| Vec::new()).collect(),
+            ..VerifyMemo::default()
+        }
+    }
+
+    /// A direct `/_matrix/key/v2/server` answer from `domain_name`: `Ok(Some(keys))`, or the
+    /// reason it was refused.
+    pub fn check_direct(&mut self, domain: u32, domain_name: &str, body: &Arc<str>) -> Checked {
+        self.memoized(domain, DIRECT, body, || check_direct(domain_name, body))
+    }
+
+    /// A notary's `/_matrix/key/v2/query` answer about `domain_name`: `Ok(None)` when the notary
+    /// had nothing for it.
+    pub fn check_notary(
+        &mut self,
+        domain: u32,
+        domain_name: &str,
+        notary_index: u32,
+        notary: &NotaryIdentity,
+        body: &Arc<str>,
+    ) -> Checked {
+        self.memoized(domain, notary_index, body, || {
+            check_notary(domain_name, notary, body)
+        })
+    }
+
+    fn memoized(
+        &mut self,
+        domain: u32,
+        via: u32,
+        body: &Arc<str>,
+        check: impl FnOnce() -> Checked,
+    ) -> Checked {
+        let index = domain as usize;
+        if self.per_domain.len() <= index {
+            self.per_domain.resize_with(index + 1, Vec::new);
+        }
+        if !self.disabled {
+            let entries = &self.per_domain[index];
+            if let Some(entry) = entries.iter().find(|entry| {
+                entry.via == via && (Arc::ptr_eq(&entry.body, body) || entry.body == *body)
+            }) {
+                self.hits += 1;
+                return entry.result.clone();
+            }
+        }
+        self.checks += 1;
+        let result = check();
+        let entries = &mut self.per_domain[index];
+        if entries.len() == ENTRIES_PER_DOMAIN {
+            entries.remove(0);
+        }
+        entries.push(Entry {
+            via,
+            body: body.clone(),
+            result: result.clone(),
+        });
+        result
+    }
+}
+
+/// Parses and verifies an origin's own answer.
+pub fn check_direct(domain_name: &str, body: &str) -> Checked {
+    let value: Value = serde_json::from_str(body).map_err(|error| format!("not JSON: {error}"))?;
+    ServerKeys::parse_and_verify(&value, domain_name)
+        .map(|keys| Some(Arc::new(keys)))
+        .map_err(|error| error.to_string())
+}
+
+/// Parses a notary answer `{"server_keys": [...]}`, finds the entry for `domain_name`, checks
+/// the notary's signature on it and the origin's self-signature.
+pub fn check_notary(domain_name: &str, notary: &NotaryIdentity, body: &str) -> Checked {
+    let value: Value = serde_json::from_str(body).map_err(|error| format!("not JSON: {error}"))?;
+    let entries = value
+        .get("server_keys")
+        .and_then(Value::as_array)
+        .ok_or_else(|| "notary answer has no server_keys array".to_owned())?;
+    let Some(entry) = entries
+        .iter()
+        .find(|entry| entry.get("server_name").and_then(Value::as_str) == Some(domain_name))
+    else {
+        return Ok(None);
+    };
+    signing::verify_json_signature(entry, &notary.server_name, &notary.key_id, &notary.key)
+        .map_err(|error| format!("notary signature: {error}"))?;
+    ServerKeys::parse_and_verify(entry, domain_name)
+        .map(|keys| Some(Arc::new(keys)))
+        .map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::SimRng;
+    use crate::server::publisher::KeyPublisher;
+
+    #[test]
+    fn the_memo_checks_each_body_once_and_refuses_tampering() {
+        let mut publisher =
+            KeyPublisher::new("a.example".into(), 1_000, SimRng::stream(1, "keys", 0));
+        let body = publisher.response(0);
+        let mut memo = VerifyMemo::new(1);
+        let first = memo.check_direct(0, "a.example", &body).unwrap().unwrap();
+        let again = memo.check_direct(0, "a.example", &body).unwrap().unwrap();
+        assert_eq!(first, again);
+        assert_eq!((memo.checks, memo.hits), (1, 1));
+        // Same length, one byte changed inside the signed content: checked afresh, refused.
+        let tampered: Arc<str> = Arc::from(body.replacen("a.example", "b.example", 1));
+        assert!(memo.check_direct(0, "a.example", &tampered).is_err());
+        let field = "\"valid_until_ts\":";
+        let position = body.find(field).unwrap() + field.len();
+        let mut forged = body.to_string();
+        forged.insert(position, '9');
+        let forged: Arc<str> = Arc::from(forged);
+        assert!(memo.check_direct(0, "a.example", &forged).is_err());
+        assert_eq!(memo.checks, 3);
+    }
+}

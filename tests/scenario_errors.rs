@@ -1,0 +1,67 @@
+//! Golden tests: every malformed scenario under tests/scenarios/bad/ gives exactly the one-line
+//! error in its `.err` file. Run with `UPDATE_GOLDEN=1` to rewrite the `.err` files after an
+//! intended change of wording (then read the diff).
+
+use std::path::Path;
+
+#[test]
+fn malformed_scenarios_give_their_golden_one_line_errors() {
+    let directory = Path::new("tests/scenarios/bad");
+    let mut files: Vec<_> = std::fs::read_dir(directory)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "toml")
+        })
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "at least ten malformed scenarios");
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut mismatches = Vec::new();
+    for file in &files {
+        let error = fedsim::scenario::load(Some(file), &[])
+            .expect_err(&format!("{} should be refused", file.display()))
+            .to_string();
+        assert!(!error.contains('\n'), "one line: {error}");
+        assert!(
+            error.starts_with(&file.display().to_string()),
+            "names the file: {error}"
+        );
+        let golden_path = file.with_extension("err");
+        if update {
+            std::fs::write(&golden_path, format!("{error}\n")).unwrap();
+            continue;
+        }
+        let golden = std::fs::read_to_string(&golden_path).unwrap_or_default();
+        if golden.trim_end() != error {
+            mismatches.push(format!(
+                "{}:\n  expected: {}\n  actual:   {error}",
+                file.display(),
+                golden.trim_end()
+            ));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[test]
+fn the_small_good_scenario_passes_and_set_overrides_it() {
+    let good = Path::new("tests/scenarios/good-small.toml");
+    let scenario = fedsim::scenario::load(Some(good), &[]).unwrap();
+    assert_eq!(scenario.federation.domain_groups[0].count, 10);
+    let overridden = fedsim::scenario::load(
+        Some(good),
+        &[
+            "observers[0].policy.recheck=half-life".into(),
+            "duration=5d".into(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(overridden.duration.ms(), 5 * 86_400_000);
+    let error = fedsim::scenario::load(Some(good), &["observers[3].name=x".into()]).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "tests/scenarios/good-small.toml: --set observers[3].name: no element 3 (the array has 1)"
+    );
+}
