@@ -28,7 +28,9 @@ use serde_json::Value;
 use super::keys::HeldKeys;
 use super::policy::InvalidationRule;
 use crate::matrix::member_keys::{self, LinkOutcome};
+use crate::matrix::server_keys::ServerKeys;
 use crate::matrix::{EventId, Pdu, RoomVersion};
+use crate::server::outcome_table::InvalidReason;
 
 /// Where a link stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -75,6 +77,38 @@ impl KeyInvalidation {
             | KeyInvalidation::Replaced
             | KeyInvalidation::NotFound
             | KeyInvalidation::BadResponse => None,
+        }
+    }
+}
+
+impl KeyInvalidation {
+    /// Translates the key layer's verdict (`server::key_cache::Decision::Invalidated`) for the
+    /// tracked key `key_id`: `response` is the key object the re-check returned (if it returned
+    /// one), `tracked_valid_until_ms` the clamped validity of the cached response, both in the
+    /// absolute milliseconds key objects use.
+    pub fn from_key_layer(
+        reason: InvalidReason,
+        key_id: &str,
+        response: Option<&ServerKeys>,
+        tracked_valid_until_ms: i64,
+    ) -> KeyInvalidation {
+        match reason {
+            InvalidReason::MovedToOld => KeyInvalidation::MovedToOld {
+                expired_ts_ms: response
+                    .and_then(|keys| keys.old_verify_keys.get(key_id))
+                    .map_or(tracked_valid_until_ms, |old| old.expired_ts_ms),
+            },
+            InvalidReason::Absent => KeyInvalidation::Absent,
+            InvalidReason::DifferentBytes => KeyInvalidation::Replaced,
+            InvalidReason::ExpiredInResponse => KeyInvalidation::ValidUntilPast {
+                valid_until_ms: response
+                    .map_or(tracked_valid_until_ms, |keys| keys.valid_until_ts_ms),
+            },
+            InvalidReason::NotFound => KeyInvalidation::NotFound,
+            InvalidReason::UnreachableAfterExpiry => KeyInvalidation::ExpiredUnreachable {
+                valid_until_ms: tracked_valid_until_ms,
+            },
+            InvalidReason::Malformed => KeyInvalidation::BadResponse,
         }
     }
 }
@@ -773,6 +807,63 @@ mod tests {
         assert_eq!(
             fresh.observe_member_event(&V, &invite, ring.held_keys("a.example"), 1),
             LinkStatus::Unknown
+        );
+    }
+
+    #[test]
+    fn key_layer_verdicts_translate_with_their_bounds() {
+        let key = server_key("1", 1);
+        let mut response = ServerKeys::with_current_key("a.example", &server_key("2", 2), 900);
+        response.old_verify_keys.insert(
+            "ed25519:1".into(),
+            OldVerifyKey {
+                key: key.verifying_key(),
+                expired_ts_ms: 700,
+            },
+        );
+        let translate = |reason, response| {
+            KeyInvalidation::from_key_layer(reason, "ed25519:1", response, 1_000)
+        };
+        assert_eq!(
+            translate(InvalidReason::MovedToOld, Some(&response)),
+            KeyInvalidation::MovedToOld { expired_ts_ms: 700 }
+        );
+        assert_eq!(
+            translate(InvalidReason::ExpiredInResponse, Some(&response)),
+            KeyInvalidation::ValidUntilPast {
+                valid_until_ms: 900
+            }
+        );
+        assert_eq!(
+            translate(InvalidReason::UnreachableAfterExpiry, None),
+            KeyInvalidation::ExpiredUnreachable {
+                valid_until_ms: 1_000
+            }
+        );
+        assert_eq!(
+            translate(InvalidReason::NotFound, None),
+            KeyInvalidation::NotFound
+        );
+        assert_eq!(
+            translate(InvalidReason::Absent, None),
+            KeyInvalidation::Absent
+        );
+        assert_eq!(
+            translate(InvalidReason::DifferentBytes, None),
+            KeyInvalidation::Replaced
+        );
+        assert_eq!(
+            translate(InvalidReason::Malformed, None),
+            KeyInvalidation::BadResponse
+        );
+        // Only expiries carry a bound for P7.
+        assert_eq!(
+            translate(InvalidReason::MovedToOld, Some(&response)).expiry_bound_ms(),
+            Some(700)
+        );
+        assert_eq!(
+            translate(InvalidReason::NotFound, None).expiry_bound_ms(),
+            None
         );
     }
 }
