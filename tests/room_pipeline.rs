@@ -871,3 +871,56 @@ fn each_preset_decides_a_message_after_a_rotation_as_questions_md_says() {
         );
     }
 }
+
+/// Check 2 for restricted joins: the join must also carry the authorising server's signature
+/// (room v12) or the authorising member key's (MSC4430); once countersigned, the auth rules
+/// accept it through the authoriser.
+#[test]
+fn a_restricted_join_needs_the_authorisers_signature() {
+    for policy in [RoomPolicy::P0, RoomPolicy::P1] {
+        let mut room = room(&policy);
+        let version = policy.room_version;
+        let carol = room.carol.clone();
+        room.federation.broadcast(
+            &carol,
+            "m.room.join_rules",
+            Some(""),
+            json!({"join_rule": "restricted",
+                   "allow": [{"type": "m.room_membership", "room_id": "!space:c.example"}]}),
+            50,
+        );
+        let erin = User::new(&version, "erin", "a.example");
+        let mut content = erin.membership_content("join");
+        content["join_authorised_via_users_server"] = json!(carol.id());
+        let a = room.federation.server("a.example");
+        let draft = a
+            .room
+            .draft_event(&erin.id(), "m.room.member", Some(&erin.id()), content, 60)
+            .unwrap();
+        let join = a.sign(&erin, draft).unwrap();
+        let c = room.federation.server("c.example");
+        let receipt = c.receive(&join, ArrivalPath::Send, 70);
+        assert!(
+            matches!(receipt.verdict, Verdict::Dropped(DropReason::Signature(_))),
+            "{}: {:?}",
+            policy.name,
+            receipt.verdict
+        );
+        assert!(!c.room.holds(&join.event_id));
+        let countersigned = if version.member_keys {
+            let carol_key = carol.member_key.as_ref().unwrap();
+            countersign_pdu(&version, &join, &carol.id(), carol_key).unwrap()
+        } else {
+            countersign_pdu(&version, &join, "c.example", &c.signing_key).unwrap()
+        };
+        assert_eq!(countersigned.event_id, join.event_id);
+        let receipt = c.receive(&countersigned, ArrivalPath::Send, 80);
+        assert_eq!(receipt.outcome(), Outcome::Accepted, "{}", policy.name);
+        assert_eq!(
+            receipt.allowed_by,
+            Some(Rule::JoinRestrictedAuthorised),
+            "{}",
+            policy.name
+        );
+    }
+}
