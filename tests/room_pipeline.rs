@@ -679,18 +679,37 @@ fn pending_links_follow_the_policy_and_resolve_when_keys_arrive() {
 }
 
 #[test]
-fn the_current_state_memo_changes_nothing() {
-    let run = |memo: bool| {
-        let mut room = room(&RoomPolicy::P0);
+fn the_current_state_memo_and_the_shared_check_memo_change_nothing() {
+    let run = |state_memo: bool, shared_checks: bool| {
+        let mut room = room(&RoomPolicy::P1);
         for server in &mut room.federation.servers {
-            server.room.set_memo(memo);
+            server.room.set_memo(state_memo);
         }
+        if shared_checks {
+            room.federation.share_checks();
+        }
+        invalidate_b_key_on_a(&mut room, 50);
         let (_, _, _) = ban_alice(&mut room, &["a.example"]);
         let bob = room.bob.clone();
-        room.federation
-            .broadcast(&bob, "m.room.message", None, json!({"body": "x"}), 400);
+        let message =
+            room.federation
+                .broadcast(&bob, "m.room.message", None, json!({"body": "x"}), 400);
         room.federation
             .broadcast(&bob, "m.room.topic", Some(""), json!({"topic": "t"}), 401);
+        // A tampered copy (redacted on receipt) and a copy with a broken signature.
+        let mut edited = message.json.clone();
+        edited["content"]["body"] = json!("edited");
+        let edited =
+            Pdu::from_json(edited, message.event_id.clone(), &RoomVersion::MSC4430).unwrap();
+        let mut forged = message.json.clone();
+        forged["origin_server_ts"] = json!(1);
+        let forged = Pdu::from_json(forged, "$unused".into(), &RoomVersion::MSC4430).unwrap();
+        for copy in [&edited, &forged] {
+            for name in ["a.example", "c.example"] {
+                room.federation
+                    .deliver_one(copy, name, ArrivalPath::Backfill, 500);
+            }
+        }
         room.federation
             .servers
             .iter_mut()
@@ -699,16 +718,15 @@ fn the_current_state_memo_changes_nothing() {
                     server.room.current_state().unwrap(),
                     server.room.forward_extremities(),
                     server.room.visible_event_ids(),
-                    server
-                        .receipts
-                        .iter()
-                        .map(|receipt| receipt.outcome())
-                        .collect::<Vec<_>>(),
+                    server.receipts.clone(),
                 )
             })
             .collect::<Vec<_>>()
     };
-    assert_eq!(run(true), run(false));
+    let plain = run(true, false);
+    assert_eq!(run(false, false), plain);
+    assert_eq!(run(true, true), plain);
+    assert_eq!(run(false, true), plain);
 }
 
 #[test]

@@ -11,12 +11,14 @@
 //! - [`pipeline`]: checks 1–6 in order plus the link rule, on a [`room_state::RoomState`].
 //! - [`links`]: the member link table and its state machine.
 //! - [`keys`]: the server keys the room layer reads.
+//! - [`memo`]: checks 1–3 computed once per distinct event copy and shared across servers.
 //! - [`policy`]: the room-layer knobs and the P0–P9 presets.
 //! - [`testbed`]: a hand-fed federation of a few servers for tests and scripted reproductions.
 
 pub mod checks;
 pub mod keys;
 pub mod links;
+pub mod memo;
 pub mod pipeline;
 pub mod policy;
 pub mod room_state;

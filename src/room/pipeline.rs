@@ -24,9 +24,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::checks::{self, FormatError};
+use super::checks::FormatError;
 use super::keys::KeySource;
 use super::links::{LinkStatus, LinkTable, LinkVerdict};
+use super::memo::{CheckMemo, FrontChecks, front_checks};
 use super::policy::{ArrivalPath, LinkAction, RoomPolicy, UnverifiedStateEvents};
 use super::room_state::{Fate, HeldEvent, RejectedAt, RoomState, SoftFailReason};
 use crate::matrix::auth::{Rejection, Rule};
@@ -141,7 +142,20 @@ pub fn receive_pdu<K: KeySource>(
     path: ArrivalPath,
     now_ms: i64,
 ) -> Receipt {
-    receive(room, server, json, path, None, now_ms)
+    receive(room, server, json, path, None, None, now_ms)
+}
+
+/// As [`receive_pdu`], with checks 1–3 shared through `memo` by every server that receives the
+/// same copy of the event (identical receipts; the event is parsed and stored once).
+pub fn receive_pdu_shared<K: KeySource>(
+    room: &mut RoomState,
+    server: &mut ServerView<'_, K>,
+    memo: &mut CheckMemo,
+    json: Value,
+    path: ArrivalPath,
+    now_ms: i64,
+) -> Receipt {
+    receive(room, server, json, path, None, Some(memo), now_ms)
 }
 
 /// As [`receive_pdu`] for an event whose prev events are (partly) not held, with the state
@@ -155,7 +169,7 @@ pub fn receive_pdu_with_state_before<K: KeySource>(
     state_before: Arc<StateMap>,
     now_ms: i64,
 ) -> Receipt {
-    receive(room, server, json, path, Some(state_before), now_ms)
+    receive(room, server, json, path, Some(state_before), None, now_ms)
 }
 
 fn receive<K: KeySource>(
@@ -164,6 +178,7 @@ fn receive<K: KeySource>(
     json: Value,
     path: ArrivalPath,
     state_before: Option<Arc<StateMap>>,
+    memo: Option<&mut CheckMemo>,
     now_ms: i64,
 ) -> Receipt {
     let version = *room.version();
@@ -176,24 +191,27 @@ fn receive<K: KeySource>(
         link_after: None,
         allowed_by: None,
     };
-    // 1. A valid event for the room version.
-    let pdu = match checks::check_format(&version, room.room_id(), json) {
-        Ok(pdu) => pdu,
-        Err(error) => {
+    // 1. A valid event for the room version; 2. signatures; 3. hashes (continue with the
+    //    redacted copy on a mismatch). Shared across servers when a memo is given.
+    let front = match memo {
+        Some(memo) => memo.front_checks(&version, room.room_id(), json, server.keys),
+        None => front_checks(&version, room.room_id(), json, server.keys),
+    };
+    let (pdu, hash_check) = match front {
+        FrontChecks::Format { event_id, error } => {
+            receipt.event_id = event_id;
             receipt.verdict = Verdict::Dropped(DropReason::Format(error));
             return receipt;
         }
+        FrontChecks::Signature { event_id, error } => {
+            receipt.event_id = Some(event_id);
+            receipt.verdict = Verdict::Dropped(DropReason::Signature(error));
+            return receipt;
+        }
+        FrontChecks::Passed { pdu, hash_check } => (pdu, hash_check),
     };
     receipt.event_id = Some(pdu.event_id.clone());
-    // 2. Signatures.
-    if let Err(error) = checks::check_signatures(&version, &pdu, server.keys) {
-        receipt.verdict = Verdict::Dropped(DropReason::Signature(error));
-        return receipt;
-    }
-    // 3. Hashes: continue with the redacted copy on a mismatch.
-    let (pdu, hash_check) = checks::check_hashes(&version, pdu);
     receipt.hash_check = Some(hash_check);
-    let pdu = Arc::new(pdu);
     if room.holds(&pdu.event_id) {
         // A copy with new signatures (re-signed after a rotation) still refreshes the link.
         if version.member_keys && hash_check == ContentHashCheck::Valid {

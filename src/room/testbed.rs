@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::keys::KeyRing;
 use super::links::LinkTable;
+use super::memo::CheckMemo;
 use super::pipeline::{self, Receipt, ServerView, Verdict};
 use super::policy::{ArrivalPath, RoomPolicy};
 use super::room_state::{RoomState, create_event_draft};
@@ -110,13 +111,29 @@ impl Server {
 
     /// Runs `pdu` through this server's pipeline as arriving by `path` at `now_ms`.
     pub fn receive(&mut self, pdu: &Pdu, path: ArrivalPath, now_ms: i64) -> Receipt {
+        self.receive_with(None, pdu, path, now_ms)
+    }
+
+    /// As [`Server::receive`], sharing checks 1–3 through `memo` if given.
+    pub fn receive_with(
+        &mut self,
+        memo: Option<&mut CheckMemo>,
+        pdu: &Pdu,
+        path: ArrivalPath,
+        now_ms: i64,
+    ) -> Receipt {
         let mut view = ServerView {
             keys: &self.keys,
             links: &mut self.links,
             policy: &self.policy,
         };
-        let receipt =
-            pipeline::receive_pdu(&mut self.room, &mut view, pdu.json.clone(), path, now_ms);
+        let json = pdu.json.clone();
+        let receipt = match memo {
+            Some(memo) => {
+                pipeline::receive_pdu_shared(&mut self.room, &mut view, memo, json, path, now_ms)
+            }
+            None => pipeline::receive_pdu(&mut self.room, &mut view, json, path, now_ms),
+        };
         self.receipts.push(receipt.clone());
         receipt
     }
@@ -192,6 +209,8 @@ pub fn create_room(
 /// Several servers sharing one room.
 pub struct Federation {
     pub servers: Vec<Server>,
+    /// If set, deliveries share checks 1–3 through it (see [`Federation::share_checks`]).
+    pub memo: Option<CheckMemo>,
 }
 
 impl Federation {
@@ -212,7 +231,31 @@ impl Federation {
                 server.keys.insert(keys.clone(), 0);
             }
         }
-        Federation { servers }
+        Federation {
+            servers,
+            memo: None,
+        }
+    }
+
+    /// Makes every later delivery share checks 1–3 across servers (receipts are unchanged).
+    pub fn share_checks(&mut self) {
+        self.memo = Some(CheckMemo::new());
+    }
+
+    /// Delivers `pdu` to the server called `name` by `path`, through the shared memo if any.
+    pub fn deliver_one(
+        &mut self,
+        pdu: &Pdu,
+        name: &str,
+        path: ArrivalPath,
+        now_ms: i64,
+    ) -> Receipt {
+        let index = self
+            .servers
+            .iter()
+            .position(|server| server.name == name)
+            .unwrap_or_else(|| panic!("no testbed server {name}"));
+        self.servers[index].receive_with(self.memo.as_mut(), pdu, path, now_ms)
     }
 
     /// The server called `name`.
@@ -228,8 +271,7 @@ impl Federation {
     pub fn deliver(&mut self, pdu: &Pdu, to: &[&str], now_ms: i64) -> Vec<Verdict> {
         to.iter()
             .map(|name| {
-                self.server(name)
-                    .receive(pdu, ArrivalPath::Send, now_ms)
+                self.deliver_one(pdu, name, ArrivalPath::Send, now_ms)
                     .verdict
             })
             .collect()
@@ -255,7 +297,7 @@ impl Federation {
             .filter(|name| *name != user.server)
             .collect();
         for name in others {
-            self.server(&name).receive(&pdu, ArrivalPath::Send, now_ms);
+            self.deliver_one(&pdu, &name, ArrivalPath::Send, now_ms);
         }
         Arc::new(pdu)
     }
