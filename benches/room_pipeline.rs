@@ -4,6 +4,8 @@
 //! Messages are built and signed once, outside the timing; each sample starts from a fresh
 //! server that holds only the room's setup events.
 //!
+//! `two_receivers_*`: two servers receive each message, with and without sharing checks 1–3.
+//!
 //! Run: `cargo bench --bench room_pipeline`.
 
 use std::sync::OnceLock;
@@ -66,6 +68,43 @@ fn bench_policy(bencher: Bencher, policy: &RoomPolicy, messages: &[Pdu]) {
         });
 }
 
+/// Two servers (a.example and c.example) receive every message; with `shared`, checks 1–3 run
+/// once per message through a `CheckMemo`.
+fn bench_two_receivers(bencher: Bencher, messages: &[Pdu], shared: bool) {
+    bencher
+        .counter(ItemsCount::new(2 * MESSAGES))
+        .with_inputs(|| {
+            let mut federation = setup(&RoomPolicy::P1).0;
+            if shared {
+                federation.share_checks();
+            }
+            federation
+        })
+        .bench_local_values(|mut federation| {
+            for message in messages {
+                for name in ["a.example", "c.example"] {
+                    black_box(federation.deliver_one(message, name, ArrivalPath::Send, 1_000));
+                }
+            }
+            federation
+        });
+}
+
+#[divan::bench(sample_count = 20)]
+fn two_receivers_p1_unshared(bencher: Bencher) {
+    bench_two_receivers(bencher, p1_messages(), false);
+}
+
+#[divan::bench(sample_count = 20)]
+fn two_receivers_p1_shared_checks(bencher: Bencher) {
+    bench_two_receivers(bencher, p1_messages(), true);
+}
+
+fn p1_messages() -> &'static [Pdu] {
+    static MESSAGES_P1: OnceLock<Vec<Pdu>> = OnceLock::new();
+    MESSAGES_P1.get_or_init(|| messages(&RoomPolicy::P1))
+}
+
 #[divan::bench(sample_count = 20)]
 fn receive_message_p0(bencher: Bencher) {
     static MESSAGES_P0: OnceLock<Vec<Pdu>> = OnceLock::new();
@@ -75,7 +114,5 @@ fn receive_message_p0(bencher: Bencher) {
 
 #[divan::bench(sample_count = 20)]
 fn receive_message_p1(bencher: Bencher) {
-    static MESSAGES_P1: OnceLock<Vec<Pdu>> = OnceLock::new();
-    let messages = MESSAGES_P1.get_or_init(|| messages(&RoomPolicy::P1));
-    bench_policy(bencher, &RoomPolicy::P1, messages);
+    bench_policy(bencher, &RoomPolicy::P1, p1_messages());
 }
