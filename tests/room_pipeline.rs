@@ -15,7 +15,8 @@ use fedsim::room::pipeline::{
     DropReason, Outcome, ServerView, Verdict, receive_pdu_with_state_before, reveal_verified,
 };
 use fedsim::room::policy::{ArrivalPath, ArrivalPaths, RoomPolicy};
-use fedsim::room::room_state::{Fate, RejectedAt, SoftFailReason, Visibility};
+use fedsim::room::properties;
+use fedsim::room::room_state::{Fate, RejectedAt, RoomState, SoftFailReason, Visibility};
 use fedsim::room::testbed::{Federation, KEY_VALIDITY_MS, User, public_room};
 use serde_json::json;
 
@@ -44,6 +45,32 @@ fn room(policy: &RoomPolicy) -> Room {
         alice,
         bob,
     }
+}
+
+/// Asserts every always-property holds across the room's servers.
+fn assert_properties(room: &mut Room) {
+    let mut violations = Vec::new();
+    for server in &room.federation.servers {
+        violations.extend(properties::no_rejected_event_shown(
+            &server.name,
+            &server.room,
+        ));
+    }
+    let views: Vec<(&str, &RoomState)> = room
+        .federation
+        .servers
+        .iter()
+        .map(|server| (server.name.as_str(), &server.room))
+        .collect();
+    violations.extend(properties::checks_agree(&views, true));
+    let mut views: Vec<(&str, &mut RoomState)> = room
+        .federation
+        .servers
+        .iter_mut()
+        .map(|server| (server.name.as_str(), &mut server.room))
+        .collect();
+    violations.extend(properties::same_extremities_same_state(&mut views));
+    assert_eq!(violations, vec![]);
 }
 
 fn member_event_id(room: &mut Room, server: &str, user: &User) -> String {
@@ -444,6 +471,7 @@ fn partition_ban_reaches_b_only_if_b_receives_it() {
         .collect();
     assert_eq!(states[0], states[1]);
     assert_eq!(states[1], states[2]);
+    assert_properties(&mut room);
 }
 
 /// b.example rotates its key as a.example sees it: a.example re-fetches b.example's keys (a new
@@ -941,4 +969,68 @@ fn a_restricted_join_needs_the_authorisers_signature() {
             policy.name
         );
     }
+}
+
+/// The checks-agree property flags a server whose state before an event came from outside and
+/// disagrees with the DAG (a divergent `/state_ids` answer), when asked to compare such states.
+#[test]
+fn checks_agree_flags_a_rejection_caused_by_a_given_state() {
+    let mut room = room(&RoomPolicy::P0);
+    let bob = room.bob.clone();
+    let message =
+        room.federation
+            .broadcast(&bob, "m.room.message", None, json!({"body": "hi"}), 100);
+    assert_properties(&mut room);
+    // A fourth server is told a state before bob's message that lacks bob's join.
+    let room_id = room
+        .federation
+        .server("a.example")
+        .room
+        .room_id()
+        .to_owned();
+    let mut d = fedsim::room::testbed::Server::new("d.example", 4, RoomPolicy::P0, &room_id);
+    for server in &room.federation.servers {
+        d.keys.insert(server.published_keys(KEY_VALIDITY_MS), 0);
+    }
+    let a = room.federation.server("a.example");
+    let history: Vec<Arc<Pdu>> = a
+        .room
+        .timeline()
+        .iter()
+        .map(|entry| Arc::clone(a.room.event(&entry.event_id).unwrap()))
+        .filter(|event| event.event_id != message.event_id)
+        .collect();
+    for event in &history {
+        d.receive(event, ArrivalPath::Backfill, 110);
+    }
+    let mut wrong_state = (**a.room.dag().state_before(&message.event_id).unwrap()).clone();
+    wrong_state.remove(&("m.room.member".to_owned(), bob.id()));
+    let receipt = {
+        let mut view = ServerView {
+            keys: &d.keys,
+            links: &mut d.links,
+            policy: &d.policy,
+        };
+        receive_pdu_with_state_before(
+            &mut d.room,
+            &mut view,
+            message.json.clone(),
+            ArrivalPath::Send,
+            Arc::new(wrong_state),
+            120,
+        )
+    };
+    assert!(matches!(
+        receipt.verdict,
+        Verdict::Rejected {
+            check: RejectedAt::StateBefore,
+            ..
+        }
+    ));
+    let a = room.federation.server("a.example");
+    let views = [("a.example", &a.room), ("d.example", &d.room)];
+    assert_eq!(properties::checks_agree(&views, false), vec![]);
+    let flagged = properties::checks_agree(&views, true);
+    assert_eq!(flagged.len(), 1);
+    assert!(flagged[0].detail.contains(&message.event_id));
 }

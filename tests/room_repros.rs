@@ -9,6 +9,7 @@ use fedsim::room::keys::KeySource;
 use fedsim::room::links::{KeyInvalidation, LinkStatus, LinkVerdict};
 use fedsim::room::pipeline::{Outcome, Verdict};
 use fedsim::room::policy::{ArrivalPath, ArrivalPaths, RoomPolicy};
+use fedsim::room::properties;
 use fedsim::room::room_state::SoftFailReason;
 use fedsim::room::testbed::{KEY_VALIDITY_MS, Server, User, public_room};
 use serde_json::json;
@@ -124,6 +125,13 @@ fn a_late_joiner_hides_history_that_older_members_show() {
         let d_state = d.room.current_state().unwrap();
         let c_state = federation.server("c.example").room.current_state().unwrap();
         assert_eq!(d_state, c_state, "{}", policy.name);
+        let c = federation.server("c.example");
+        let views = [("c.example", &c.room), ("d.example", &d.room)];
+        assert_eq!(properties::checks_agree(&views, true), vec![]);
+        assert_eq!(
+            properties::no_rejected_event_shown("d.example", &d.room),
+            vec![]
+        );
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`keys`]: the server keys the room layer reads.
 //! - [`memo`]: checks 1–3 computed once per distinct event copy and shared across servers.
 //! - [`policy`]: the room-layer knobs and the P0–P9 presets.
+//! - [`properties`]: always-properties over several servers' views (for scenario checks).
 //! - [`testbed`]: a hand-fed federation of a few servers for tests and scripted reproductions.
 
 pub mod checks;
@@ -21,5 +22,6 @@ pub mod links;
 pub mod memo;
 pub mod pipeline;
 pub mod policy;
+pub mod properties;
 pub mod room_state;
 pub mod testbed;

@@ -250,6 +250,7 @@ fn receive<K: KeySource>(
         return receipt;
     }
     // 4 and 5. The DAG evaluates them on insertion (once per event).
+    let state_given = state_before.is_some();
     let (index, rejection) = match room.insert(Arc::clone(&pdu), state_before) {
         Ok(inserted) => inserted,
         Err(error) => {
@@ -263,6 +264,7 @@ fn receive<K: KeySource>(
         redacted,
         path,
         received_at_ms: now_ms,
+        state_given,
     };
     if let Some((check, rejection)) = rejection {
         held.fate = Fate::Rejected {

@@ -79,6 +79,9 @@ pub struct HeldEvent {
     pub redacted: bool,
     pub path: ArrivalPath,
     pub received_at_ms: i64,
+    /// The state before the event was given from outside (a gap or a join) rather than
+    /// resolved from its prev events, so check 5 is not a function of the DAG alone.
+    pub state_given: bool,
 }
 
 /// Whether clients see a timeline entry.
@@ -158,6 +161,14 @@ impl RoomState {
     /// The DAG of held events.
     pub fn dag(&self) -> &Dag {
         &self.dag
+    }
+
+    /// Every held event with how it was judged, in DAG index order.
+    pub fn held_events(&self) -> impl Iterator<Item = (&Arc<Pdu>, &HeldEvent)> {
+        self.held
+            .iter()
+            .enumerate()
+            .map(|(index, held)| (self.dag.event(index as EventIndex), held))
     }
 
     /// Whether the event is held.
