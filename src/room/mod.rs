@@ -5,6 +5,7 @@
 //! Sans-IO: every function takes the time (`now_ms`) and the keys it needs as arguments and
 //! returns what happened; fetching keys or missing events is the caller's job.
 //!
+//! - [`acl`]: server ACLs and MSC4430's `m.federate: false`, decided before the pipeline.
 //! - [`checks`]: PDU checks 1–3 (format, signatures, hashes).
 //! - [`room_state`]: one room as one server sees it (DAG, fates, extremities, current state,
 //!   timeline, member_info).
@@ -16,6 +17,7 @@
 //! - [`properties`]: always-properties over several servers' views (for scenario checks).
 //! - [`testbed`]: a hand-fed federation of a few servers for tests and scripted reproductions.
 
+pub mod acl;
 pub mod checks;
 pub mod keys;
 pub mod links;
