@@ -11,4 +11,5 @@ pub mod net;
 pub mod room;
 pub mod scenario;
 pub mod server;
+pub mod sweep;
 pub mod world;

@@ -18,6 +18,12 @@ struct Cli {
 enum Command {
     /// List the room versions fedsim implements and how they differ.
     Versions,
+    /// Join the directories of a sharded sweep (`fedsim sweep --shard I/N`) into one.
+    Merge(fedsim::cli::sweep::MergeArgs),
+    /// Redraw a sweep's charts (SVG and PNG per metric) from its runs.csv.
+    Plot(fedsim::cli::plot::PlotArgs),
+    /// Run a scenario over parameter values x seeds in parallel; resumable, shardable.
+    Sweep(fedsim::cli::sweep::SweepArgs),
     /// Sign or inspect events and JSON objects (canonical JSON, hashes, event IDs, redaction).
     #[command(subcommand)]
     Pdu(fedsim::cli::pdu::PduCommand),
@@ -36,6 +42,9 @@ fn main() {
             print_versions();
             Ok(())
         }
+        Command::Merge(args) => fedsim::cli::sweep::run_merge(&args),
+        Command::Plot(args) => fedsim::cli::plot::run(&args),
+        Command::Sweep(args) => fedsim::cli::sweep::run(&args),
         Command::Pdu(command) => fedsim::cli::pdu::run(&command),
         Command::Resolve(args) => fedsim::cli::resolve::run(&args),
         Command::Run(args) => fedsim::cli::run::run(&args),

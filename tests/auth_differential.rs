@@ -515,7 +515,11 @@ impl Generator {
         } else {
             self.user()
         };
-        let mut content = json!({"membership": membership});
+        let mut content = if self.chance(0.02) {
+            json!({"displayname": "no membership"})
+        } else {
+            json!({"membership": membership})
+        };
         let mut not_comparable = None;
         if membership == "join" && self.chance(0.3) {
             content["join_authorised_via_users_server"] = json!(if self.chance(0.92) {
@@ -827,6 +831,17 @@ impl Generator {
     /// A case in the room whose state is `state`.
     fn case_in(&mut self, state: BTreeMap<StateKey, Pdu>) -> Case {
         let (mut event, not_comparable) = self.event(&state);
+        if event.event_type != "m.room.create" && self.chance(0.02) {
+            // An event that claims another room (v12: another create event).
+            let room_id = if self.version.room_id_from_create_event {
+                "!anothercreateevent"
+            } else {
+                "!another:a.example"
+            };
+            let mut json = event.json.clone();
+            json["room_id"] = json!(room_id);
+            event = Pdu::from_json(json, event.event_id.clone(), &self.version).unwrap();
+        }
         let (auth_events, rejected) = self.auth_events(&state, &event);
         event.auth_events = auth_events
             .iter()
@@ -1044,6 +1059,12 @@ fn run_version(version: RoomVersion, seed: u64, rooms: Rooms) {
     for (rule, count) in &rules_seen {
         eprintln!("  {rule}: {count}");
     }
+    let unreached: Vec<&str> = Rule::ALL
+        .iter()
+        .map(|rule| rule.name())
+        .filter(|name| !rules_seen.contains_key(*name))
+        .collect();
+    eprintln!("  not reached: {unreached:?}");
     assert!(
         disagreements.is_empty(),
         "{} disagreements with ruma-state-res in room version {}; first ones:\n{}",

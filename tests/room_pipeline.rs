@@ -847,7 +847,7 @@ fn an_event_after_a_gap_with_a_given_state_and_its_late_parent_keep_the_extremit
     let second = b
         .send(&bob, "m.room.message", None, json!({"body": "2"}), 101)
         .unwrap();
-    let state_before = Arc::clone(b.room.dag().state_before(&second.event_id).unwrap());
+    let state_before = Arc::new(b.room.dag().state_before(&second.event_id).unwrap());
     let before_gap = room
         .federation
         .server("a.example")
@@ -1003,7 +1003,7 @@ fn checks_agree_flags_a_rejection_caused_by_a_given_state() {
     for event in &history {
         d.receive(event, ArrivalPath::Backfill, 110);
     }
-    let mut wrong_state = (**a.room.dag().state_before(&message.event_id).unwrap()).clone();
+    let mut wrong_state = a.room.dag().state_before(&message.event_id).unwrap();
     wrong_state.remove(&("m.room.member".to_owned(), bob.id()));
     let receipt = {
         let mut view = ServerView {

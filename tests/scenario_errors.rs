@@ -65,3 +65,19 @@ fn the_small_good_scenario_passes_and_set_overrides_it() {
         "tests/scenarios/good-small.toml: --set observers[3].name: no element 3 (the array has 1)"
     );
 }
+
+#[test]
+fn every_scenario_in_the_repository_is_valid() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir("scenarios").unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .extension()
+            .is_some_and(|extension| extension == "toml")
+        {
+            fedsim::scenario::load(Some(&path), &[]).unwrap_or_else(|error| panic!("{error}"));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2);
+}

@@ -71,11 +71,11 @@ fn check(case: &str, version: RoomVersion) {
         let prev_states: Vec<StateMap> = dag
             .prev_indices(dag.index(end).unwrap())
             .iter()
-            .map(|&parent| (*dag.evaluation(parent).state_after).clone())
+            .map(|&parent| dag.evaluation(parent).state_after.to_map())
             .collect();
         let resolved = state_res::resolve(&version, &prev_states, &dag).unwrap();
-        assert_eq!(**dag.state_before(end).unwrap(), resolved);
-        assert_eq!(**dag.state_after(end).unwrap(), resolved);
+        assert_eq!(dag.state_before(end).unwrap(), resolved);
+        assert_eq!(dag.state_after(end).unwrap(), resolved);
         resolved
     } else {
         let state_sets: Vec<StateMap> = expect["query"]["state_sets"]

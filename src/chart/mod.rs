@@ -11,6 +11,20 @@ use plotters::prelude::*;
 
 const DEJAVU_SANS: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 
+/// Sweep charts (added by the sweep branch): a generic line chart of means with 95% CIs, and
+/// the charts of a sweep directory that `fedsim plot DIR` draws from `runs.csv`.
+pub mod line;
+pub mod stats;
+pub mod sweep_charts;
+
+/// The font family name the embedded font is registered under.
+pub const FONT_FAMILY: &str = "sans-serif";
+
+/// Makes the embedded font available to plotters; idempotent. For charts drawn in submodules.
+pub fn register_fonts() {
+    register_font();
+}
+
 fn register_font() {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {

@@ -52,6 +52,8 @@ pub fn read_input(path: &str) -> Result<String, CliError> {
             .map_err(|error| CliError::input(format!("{path}: cannot read: {error}")))
     }
 }
+pub mod plot;
+pub mod sweep;
 
 pub mod check;
 pub mod pdu;

@@ -106,7 +106,7 @@ pub fn resolve_text(
         };
         points
             .iter()
-            .map(|&index| (*dag.evaluation(index).state_after).clone())
+            .map(|&index| dag.evaluation(index).state_after.to_map())
             .collect()
     };
     let (resolved, explanation) = if args.explain {

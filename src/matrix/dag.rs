@@ -10,8 +10,9 @@
 //!   its own `auth_events`) and check 5 (against the state before it). The state after a rejected
 //!   event equals the state before it. Events rejected by check 4 never enter state resolution
 //!   (the spec's "Rejected events" note); events rejected by check 5 do, as usual.
-//! - State maps are shared behind `Arc`: a message or a rejected event shares its state with its
-//!   parent instead of copying it.
+//! - States are shared behind `Arc`: a message or a rejected event shares its state with its
+//!   parent, and a state event stores only what changed since a shared snapshot
+//!   ([`LayeredState`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -68,8 +69,71 @@ pub enum RejectionCheck {
 pub struct Evaluation {
     /// `None` if the event passed checks 4 and 5.
     pub rejection: Option<(RejectionCheck, Rejection)>,
-    pub state_before: Arc<StateMap>,
-    pub state_after: Arc<StateMap>,
+    pub state_before: Arc<LayeredState>,
+    pub state_after: Arc<LayeredState>,
+}
+
+/// A room state stored as a shared snapshot plus the few entries changed since it, so that a
+/// state event costs O(changes) rather than a copy of the whole state (a 10,000-member room would
+/// otherwise hold 10,000 copies of a 10,000-entry map). A new snapshot is taken once
+/// [`LayeredState::MAX_CHANGES`] entries have piled up, so lookups stay cheap.
+#[derive(Debug, Clone, Default)]
+pub struct LayeredState {
+    snapshot: Arc<StateMap>,
+    changes: StateMap,
+}
+
+impl LayeredState {
+    /// How many changed entries a state keeps on top of its snapshot before taking a new one.
+    pub const MAX_CHANGES: usize = 128;
+
+    /// A state that is exactly `state`.
+    pub fn from_map(state: StateMap) -> LayeredState {
+        LayeredState {
+            snapshot: Arc::new(state),
+            changes: StateMap::new(),
+        }
+    }
+
+    /// The event for `(event_type, state_key)`.
+    pub fn get(&self, event_type: &str, state_key: &str) -> Option<&EventId> {
+        let key = (event_type.to_owned(), state_key.to_owned());
+        self.changes.get(&key).or_else(|| self.snapshot.get(&key))
+    }
+
+    /// This state with `key` set to `event_id`.
+    pub fn with(&self, key: crate::matrix::StateKey, event_id: EventId) -> LayeredState {
+        let mut changes = self.changes.clone();
+        changes.insert(key, event_id);
+        if changes.len() > LayeredState::MAX_CHANGES {
+            let mut state = StateMap::clone(&self.snapshot);
+            state.extend(changes);
+            return LayeredState::from_map(state);
+        }
+        LayeredState {
+            snapshot: Arc::clone(&self.snapshot),
+            changes,
+        }
+    }
+
+    /// The whole state as one map.
+    pub fn to_map(&self) -> StateMap {
+        if self.changes.is_empty() {
+            return StateMap::clone(&self.snapshot);
+        }
+        let mut state = StateMap::clone(&self.snapshot);
+        state.extend(
+            self.changes
+                .iter()
+                .map(|(key, id)| (key.clone(), id.clone())),
+        );
+        state
+    }
+
+    /// Whether two states are the same object (and so certainly equal).
+    fn same_as(&self, other: &LayeredState) -> bool {
+        Arc::ptr_eq(&self.snapshot, &other.snapshot) && self.changes == other.changes
+    }
 }
 
 struct Node {
@@ -169,21 +233,21 @@ impl Dag {
     pub fn insert(&mut self, pdu: Arc<Pdu>) -> Result<EventIndex, DagError> {
         let prev = self.resolve_references(&pdu, EdgeKind::Prev, true)?;
         let state_before = if prev.is_empty() {
-            Arc::new(StateMap::new())
-        } else if prev.len() == 1 {
-            Arc::clone(&self.nodes[prev[0] as usize].evaluation.state_after)
+            Arc::new(LayeredState::default())
         } else {
             // Parents sharing one state (messages after the same state) resolve trivially.
-            let mut parent_states: Vec<&Arc<StateMap>> = prev
-                .iter()
-                .map(|&parent| &self.nodes[parent as usize].evaluation.state_after)
-                .collect();
-            parent_states.sort_by_key(|state| Arc::as_ptr(state));
-            parent_states.dedup_by(|a, b| Arc::ptr_eq(a, b));
+            let mut parent_states: Vec<&Arc<LayeredState>> = Vec::with_capacity(prev.len());
+            for &parent in &prev {
+                let state = &self.nodes[parent as usize].evaluation.state_after;
+                if !parent_states.iter().any(|seen| seen.same_as(state)) {
+                    parent_states.push(state);
+                }
+            }
             if parent_states.len() == 1 {
                 Arc::clone(parent_states[0])
             } else {
-                let states: Vec<&StateMap> = parent_states.iter().map(|state| &***state).collect();
+                let states: Vec<StateMap> =
+                    parent_states.iter().map(|state| state.to_map()).collect();
                 let resolved =
                     state_res::resolve(&self.version, &states, self).map_err(|error| {
                         DagError::Resolution {
@@ -191,7 +255,7 @@ impl Dag {
                             error,
                         }
                     })?;
-                Arc::new(resolved)
+                Arc::new(LayeredState::from_map(resolved))
             }
         };
         self.insert_with_state_before(pdu, state_before)
@@ -203,7 +267,7 @@ impl Dag {
     pub fn insert_with_state_before(
         &mut self,
         pdu: Arc<Pdu>,
-        state_before: Arc<StateMap>,
+        state_before: Arc<LayeredState>,
     ) -> Result<EventIndex, DagError> {
         if self.index_of.contains_key(&pdu.event_id) {
             return Err(DagError::DuplicateEventId(pdu.event_id.clone()));
@@ -216,11 +280,7 @@ impl Dag {
         let auth = self.resolve_references(&pdu, EdgeKind::Auth, true)?;
         let rejection = self.check_event(&pdu, &auth, &state_before);
         let state_after = match (&rejection, pdu.state_key_pair()) {
-            (None, Some(key)) => {
-                let mut state = StateMap::clone(&state_before);
-                state.insert(key, pdu.event_id.clone());
-                Arc::new(state)
-            }
+            (None, Some(key)) => Arc::new(state_before.with(key, pdu.event_id.clone())),
             _ => Arc::clone(&state_before),
         };
         let index = self.nodes.len() as EventIndex;
@@ -291,7 +351,7 @@ impl Dag {
         &self,
         pdu: &Pdu,
         auth: &[EventIndex],
-        state_before: &StateMap,
+        state_before: &LayeredState,
     ) -> Option<(RejectionCheck, Rejection)> {
         // 4. The auth rules against the event's own auth events: first their shape (no
         //    duplicates, only the types the selection algorithm picks, none rejected), then the
@@ -354,16 +414,17 @@ impl Dag {
     }
 
     /// The state after the event (equal to the state before it if it was rejected or is not a
-    /// state event).
-    pub fn state_after(&self, event_id: &str) -> Option<&Arc<StateMap>> {
+    /// state event), as one map.
+    pub fn state_after(&self, event_id: &str) -> Option<StateMap> {
         self.index(event_id)
-            .map(|index| &self.nodes[index as usize].evaluation.state_after)
+            .map(|index| self.nodes[index as usize].evaluation.state_after.to_map())
     }
 
-    /// The state before the event: the resolution of the states after its prev events.
-    pub fn state_before(&self, event_id: &str) -> Option<&Arc<StateMap>> {
+    /// The state before the event (the resolution of the states after its prev events), as one
+    /// map.
+    pub fn state_before(&self, event_id: &str) -> Option<StateMap> {
         self.index(event_id)
-            .map(|index| &self.nodes[index as usize].evaluation.state_before)
+            .map(|index| self.nodes[index as usize].evaluation.state_before.to_map())
     }
 
     /// The forward extremities: accepted events that no accepted event names in its
@@ -401,9 +462,9 @@ impl Dag {
     /// The resolution of the states after the given events (the current state when they are the
     /// forward extremities).
     pub fn resolve_states_after(&self, events: &[EventIndex]) -> Result<StateMap, ResolveError> {
-        let states: Vec<&StateMap> = events
+        let states: Vec<StateMap> = events
             .iter()
-            .map(|&index| &*self.nodes[index as usize].evaluation.state_after)
+            .map(|&index| self.nodes[index as usize].evaluation.state_after.to_map())
             .collect();
         state_res::resolve(&self.version, &states, self)
     }
@@ -483,17 +544,15 @@ impl EventSource for Dag {
     }
 }
 
-/// A [`StateMap`] of event IDs read as auth state through the DAG that holds the events.
+/// A state of event IDs read as auth state through the DAG that holds the events.
 pub struct StateMapView<'a> {
-    pub state: &'a StateMap,
+    pub state: &'a LayeredState,
     pub dag: &'a Dag,
 }
 
 impl AuthState for StateMapView<'_> {
     fn get(&self, event_type: &str, state_key: &str) -> Option<&Pdu> {
-        let id = self
-            .state
-            .get(&(event_type.to_owned(), state_key.to_owned()))?;
+        let id = self.state.get(event_type, state_key)?;
         self.dag.index(id).map(|index| &**self.dag.event(index))
     }
 }

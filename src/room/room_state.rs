@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 
 use super::links::{LinkTable, LinkVerdict};
 use super::policy::ArrivalPath;
-use crate::matrix::auth::{Rejection, Rule, auth_types_for_event, authorize};
+use crate::matrix::auth::{AuthState, Rejection, Rule, auth_types_for_event, authorize};
 use crate::matrix::canonical_json::MAX_SAFE_INTEGER;
-use crate::matrix::dag::{Dag, DagError, EventIndex, RejectionCheck, StateMapView};
+use crate::matrix::dag::{Dag, DagError, EventIndex, LayeredState, RejectionCheck, StateMapView};
 use crate::matrix::event_builder::{EventDraft, MAX_PREV_EVENTS};
 use crate::matrix::state_res::ResolveError;
 use crate::matrix::{EventId, Pdu, RoomVersion, StateMap};
@@ -214,15 +214,16 @@ impl RoomState {
     /// (memoised by the extremity set).
     pub fn current_state(&mut self) -> Result<Arc<StateMap>, ResolveError> {
         let extremities: Vec<EventIndex> = self.extremities.iter().copied().collect();
-        match extremities.as_slice() {
-            [] => return Ok(Arc::new(StateMap::new())),
-            [only] => return Ok(Arc::clone(&self.dag.evaluation(*only).state_after)),
-            _ => {}
+        if extremities.is_empty() {
+            return Ok(Arc::new(StateMap::new()));
         }
         if let Some(state) = self.memo.as_ref().and_then(|memo| memo.get(&extremities)) {
             return Ok(Arc::clone(state));
         }
-        let state = Arc::new(self.dag.resolve_states_after(&extremities)?);
+        let state = match extremities.as_slice() {
+            [only] => Arc::new(self.dag.evaluation(*only).state_after.to_map()),
+            _ => Arc::new(self.dag.resolve_states_after(&extremities)?),
+        };
         if let Some(memo) = &mut self.memo {
             if memo.len() >= MEMO_CAPACITY {
                 memo.clear();
@@ -278,7 +279,10 @@ impl RoomState {
     ) -> Result<(EventIndex, Option<(RejectedAt, Rejection)>), DagError> {
         let index = match state_before {
             None => self.dag.insert(pdu)?,
-            Some(state) => self.dag.insert_with_state_before(pdu, state)?,
+            Some(state) => self.dag.insert_with_state_before(
+                pdu,
+                Arc::new(LayeredState::from_map((*state).clone())),
+            )?,
         };
         let rejection = self
             .dag
@@ -298,14 +302,24 @@ impl RoomState {
     /// Checks `pdu` against the auth rules over the current state (check 6); on success, the
     /// rule that allowed it.
     pub(crate) fn check_current_state(&mut self, pdu: &Pdu) -> Result<Rule, SoftFailReason> {
+        let version = *self.dag.version();
+        if self.extremities.len() == 1 {
+            // One extremity: its state after is the current state; read it in place.
+            let only = *self.extremities.first().expect("one extremity");
+            let view = StateMapView {
+                state: &self.dag.evaluation(only).state_after,
+                dag: &self.dag,
+            };
+            return authorize(&version, pdu, &view).map_err(SoftFailReason::CurrentState);
+        }
         let state = self
             .current_state()
             .map_err(SoftFailReason::StateUnresolvable)?;
-        let view = StateMapView {
+        let view = ResolvedStateView {
             state: &state,
             dag: &self.dag,
         };
-        authorize(self.dag.version(), pdu, &view).map_err(SoftFailReason::CurrentState)
+        authorize(&version, pdu, &view).map_err(SoftFailReason::CurrentState)
     }
 
     /// The rule that allowed a held, not rejected event against the state before it (check 5's
@@ -421,6 +435,21 @@ impl RoomState {
             depth,
             origin_server_ts_ms: now_ms,
         })
+    }
+}
+
+/// A resolved [`StateMap`] of event IDs read as auth state through the DAG holding the events.
+struct ResolvedStateView<'a> {
+    state: &'a StateMap,
+    dag: &'a Dag,
+}
+
+impl AuthState for ResolvedStateView<'_> {
+    fn get(&self, event_type: &str, state_key: &str) -> Option<&Pdu> {
+        let id = self
+            .state
+            .get(&(event_type.to_owned(), state_key.to_owned()))?;
+        self.dag.index(id).map(|index| &**self.dag.event(index))
     }
 }
 

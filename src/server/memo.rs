@@ -46,6 +46,9 @@ pub struct VerifyMemo {
     pub checks: u64,
     /// Switch the memo off (every answer is checked afresh): results must not change.
     pub disabled: bool,
+    /// Wall-clock nanoseconds spent parsing and verifying (for benchmarks and run-info.json
+    /// only; never read by the simulation).
+    pub check_nanos: u64,
 }
 
 impl VerifyMemo {
@@ -99,7 +102,9 @@ impl VerifyMemo {
             }
         }
         self.checks += 1;
+        let started = std::time::Instant::now();
         let result = check();
+        self.check_nanos += started.elapsed().as_nanos() as u64;
         let entries = &mut self.per_domain[index];
         if entries.len() == ENTRIES_PER_DOMAIN {
             entries.remove(0);

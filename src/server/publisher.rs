@@ -23,6 +23,8 @@ pub struct KeyPublisher {
     key_seeds: SimRng,
     /// Responses signed so far.
     pub signatures_made: u64,
+    /// Wall-clock nanoseconds spent signing (benchmarks and run-info.json only).
+    pub sign_nanos: u64,
 }
 
 impl KeyPublisher {
@@ -38,6 +40,7 @@ impl KeyPublisher {
             published: None,
             key_seeds,
             signatures_made: 0,
+            sign_nanos: 0,
         }
     }
 
@@ -84,10 +87,12 @@ impl KeyPublisher {
             old_verify_keys: self.old_verify_keys.clone(),
             valid_until_ts_ms: valid_until_ms,
         };
+        let started = std::time::Instant::now();
         let value = keys
             .to_signed_json(&self.current)
             .expect("a key object always signs");
         let body: Arc<str> = Arc::from(value.to_string());
+        self.sign_nanos += started.elapsed().as_nanos() as u64;
         self.signatures_made += 1;
         self.published = Some((body.clone(), valid_until_ms));
         body

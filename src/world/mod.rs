@@ -789,6 +789,18 @@ impl World {
             .collect()
     }
 
+    /// Wall-clock seconds spent signing and verifying key responses so far (benchmarks and
+    /// run-info.json only).
+    pub fn crypto_seconds(&self) -> f64 {
+        let sign_nanos: u64 = self
+            .publishers
+            .iter()
+            .flatten()
+            .map(|publisher| publisher.sign_nanos)
+            .sum();
+        (sign_nanos + self.memo.check_nanos) as f64 / 1e9
+    }
+
     /// Whether the world holds requests that have not ended (for tests).
     pub fn requests_pending(&self) -> usize {
         self.requests.len()

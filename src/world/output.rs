@@ -131,6 +131,7 @@ fn write_results(world: &World, out_dir: &Path, wall_seconds: f64) -> Result<Run
         "peak_memory_kib": peak_memory_kib(),
         "verify_checks": world.memo.checks,
         "verify_memo_hits": world.memo.hits,
+        "crypto_seconds": rounded(world.crypto_seconds()),
     });
     let run_info_path = out_dir.join("run-info.json");
     write_json(&run_info_path, &run_info).map_err(io_error(&run_info_path))?;
@@ -452,9 +453,10 @@ fn write_servers(world: &World, out_dir: &Path) -> Result<(), RunError> {
                     status,
                     received,
                 ]);
-                row.extend((0..2).map(|_| empty()));
+                // known_domains is empty; requests_sent = the notary's fetches from origins.
+                row.push(empty());
                 row.push(notary.stats.origin_fetches.to_string());
-                row.extend((0..9).map(|_| empty()));
+                row.extend((0..10).map(|_| empty()));
             }
             super::Role::Observer(index) => {
                 let observer = &world.observers[index as usize];
@@ -574,9 +576,9 @@ impl Progress {
         } else if self.plain && self.last_line.elapsed().as_secs_f64() >= 5.0 {
             self.last_line = Instant::now();
             eprintln!(
-                "fedsim: simulated {} of {} ({:.0}%), {:.0}s wall",
-                format_duration_ms(now_ms / 1000 * 1000),
-                format_duration_ms(self.end_ms),
+                "fedsim: simulated {:.1} h of {:.1} h ({:.0}%), {:.0} s wall",
+                now_ms as f64 / 3_600_000.0,
+                self.end_ms as f64 / 3_600_000.0,
                 100.0 * now_ms as f64 / self.end_ms.max(1) as f64,
                 self.started.elapsed().as_secs_f64()
             );

@@ -19,8 +19,9 @@
 //! handled by PDU check 2 (signature checks) before any rule runs: "Events must be signed by the
 //! server denoted by the `sender` property" (MSC4430: by the sender's member key), and rule 5.2
 //! ("If the event is not validly signed by the homeserver of the user ID denoted by
-//! [`join_authorised_via_users_server`], reject"; MSC4430: "by the member key"). Here rule 5.2
-//! only checks that the key names a valid user.
+//! `join_authorised_via_users_server`, reject"; MSC4430: "by the member key"). Both signatures
+//! are verified by `event_builder::verify_pdu_signatures`; here rule 5.2 only checks that the key
+//! names a valid user (member key).
 
 mod identifiers;
 mod member;

@@ -19,7 +19,9 @@ pub const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
 /// `Int(_) < Infinite` for every integer, which is what every comparison in the rules needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PowerLevel {
+    /// An ordinary power level.
     Int(i64),
+    /// A room creator's level from room version 12 on: above every integer.
     Infinite,
 }
 

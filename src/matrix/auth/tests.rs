@@ -860,9 +860,15 @@ fn rule_5_4_1_third_party_invites() {
             invite(&mut room, "moderator", json!({"signed": {"mxid": carol}})),
             Err(Rule::ThirdPartyInviteSignedIncomplete)
         );
-        // 5.4.1.2 signed must be there.
+        // 5.4.1.2 signed must be there. A `third_party_invite` of null is still a property the
+        // content has (Synapse reads it so; ruma treats null as absent and would judge a plain
+        // invite).
         assert_eq!(
             invite(&mut room, "moderator", json!({"display_name": "c"})),
+            Err(Rule::ThirdPartyInviteMissingSigned)
+        );
+        assert_eq!(
+            invite(&mut room, "moderator", Value::Null),
             Err(Rule::ThirdPartyInviteMissingSigned)
         );
         // 5.4.1.1 a banned target cannot be invited this way either.
@@ -1507,6 +1513,30 @@ fn power_events_are_those_that_can_take_power_away() {
 }
 
 #[test]
+fn every_rule_has_a_unique_snake_case_name_and_a_number() {
+    let names: std::collections::BTreeSet<&str> =
+        Rule::ALL.iter().map(|rule| rule.name()).collect();
+    assert_eq!(names.len(), Rule::ALL.len());
+    for rule in Rule::ALL {
+        assert!(
+            rule.name()
+                .bytes()
+                .all(|byte| byte.is_ascii_lowercase() || byte == b'_'),
+            "{rule}"
+        );
+        for version in ALL {
+            let number = rule.spec_number(&version);
+            assert!(
+                number.split('.').all(|part| part.parse::<u32>().is_ok()),
+                "{rule} {number}"
+            );
+        }
+    }
+    assert_eq!(Rule::ALL.iter().filter(|rule| rule.allows()).count(), 16);
+    assert!(Rule::ALL.is_sorted(), "ALL follows the declaration order");
+}
+
+#[test]
 fn rules_display_their_names_and_numbers() {
     let rejection = Rejection::new(Rule::SenderBanned, "@x:y is banned");
     assert_eq!(rejection.to_string(), "sender_banned: @x:y is banned");
@@ -1546,4 +1576,33 @@ fn auth_state_works_over_maps_of_any_pdu_handle_and_lists() {
         );
     }
     assert!(AuthState::get(&room.state, "m.room.member", "@nobody:x").is_none());
+}
+
+proptest::proptest! {
+    /// The allocation-free lookup through `dyn StateKeyView` must find exactly what an owned
+    /// `(String, String)` key finds: `Borrow` requires the two orders to agree.
+    #[test]
+    fn borrowed_state_lookup_agrees_with_owned_keys(
+        keys in proptest::collection::vec(("[a-c.]{0,3}", "[@a-c:]{0,3}"), 0..40),
+        probes in proptest::collection::vec(("[a-c.]{0,3}", "[@a-c:]{0,3}"), 0..40),
+    ) {
+        let room = Room::new(RoomVersion::V11);
+        let template = room.state[&("m.room.create".to_owned(), String::new())].clone();
+        let state: BTreeMap<StateKey, Pdu> = keys
+            .iter()
+            .enumerate()
+            .map(|(index, key)| {
+                let mut event = template.clone();
+                event.event_id = format!("${index}");
+                (key.clone(), event)
+            })
+            .collect();
+        for (event_type, state_key) in probes.iter().chain(&keys) {
+            let borrowed = AuthState::get(&state, event_type, state_key).map(|event| &event.event_id);
+            let owned = state
+                .get(&(event_type.clone(), state_key.clone()))
+                .map(|event| &event.event_id);
+            proptest::prop_assert_eq!(borrowed, owned);
+        }
+    }
 }
