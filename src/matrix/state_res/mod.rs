@@ -505,7 +505,12 @@ fn iterative_auth_checks<'a, S: EventSource>(
     events: &'a S,
     auth_failures: &mut Vec<(EventIndex, Rejection)>,
 ) {
-    let create = events.create_index().map(|create| events.pdu(create));
+    // Only room versions whose room ID names the create event leave it out of `auth_events`;
+    // earlier versions read it from the auth events (or the partial state) like any other.
+    let create = events
+        .create_index()
+        .filter(|_| version.room_id_from_create_event)
+        .map(|create| events.pdu(create));
     for &event in order {
         let pdu = events.pdu(event);
         let Some(state_key) = pdu.state_key.as_deref() else {
