@@ -358,7 +358,11 @@ impl Dag {
         //    rules evaluated with those events as the state. Room v12 never lists the create
         //    event (its ID is the room ID), so it is added for the rules to read.
         let auth_pdus: Vec<&Pdu> = auth.iter().map(|&index| self.pdu(index)).collect();
-        let create = self.create.map(|create| self.pdu(create));
+        // v12 rule 2 wants an *accepted* create event: a rejected one authorises nothing.
+        let create = self
+            .create
+            .filter(|&create| !self.is_rejected(create))
+            .map(|create| self.pdu(create));
         if let Err(rejection) =
             auth::check_against_auth_events(&self.version, pdu, &auth_pdus, create, |id| {
                 self.index_of
