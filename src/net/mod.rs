@@ -364,6 +364,11 @@ impl Network {
         &self.partitions
     }
 
+    /// A server's region.
+    pub fn region_of(&self, server: ServerId) -> u32 {
+        self.region_of[server as usize]
+    }
+
     /// A server's lifecycle state.
     pub fn server_status(&self, server: ServerId) -> ServerStatus {
         self.status_of[server as usize]

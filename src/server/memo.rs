@@ -4,7 +4,7 @@
 //! expected server name, the notary key for notary answers): when several observers fetch the
 //! same published response, the first check is remembered and the others reuse its result.
 //! Entries are keyed by the exact bytes, so a changed body is always checked afresh. A few
-//! entries are kept per domain (the latest published bodies), which bounds memory.
+//! entries are kept per domain (the latest direct and notary bodies), which bounds memory.
 
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use crate::matrix::signing;
 /// Marks a direct (origin) answer in the memo.
 const DIRECT: u32 = u32::MAX;
 /// Entries kept per domain.
-const ENTRIES_PER_DOMAIN: usize = 4;
+const ENTRIES_PER_DOMAIN: usize = 2;
 
 /// What checking a response gave.
 pub type Checked = Result<Option<Arc<ServerKeys>>, String>;

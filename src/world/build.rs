@@ -213,6 +213,7 @@ impl World {
                     cache,
                     window_requests: vec![0; (end_ms / window_ms) as usize + 1],
                     requests_to_dead_domains: 0,
+                    bytes_received: 0,
                     incoming_mean_gap_ms,
                     incoming_rng,
                     crashed: false,

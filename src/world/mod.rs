@@ -108,6 +108,8 @@ pub struct Observer {
     /// Outbound key requests per metrics window.
     pub window_requests: Vec<u32>,
     pub requests_to_dead_domains: u64,
+    /// Bytes of 200 bodies received (key responses and notary answers).
+    pub bytes_received: u64,
     incoming_mean_gap_ms: f64,
     incoming_rng: SimRng,
     crashed: bool,
@@ -566,6 +568,9 @@ impl World {
                 if state.crashed || state.cache.epoch != epoch {
                     return;
                 }
+                if let Outcome::Ok(body) = &outcome {
+                    state.bytes_received += body.len() as u64;
+                }
                 let domain = state.cache.slots()[slot as usize].domain;
                 let fetched = key_cache::classify(
                     &outcome,
@@ -747,8 +752,9 @@ impl World {
         let Some(domain) = self.original_domain(server) else {
             return;
         };
-        let old_region = 0;
-        let new_server = self.net.add_server(self.seed, old_region);
+        // The new owner's server sits where the old one did (same region).
+        let region = self.net.region_of(server);
+        let new_server = self.net.add_server(self.seed, region);
         let lifetime_ms = self.publishers[server as usize]
             .as_ref()
             .map(|publisher| publisher.lifetime_ms())

@@ -223,6 +223,17 @@ fn headline_metrics(world: &World) -> Map<String, Value> {
             format!("{key}.analytic_n_over_l_per_s"),
             rounded(figure.analytic_per_s),
         );
+        let duration_s = world.end_ms() as f64 / 1000.0;
+        // Every direct request needs a server discovery (.well-known, SRV, DNS); no resolver
+        // cache is modelled, so the rate is the direct request rate.
+        metrics.insert(
+            format!("{key}.discovery_lookups_per_s"),
+            rounded(stats.requests_direct as f64 / duration_s),
+        );
+        metrics.insert(
+            format!("{key}.bytes_per_day"),
+            rounded(observer.bytes_received as f64 / (duration_s / 86_400.0)),
+        );
         metrics.insert(
             format!("{key}.requests_to_dead_domains"),
             observer.requests_to_dead_domains.into(),

@@ -17,6 +17,8 @@
 //!   rather than silently dropped: in fedsim every state map comes from events the server holds.
 
 mod ordering;
+#[cfg(test)]
+mod tests;
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -503,7 +505,11 @@ fn iterative_auth_checks<'a, S: EventSource>(
     events: &'a S,
     auth_failures: &mut Vec<(EventIndex, Rejection)>,
 ) {
-    let create = events.create_index().map(|create| events.pdu(create));
+    // v12 rule 2: only an accepted create event counts (a rejected one authorises nothing).
+    let create = events
+        .create_index()
+        .filter(|&create| !events.is_rejected(create))
+        .map(|create| events.pdu(create));
     for &event in order {
         let pdu = events.pdu(event);
         let Some(state_key) = pdu.state_key.as_deref() else {
