@@ -93,12 +93,17 @@ enum Entry {
     Parsed {
         /// The event as parsed (before check 3), for re-running check 2.
         parsed: Arc<Pdu>,
-        signature: SignatureVerdict,
+        /// Check 2's verdicts for the distinct key answers seen, most recently used first (at
+        /// most [`MAX_VERDICTS`]).
+        signatures: Vec<SignatureVerdict>,
         /// After check 3.
         checked: Arc<Pdu>,
         hash_check: ContentHashCheck,
     },
 }
+
+/// At most this many check-2 verdicts (distinct key answers) are kept per copy.
+const MAX_VERDICTS: usize = 4;
 
 /// Checks 1–3 shared across servers. Lookups only: nothing iterates the map.
 #[derive(Debug, Default)]
@@ -158,7 +163,7 @@ impl CheckMemo {
                     };
                     Entry::Parsed {
                         parsed,
-                        signature,
+                        signatures: vec![signature],
                         checked,
                         hash_check,
                     }
@@ -167,19 +172,26 @@ impl CheckMemo {
             self.entries.insert(digest, entry);
             return self.answer(&digest);
         }
-        // A hit: reuse check 2 only if this server's keys answer the same questions alike.
+        // A hit: reuse a check-2 verdict only if this server's keys answer its questions alike.
         if let Some(Entry::Parsed {
-            parsed, signature, ..
+            parsed, signatures, ..
         }) = self.entries.get_mut(&digest)
         {
-            let same_answers = signature.asked.iter().all(|(server, key_id, answer)| {
-                lookup(keys, parsed.origin_server_ts, server, key_id) == *answer
+            let matching = signatures.iter().position(|verdict| {
+                verdict.asked.iter().all(|(server, key_id, answer)| {
+                    lookup(keys, parsed.origin_server_ts, server, key_id) == *answer
+                })
             });
-            if same_answers {
-                self.hits += 1;
-            } else {
-                *signature = verify_recording(version, parsed, keys);
-                self.signature_checks += 1;
+            match matching {
+                Some(position) => {
+                    signatures[..=position].rotate_right(1);
+                    self.hits += 1;
+                }
+                None => {
+                    signatures.insert(0, verify_recording(version, parsed, keys));
+                    signatures.truncate(MAX_VERDICTS);
+                    self.signature_checks += 1;
+                }
             }
         } else {
             self.hits += 1;
@@ -195,10 +207,10 @@ impl CheckMemo {
             },
             Entry::Parsed {
                 parsed,
-                signature,
+                signatures,
                 checked,
                 hash_check,
-            } => match &signature.result {
+            } => match &signatures[0].result {
                 Err(error) => FrontChecks::Signature {
                     event_id: parsed.event_id.clone(),
                     error: error.clone(),
@@ -290,6 +302,16 @@ mod tests {
             FrontChecks::Signature { .. }
         ));
         assert_eq!((memo.signature_checks, memo.hits), (2, 1));
+        // Both verdicts are kept: either kind of server is answered without verifying again.
+        assert!(matches!(
+            check(&mut memo, &holds_key),
+            FrontChecks::Passed { .. }
+        ));
+        assert!(matches!(
+            check(&mut memo, &lacks_key),
+            FrontChecks::Signature { .. }
+        ));
+        assert_eq!((memo.signature_checks, memo.hits), (2, 3));
         // A different copy of the event is a different entry.
         let mut edited = pdu.json.clone();
         edited["content"]["body"] = json!("edited");
