@@ -33,7 +33,9 @@ echo "== notebooks: venv ready ($((SECONDS - started)) s)"
 
 fedsim=${FEDSIM_BIN:-}
 if [ -z "$fedsim" ]; then
-    cargo build --release --quiet --bin fedsim
+    # The same build as `cargo test --release` (which CI has just run): building the binary alone
+    # would resolve dependency features without dev-dependencies and recompile fedsim.
+    cargo test --release --no-run --quiet
     fedsim=target/release/fedsim
 fi
 results=target/notebook-results

@@ -13,7 +13,9 @@ fail() { echo "test-sweep: FAILED: $*" >&2; exit 1; }
 
 fedsim=${FEDSIM_BIN:-}
 if [ -z "$fedsim" ]; then
-    cargo build --release --quiet --bin fedsim
+    # The same build as `cargo test --release` (which CI has just run): building the binary alone
+    # would resolve dependency features without dev-dependencies and recompile fedsim.
+    cargo test --release --no-run --quiet
     fedsim=target/release/fedsim
 fi
 read -r -a sweep_args <<<"$(grep -v '^[[:space:]]*#' scripts/small-sweep.args | tr '\n' ' ')"

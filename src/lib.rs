@@ -8,6 +8,7 @@ pub mod engine;
 pub mod matrix;
 pub mod metrics;
 pub mod net;
+pub mod room;
 pub mod scenario;
 pub mod server;
 pub mod sweep;

@@ -279,3 +279,151 @@ fn invalid_json_line_names_the_line() {
     );
     assert_eq!(stderr.lines().count(), 1);
 }
+
+/// The S1 fixture (room version 10) as a real signed room: every event hashed and signed by
+/// example.com's key, event IDs recomputed as reference hashes and references rewritten. Returns
+/// the events and the key response for example.com.
+fn signed_s1() -> (
+    Vec<Value>,
+    Value,
+    std::collections::BTreeMap<String, String>,
+) {
+    use fedsim::matrix::server_keys::ServerKeys;
+    use fedsim::matrix::signing::{KeyId, ServerSigningKey, sign_event};
+    use fedsim::matrix::{RoomVersion, hashes};
+    let version = RoomVersion::V10;
+    let key = ServerSigningKey::from_seed(KeyId::ed25519("1").unwrap(), &[7; 32]);
+    let mut new_ids: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    let mut events = Vec::new();
+    for mut event in read_json("s1_ban_vs_pl.v10.json")
+        .as_array()
+        .unwrap()
+        .clone()
+    {
+        let old_id = event.as_object_mut().unwrap().remove("event_id").unwrap();
+        for field in ["prev_events", "auth_events"] {
+            for reference in event[field].as_array_mut().unwrap() {
+                *reference = Value::from(new_ids[reference.as_str().unwrap()].clone());
+            }
+        }
+        event.as_object_mut().unwrap().remove("hashes");
+        sign_event(&version, &mut event, "example.com", &key).unwrap();
+        let new_id = hashes::event_id(&version, &event).unwrap();
+        new_ids.insert(old_id.as_str().unwrap().to_owned(), new_id.clone());
+        event["event_id"] = Value::from(new_id);
+        events.push(event);
+    }
+    let keys = ServerKeys::with_current_key("example.com", &key, 1_000_000)
+        .to_signed_json(&key)
+        .unwrap();
+    (events, keys, new_ids)
+}
+
+/// Test that --verify accepts a correctly signed room and resolves it as without --verify, and
+/// rejects (exit 2, one line naming the event) a bad event ID, a bad signature and missing keys;
+/// an event whose content no longer matches its hash is used in its redacted form.
+#[test]
+fn verify_checks_event_ids_signatures_and_content_hashes() {
+    let (events, keys, new_ids) = signed_s1();
+    let keys_path =
+        std::env::temp_dir().join(format!("fedsim-resolve-keys-{}.json", std::process::id()));
+    std::fs::write(&keys_path, serde_json::to_string(&vec![keys]).unwrap()).unwrap();
+    let keys_arg = keys_path.to_str().unwrap().to_owned();
+    let run = |events: &[Value], with_keys: bool| {
+        let mut args = vec!["-".to_owned(), "--verify".to_owned()];
+        if with_keys {
+            args.extend(["--keys".to_owned(), keys_arg.clone()]);
+        }
+        fedsim(&args, &serde_json::to_string(events).unwrap())
+    };
+    let output = run(&events, true);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let expected: Vec<Value> = read_json("s1_ban_vs_pl.expect.json")["expected"]["v2.0"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            let mut entry = entry.clone();
+            entry["event_id"] = Value::from(new_ids[entry["event_id"].as_str().unwrap()].clone());
+            entry
+        })
+        .collect();
+    let mut expected = expected;
+    expected.sort_by_key(|entry| (entry["type"].to_string(), entry["state_key"].to_string()));
+    assert_eq!(printed, Value::Array(expected));
+
+    let pb = new_ids["$PB"].clone();
+    let position = events
+        .iter()
+        .position(|event| event["event_id"] == pb.as_str())
+        .unwrap();
+    // No keys for the sender's server.
+    let output = run(&events, false);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(
+        stderr,
+        format!(
+            "fedsim: <stdin>: event {}: no keys for server example.com (give them with --keys)\n",
+            new_ids["$CREATE"]
+        )
+    );
+    // A forged signature (made by another key) on PB.
+    let mut forged = events.clone();
+    let other = fedsim::matrix::signing::ServerSigningKey::from_seed(
+        fedsim::matrix::signing::KeyId::ed25519("1").unwrap(),
+        &[8; 32],
+    );
+    let mut unsigned = forged[position].clone();
+    unsigned.as_object_mut().unwrap().remove("event_id");
+    let signature = fedsim::matrix::signing::event_signature(
+        &fedsim::matrix::RoomVersion::V10,
+        &unsigned,
+        &other,
+    )
+    .unwrap();
+    forged[position]["signatures"]["example.com"]["ed25519:1"] = Value::from(signature);
+    let output = run(&forged, true);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.starts_with(&format!(
+            "fedsim: <stdin>: event {pb}: signature check for example.com failed: "
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1);
+    // A wrong event ID.
+    let mut renamed = events.clone();
+    renamed[position]["event_id"] = Value::from("$notthehash");
+    let output = run(&renamed, true);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(
+        stderr,
+        format!(
+            "fedsim: <stdin>: event $notthehash: the event ID does not match the event (its reference hash gives {pb})\n"
+        )
+    );
+    // Content changed after signing: the content hash no longer matches, so PB is used redacted
+    // (a power-levels event keeps its `users`, so the result is unchanged), and the signatures,
+    // which cover the redacted event, still verify.
+    let mut edited = events.clone();
+    edited[position]["content"]["extra"] = Value::from("not covered by the hash");
+    let output = run(&edited, true);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&output.stdout).unwrap(),
+        printed
+    );
+    let _ = std::fs::remove_file(&keys_path);
+}

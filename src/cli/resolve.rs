@@ -5,14 +5,16 @@
 //! as a server holding every event would), and prints a resolved state as a JSON array of
 //! `{"type", "state_key", "event_id"}` sorted by (type, state_key).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
 use super::CliError;
 use crate::matrix::dag::{Dag, EventIndex, RejectionCheck};
+use crate::matrix::hashes::{self, ContentHashCheck};
+use crate::matrix::server_keys::{ServerKeys, ValidityClamp, key_valid_for_event};
 use crate::matrix::state_res::{self, Explanation};
-use crate::matrix::{EventId, Pdu, RoomVersion, StateMap};
+use crate::matrix::{EventId, Pdu, RoomVersion, StateMap, member_keys, redaction, signing};
 
 /// Arguments of `fedsim resolve`.
 #[derive(Debug, clap::Args)]
@@ -35,6 +37,16 @@ pub struct Args {
     /// an auth check with the rule that rejected it.
     #[arg(long)]
     pub explain: bool,
+    /// Check each event first (PDU checks 1-3): its event ID must be its reference hash, its
+    /// signatures must verify (the sender's server, and for restricted joins the authorising
+    /// user's server, with keys from --keys; MSC4430: the member key in `sender`), and an event
+    /// whose content hash does not match is replaced by its redacted form.
+    #[arg(long)]
+    pub verify: bool,
+    /// With --verify: a JSON array of `/_matrix/key/v2/server` responses (each self-signature is
+    /// checked) giving the servers' keys. Keys are believed as published (no 7-day clamp).
+    #[arg(long, value_name = "FILE", requires = "verify")]
+    pub keys: Option<String>,
 }
 
 /// Runs `fedsim resolve`.
@@ -60,8 +72,19 @@ pub fn resolve_text(
     name: &str,
     args: &Args,
 ) -> Result<(Dag, StateMap, Option<Explanation>), CliError> {
-    let events = parse_events(text, name)?;
+    let mut events = parse_events(text, name)?;
     let version = room_version(&events, name, args.room_version.as_deref())?;
+    if args.verify {
+        let keys = match &args.keys {
+            Some(path) => load_server_keys(path)?,
+            None => BTreeMap::new(),
+        };
+        for (event_id, json) in &mut events {
+            verify_event(&version, event_id, json, &keys).map_err(|problem| {
+                CliError::input(format!("{name}: event {event_id}: {problem}"))
+            })?;
+        }
+    }
     let mut pdus = Vec::with_capacity(events.len());
     for (event_id, json) in events {
         let pdu = Pdu::from_json(json, event_id.clone(), &version)
@@ -178,6 +201,99 @@ pub fn parse_events(text: &str, name: &str) -> Result<Vec<(EventId, Value)>, Cli
         return Err(CliError::input(format!("{name}: no events")));
     }
     Ok(events)
+}
+
+/// Reads a JSON array of `/_matrix/key/v2/server` responses, checking each one's
+/// self-signatures, into keys by server name.
+fn load_server_keys(path: &str) -> Result<BTreeMap<String, ServerKeys>, CliError> {
+    let text = super::read_input(path)?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|error| CliError::input(format!("{path}: invalid JSON: {error}")))?;
+    let Value::Array(responses) = value else {
+        return Err(CliError::input(format!(
+            "{path}: expected a JSON array of /_matrix/key/v2/server responses"
+        )));
+    };
+    let mut keys = BTreeMap::new();
+    for (position, response) in responses.iter().enumerate() {
+        let server_name = response
+            .get("server_name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let parsed = ServerKeys::parse_and_verify(response, server_name).map_err(|error| {
+            CliError::input(format!("{path}: element {}: {error}", position + 1))
+        })?;
+        keys.insert(parsed.server_name.clone(), parsed);
+    }
+    Ok(keys)
+}
+
+/// PDU checks 1-3 for one event of the input (`json` without its `event_id`): the event ID
+/// must be the reference hash; the signatures must verify; a content-hash mismatch replaces the
+/// event by its redacted form (as a receiving server keeps the redacted copy).
+fn verify_event(
+    version: &RoomVersion,
+    event_id: &str,
+    json: &mut Value,
+    keys: &BTreeMap<String, ServerKeys>,
+) -> Result<(), String> {
+    // The event ID (room versions 4+) is `$` + the URL-safe base64 of the reference hash.
+    let computed = hashes::event_id(version, json).map_err(|error| error.to_string())?;
+    if computed != event_id {
+        return Err(format!(
+            "the event ID does not match the event (its reference hash gives {computed})"
+        ));
+    }
+    // 2. Signatures.
+    if version.member_keys {
+        member_keys::verify_member_signature(version, json)
+            .map_err(|error| format!("member-key signature check failed: {error}"))?;
+    } else {
+        let origin_server_ts_ms = json
+            .get("origin_server_ts")
+            .and_then(Value::as_i64)
+            .unwrap_or_default();
+        let mut servers: BTreeSet<&str> = BTreeSet::new();
+        if let Some(server) = json
+            .get("sender")
+            .and_then(Value::as_str)
+            .and_then(|sender| sender.split_once(':'))
+            .map(|(_, server)| server)
+        {
+            servers.insert(server);
+        }
+        let authoriser = json
+            .pointer("/content/join_authorised_via_users_server")
+            .and_then(Value::as_str)
+            .filter(|_| json.pointer("/content/membership").and_then(Value::as_str) == Some("join"))
+            .and_then(|user| user.split_once(':'))
+            .map(|(_, server)| server);
+        servers.extend(authoriser);
+        for server in servers {
+            let server_keys = keys
+                .get(server)
+                .ok_or_else(|| format!("no keys for server {server} (give them with --keys)"))?;
+            signing::verify_event_entity(version, json, server, |key_id| {
+                key_valid_for_event(
+                    server_keys,
+                    key_id,
+                    origin_server_ts_ms,
+                    ValidityClamp::unclamped(origin_server_ts_ms),
+                )
+                .ok()
+                .copied()
+            })
+            .map_err(|error| format!("signature check for {server} failed: {error}"))?;
+        }
+    }
+    // 3. The content hash.
+    match hashes::check_content_hash(json).map_err(|error| error.to_string())? {
+        ContentHashCheck::Valid => {}
+        ContentHashCheck::Mismatch | ContentHashCheck::Missing => {
+            *json = redaction::redact(version, json);
+        }
+    }
+    Ok(())
 }
 
 /// The room version: `override_id` if given, else the create event's `content.room_version`

@@ -358,7 +358,11 @@ impl Dag {
         //    rules evaluated with those events as the state. Room v12 never lists the create
         //    event (its ID is the room ID), so it is added for the rules to read.
         let auth_pdus: Vec<&Pdu> = auth.iter().map(|&index| self.pdu(index)).collect();
-        let create = self.create.map(|create| self.pdu(create));
+        // v12 rule 2 wants an *accepted* create event: a rejected one authorises nothing.
+        let create = self
+            .create
+            .filter(|&create| !self.is_rejected(create))
+            .map(|create| self.pdu(create));
         if let Err(rejection) =
             auth::check_against_auth_events(&self.version, pdu, &auth_pdus, create, |id| {
                 self.index_of
@@ -554,5 +558,214 @@ impl AuthState for StateMapView<'_> {
     fn get(&self, event_type: &str, state_key: &str) -> Option<&Pdu> {
         let id = self.state.get(event_type, state_key)?;
         self.dag.index(id).map(|index| &**self.dag.event(index))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const ALICE: &str = "@alice:x.example";
+
+    /// Builds room version 10 events with auth events picked from the state after `prev`.
+    struct Room {
+        dag: Dag,
+        next: u32,
+    }
+
+    impl Room {
+        fn new() -> (Room, EventIndex) {
+            let mut room = Room {
+                dag: Dag::new(RoomVersion::V10),
+                next: 0,
+            };
+            let create = room.add(
+                &[],
+                ALICE,
+                "m.room.create",
+                Some(""),
+                json!({"creator": ALICE, "room_version": "10"}),
+            );
+            let join = room.add(
+                &[create],
+                ALICE,
+                "m.room.member",
+                Some(ALICE),
+                json!({"membership": "join"}),
+            );
+            let power = room.add(
+                &[join],
+                ALICE,
+                "m.room.power_levels",
+                Some(""),
+                json!({"users": {ALICE: 100}}),
+            );
+            let rules = room.add(
+                &[power],
+                ALICE,
+                "m.room.join_rules",
+                Some(""),
+                json!({"join_rule": "public"}),
+            );
+            (room, rules)
+        }
+
+        fn add(
+            &mut self,
+            prev: &[EventIndex],
+            sender: &str,
+            event_type: &str,
+            state_key: Option<&str>,
+            content: Value,
+        ) -> EventIndex {
+            self.next += 1;
+            let state: StateMap = match prev.first() {
+                Some(&parent) => self.dag.evaluation(parent).state_after.to_map(),
+                None => StateMap::new(),
+            };
+            let auth_events: Vec<EventId> = auth::auth_types_for_event(
+                &RoomVersion::V10,
+                event_type,
+                sender,
+                state_key,
+                &content,
+            )
+            .into_iter()
+            .filter_map(|key| state.get(&key).cloned())
+            .collect();
+            let prev_events: Vec<EventId> = prev
+                .iter()
+                .map(|&index| self.dag.event(index).event_id.clone())
+                .collect();
+            let mut json = json!({
+                "type": event_type, "sender": sender, "room_id": "!r:x.example", "content": content,
+                "prev_events": prev_events, "auth_events": auth_events, "depth": self.next,
+                "origin_server_ts": self.next,
+            });
+            if let Some(state_key) = state_key {
+                json["state_key"] = json!(state_key);
+            }
+            let pdu =
+                Pdu::from_json(json, format!("$e{:04}", self.next), &RoomVersion::V10).unwrap();
+            self.dag.insert(Arc::new(pdu)).unwrap()
+        }
+    }
+
+    /// Test that a rejected child leaves its parent a forward extremity and is none itself, and
+    /// that its state after equals its state before.
+    #[test]
+    fn forward_extremities_skip_rejected_events() {
+        let (mut room, tip) = Room::new();
+        let topic = room.add(
+            &[tip],
+            ALICE,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "a"}),
+        );
+        // Bob never joined: his topic fails check 5 (and 4: no membership to cite).
+        let rejected = room.add(
+            &[topic],
+            "@bob:y.example",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "b"}),
+        );
+        assert!(room.dag.evaluation(rejected).rejection.is_some());
+        assert_eq!(room.dag.forward_extremities(), vec![topic]);
+        let evaluation = room.dag.evaluation(rejected);
+        assert_eq!(
+            evaluation.state_after.to_map(),
+            evaluation.state_before.to_map()
+        );
+        let message = room.add(
+            &[topic],
+            ALICE,
+            "m.room.message",
+            None,
+            json!({"body": "hi"}),
+        );
+        let second = room.add(
+            &[topic],
+            ALICE,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "c"}),
+        );
+        assert_eq!(room.dag.forward_extremities(), vec![message, second]);
+        // Their merge resolves to the newer topic.
+        let merged = room.dag.resolve_states_after(&[message, second]).unwrap();
+        assert_eq!(
+            merged.get(&("m.room.topic".to_owned(), String::new())),
+            Some(&room.dag.event(second).event_id)
+        );
+    }
+
+    /// Test that states stay right across many state events (the layered representation takes
+    /// new snapshots past `MAX_CHANGES` changes) and that auth chains are memoised correctly.
+    #[test]
+    fn states_and_auth_chains_over_many_joins() {
+        let (mut room, mut tip) = Room::new();
+        let mut expected = room.dag.evaluation(tip).state_after.to_map();
+        for user in 0..(LayeredState::MAX_CHANGES * 2 + 7) {
+            let user_id = format!("@user{user}:x.example");
+            tip = room.add(
+                &[tip],
+                &user_id,
+                "m.room.member",
+                Some(&user_id),
+                json!({"membership": "join"}),
+            );
+            assert!(room.dag.evaluation(tip).rejection.is_none());
+            expected.insert(
+                ("m.room.member".to_owned(), user_id),
+                room.dag.event(tip).event_id.clone(),
+            );
+        }
+        assert_eq!(
+            room.dag
+                .state_after(&room.dag.event(tip).event_id.clone())
+                .unwrap(),
+            expected
+        );
+        // A member's auth chain: create, Alice's join, the power levels, the join rules.
+        let chain: Vec<&str> = room
+            .dag
+            .auth_chain(tip)
+            .iter()
+            .map(|&index| room.dag.event(index).event_id.as_str())
+            .collect();
+        assert_eq!(chain, ["$e0001", "$e0002", "$e0003", "$e0004"]);
+    }
+
+    /// Test that insertion refuses unknown references, duplicate IDs and a second create event.
+    #[test]
+    fn insert_refuses_bad_references() {
+        let (mut room, tip) = Room::new();
+        let template = (**room.dag.event(tip)).clone();
+        let mut duplicate = template.clone();
+        duplicate.prev_events = vec![room.dag.event(tip).event_id.clone()];
+        assert_eq!(
+            room.dag.insert(Arc::new(duplicate)),
+            Err(DagError::DuplicateEventId("$e0004".into()))
+        );
+        let mut orphan = template.clone();
+        orphan.event_id = "$orphan".into();
+        orphan.prev_events = vec!["$missing".into()];
+        assert_eq!(
+            room.dag.insert(Arc::new(orphan)),
+            Err(DagError::UnknownPrevEvent {
+                event: "$orphan".into(),
+                missing: "$missing".into()
+            })
+        );
+        let mut second_create = (**room.dag.event(0)).clone();
+        second_create.event_id = "$create2".into();
+        assert_eq!(
+            room.dag.insert(Arc::new(second_create)),
+            Err(DagError::SecondCreate("$create2".into()))
+        );
     }
 }

@@ -225,8 +225,9 @@ impl SweepDir {
         Ok(self.run_state(run))
     }
 
-    /// Copies the run folder of `run` from `source` into this directory (via a partial folder),
-    /// unless this directory already has it complete. Used by `merge`.
+    /// Copies the run folder of `run` from `source` into this directory (via a partial folder;
+    /// files are hard-linked when both are on one file system), unless this directory already
+    /// has it complete. Used by `merge`.
     pub fn import_run(&self, source: &SweepDir, run: &RunSpec) -> Result<(), StoreError> {
         if self.root == source.root || matches!(self.run_state(run), RunState::Complete(_)) {
             return Ok(());
@@ -272,7 +273,9 @@ fn copy_tree(source: &Path, target: &Path) -> Result<(), StoreError> {
         let to = target.join(entry.file_name());
         if from.is_dir() {
             copy_tree(&from, &to)?;
-        } else {
+        } else if fs::hard_link(&from, &to).is_err() {
+            // Finished run files are never modified, so a hard link is as good as a copy and
+            // costs nothing; copy only across file systems.
             fs::copy(&from, &to).map_err(io_error(&from, "cannot copy"))?;
         }
     }

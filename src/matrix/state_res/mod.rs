@@ -17,6 +17,8 @@
 //!   rather than silently dropped: in fedsim every state map comes from events the server holds.
 
 mod ordering;
+#[cfg(test)]
+mod tests;
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -503,7 +505,13 @@ fn iterative_auth_checks<'a, S: EventSource>(
     events: &'a S,
     auth_failures: &mut Vec<(EventIndex, Rejection)>,
 ) {
-    let create = events.create_index().map(|create| events.pdu(create));
+    // Only room versions whose room ID names the create event leave it out of `auth_events`;
+    // earlier versions read it from the auth events (or the partial state) like any other. v12
+    // rule 2: only an accepted create event counts (a rejected one authorises nothing).
+    let create = events
+        .create_index()
+        .filter(|&create| version.room_id_from_create_event && !events.is_rejected(create))
+        .map(|create| events.pdu(create));
     for &event in order {
         let pdu = events.pdu(event);
         let Some(state_key) = pdu.state_key.as_deref() else {

@@ -48,7 +48,12 @@ pub fn reverse_topological_power_order(
         }
         in_x.insert(event, outstanding);
     }
-    let create = events.create_index().map(|create| events.pdu(create));
+    // Only room versions whose room ID names the create event leave it out of `auth_events`;
+    // earlier versions read it from the auth events (or the partial state) like any other.
+    let create = events
+        .create_index()
+        .filter(|_| version.room_id_from_create_event)
+        .map(|create| events.pdu(create));
     let sort_key = |event: EventIndex| {
         let pdu = events.pdu(event);
         // The sender's power level "when looking at their respective auth_events"; room v12

@@ -1,0 +1,869 @@
+//! One homeserver's MSC4430 member link table: for each member key, whether the link to the
+//! claimed `@localpart:domain` is verified, and the history of how it got there.
+//!
+//! State machine (domain.md §1.4–§1.6, §8):
+//!
+//! ```text
+//! unknown --member event seen, no keys held for its domain--> pending
+//! unknown/pending/unverified --co-signature by a current key of the domain--> verified
+//! unknown/pending --co-signature missing, bad or by a non-current key--> unverified
+//! pending --the domain's keys cannot be fetched--> unverified
+//! verified --the verifying key is invalidated (per InvalidationRule)--> unverified
+//! unverified --new keys verify the held event, or a re-signed copy arrives--> verified
+//! ```
+//!
+//! Every transition is recorded with its reason and the time (simulated ms). The table is an
+//! input-driven state machine: it never reads a clock and never fetches; the key layer tells it
+//! when keys arrive, cannot be fetched, or become invalid.
+//!
+//! Which event carries a member's link claim: its own `m.room.member` events (`state_key ==
+//! sender`). A later one replaces an earlier one (by `origin_server_ts`, then arrival); a copy
+//! with the same event ID (re-signed after a rotation) replaces the held JSON.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::keys::HeldKeys;
+use super::policy::InvalidationRule;
+use crate::matrix::member_keys::{self, LinkOutcome};
+use crate::matrix::server_keys::ServerKeys;
+use crate::matrix::{EventId, Pdu, RoomVersion};
+use crate::server::outcome_table::InvalidReason;
+
+/// Where a link stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LinkStatus {
+    /// No member event of this key has been seen.
+    Unknown,
+    /// A member event was seen; the domain's keys are not held yet.
+    Pending,
+    /// A current key of the claimed domain co-signed the member event.
+    Verified,
+    /// The link could not be verified, or its verification was withdrawn.
+    Unverified,
+}
+
+/// Why a key is no longer valid (the key layer's verdict on a re-check, domain.md §1.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyInvalidation {
+    /// 200, the key moved to `old_verify_keys` with this `expired_ts`.
+    MovedToOld { expired_ts_ms: i64 },
+    /// 200, the key is listed nowhere.
+    Absent,
+    /// 200, the same key ID now has different key bytes.
+    Replaced,
+    /// 200, but `valid_until_ts` is already in the past.
+    ValidUntilPast { valid_until_ms: i64 },
+    /// 404 Not Found from the key endpoint.
+    NotFound,
+    /// 200 with a body that does not parse or whose self-signature fails (gap A2, when the
+    /// policy chooses to invalidate).
+    BadResponse,
+    /// Fail-closed (P2): the key's validity passed without a successful re-fetch.
+    ExpiredUnreachable { valid_until_ms: i64 },
+}
+
+impl KeyInvalidation {
+    /// For an expiry rather than a revocation: the last `origin_server_ts` the key still vouches
+    /// for under "expiry is not revocation" (P7).
+    pub fn expiry_bound_ms(&self) -> Option<i64> {
+        match *self {
+            KeyInvalidation::MovedToOld { expired_ts_ms } => Some(expired_ts_ms),
+            KeyInvalidation::ValidUntilPast { valid_until_ms }
+            | KeyInvalidation::ExpiredUnreachable { valid_until_ms } => Some(valid_until_ms),
+            KeyInvalidation::Absent
+            | KeyInvalidation::Replaced
+            | KeyInvalidation::NotFound
+            | KeyInvalidation::BadResponse => None,
+        }
+    }
+}
+
+impl KeyInvalidation {
+    /// Translates the key layer's verdict (`server::key_cache::Decision::Invalidated`) for the
+    /// tracked key `key_id`: `response` is the key object the re-check returned (if it returned
+    /// one), `tracked_valid_until_ms` the clamped validity of the cached response, both in the
+    /// absolute milliseconds key objects use.
+    pub fn from_key_layer(
+        reason: InvalidReason,
+        key_id: &str,
+        response: Option<&ServerKeys>,
+        tracked_valid_until_ms: i64,
+    ) -> KeyInvalidation {
+        match reason {
+            InvalidReason::MovedToOld => KeyInvalidation::MovedToOld {
+                expired_ts_ms: response
+                    .and_then(|keys| keys.old_verify_keys.get(key_id))
+                    .map_or(tracked_valid_until_ms, |old| old.expired_ts_ms),
+            },
+            InvalidReason::Absent => KeyInvalidation::Absent,
+            InvalidReason::DifferentBytes => KeyInvalidation::Replaced,
+            InvalidReason::ExpiredInResponse => KeyInvalidation::ValidUntilPast {
+                valid_until_ms: response
+                    .map_or(tracked_valid_until_ms, |keys| keys.valid_until_ts_ms),
+            },
+            InvalidReason::NotFound => KeyInvalidation::NotFound,
+            InvalidReason::UnreachableAfterExpiry => KeyInvalidation::ExpiredUnreachable {
+                valid_until_ms: tracked_valid_until_ms,
+            },
+            InvalidReason::Malformed => KeyInvalidation::BadResponse,
+        }
+    }
+}
+
+/// Why a link changed state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkReason {
+    /// A member event claiming the domain was seen; its keys are not held.
+    AwaitingKeys { event_id: EventId, domain: String },
+    /// A current key of the domain co-signed the member event.
+    Cosigned {
+        event_id: EventId,
+        domain: String,
+        key_id: String,
+    },
+    /// Checking the co-signature failed (missing, bad, or only non-current keys).
+    CosignatureFailed {
+        event_id: EventId,
+        outcome: LinkOutcome,
+    },
+    /// The domain's keys could not be fetched while the link was pending.
+    KeysUnavailable { domain: String },
+    /// The key that verified the link was invalidated.
+    KeyInvalidated {
+        domain: String,
+        key_id: String,
+        invalidation: KeyInvalidation,
+    },
+}
+
+/// One state change of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkTransition {
+    pub from: LinkStatus,
+    pub to: LinkStatus,
+    pub reason: LinkReason,
+    pub at_ms: i64,
+}
+
+/// One member key's link.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub member_key: String,
+    pub status: LinkStatus,
+    /// The member event whose claim the link is about (the held copy, possibly re-signed).
+    pub member_event: Option<Arc<Pdu>>,
+    /// `content.domain` of that event.
+    pub domain: Option<String>,
+    /// `content.localpart` of that event (absent once redacted).
+    pub localpart: Option<String>,
+    /// The `(domain, key ID)` that verified the link, while verified.
+    pub verified_by: Option<(String, String)>,
+    /// P7: after an expiry, the link still vouches for events sent up to this time.
+    pub vouches_until_ms: Option<i64>,
+    /// Every transition, oldest first.
+    pub transitions: Vec<LinkTransition>,
+}
+
+impl Link {
+    fn new(member_key: &str) -> Link {
+        Link {
+            member_key: member_key.to_owned(),
+            status: LinkStatus::Unknown,
+            member_event: None,
+            domain: None,
+            localpart: None,
+            verified_by: None,
+            vouches_until_ms: None,
+            transitions: Vec::new(),
+        }
+    }
+
+    /// The verified user ID `@localpart:domain`, if the link is verified and names both.
+    pub fn user_id(&self) -> Option<String> {
+        if self.status != LinkStatus::Verified {
+            return None;
+        }
+        Some(format!(
+            "@{}:{}",
+            self.localpart.as_deref()?,
+            self.domain.as_deref()?
+        ))
+    }
+}
+
+/// How the link table judges a sender for one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkVerdict {
+    /// The link is verified (or, under P7, still vouches for the event's timestamp).
+    Verified,
+    /// No verdict yet: the link is unknown or pending.
+    Pending,
+    /// The link is unverified.
+    Unverified,
+}
+
+/// One server's member link table.
+#[derive(Debug, Clone)]
+pub struct LinkTable {
+    invalidation: InvalidationRule,
+    links: BTreeMap<String, Link>,
+    /// `(domain, key ID)` -> member keys whose link that key verified.
+    verified_by_key: BTreeMap<(String, String), BTreeSet<String>>,
+    /// domain -> member keys claiming it (any status).
+    by_domain: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl LinkTable {
+    /// An empty table whose key invalidations follow `invalidation`.
+    pub fn new(invalidation: InvalidationRule) -> LinkTable {
+        LinkTable {
+            invalidation,
+            links: BTreeMap::new(),
+            verified_by_key: BTreeMap::new(),
+            by_domain: BTreeMap::new(),
+        }
+    }
+
+    /// The link of `member_key`, if anything is known about it.
+    pub fn link(&self, member_key: &str) -> Option<&Link> {
+        self.links.get(member_key)
+    }
+
+    /// Every link, ordered by member key.
+    pub fn links(&self) -> impl Iterator<Item = &Link> {
+        self.links.values()
+    }
+
+    /// The status of `member_key`'s link.
+    pub fn status(&self, member_key: &str) -> LinkStatus {
+        self.links
+            .get(member_key)
+            .map_or(LinkStatus::Unknown, |link| link.status)
+    }
+
+    /// How the link of `member_key` judges an event it sent at `origin_server_ts_ms`.
+    pub fn verdict(&self, member_key: &str, origin_server_ts_ms: i64) -> LinkVerdict {
+        match self.links.get(member_key) {
+            None => LinkVerdict::Pending,
+            Some(link) => match link.status {
+                LinkStatus::Verified => LinkVerdict::Verified,
+                LinkStatus::Unknown | LinkStatus::Pending => LinkVerdict::Pending,
+                LinkStatus::Unverified => match link.vouches_until_ms {
+                    Some(until_ms) if origin_server_ts_ms <= until_ms => LinkVerdict::Verified,
+                    _ => LinkVerdict::Unverified,
+                },
+            },
+        }
+    }
+
+    /// The MSC4428 `member_info` entry: the verified user ID, or `None` (`null`).
+    pub fn user_id(&self, member_key: &str) -> Option<String> {
+        self.links.get(member_key).and_then(Link::user_id)
+    }
+
+    /// The member keys whose link the key `(domain, key_id)` verified.
+    pub fn verified_by(&self, domain: &str, key_id: &str) -> Vec<String> {
+        self.verified_by_key
+            .get(&(domain.to_owned(), key_id.to_owned()))
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A member event was accepted into a room (PDU checks 1–5 passed). If it is the member's own
+    /// event (`state_key == sender`), it becomes the link's claim when it is newer than the held
+    /// one (or the same event re-signed), and is checked: against `keys` (the keys held for
+    /// `content.domain`) if given, else the link turns pending. Returns the link's status after.
+    pub fn observe_member_event(
+        &mut self,
+        version: &RoomVersion,
+        event: &Arc<Pdu>,
+        keys: Option<HeldKeys<'_>>,
+        now_ms: i64,
+    ) -> LinkStatus {
+        if event.event_type != "m.room.member"
+            || event.state_key.as_deref() != Some(event.sender.as_str())
+        {
+            return self.status(&event.sender);
+        }
+        let member_key = event.sender.clone();
+        let link = self
+            .links
+            .entry(member_key.clone())
+            .or_insert_with(|| Link::new(&member_key));
+        let replaces = match &link.member_event {
+            None => true,
+            Some(held) => {
+                held.event_id == event.event_id || held.origin_server_ts <= event.origin_server_ts
+            }
+        };
+        if !replaces {
+            return link.status;
+        }
+        let domain = event
+            .content
+            .get("domain")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if let Some(old_domain) = link.domain.take()
+            && Some(&old_domain) != domain.as_ref()
+            && let Some(keys) = self.by_domain.get_mut(&old_domain)
+        {
+            keys.remove(&member_key);
+        }
+        if let Some(domain) = &domain {
+            self.by_domain
+                .entry(domain.clone())
+                .or_default()
+                .insert(member_key.clone());
+        }
+        let link = self.links.get_mut(&member_key).expect("inserted above");
+        link.localpart = event
+            .content
+            .get("localpart")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        link.domain = domain.clone();
+        link.member_event = Some(Arc::clone(event));
+        match (domain, keys) {
+            (Some(domain), None) => {
+                let reason = LinkReason::AwaitingKeys {
+                    event_id: event.event_id.clone(),
+                    domain,
+                };
+                // A verified link stays verified until its key is invalidated or the new claim
+                // is checked; anything else waits for the keys.
+                if self.status(&member_key) != LinkStatus::Verified {
+                    self.transition(&member_key, LinkStatus::Pending, reason, now_ms);
+                }
+            }
+            (Some(_), Some(keys)) => self.check(version, &member_key, keys, now_ms),
+            (None, _) => {
+                let reason = LinkReason::CosignatureFailed {
+                    event_id: event.event_id.clone(),
+                    outcome: LinkOutcome::NoLinkClaimed,
+                };
+                self.unindex_verifier(&member_key);
+                self.transition(&member_key, LinkStatus::Unverified, reason, now_ms);
+            }
+        }
+        self.status(&member_key)
+    }
+
+    /// The keys of `domain` are now held (first fetch, or a re-fetch after a rotation): every
+    /// link claiming the domain that is not verified is checked against them.
+    pub fn keys_available(
+        &mut self,
+        version: &RoomVersion,
+        domain: &str,
+        keys: HeldKeys<'_>,
+        now_ms: i64,
+    ) -> Vec<String> {
+        let mut changed = Vec::new();
+        for member_key in self.members_claiming(domain) {
+            if self.status(&member_key) == LinkStatus::Verified {
+                continue;
+            }
+            let before = self.status(&member_key);
+            self.check(version, &member_key, keys, now_ms);
+            if self.status(&member_key) != before {
+                changed.push(member_key);
+            }
+        }
+        changed
+    }
+
+    /// The keys of `domain` could not be fetched: pending links claiming it become unverified.
+    pub fn keys_unavailable(&mut self, domain: &str, now_ms: i64) -> Vec<String> {
+        let mut changed = Vec::new();
+        for member_key in self.members_claiming(domain) {
+            if self.status(&member_key) == LinkStatus::Pending {
+                let reason = LinkReason::KeysUnavailable {
+                    domain: domain.to_owned(),
+                };
+                self.transition(&member_key, LinkStatus::Unverified, reason, now_ms);
+                changed.push(member_key);
+            }
+        }
+        changed
+    }
+
+    /// The key `(domain, key_id)` is no longer valid. Under [`InvalidationRule::RevokeAll`] every
+    /// link it verified becomes unverified; under [`InvalidationRule::ExpiryIsNotRevocation`]
+    /// they do too, but an expiry leaves them vouching for events sent up to the expiry bound;
+    /// under [`InvalidationRule::Never`] nothing changes. Returns the member keys that changed,
+    /// in order (the candidates for a directed re-query).
+    pub fn key_invalidated(
+        &mut self,
+        domain: &str,
+        key_id: &str,
+        invalidation: KeyInvalidation,
+        now_ms: i64,
+    ) -> Vec<String> {
+        if self.invalidation == InvalidationRule::Never {
+            return Vec::new();
+        }
+        let vouches_until_ms = match self.invalidation {
+            InvalidationRule::ExpiryIsNotRevocation => invalidation.expiry_bound_ms(),
+            InvalidationRule::RevokeAll | InvalidationRule::Never => None,
+        };
+        let affected = self
+            .verified_by_key
+            .remove(&(domain.to_owned(), key_id.to_owned()))
+            .unwrap_or_default();
+        let mut changed = Vec::with_capacity(affected.len());
+        for member_key in affected {
+            let reason = LinkReason::KeyInvalidated {
+                domain: domain.to_owned(),
+                key_id: key_id.to_owned(),
+                invalidation: invalidation.clone(),
+            };
+            self.transition(&member_key, LinkStatus::Unverified, reason, now_ms);
+            if let Some(link) = self.links.get_mut(&member_key) {
+                link.vouches_until_ms = vouches_until_ms;
+            }
+            changed.push(member_key);
+        }
+        changed
+    }
+
+    fn members_claiming(&self, domain: &str) -> Vec<String> {
+        self.by_domain
+            .get(domain)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Checks the held member event of `member_key` against `keys` and records the result.
+    fn check(&mut self, version: &RoomVersion, member_key: &str, keys: HeldKeys<'_>, now_ms: i64) {
+        let Some(event) = self
+            .links
+            .get(member_key)
+            .and_then(|link| link.member_event.clone())
+        else {
+            return;
+        };
+        let outcome = member_keys::verify_member_link(
+            version,
+            &event.json,
+            keys.keys,
+            keys.currency_check_time_ms(now_ms),
+            keys.clamp,
+        );
+        match outcome {
+            LinkOutcome::Verified { key_id } => {
+                let domain = event
+                    .content
+                    .get("domain")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let reason = LinkReason::Cosigned {
+                    event_id: event.event_id.clone(),
+                    domain: domain.clone(),
+                    key_id: key_id.clone(),
+                };
+                self.unindex_verifier(member_key);
+                self.verified_by_key
+                    .entry((domain.clone(), key_id.clone()))
+                    .or_default()
+                    .insert(member_key.to_owned());
+                let link = self.links.get_mut(member_key).expect("checked above");
+                link.verified_by = Some((domain, key_id));
+                link.vouches_until_ms = None;
+                self.transition(member_key, LinkStatus::Verified, reason, now_ms);
+            }
+            outcome => {
+                let reason = LinkReason::CosignatureFailed {
+                    event_id: event.event_id.clone(),
+                    outcome,
+                };
+                self.unindex_verifier(member_key);
+                self.transition(member_key, LinkStatus::Unverified, reason, now_ms);
+            }
+        }
+    }
+
+    fn unindex_verifier(&mut self, member_key: &str) {
+        let Some(link) = self.links.get_mut(member_key) else {
+            return;
+        };
+        if let Some(verifier) = link.verified_by.take()
+            && let Some(keys) = self.verified_by_key.get_mut(&verifier)
+        {
+            keys.remove(member_key);
+            if keys.is_empty() {
+                self.verified_by_key.remove(&verifier);
+            }
+        }
+    }
+
+    /// Records a transition (also a re-verification that keeps the status, so a re-signed event
+    /// shows in the history).
+    fn transition(&mut self, member_key: &str, to: LinkStatus, reason: LinkReason, at_ms: i64) {
+        let link = self
+            .links
+            .entry(member_key.to_owned())
+            .or_insert_with(|| Link::new(member_key));
+        if to != LinkStatus::Verified {
+            link.verified_by = None;
+        }
+        let from = link.status;
+        if from == to
+            && link
+                .transitions
+                .last()
+                .is_some_and(|last| last.reason == reason)
+        {
+            return;
+        }
+        link.status = to;
+        link.transitions.push(LinkTransition {
+            from,
+            to,
+            reason,
+            at_ms,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matrix::event_builder::{EventDraft, EventSigner, build_pdu};
+    use crate::matrix::member_keys::{member_key_user_id, member_signing_key};
+    use crate::matrix::server_keys::{OldVerifyKey, ServerKeys};
+    use crate::matrix::signing::{KeyId, ServerSigningKey};
+    use crate::room::keys::{KeyRing, KeySource};
+    use serde_json::json;
+
+    const V: RoomVersion = RoomVersion::MSC4430;
+    const DAY_MS: i64 = 86_400_000;
+
+    fn server_key(version: &str, seed: u8) -> ServerSigningKey {
+        ServerSigningKey::from_seed(KeyId::ed25519(version).unwrap(), &[seed; 32])
+    }
+
+    /// A join of the member key from `member_seed`, claiming `alice` on `a.example`, co-signed
+    /// by `cosigner` if given.
+    fn join(member_seed: u8, cosigner: Option<&ServerSigningKey>, ts_ms: i64) -> Arc<Pdu> {
+        let member = member_signing_key(&[member_seed; 32]);
+        let sender = member_key_user_id(&member.verifying_key());
+        let draft = EventDraft {
+            room_id: Some("!room".into()),
+            sender: sender.clone(),
+            event_type: "m.room.member".into(),
+            state_key: Some(sender),
+            content: json!({"membership": "join", "localpart": "alice", "domain": "a.example"}),
+            prev_events: vec!["$p".into()],
+            auth_events: vec![],
+            depth: 2,
+            origin_server_ts_ms: ts_ms,
+        };
+        let signer = EventSigner::Member {
+            member_key: &member,
+            cosigner: cosigner.map(|key| ("a.example", key)),
+        };
+        Arc::new(build_pdu(draft, &V, signer).unwrap())
+    }
+
+    fn ring_with(key: &ServerSigningKey, valid_until_ms: i64) -> KeyRing {
+        let mut ring = KeyRing::new();
+        ring.insert(
+            ServerKeys::with_current_key("a.example", key, valid_until_ms),
+            0,
+        );
+        ring
+    }
+
+    #[test]
+    fn unknown_pending_verified_then_invalidated_then_reverified_after_resigning() {
+        let key1 = server_key("1", 1);
+        let event = join(9, Some(&key1), 100);
+        let member = event.sender.clone();
+        let mut table = LinkTable::new(InvalidationRule::RevokeAll);
+        assert_eq!(table.status(&member), LinkStatus::Unknown);
+        assert_eq!(table.verdict(&member, 0), LinkVerdict::Pending);
+        // Seen before the keys are held: pending.
+        assert_eq!(
+            table.observe_member_event(&V, &event, None, 10),
+            LinkStatus::Pending
+        );
+        // Keys arrive: verified by ed25519:1.
+        let ring = ring_with(&key1, DAY_MS);
+        let changed =
+            table.keys_available(&V, "a.example", ring.held_keys("a.example").unwrap(), 20);
+        assert_eq!(changed, vec![member.clone()]);
+        assert_eq!(table.status(&member), LinkStatus::Verified);
+        assert_eq!(table.user_id(&member).as_deref(), Some("@alice:a.example"));
+        assert_eq!(
+            table.verified_by("a.example", "ed25519:1"),
+            vec![member.clone()]
+        );
+        // The key is rotated: the link turns unverified and names the reason.
+        let changed = table.key_invalidated(
+            "a.example",
+            "ed25519:1",
+            KeyInvalidation::MovedToOld { expired_ts_ms: 500 },
+            30,
+        );
+        assert_eq!(changed, vec![member.clone()]);
+        assert_eq!(table.status(&member), LinkStatus::Unverified);
+        assert_eq!(table.verdict(&member, 400), LinkVerdict::Unverified);
+        assert_eq!(table.user_id(&member), None);
+        assert!(table.verified_by("a.example", "ed25519:1").is_empty());
+        // The new key alone does not verify the event signed by the old one...
+        let key2 = server_key("2", 2);
+        let mut rotated = ServerKeys::with_current_key("a.example", &key2, DAY_MS);
+        rotated.old_verify_keys.insert(
+            "ed25519:1".into(),
+            OldVerifyKey {
+                key: key1.verifying_key(),
+                expired_ts_ms: 500,
+            },
+        );
+        let mut ring = KeyRing::new();
+        ring.insert(rotated, 25);
+        table.keys_available(&V, "a.example", ring.held_keys("a.example").unwrap(), 40);
+        assert_eq!(table.status(&member), LinkStatus::Unverified);
+        let last = table
+            .link(&member)
+            .unwrap()
+            .transitions
+            .last()
+            .unwrap()
+            .clone();
+        assert!(matches!(
+            last.reason,
+            LinkReason::CosignatureFailed {
+                outcome: LinkOutcome::NoCurrentKey { .. },
+                ..
+            }
+        ));
+        // ...but the re-signed copy (same event ID) does.
+        let resigned = Arc::new(
+            crate::matrix::event_builder::countersign_pdu(&V, &event, "a.example", &key2).unwrap(),
+        );
+        assert_eq!(resigned.event_id, event.event_id);
+        table.observe_member_event(&V, &resigned, ring.held_keys("a.example"), 50);
+        assert_eq!(table.status(&member), LinkStatus::Verified);
+        assert_eq!(
+            table.verified_by("a.example", "ed25519:2"),
+            vec![member.clone()]
+        );
+        let history: Vec<(LinkStatus, LinkStatus, i64)> = table
+            .link(&member)
+            .unwrap()
+            .transitions
+            .iter()
+            .map(|transition| (transition.from, transition.to, transition.at_ms))
+            .collect();
+        assert_eq!(
+            history,
+            vec![
+                (LinkStatus::Unknown, LinkStatus::Pending, 10),
+                (LinkStatus::Pending, LinkStatus::Verified, 20),
+                (LinkStatus::Verified, LinkStatus::Unverified, 30),
+                (LinkStatus::Unverified, LinkStatus::Unverified, 40),
+                (LinkStatus::Unverified, LinkStatus::Verified, 50),
+            ]
+        );
+    }
+
+    #[test]
+    fn uncosigned_or_wrongly_cosigned_events_are_unverified_at_once() {
+        let key = server_key("1", 1);
+        let ring = ring_with(&key, DAY_MS);
+        let mut table = LinkTable::new(InvalidationRule::RevokeAll);
+        let bare = join(3, None, 100);
+        assert_eq!(
+            table.observe_member_event(&V, &bare, ring.held_keys("a.example"), 5),
+            LinkStatus::Unverified
+        );
+        assert!(matches!(
+            table.link(&bare.sender).unwrap().transitions[0].reason,
+            LinkReason::CosignatureFailed {
+                outcome: LinkOutcome::NotCosigned,
+                ..
+            }
+        ));
+        // Signed by a key the domain does not publish.
+        let impostor = server_key("1", 77);
+        let forged = join(4, Some(&impostor), 100);
+        assert_eq!(
+            table.observe_member_event(&V, &forged, ring.held_keys("a.example"), 5),
+            LinkStatus::Unverified
+        );
+        // Checked after the key's validity: not current.
+        let late = join(5, Some(&key), 100);
+        assert_eq!(
+            table.observe_member_event(&V, &late, ring.held_keys("a.example"), DAY_MS + 1),
+            LinkStatus::Unverified
+        );
+    }
+
+    #[test]
+    fn fail_open_keys_keep_verifying_after_expiry() {
+        let key = server_key("1", 1);
+        let mut ring = ring_with(&key, 1_000);
+        ring.set_trusted_past_expiry("a.example", true);
+        let mut table = LinkTable::new(InvalidationRule::RevokeAll);
+        let event = join(6, Some(&key), 100);
+        assert_eq!(
+            table.observe_member_event(&V, &event, ring.held_keys("a.example"), 5_000),
+            LinkStatus::Verified
+        );
+    }
+
+    #[test]
+    fn pending_links_turn_unverified_when_keys_cannot_be_fetched() {
+        let mut table = LinkTable::new(InvalidationRule::RevokeAll);
+        let key = server_key("1", 1);
+        let event = join(7, Some(&key), 100);
+        table.observe_member_event(&V, &event, None, 1);
+        assert_eq!(table.keys_unavailable("b.example", 2), Vec::<String>::new());
+        assert_eq!(
+            table.keys_unavailable("a.example", 3),
+            vec![event.sender.clone()]
+        );
+        assert_eq!(table.status(&event.sender), LinkStatus::Unverified);
+        // Keys arriving later still verify it.
+        let ring = ring_with(&key, DAY_MS);
+        table.keys_available(&V, "a.example", ring.held_keys("a.example").unwrap(), 4);
+        assert_eq!(table.status(&event.sender), LinkStatus::Verified);
+    }
+
+    #[test]
+    fn invalidation_rules_p4_and_p7() {
+        let key = server_key("1", 1);
+        let ring = ring_with(&key, DAY_MS);
+        let event = join(8, Some(&key), 100);
+        let member = event.sender.clone();
+        // P4: nothing un-verifies.
+        let mut forever = LinkTable::new(InvalidationRule::Never);
+        forever.observe_member_event(&V, &event, ring.held_keys("a.example"), 1);
+        assert!(
+            forever
+                .key_invalidated("a.example", "ed25519:1", KeyInvalidation::NotFound, 2)
+                .is_empty()
+        );
+        assert_eq!(forever.status(&member), LinkStatus::Verified);
+        // P7: an expiry keeps vouching for events up to expired_ts; a revocation does not.
+        let mut p7 = LinkTable::new(InvalidationRule::ExpiryIsNotRevocation);
+        p7.observe_member_event(&V, &event, ring.held_keys("a.example"), 1);
+        p7.key_invalidated(
+            "a.example",
+            "ed25519:1",
+            KeyInvalidation::MovedToOld { expired_ts_ms: 700 },
+            2,
+        );
+        assert_eq!(p7.status(&member), LinkStatus::Unverified);
+        assert_eq!(p7.verdict(&member, 700), LinkVerdict::Verified);
+        assert_eq!(p7.verdict(&member, 701), LinkVerdict::Unverified);
+        let mut revoked = LinkTable::new(InvalidationRule::ExpiryIsNotRevocation);
+        revoked.observe_member_event(&V, &event, ring.held_keys("a.example"), 1);
+        revoked.key_invalidated("a.example", "ed25519:1", KeyInvalidation::NotFound, 2);
+        assert_eq!(revoked.verdict(&member, 0), LinkVerdict::Unverified);
+        // Another key's invalidation touches nothing.
+        let mut other = LinkTable::new(InvalidationRule::RevokeAll);
+        other.observe_member_event(&V, &event, ring.held_keys("a.example"), 1);
+        assert!(
+            other
+                .key_invalidated("a.example", "ed25519:9", KeyInvalidation::Absent, 2)
+                .is_empty()
+        );
+        assert_eq!(other.status(&member), LinkStatus::Verified);
+    }
+
+    #[test]
+    fn older_member_events_do_not_replace_newer_claims_and_others_events_are_ignored() {
+        let key = server_key("1", 1);
+        let ring = ring_with(&key, DAY_MS);
+        let mut table = LinkTable::new(InvalidationRule::RevokeAll);
+        let newer = join(10, Some(&key), 200);
+        let older = join(10, None, 100);
+        table.observe_member_event(&V, &newer, ring.held_keys("a.example"), 1);
+        assert_eq!(
+            table.observe_member_event(&V, &older, ring.held_keys("a.example"), 2),
+            LinkStatus::Verified
+        );
+        assert_eq!(
+            table
+                .link(&newer.sender)
+                .unwrap()
+                .member_event
+                .as_ref()
+                .unwrap()
+                .event_id,
+            newer.event_id
+        );
+        // An event that is not the member's own member event does not touch links.
+        let mut invite = (*newer).clone();
+        invite.state_key = Some("@someone-else".into());
+        let invite = Arc::new(invite);
+        let mut fresh = LinkTable::new(InvalidationRule::RevokeAll);
+        assert_eq!(
+            fresh.observe_member_event(&V, &invite, ring.held_keys("a.example"), 1),
+            LinkStatus::Unknown
+        );
+    }
+
+    #[test]
+    fn key_layer_verdicts_translate_with_their_bounds() {
+        let key = server_key("1", 1);
+        let mut response = ServerKeys::with_current_key("a.example", &server_key("2", 2), 900);
+        response.old_verify_keys.insert(
+            "ed25519:1".into(),
+            OldVerifyKey {
+                key: key.verifying_key(),
+                expired_ts_ms: 700,
+            },
+        );
+        let translate = |reason, response| {
+            KeyInvalidation::from_key_layer(reason, "ed25519:1", response, 1_000)
+        };
+        assert_eq!(
+            translate(InvalidReason::MovedToOld, Some(&response)),
+            KeyInvalidation::MovedToOld { expired_ts_ms: 700 }
+        );
+        assert_eq!(
+            translate(InvalidReason::ExpiredInResponse, Some(&response)),
+            KeyInvalidation::ValidUntilPast {
+                valid_until_ms: 900
+            }
+        );
+        assert_eq!(
+            translate(InvalidReason::UnreachableAfterExpiry, None),
+            KeyInvalidation::ExpiredUnreachable {
+                valid_until_ms: 1_000
+            }
+        );
+        assert_eq!(
+            translate(InvalidReason::NotFound, None),
+            KeyInvalidation::NotFound
+        );
+        assert_eq!(
+            translate(InvalidReason::Absent, None),
+            KeyInvalidation::Absent
+        );
+        assert_eq!(
+            translate(InvalidReason::DifferentBytes, None),
+            KeyInvalidation::Replaced
+        );
+        assert_eq!(
+            translate(InvalidReason::Malformed, None),
+            KeyInvalidation::BadResponse
+        );
+        // Only expiries carry a bound for P7.
+        assert_eq!(
+            translate(InvalidReason::MovedToOld, Some(&response)).expiry_bound_ms(),
+            Some(700)
+        );
+        assert_eq!(
+            translate(InvalidReason::NotFound, None).expiry_bound_ms(),
+            None
+        );
+    }
+}

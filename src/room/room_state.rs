@@ -1,0 +1,483 @@
+//! One homeserver's view of one room: the events it holds (each stored once, shared as
+//! `Arc<Pdu>`), the DAG with the state before and after every event (the `stateres` helper's
+//! [`Dag`], which also runs PDU checks 4 and 5 once per event on insertion), how each event was
+//! judged, the forward extremities, the current state, and what clients are shown.
+//!
+//! Invariants:
+//! - The forward extremities are the accepted events (not rejected, not soft-failed) that no
+//!   accepted event names in its `prev_events` (s2s §Soft failure: soft-failed events are "not
+//!   added to forward extremities"; rejected events are never used as `prev_events`).
+//! - The current state is the resolution of the states after the forward extremities; it is
+//!   memoised by the extremity set (a switch turns the memo off; results must not change).
+//! - Nothing here reads a clock: times come in as arguments.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::links::{LinkTable, LinkVerdict};
+use super::policy::ArrivalPath;
+use crate::matrix::auth::{AuthState, Rejection, Rule, auth_types_for_event, authorize};
+use crate::matrix::canonical_json::MAX_SAFE_INTEGER;
+use crate::matrix::dag::{Dag, DagError, EventIndex, LayeredState, RejectionCheck, StateMapView};
+use crate::matrix::event_builder::{EventDraft, MAX_PREV_EVENTS};
+use crate::matrix::state_res::ResolveError;
+use crate::matrix::{EventId, Pdu, RoomVersion, StateMap};
+
+/// Which check rejected an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RejectedAt {
+    /// Check 4: the auth rules against the event's own `auth_events`.
+    AuthEvents,
+    /// Check 5: the auth rules against the state before the event.
+    StateBefore,
+}
+
+impl RejectedAt {
+    /// The number of the check in the spec's list.
+    pub fn check_number(self) -> u8 {
+        match self {
+            RejectedAt::AuthEvents => 4,
+            RejectedAt::StateBefore => 5,
+        }
+    }
+}
+
+/// Why an event was soft-failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SoftFailReason {
+    /// Check 6: the auth rules against the current state rejected it.
+    CurrentState(Rejection),
+    /// MSC4430: its sender's member link is not verified (`Pending` or `Unverified`).
+    Link(LinkVerdict),
+    /// The current state could not be resolved, so check 6 could not pass. Only reachable if a
+    /// state given from outside named events the DAG lacks.
+    StateUnresolvable(ResolveError),
+}
+
+/// How a held event was judged on receipt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fate {
+    /// Passed every check; `labelled` when the sender's link was not verified and the policy
+    /// labels rather than hides.
+    Accepted { labelled: bool },
+    /// Failed check 4 or 5.
+    Rejected {
+        check: RejectedAt,
+        rejection: Rejection,
+    },
+    /// Passed 4 and 5 but failed check 6 or the link rule.
+    SoftFailed(SoftFailReason),
+}
+
+/// What the server knows about one held event besides the event itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldEvent {
+    pub fate: Fate,
+    /// Check 3 failed: the held copy is the redacted form.
+    pub redacted: bool,
+    pub path: ArrivalPath,
+    pub received_at_ms: i64,
+    /// The state before the event was given from outside (a gap or a join) rather than
+    /// resolved from its prev events, so check 5 is not a function of the DAG alone.
+    pub state_given: bool,
+}
+
+/// Whether clients see a timeline entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Visibility {
+    /// Sent to clients; `labelled` = shown with an "invalid handle" (member_info `null`).
+    Delivered { labelled: bool },
+    /// Hidden by a soft-fail that a later link verification revealed (policy A6).
+    Revealed { at_ms: i64 },
+    /// Not sent to clients, and why.
+    Hidden(Fate),
+}
+
+/// One event in the client-visible timeline (in order of processing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineEntry {
+    pub event_id: EventId,
+    pub sender: String,
+    pub event_type: String,
+    pub is_state: bool,
+    pub at_ms: i64,
+    pub visibility: Visibility,
+}
+
+impl TimelineEntry {
+    /// Whether clients are shown the event.
+    pub fn is_visible(&self) -> bool {
+        !matches!(self.visibility, Visibility::Hidden(_))
+    }
+}
+
+/// Extremity sets whose current state is memoised, at most (the memo is cleared when full).
+const MEMO_CAPACITY: usize = 256;
+
+/// One server's view of one room. See the module documentation for the invariants.
+pub struct RoomState {
+    room_id: String,
+    dag: Dag,
+    held: Vec<HeldEvent>,
+    extremities: BTreeSet<EventIndex>,
+    /// Per event: how many accepted events name it in `prev_events`.
+    accepted_children: Vec<u32>,
+    /// Accepted events that named a prev event the DAG did not hold yet, by that prev's ID.
+    children_of_missing: BTreeMap<EventId, u32>,
+    memo: Option<BTreeMap<Vec<EventIndex>, Arc<StateMap>>>,
+    timeline: Vec<TimelineEntry>,
+}
+
+impl RoomState {
+    /// An empty view of room `room_id` of `version`, with the current-state memo on.
+    pub fn new(version: RoomVersion, room_id: &str) -> RoomState {
+        RoomState {
+            room_id: room_id.to_owned(),
+            dag: Dag::new(version),
+            held: Vec::new(),
+            extremities: BTreeSet::new(),
+            accepted_children: Vec::new(),
+            children_of_missing: BTreeMap::new(),
+            memo: Some(BTreeMap::new()),
+            timeline: Vec::new(),
+        }
+    }
+
+    /// Turns the current-state memo on or off (results are identical; only speed differs).
+    pub fn set_memo(&mut self, enabled: bool) {
+        self.memo = enabled.then(BTreeMap::new);
+    }
+
+    pub fn room_id(&self) -> &str {
+        &self.room_id
+    }
+
+    pub fn version(&self) -> &RoomVersion {
+        self.dag.version()
+    }
+
+    /// The DAG of held events.
+    pub fn dag(&self) -> &Dag {
+        &self.dag
+    }
+
+    /// Every held event with how it was judged, in DAG index order.
+    pub fn held_events(&self) -> impl Iterator<Item = (&Arc<Pdu>, &HeldEvent)> {
+        self.held
+            .iter()
+            .enumerate()
+            .map(|(index, held)| (self.dag.event(index as EventIndex), held))
+    }
+
+    /// Whether the event is held.
+    pub fn holds(&self, event_id: &str) -> bool {
+        self.dag.index(event_id).is_some()
+    }
+
+    /// The held event, shared.
+    pub fn event(&self, event_id: &str) -> Option<&Arc<Pdu>> {
+        self.dag.index(event_id).map(|index| self.dag.event(index))
+    }
+
+    /// How the held event was judged.
+    pub fn held(&self, event_id: &str) -> Option<&HeldEvent> {
+        self.dag
+            .index(event_id)
+            .map(|index| &self.held[index as usize])
+    }
+
+    /// The forward extremities' event IDs, in DAG index order.
+    pub fn forward_extremities(&self) -> Vec<EventId> {
+        self.extremities
+            .iter()
+            .map(|&index| self.dag.event(index).event_id.clone())
+            .collect()
+    }
+
+    /// The client-visible timeline, in order of processing.
+    pub fn timeline(&self) -> &[TimelineEntry] {
+        &self.timeline
+    }
+
+    /// The events clients are shown, in order.
+    pub fn visible_event_ids(&self) -> Vec<EventId> {
+        self.timeline
+            .iter()
+            .filter(|entry| entry.is_visible())
+            .map(|entry| entry.event_id.clone())
+            .collect()
+    }
+
+    /// The current state: the resolution of the states after the forward extremities
+    /// (memoised by the extremity set).
+    pub fn current_state(&mut self) -> Result<Arc<StateMap>, ResolveError> {
+        let extremities: Vec<EventIndex> = self.extremities.iter().copied().collect();
+        if extremities.is_empty() {
+            return Ok(Arc::new(StateMap::new()));
+        }
+        if let Some(state) = self.memo.as_ref().and_then(|memo| memo.get(&extremities)) {
+            return Ok(Arc::clone(state));
+        }
+        let state = match extremities.as_slice() {
+            [only] => Arc::new(self.dag.evaluation(*only).state_after.to_map()),
+            _ => Arc::new(self.dag.resolve_states_after(&extremities)?),
+        };
+        if let Some(memo) = &mut self.memo {
+            if memo.len() >= MEMO_CAPACITY {
+                memo.clear();
+            }
+            memo.insert(extremities, Arc::clone(&state));
+        }
+        Ok(state)
+    }
+
+    /// The current state entry for `(event_type, state_key)`, if any.
+    pub fn current_state_event(
+        &mut self,
+        event_type: &str,
+        state_key: &str,
+    ) -> Result<Option<Arc<Pdu>>, ResolveError> {
+        let state = self.current_state()?;
+        Ok(state
+            .get(&(event_type.to_owned(), state_key.to_owned()))
+            .and_then(|id| self.event(id).cloned()))
+    }
+
+    /// The MSC4428-style `member_info`: every member in the current state -> the user ID clients
+    /// are shown, or `None` (`null`) when the link is not verified. In rooms without member keys
+    /// the member ID is the user ID.
+    pub fn member_info(
+        &mut self,
+        links: &LinkTable,
+    ) -> Result<BTreeMap<String, Option<String>>, ResolveError> {
+        let state = self.current_state()?;
+        let member_keys = self.version().member_keys;
+        Ok(state
+            .keys()
+            .filter(|(event_type, _)| event_type == "m.room.member")
+            .map(|(_, member)| {
+                let user_id = if member_keys {
+                    links.user_id(member)
+                } else {
+                    Some(member.clone())
+                };
+                (member.clone(), user_id)
+            })
+            .collect())
+    }
+
+    /// Inserts an event whose auth events are held: with its prev events held too (the state
+    /// before it is resolved from theirs), or with `state_before` given (a gap, or a join's
+    /// first event). The DAG runs checks 4 and 5. The caller records the fate with
+    /// [`RoomState::record`].
+    pub(crate) fn insert(
+        &mut self,
+        pdu: Arc<Pdu>,
+        state_before: Option<Arc<StateMap>>,
+    ) -> Result<(EventIndex, Option<(RejectedAt, Rejection)>), DagError> {
+        let index = match state_before {
+            None => self.dag.insert(pdu)?,
+            Some(state) => self.dag.insert_with_state_before(
+                pdu,
+                Arc::new(LayeredState::from_map((*state).clone())),
+            )?,
+        };
+        let rejection = self
+            .dag
+            .evaluation(index)
+            .rejection
+            .as_ref()
+            .map(|(check, rejection)| {
+                let check = match check {
+                    RejectionCheck::AuthEvents => RejectedAt::AuthEvents,
+                    RejectionCheck::StateBefore => RejectedAt::StateBefore,
+                };
+                (check, rejection.clone())
+            });
+        Ok((index, rejection))
+    }
+
+    /// Checks `pdu` against the auth rules over the current state (check 6); on success, the
+    /// rule that allowed it.
+    pub(crate) fn check_current_state(&mut self, pdu: &Pdu) -> Result<Rule, SoftFailReason> {
+        let version = *self.dag.version();
+        if self.extremities.len() == 1 {
+            // One extremity: its state after is the current state; read it in place.
+            let only = *self.extremities.first().expect("one extremity");
+            let view = StateMapView {
+                state: &self.dag.evaluation(only).state_after,
+                dag: &self.dag,
+            };
+            return authorize(&version, pdu, &view).map_err(SoftFailReason::CurrentState);
+        }
+        let state = self
+            .current_state()
+            .map_err(SoftFailReason::StateUnresolvable)?;
+        let view = ResolvedStateView {
+            state: &state,
+            dag: &self.dag,
+        };
+        authorize(&version, pdu, &view).map_err(SoftFailReason::CurrentState)
+    }
+
+    /// The rule that allowed a held, not rejected event against the state before it (check 5's
+    /// deciding rule; the DAG keeps only rejections).
+    pub(crate) fn allowing_rule_before(&self, index: EventIndex) -> Option<Rule> {
+        let view = StateMapView {
+            state: &self.dag.evaluation(index).state_before,
+            dag: &self.dag,
+        };
+        authorize(self.dag.version(), self.dag.event(index), &view).ok()
+    }
+
+    /// Records how the event at `index` was judged, updates the forward extremities and the
+    /// timeline.
+    pub(crate) fn record(&mut self, index: EventIndex, held: HeldEvent) {
+        debug_assert_eq!(
+            index as usize,
+            self.held.len(),
+            "events are recorded in order"
+        );
+        self.accepted_children.push(0);
+        let pdu = Arc::clone(self.dag.event(index));
+        if matches!(held.fate, Fate::Accepted { .. }) {
+            for &parent in self.dag.prev_indices(index) {
+                self.accepted_children[parent as usize] += 1;
+                self.extremities.remove(&parent);
+            }
+            for prev in &pdu.prev_events {
+                if self.dag.index(prev).is_none() {
+                    *self.children_of_missing.entry(prev.clone()).or_default() += 1;
+                }
+            }
+            if let Some(children) = self.children_of_missing.remove(&pdu.event_id) {
+                self.accepted_children[index as usize] += children;
+            }
+            if self.accepted_children[index as usize] == 0 {
+                self.extremities.insert(index);
+            }
+        }
+        let visibility = match &held.fate {
+            Fate::Accepted { labelled } => Visibility::Delivered {
+                labelled: *labelled,
+            },
+            fate => Visibility::Hidden(fate.clone()),
+        };
+        self.timeline.push(TimelineEntry {
+            event_id: pdu.event_id.clone(),
+            sender: pdu.sender.clone(),
+            event_type: pdu.event_type.clone(),
+            is_state: pdu.is_state(),
+            at_ms: held.received_at_ms,
+            visibility,
+        });
+        self.held.push(held);
+    }
+
+    /// Reveals the timeline entries of `sender` hidden only by the link rule (policy A6).
+    /// Returns how many were revealed.
+    pub(crate) fn reveal_link_hidden(&mut self, sender: &str, now_ms: i64) -> usize {
+        let mut revealed = 0;
+        for entry in &mut self.timeline {
+            if entry.sender == sender
+                && matches!(
+                    entry.visibility,
+                    Visibility::Hidden(Fate::SoftFailed(SoftFailReason::Link(_)))
+                )
+            {
+                entry.visibility = Visibility::Revealed { at_ms: now_ms };
+                revealed += 1;
+            }
+        }
+        revealed
+    }
+
+    /// A draft of a new event by `sender` on top of this server's view: `prev_events` = the
+    /// forward extremities (the 20 deepest), `auth_events` = the auth events selection over the
+    /// current state, `depth` = the largest prev depth + 1.
+    pub fn draft_event(
+        &mut self,
+        sender: &str,
+        event_type: &str,
+        state_key: Option<&str>,
+        content: Value,
+        now_ms: i64,
+    ) -> Result<EventDraft, ResolveError> {
+        let state = self.current_state()?;
+        let version = *self.version();
+        let mut prevs: Vec<EventIndex> = self.extremities.iter().copied().collect();
+        // Keep the deepest (then latest) 20, in index order.
+        prevs.sort_by_key(|&index| std::cmp::Reverse((self.dag.event(index).depth, index)));
+        prevs.truncate(MAX_PREV_EVENTS);
+        prevs.sort_unstable();
+        let depth = prevs
+            .iter()
+            .map(|&index| self.dag.event(index).depth)
+            .max()
+            .map_or(1, |depth| depth.saturating_add(1).min(MAX_SAFE_INTEGER));
+        let auth_events = auth_types_for_event(&version, event_type, sender, state_key, &content)
+            .into_iter()
+            .filter_map(|key| state.get(&key).cloned())
+            .collect();
+        Ok(EventDraft {
+            room_id: Some(self.room_id.clone()),
+            sender: sender.to_owned(),
+            event_type: event_type.to_owned(),
+            state_key: state_key.map(str::to_owned),
+            content,
+            prev_events: prevs
+                .iter()
+                .map(|&index| self.dag.event(index).event_id.clone())
+                .collect(),
+            auth_events,
+            depth,
+            origin_server_ts_ms: now_ms,
+        })
+    }
+}
+
+/// A resolved [`StateMap`] of event IDs read as auth state through the DAG holding the events.
+struct ResolvedStateView<'a> {
+    state: &'a StateMap,
+    dag: &'a Dag,
+}
+
+impl AuthState for ResolvedStateView<'_> {
+    fn get(&self, event_type: &str, state_key: &str) -> Option<&Pdu> {
+        let id = self
+            .state
+            .get(&(event_type.to_owned(), state_key.to_owned()))?;
+        self.dag.index(id).map(|index| &**self.dag.event(index))
+    }
+}
+
+/// The draft of a room's create event by `creator` (room versions 12+ derive the room ID from
+/// it, so it has none; earlier versions need `room_id`).
+pub fn create_event_draft(
+    version: &RoomVersion,
+    creator: &str,
+    room_id: Option<&str>,
+    now_ms: i64,
+) -> EventDraft {
+    let mut content = json!({ "room_version": version.id });
+    if version.create_has_creator_key {
+        content["creator"] = json!(creator);
+    }
+    EventDraft {
+        room_id: if version.room_id_from_create_event {
+            None
+        } else {
+            room_id.map(str::to_owned)
+        },
+        sender: creator.to_owned(),
+        event_type: "m.room.create".to_owned(),
+        state_key: Some(String::new()),
+        content,
+        prev_events: Vec::new(),
+        auth_events: Vec::new(),
+        depth: 1,
+        origin_server_ts_ms: now_ms,
+    }
+}
