@@ -27,6 +27,72 @@ pub const MAX_PDU_BYTES: usize = 65_536;
 /// `sender`, `room_id`, `type`, `state_key` and event IDs may not exceed this many bytes.
 pub const MAX_ID_BYTES: usize = 255;
 
+/// A per-field size limit of the PDU format (s2s PDU schema and "Size limits") that an event
+/// breaks. Shared by [`build_pdu`] and receipt check 1, so building and checking cannot disagree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitViolation {
+    TooManyPrevEvents { count: usize },
+    TooManyAuthEvents { count: usize },
+    FieldTooLong { field: &'static str, bytes: usize },
+}
+
+/// Checks the per-field limits: at most [`MAX_PREV_EVENTS`] prev and [`MAX_AUTH_EVENTS`] auth
+/// events, and `sender`, `type`, `room_id`, `state_key` and every referenced event ID at most
+/// [`MAX_ID_BYTES`] bytes. The whole-PDU size limit needs the signed bytes and is checked apart.
+pub fn check_field_limits(
+    sender: &str,
+    event_type: &str,
+    room_id: Option<&str>,
+    state_key: Option<&str>,
+    prev_events: &[EventId],
+    auth_events: &[EventId],
+) -> Result<(), LimitViolation> {
+    if prev_events.len() > MAX_PREV_EVENTS {
+        return Err(LimitViolation::TooManyPrevEvents {
+            count: prev_events.len(),
+        });
+    }
+    if auth_events.len() > MAX_AUTH_EVENTS {
+        return Err(LimitViolation::TooManyAuthEvents {
+            count: auth_events.len(),
+        });
+    }
+    let lengths = [
+        ("sender", Some(sender.len())),
+        ("type", Some(event_type.len())),
+        ("room_id", room_id.map(str::len)),
+        ("state_key", state_key.map(str::len)),
+    ];
+    for (field, bytes) in lengths {
+        if let Some(bytes) = bytes.filter(|&bytes| bytes > MAX_ID_BYTES) {
+            return Err(LimitViolation::FieldTooLong { field, bytes });
+        }
+    }
+    if let Some(id) = prev_events
+        .iter()
+        .chain(auth_events)
+        .find(|id| id.len() > MAX_ID_BYTES)
+    {
+        return Err(LimitViolation::FieldTooLong {
+            field: "event_id",
+            bytes: id.len(),
+        });
+    }
+    Ok(())
+}
+
+impl From<LimitViolation> for BuildError {
+    fn from(violation: LimitViolation) -> BuildError {
+        match violation {
+            LimitViolation::TooManyPrevEvents { count } => BuildError::TooManyPrevEvents { count },
+            LimitViolation::TooManyAuthEvents { count } => BuildError::TooManyAuthEvents { count },
+            LimitViolation::FieldTooLong { field, bytes } => {
+                BuildError::FieldTooLong { field, bytes }
+            }
+        }
+    }
+}
+
 /// The fields of an event before hashing and signing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventDraft {
@@ -225,35 +291,14 @@ fn check_draft(
     version: &RoomVersion,
     signer: &EventSigner<'_>,
 ) -> Result<(), BuildError> {
-    if draft.prev_events.len() > MAX_PREV_EVENTS {
-        return Err(BuildError::TooManyPrevEvents {
-            count: draft.prev_events.len(),
-        });
-    }
-    if draft.auth_events.len() > MAX_AUTH_EVENTS {
-        return Err(BuildError::TooManyAuthEvents {
-            count: draft.auth_events.len(),
-        });
-    }
-    let lengths = [
-        ("sender", Some(draft.sender.len())),
-        ("type", Some(draft.event_type.len())),
-        ("room_id", draft.room_id.as_ref().map(String::len)),
-        ("state_key", draft.state_key.as_ref().map(String::len)),
-    ];
-    for (field, bytes) in lengths {
-        if let Some(bytes) = bytes.filter(|&bytes| bytes > MAX_ID_BYTES) {
-            return Err(BuildError::FieldTooLong { field, bytes });
-        }
-    }
-    for id in draft.prev_events.iter().chain(&draft.auth_events) {
-        if id.len() > MAX_ID_BYTES {
-            return Err(BuildError::FieldTooLong {
-                field: "event_id",
-                bytes: id.len(),
-            });
-        }
-    }
+    check_field_limits(
+        &draft.sender,
+        &draft.event_type,
+        draft.room_id.as_deref(),
+        draft.state_key.as_deref(),
+        &draft.prev_events,
+        &draft.auth_events,
+    )?;
     let depth_ok = (0..=MAX_SAFE_INTEGER).contains(&draft.depth)
         && (draft.prev_events.is_empty() || draft.depth >= 1);
     if !depth_ok {

@@ -14,12 +14,25 @@ use super::keys::KeySource;
 use crate::matrix::auth::{is_valid_member_id, is_valid_user_id};
 use crate::matrix::canonical_json::{self, CanonicalJsonError, MAX_SAFE_INTEGER};
 use crate::matrix::event_builder::{
-    self, MAX_AUTH_EVENTS, MAX_ID_BYTES, MAX_PDU_BYTES, MAX_PREV_EVENTS, PduSignatureError,
+    self, LimitViolation, MAX_AUTH_EVENTS, MAX_ID_BYTES, MAX_PDU_BYTES, MAX_PREV_EVENTS,
+    PduSignatureError,
 };
 use crate::matrix::hashes::{self, ContentHashCheck, HashError};
 use crate::matrix::member_keys::decode_member_key;
 use crate::matrix::pdu::PduFormatError;
 use crate::matrix::{EventId, Pdu, RoomVersion, redaction};
+
+impl From<LimitViolation> for FormatError {
+    fn from(violation: LimitViolation) -> FormatError {
+        match violation {
+            LimitViolation::TooManyPrevEvents { count } => FormatError::TooManyPrevEvents { count },
+            LimitViolation::TooManyAuthEvents { count } => FormatError::TooManyAuthEvents { count },
+            LimitViolation::FieldTooLong { field, bytes } => {
+                FormatError::FieldTooLong { field, bytes }
+            }
+        }
+    }
+}
 
 /// Why an event is not valid for its room version (check 1).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,38 +85,15 @@ pub fn check_format(version: &RoomVersion, room_id: &str, json: Value) -> Result
         HashError::NotAnObject => FormatError::Fields(PduFormatError::NotAnObject),
     })?;
     let pdu = Pdu::from_json(json, event_id, version).map_err(FormatError::Fields)?;
-    if pdu.prev_events.len() > MAX_PREV_EVENTS {
-        return Err(FormatError::TooManyPrevEvents {
-            count: pdu.prev_events.len(),
-        });
-    }
-    if pdu.auth_events.len() > MAX_AUTH_EVENTS {
-        return Err(FormatError::TooManyAuthEvents {
-            count: pdu.auth_events.len(),
-        });
-    }
-    let lengths = [
-        ("sender", Some(pdu.sender.len())),
-        ("type", Some(pdu.event_type.len())),
-        ("room_id", pdu.room_id.as_ref().map(String::len)),
-        ("state_key", pdu.state_key.as_ref().map(String::len)),
-    ];
-    for (field, bytes) in lengths {
-        if let Some(bytes) = bytes.filter(|&bytes| bytes > MAX_ID_BYTES) {
-            return Err(FormatError::FieldTooLong { field, bytes });
-        }
-    }
-    if let Some(id) = pdu
-        .prev_events
-        .iter()
-        .chain(&pdu.auth_events)
-        .find(|id| id.len() > MAX_ID_BYTES)
-    {
-        return Err(FormatError::FieldTooLong {
-            field: "event_id",
-            bytes: id.len(),
-        });
-    }
+    event_builder::check_field_limits(
+        &pdu.sender,
+        &pdu.event_type,
+        pdu.room_id.as_deref(),
+        pdu.state_key.as_deref(),
+        &pdu.prev_events,
+        &pdu.auth_events,
+    )
+    .map_err(FormatError::from)?;
     if !(0..=MAX_SAFE_INTEGER).contains(&pdu.depth) {
         return Err(FormatError::BadDepth { depth: pdu.depth });
     }
