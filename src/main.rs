@@ -33,6 +33,8 @@ enum Command {
     Run(fedsim::cli::run::Args),
     /// Validate a scenario file without running it.
     Check(fedsim::cli::check::Args),
+    /// List the policy presets (P0-P9) with the knob values of the key and room layers.
+    Policies(fedsim::cli::policies::Args),
 }
 
 fn main() {
@@ -49,6 +51,7 @@ fn main() {
         Command::Resolve(args) => fedsim::cli::resolve::run(&args),
         Command::Run(args) => fedsim::cli::run::run(&args),
         Command::Check(args) => fedsim::cli::check::run(&args),
+        Command::Policies(args) => fedsim::cli::policies::run(&args),
     };
     if let Err(error) = result {
         eprintln!("fedsim: {error}");

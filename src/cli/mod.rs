@@ -57,4 +57,5 @@ pub mod sweep;
 
 pub mod check;
 pub mod pdu;
+pub mod policies;
 pub mod run;
