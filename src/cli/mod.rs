@@ -58,4 +58,5 @@ pub mod sweep;
 pub mod check;
 pub mod pdu;
 pub mod policies;
+pub mod repro;
 pub mod run;
