@@ -28,4 +28,5 @@ pub mod pipeline;
 pub mod policy;
 pub mod properties;
 pub mod room_state;
+pub mod script;
 pub mod testbed;
