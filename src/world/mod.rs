@@ -21,6 +21,7 @@ use crate::server::notary::{Notary, NotaryOutput};
 use crate::server::publisher::KeyPublisher;
 use crate::server::{absolute_ms, outcome_table::InvalidReason};
 
+pub(crate) use output::{Progress, peak_memory_kib};
 pub use output::{RunError, RunOutcome, run_to_dir};
 
 /// How long a notary waits for an origin before answering from its (possibly stale) cache;
