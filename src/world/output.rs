@@ -115,6 +115,8 @@ fn write_results(world: &World, out_dir: &Path, wall_seconds: f64) -> Result<Run
     write_json(&summary_path, &summary).map_err(io_error(&summary_path))?;
     write_timeseries(world, out_dir)?;
     write_servers(world, out_dir)?;
+    super::key_rq::write_transitions(world, out_dir)?;
+    super::key_rq::write_containment(world, out_dir)?;
     if scenario.outputs.chart == ChartKind::Rq1PollingLoad {
         let chart = polling_load_chart(world);
         draw_polling_load(
@@ -308,6 +310,7 @@ fn headline_metrics(world: &World) -> Map<String, Value> {
         totals.answers_not_found.into(),
     );
     metrics.insert("events_processed".into(), world.events_processed.into());
+    super::key_rq::add_metrics(world, &mut metrics);
     metrics
 }
 
@@ -613,5 +616,12 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+impl World {
+    /// The flat headline metrics summary.json would hold for the run so far.
+    pub fn metrics(&self) -> Map<String, Value> {
+        headline_metrics(self)
     }
 }
