@@ -595,6 +595,14 @@ impl Default for Outputs {
 pub enum ChartKind {
     None,
     Rq1PollingLoad,
+    /// A CDF per watched action (`containment-<label>.svg/.png`): share of observer × domain
+    /// pairs that stopped accepting the key, against time after t0, one line per group.
+    Rq2Containment,
+    /// False-invalid domain-hours per domain against partition length, one line per policy
+    /// (`link-hours-lost.svg/.png`).
+    Rq6LinkHoursLost,
+    /// Wake-ups per hour against known domains with the budget line (`wakeups.svg/.png`).
+    Rq12Wakeups,
 }
 
 /// Loads a scenario: the file at `path` (or the built-in default when `None`), with each

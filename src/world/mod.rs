@@ -6,6 +6,7 @@
 //! delivered back through the queue, so every fault applies to it and every request is counted.
 
 mod build;
+pub mod key_charts;
 pub mod key_rq;
 mod output;
 pub mod validity;

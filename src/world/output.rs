@@ -117,13 +117,25 @@ fn write_results(world: &World, out_dir: &Path, wall_seconds: f64) -> Result<Run
     write_servers(world, out_dir)?;
     super::key_rq::write_transitions(world, out_dir)?;
     super::key_rq::write_containment(world, out_dir)?;
-    if scenario.outputs.chart == ChartKind::Rq1PollingLoad {
-        let chart = polling_load_chart(world);
-        draw_polling_load(
-            &chart,
-            &out_dir.join("polling-load.svg"),
-            &out_dir.join("polling-load.png"),
-        )?;
+    match scenario.outputs.chart {
+        ChartKind::Rq1PollingLoad => {
+            let chart = polling_load_chart(world);
+            draw_polling_load(
+                &chart,
+                &out_dir.join("polling-load.svg"),
+                &out_dir.join("polling-load.png"),
+            )?;
+        }
+        ChartKind::Rq2Containment => {
+            super::key_charts::containment_charts(world, out_dir)?;
+        }
+        ChartKind::Rq6LinkHoursLost => {
+            super::key_charts::link_hours_chart(world, out_dir)?;
+        }
+        ChartKind::Rq12Wakeups => {
+            super::key_charts::wakeups_chart(world, out_dir)?;
+        }
+        ChartKind::None => {}
     }
     let run_info = json!({
         "wall_seconds": rounded(wall_seconds),
