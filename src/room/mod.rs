@@ -13,6 +13,7 @@
 //! - [`links`]: the member link table and its state machine.
 //! - [`keys`]: the server keys the room layer reads.
 //! - [`memo`]: checks 1–3 computed once per distinct event copy and shared across servers.
+//! - [`metrics`]: divergence, hidden shares, orphans, containment and bitrot over servers' views.
 //! - [`policy`]: the room-layer knobs and the P0–P9 presets.
 //! - [`properties`]: always-properties over several servers' views (for scenario checks).
 //! - [`testbed`]: a hand-fed federation of a few servers for tests and scripted reproductions.
@@ -22,6 +23,7 @@ pub mod checks;
 pub mod keys;
 pub mod links;
 pub mod memo;
+pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod properties;

@@ -22,9 +22,10 @@ pub const DEFAULT_SCENARIO_TOML: &str = include_str!("../../scenarios/rq1-pollin
 /// The name the default scenario is reported under.
 pub const DEFAULT_SCENARIO_FILE: &str = "scenarios/rq1-polling-load.toml";
 
-/// A scenario that could not be loaded, as one line: `file: field: problem`.
+/// A scenario that could not be loaded, as one line: `file: field: problem` (`file: problem` when
+/// the problem is with the file as a whole).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: {path}: {problem}")]
+#[error("{file}: {}{problem}", if path == "-" { String::new() } else { format!("{path}: ") })]
 pub struct ScenarioError {
     pub file: String,
     /// The field path (`observers[0].policy.recheck`), or `-` for the file as a whole.

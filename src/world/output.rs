@@ -143,6 +143,12 @@ fn write_results(world: &World, out_dir: &Path, wall_seconds: f64) -> Result<Run
         "events_per_second": rounded(world.events_processed as f64 / wall_seconds.max(1e-9)),
         "queue_len_max": world.queue_len_max(),
         "peak_memory_kib": peak_memory_kib(),
+        "signatures_made": world
+            .publishers
+            .iter()
+            .flatten()
+            .map(|publisher| publisher.signatures_made)
+            .sum::<u64>(),
         "verify_checks": world.memo.checks,
         "verify_memo_hits": world.memo.hits,
         "crypto_seconds": rounded(world.crypto_seconds()),
