@@ -16,6 +16,10 @@
 //!
 //! A server using the memo gets exactly the receipts it would get without it (tested in
 //! `tests/room_pipeline.rs`).
+//!
+//! The digest of a copy's canonical JSON is computed once per [`PduCopy`]: a world that sends
+//! the same copy to many servers wraps it once and hands every receiver the same `PduCopy`
+//! (`pipeline::receive_copy_shared`), so receivers neither clone nor canonicalise the JSON.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,6 +84,33 @@ pub fn front_checks(
     }
 }
 
+/// A received copy of a PDU, as it travels to several servers: the JSON (shared) and the
+/// SHA-256 of its canonical form, computed once. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PduCopy {
+    json: Arc<Value>,
+    /// `None` if the JSON has no canonical form (check 1 fails on it).
+    digest: Option<[u8; 32]>,
+}
+
+impl PduCopy {
+    /// Wraps `json`, computing the digest of its canonical JSON.
+    pub fn new(json: Value) -> PduCopy {
+        let digest = canonical_json::to_canonical_string(&json)
+            .ok()
+            .map(|canonical| Sha256::digest(canonical.as_bytes()).into());
+        PduCopy {
+            json: Arc::new(json),
+            digest,
+        }
+    }
+
+    /// The JSON as received.
+    pub fn json(&self) -> &Value {
+        &self.json
+    }
+}
+
 /// The key questions check 2 asked, with the answers, and the verdict they gave.
 #[derive(Debug, Clone)]
 struct SignatureVerdict {
@@ -108,7 +139,9 @@ const MAX_VERDICTS: usize = 4;
 /// Checks 1–3 shared across servers. Lookups only: nothing iterates the map.
 #[derive(Debug, Default)]
 pub struct CheckMemo {
-    entries: HashMap<[u8; 32], Entry>,
+    /// By the digest of the copy's canonical JSON; then by room version and room ID (check 1
+    /// depends on them; almost always one entry).
+    entries: HashMap<[u8; 32], Vec<(&'static str, String, Entry)>>,
     /// Receipts answered from the memo without any signature verification.
     pub hits: u64,
     /// Receipts that ran check 2 (a new event, or a server whose keys answered differently).
@@ -122,7 +155,7 @@ impl CheckMemo {
 
     /// How many distinct received copies the memo holds.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -138,17 +171,27 @@ impl CheckMemo {
         json: Value,
         keys: &impl KeySource,
     ) -> FrontChecks {
-        let Ok(canonical) = canonical_json::to_canonical_string(&json) else {
+        self.front_checks_copy(version, room_id, &PduCopy::new(json), keys)
+    }
+
+    /// As [`CheckMemo::front_checks`] for a copy wrapped once for all its receivers.
+    pub fn front_checks_copy(
+        &mut self,
+        version: &RoomVersion,
+        room_id: &str,
+        copy: &PduCopy,
+        keys: &impl KeySource,
+    ) -> FrontChecks {
+        let Some(digest) = copy.digest else {
             // Not even canonicalisable: check 1 fails the same way without the memo.
-            return front_checks(version, room_id, json, keys);
+            return front_checks(version, room_id, (*copy.json).clone(), keys);
         };
-        let mut hasher = Sha256::new();
-        for part in [version.id, "\u{0}", room_id, "\u{0}", canonical.as_str()] {
-            hasher.update(part.as_bytes());
-        }
-        let digest: [u8; 32] = hasher.finalize().into();
-        if !self.entries.contains_key(&digest) {
-            let entry = match checks::check_format(version, room_id, json) {
+        let slots = self.entries.entry(digest).or_default();
+        let position = slots
+            .iter()
+            .position(|(version_id, room, _)| *version_id == version.id && room == room_id);
+        let Some(position) = position else {
+            let entry = match checks::check_format(version, room_id, (*copy.json).clone()) {
                 Err(error) => Entry::Format(error),
                 Ok(pdu) => {
                     let signature = verify_recording(version, &pdu, keys);
@@ -169,13 +212,15 @@ impl CheckMemo {
                     }
                 }
             };
-            self.entries.insert(digest, entry);
-            return self.answer(&digest);
-        }
+            let answer = answer(&entry);
+            slots.push((version.id, room_id.to_owned(), entry));
+            return answer;
+        };
+        let entry = &mut slots[position].2;
         // A hit: reuse a check-2 verdict only if this server's keys answer its questions alike.
-        if let Some(Entry::Parsed {
+        if let Entry::Parsed {
             parsed, signatures, ..
-        }) = self.entries.get_mut(&digest)
+        } = entry
         {
             let matching = signatures.iter().position(|verdict| {
                 verdict.asked.iter().all(|(server, key_id, answer)| {
@@ -196,31 +241,32 @@ impl CheckMemo {
         } else {
             self.hits += 1;
         }
-        self.answer(&digest)
+        answer(entry)
     }
+}
 
-    fn answer(&self, digest: &[u8; 32]) -> FrontChecks {
-        match &self.entries[digest] {
-            Entry::Format(error) => FrontChecks::Format {
-                event_id: None,
+/// The checks' result recorded in `entry` (check 2's most recently used verdict).
+fn answer(entry: &Entry) -> FrontChecks {
+    match entry {
+        Entry::Format(error) => FrontChecks::Format {
+            event_id: None,
+            error: error.clone(),
+        },
+        Entry::Parsed {
+            parsed,
+            signatures,
+            checked,
+            hash_check,
+        } => match &signatures[0].result {
+            Err(error) => FrontChecks::Signature {
+                event_id: parsed.event_id.clone(),
                 error: error.clone(),
             },
-            Entry::Parsed {
-                parsed,
-                signatures,
-                checked,
-                hash_check,
-            } => match &signatures[0].result {
-                Err(error) => FrontChecks::Signature {
-                    event_id: parsed.event_id.clone(),
-                    error: error.clone(),
-                },
-                Ok(()) => FrontChecks::Passed {
-                    pdu: Arc::clone(checked),
-                    hash_check: *hash_check,
-                },
+            Ok(()) => FrontChecks::Passed {
+                pdu: Arc::clone(checked),
+                hash_check: *hash_check,
             },
-        }
+        },
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::keys::KeyRing;
 use super::links::LinkTable;
-use super::memo::CheckMemo;
+use super::memo::{CheckMemo, PduCopy};
 use super::pipeline::{self, Receipt, ServerView, Verdict};
 use super::policy::{ArrivalPath, RoomPolicy};
 use super::room_state::{RoomState, create_event_draft};
@@ -139,6 +139,26 @@ impl Server {
         receipt
     }
 
+    /// Runs a copy wrapped once for all its receivers through this server's pipeline, sharing
+    /// checks 1–3 through `memo`.
+    pub fn receive_copy(
+        &mut self,
+        memo: &mut CheckMemo,
+        copy: &PduCopy,
+        path: ArrivalPath,
+        now_ms: i64,
+    ) -> Receipt {
+        let mut view = ServerView {
+            keys: &self.keys,
+            links: &mut self.links,
+            policy: &self.policy,
+        };
+        let receipt =
+            pipeline::receive_copy_shared(&mut self.room, &mut view, memo, copy, path, now_ms);
+        self.receipts.push(receipt.clone());
+        receipt
+    }
+
     /// Builds and signs an event by `user` (who must belong to this server) on top of this
     /// server's view, runs it through its own pipeline (path `Local`) and returns it.
     pub fn send(
@@ -251,7 +271,8 @@ impl Federation {
         }
     }
 
-    /// Delivers `pdu` to the server called `name` by `path`, through the shared memo if any.
+    /// Delivers `pdu` to the server called `name` by `path`, through the shared memo if any (as
+    /// a [`PduCopy`]).
     pub fn deliver_one(
         &mut self,
         pdu: &Pdu,
@@ -264,7 +285,13 @@ impl Federation {
             .iter()
             .position(|server| server.name == name)
             .unwrap_or_else(|| panic!("no testbed server {name}"));
-        self.servers[index].receive_with(self.memo.as_mut(), pdu, path, now_ms)
+        match &mut self.memo {
+            Some(memo) => {
+                let copy = PduCopy::new(pdu.json.clone());
+                self.servers[index].receive_copy(memo, &copy, path, now_ms)
+            }
+            None => self.servers[index].receive(pdu, path, now_ms),
+        }
     }
 
     /// The server called `name`.
