@@ -222,6 +222,7 @@ fn partition_ban_is_the_same_with_and_without_sharing() {
         },
     );
     assert!(stats.current_states_reused > 0, "{stats:?}");
+    assert!(stats.current_state_checks_reused > 0, "{stats:?}");
 }
 
 /// b.example rotates its key as a.example sees it: under P1 a.example soft-fails bob's

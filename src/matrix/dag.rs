@@ -136,6 +136,38 @@ impl LayeredState {
     }
 }
 
+/// A fast hasher for event IDs in lookup-only maps: FxHash's multiply-rotate over 8-byte words.
+/// Deterministic; event IDs of room versions 4+ are hashes already, so SipHash's protection
+/// against chosen keys buys nothing here.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::BuildHasher for IdHasher {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(SEED);
+        }
+        for &byte in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(SEED);
+        }
+    }
+}
+
 struct Node {
     pdu: Arc<Pdu>,
     prev: Vec<EventIndex>,
@@ -151,7 +183,7 @@ pub struct Dag {
     version: RoomVersion,
     graph: DiGraph<EventIndex, EdgeKind, EventIndex>,
     nodes: Vec<Node>,
-    index_of: HashMap<EventId, EventIndex>,
+    index_of: HashMap<EventId, EventIndex, IdHasher>,
     create: Option<EventIndex>,
 }
 
@@ -162,7 +194,7 @@ impl Dag {
             version,
             graph: DiGraph::default(),
             nodes: Vec::new(),
-            index_of: HashMap::new(),
+            index_of: HashMap::default(),
             create: None,
         }
     }

@@ -291,7 +291,7 @@ fn receive<K: KeySource>(
     // 6. The current state (before this event joins the extremities).
     let mut fate = Fate::Accepted { labelled: false };
     if server.policy.auth_soft_fail_paths.contains(path) {
-        match room.check_current_state(&pdu) {
+        match room.check_current_state(index) {
             Ok(rule) => receipt.allowed_by = Some(rule),
             Err(reason) => fate = Fate::SoftFailed(reason),
         }

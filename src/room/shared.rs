@@ -47,9 +47,13 @@
 //!   descendant of either on that server are evaluated locally, as without sharing, and never
 //!   stored: a redacted copy and the full copy (same event ID, different content) cannot share
 //!   an entry, and a state from outside never leaks to another server.
-//! - A shared current state is keyed by the sorted event IDs of the forward extremities and used
-//!   only when every extremity is clean: the resolution of clean events' states after reads
-//!   only their (identical) ancestries.
+//! - A shared current state is keyed by the forward extremities and used only when every
+//!   extremity is clean: the resolution of clean events' states after reads only their
+//!   (identical) ancestries. Likewise check 6's verdict (the auth rules against that current
+//!   state) on a clean event, keyed by (event, extremities): it reads the event's copy and the
+//!   copies the current state names, all clean. Whether the verdict soft-fails the event, on
+//!   which arrival paths, and the link rule stay per server. Keys use room-wide numbers given
+//!   to clean events when first evaluated (the same event has the same number everywhere).
 //! - What stays per server: checks 1–3 (shared separately by [`super::memo::CheckMemo`], exactly
 //!   for identical key answers), which events are held (check 2 may drop an event on one server
 //!   for lack of keys: that server does not hold it and its children come back as
@@ -67,38 +71,102 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::matrix::dag::Evaluation;
+use crate::matrix::auth::{Rejection, Rule};
+use crate::matrix::dag::{Evaluation, IdHasher};
 use crate::matrix::{EventId, StateMap};
 
 /// Current states kept per room, at most (the table is cleared when full).
 const CURRENT_STATES_CAPACITY: usize = 4096;
 
-/// The facts shared by the servers holding one room: evaluations by event ID, current states by
-/// extremity set.
+/// Check-6 verdicts kept per room, at most (the table is cleared when full).
+const CURRENT_STATE_CHECKS_CAPACITY: usize = 1 << 16;
+
+/// A room-wide number for a clean event, the same on every server (assigned when the first
+/// server evaluates it), so that extremity sets are cheap keys.
+pub(crate) type SharedId = u32;
+
+/// A shared evaluation and the event's room-wide number.
+#[derive(Clone)]
+pub(crate) struct SharedEvaluation {
+    pub(crate) id: SharedId,
+    pub(crate) evaluation: Evaluation,
+}
+
+/// Check 6's verdict: the rule that allowed the event against the current state, or why not.
+pub(crate) type CurrentStateCheck = Result<Rule, Rejection>;
+
+/// The facts shared by the servers holding one room: evaluations by event ID, current states
+/// and check-6 verdicts by extremity set (as room-wide numbers, sorted).
 #[derive(Default)]
 pub(crate) struct RoomFacts {
-    evaluations: HashMap<EventId, Evaluation>,
-    current_states: HashMap<Vec<EventId>, Arc<StateMap>>,
+    evaluations: HashMap<EventId, SharedEvaluation, IdHasher>,
+    next_id: SharedId,
+    current_states: HashMap<Vec<SharedId>, Arc<StateMap>>,
+    /// By (event, its server's only forward extremity).
+    checks_on_one: HashMap<(SharedId, SharedId), CurrentStateCheck>,
+    /// By (event, its server's forward extremities).
+    checks_on_many: HashMap<(SharedId, Vec<SharedId>), CurrentStateCheck>,
 }
 
 impl RoomFacts {
-    pub(crate) fn evaluation(&self, event_id: &str) -> Option<&Evaluation> {
+    pub(crate) fn evaluation(&self, event_id: &str) -> Option<&SharedEvaluation> {
         self.evaluations.get(event_id)
     }
 
-    pub(crate) fn store_evaluation(&mut self, event_id: EventId, evaluation: Evaluation) {
-        self.evaluations.insert(event_id, evaluation);
+    /// Stores the evaluation of a clean event; returns its room-wide number.
+    pub(crate) fn store_evaluation(
+        &mut self,
+        event_id: EventId,
+        evaluation: Evaluation,
+    ) -> SharedId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.evaluations
+            .insert(event_id, SharedEvaluation { id, evaluation });
+        id
     }
 
-    pub(crate) fn current_state(&self, extremities: &[EventId]) -> Option<&Arc<StateMap>> {
+    pub(crate) fn current_state(&self, extremities: &[SharedId]) -> Option<&Arc<StateMap>> {
         self.current_states.get(extremities)
     }
 
-    pub(crate) fn store_current_state(&mut self, extremities: Vec<EventId>, state: Arc<StateMap>) {
+    pub(crate) fn store_current_state(&mut self, extremities: Vec<SharedId>, state: Arc<StateMap>) {
         if self.current_states.len() >= CURRENT_STATES_CAPACITY {
             self.current_states.clear();
         }
         self.current_states.insert(extremities, state);
+    }
+
+    /// Check 6's verdict on `event` over the state after `extremities` (sorted), if known.
+    pub(crate) fn current_state_check(
+        &self,
+        event: SharedId,
+        extremities: &[SharedId],
+    ) -> Option<&CurrentStateCheck> {
+        match extremities {
+            [only] => self.checks_on_one.get(&(event, *only)),
+            _ => self.checks_on_many.get(&(event, extremities.to_vec())),
+        }
+    }
+
+    pub(crate) fn store_current_state_check(
+        &mut self,
+        event: SharedId,
+        extremities: Vec<SharedId>,
+        check: CurrentStateCheck,
+    ) {
+        if self.checks_on_one.len() + self.checks_on_many.len() >= CURRENT_STATE_CHECKS_CAPACITY {
+            self.checks_on_one.clear();
+            self.checks_on_many.clear();
+        }
+        match extremities.as_slice() {
+            [only] => {
+                self.checks_on_one.insert((event, *only), check);
+            }
+            _ => {
+                self.checks_on_many.insert((event, extremities), check);
+            }
+        }
     }
 }
 
@@ -115,6 +183,10 @@ pub struct SharingStats {
     pub current_states_reused: u64,
     /// Current states resolved and stored.
     pub current_states_computed: u64,
+    /// Check-6 verdicts taken from another server.
+    pub current_state_checks_reused: u64,
+    /// Check-6 verdicts computed and stored.
+    pub current_state_checks_computed: u64,
 }
 
 #[derive(Default)]
@@ -124,6 +196,8 @@ struct Counters {
     evaluations_unshareable: AtomicU64,
     current_states_reused: AtomicU64,
     current_states_computed: AtomicU64,
+    current_state_checks_reused: AtomicU64,
+    current_state_checks_computed: AtomicU64,
 }
 
 /// Rooms by (room version ID, create event ID).
@@ -152,6 +226,8 @@ pub(crate) enum Count {
     EvaluationUnshareable,
     CurrentStateReused,
     CurrentStateComputed,
+    CurrentStateCheckReused,
+    CurrentStateCheckComputed,
 }
 
 impl SharedEventFacts {
@@ -190,6 +266,8 @@ impl SharedEventFacts {
             Count::EvaluationUnshareable => &counters.evaluations_unshareable,
             Count::CurrentStateReused => &counters.current_states_reused,
             Count::CurrentStateComputed => &counters.current_states_computed,
+            Count::CurrentStateCheckReused => &counters.current_state_checks_reused,
+            Count::CurrentStateCheckComputed => &counters.current_state_checks_computed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -203,6 +281,12 @@ impl SharedEventFacts {
             evaluations_unshareable: counters.evaluations_unshareable.load(Ordering::Relaxed),
             current_states_reused: counters.current_states_reused.load(Ordering::Relaxed),
             current_states_computed: counters.current_states_computed.load(Ordering::Relaxed),
+            current_state_checks_reused: counters
+                .current_state_checks_reused
+                .load(Ordering::Relaxed),
+            current_state_checks_computed: counters
+                .current_state_checks_computed
+                .load(Ordering::Relaxed),
         }
     }
 }
