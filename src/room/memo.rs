@@ -96,13 +96,15 @@ pub struct PduCopy {
 impl PduCopy {
     /// Wraps `json`, computing the digest of its canonical JSON.
     pub fn new(json: Value) -> PduCopy {
+        PduCopy::from_arc(Arc::new(json))
+    }
+
+    /// Wraps shared JSON, computing the digest of its canonical JSON.
+    pub fn from_arc(json: Arc<Value>) -> PduCopy {
         let digest = canonical_json::to_canonical_string(&json)
             .ok()
             .map(|canonical| Sha256::digest(canonical.as_bytes()).into());
-        PduCopy {
-            json: Arc::new(json),
-            digest,
-        }
+        PduCopy { json, digest }
     }
 
     /// The JSON as received.
@@ -133,6 +135,10 @@ enum Entry {
     },
 }
 
+/// At most this many `Arc<Value>` copies are remembered by address (the table is cleared when
+/// full; only speed depends on it).
+const MAX_WRAPPED: usize = 1 << 18;
+
 /// At most this many check-2 verdicts (distinct key answers) are kept per copy.
 const MAX_VERDICTS: usize = 4;
 
@@ -142,6 +148,9 @@ pub struct CheckMemo {
     /// By the digest of the copy's canonical JSON; then by room version and room ID (check 1
     /// depends on them; almost always one entry).
     entries: HashMap<[u8; 32], Vec<(&'static str, String, Entry)>>,
+    /// Copies handed over as `Arc<Value>`, by the address of the value: each entry holds its
+    /// `Arc`, so the address cannot be reused by another value while the entry exists.
+    wrapped: HashMap<usize, PduCopy>,
     /// Receipts answered from the memo without any signature verification.
     pub hits: u64,
     /// Receipts that ran check 2 (a new event, or a server whose keys answered differently).
@@ -172,6 +181,30 @@ impl CheckMemo {
         keys: &impl KeySource,
     ) -> FrontChecks {
         self.front_checks_copy(version, room_id, &PduCopy::new(json), keys)
+    }
+
+    /// As [`CheckMemo::front_checks`] for JSON shared as `Arc<Value>` by every receiver of the
+    /// same copy: the digest is computed once per `Arc` (found again by its address).
+    pub fn front_checks_arc(
+        &mut self,
+        version: &RoomVersion,
+        room_id: &str,
+        json: &Arc<Value>,
+        keys: &impl KeySource,
+    ) -> FrontChecks {
+        let address = Arc::as_ptr(json) as usize;
+        let copy = match self.wrapped.get(&address) {
+            Some(copy) => copy.clone(),
+            None => {
+                if self.wrapped.len() >= MAX_WRAPPED {
+                    self.wrapped.clear();
+                }
+                let copy = PduCopy::from_arc(Arc::clone(json));
+                self.wrapped.insert(address, copy.clone());
+                copy
+            }
+        };
+        self.front_checks_copy(version, room_id, &copy, keys)
     }
 
     /// As [`CheckMemo::front_checks`] for a copy wrapped once for all its receivers.
@@ -358,6 +391,16 @@ mod tests {
             FrontChecks::Signature { .. }
         ));
         assert_eq!((memo.signature_checks, memo.hits), (2, 3));
+        // JSON shared as Arc<Value>: wrapped once, then found by address, same answers.
+        let shared_json = Arc::new(pdu.json.clone());
+        for _ in 0..2 {
+            assert_eq!(
+                memo.front_checks_arc(&version, room, &shared_json, &holds_key),
+                front_checks(&version, room, pdu.json.clone(), &holds_key)
+            );
+        }
+        assert_eq!(memo.wrapped.len(), 1);
+        assert_eq!((memo.signature_checks, memo.hits), (2, 5));
         // A different copy of the event is a different entry.
         let mut edited = pdu.json.clone();
         edited["content"]["body"] = json!("edited");

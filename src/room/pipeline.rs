@@ -160,6 +160,21 @@ pub fn receive_pdu_shared<K: KeySource>(
     receive(room, server, front, path, None, now_ms)
 }
 
+/// As [`receive_pdu_shared`] for JSON shared as `Arc<Value>` by every server that receives the
+/// same copy: the memo wraps each `Arc` once (found again by its address), so receivers neither
+/// clone nor canonicalise the JSON again (identical receipts).
+pub fn receive_arc_shared<K: KeySource>(
+    room: &mut RoomState,
+    server: &mut ServerView<'_, K>,
+    memo: &mut CheckMemo,
+    json: &Arc<Value>,
+    path: ArrivalPath,
+    now_ms: i64,
+) -> Receipt {
+    let front = memo.front_checks_arc(room.version(), room.room_id(), json, server.keys);
+    receive(room, server, front, path, None, now_ms)
+}
+
 /// As [`receive_pdu_shared`] for a copy wrapped once ([`PduCopy`]) and handed to every server
 /// that receives it: no receiver clones or canonicalises the JSON again (identical receipts).
 pub fn receive_copy_shared<K: KeySource>(
