@@ -103,6 +103,8 @@ fn same_with_and_without_sharing(
             Mode::Shared => Some(SharedEventFacts::new()),
             Mode::Verifying => Some(SharedEventFacts::verifying()),
         };
+        // With facts, checks 1-3 are shared too (servers hold the same `Arc<Pdu>` per copy, so
+        // member-link checks can be shared).
         let mut room = room(policy, names, facts.as_ref());
         story(&mut room, mode);
         let servers: Vec<ServerOutcome> = room.federation.servers.iter_mut().map(outcome).collect();
@@ -226,12 +228,13 @@ fn partition_ban_is_the_same_with_and_without_sharing() {
 }
 
 /// b.example rotates its key as a.example sees it: under P1 a.example soft-fails bob's
-/// messages (per server) while his state events resolve everywhere.
+/// messages (per server) while his state events resolve everywhere. Member-link checks are
+/// shared between servers whose keys answer alike.
 #[test]
 fn rotation_under_p1_is_the_same_with_and_without_sharing() {
-    same_with_and_without_sharing(
+    let stats = same_with_and_without_sharing(
         &RoomPolicy::P1,
-        &["a.example", "b.example", "c.example"],
+        &["a.example", "b.example", "c.example", "d.example"],
         |room, _| {
             let old = room
                 .federation
@@ -284,8 +287,20 @@ fn rotation_under_p1_is_the_same_with_and_without_sharing() {
                 .filter(|receipt| receipt.outcome() == Outcome::SoftFailed)
                 .count();
             assert_eq!(hidden, 3, "bob's messages are soft-failed on a.example");
+            // dave joins from d.example after the rotation: a.example (new keys) and the others
+            // (old keys) check his co-signature with different answers.
+            let dave = User::new(&RoomPolicy::P1.room_version, "dave", "b.example");
+            room.federation.broadcast(
+                &dave,
+                "m.room.member",
+                Some(&dave.id()),
+                dave.membership_content("join"),
+                130,
+            );
         },
     );
+    assert!(stats.member_links_reused > 0, "{stats:?}");
+    assert!(stats.member_links_computed > 1, "{stats:?}");
 }
 
 /// Events rejected at check 4 and at check 5, and a child of a rejected event, reach every

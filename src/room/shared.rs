@@ -65,15 +65,28 @@
 //!   (`tests/room_sharing.rs`) shows identical receipts, fates, extremities, states and
 //!   timelines with sharing on and off. [`SharedEventFacts::verifying`] recomputes every reused
 //!   evaluation and panics on a difference (for tests).
+//! - MSC4430 member links: the co-signature check of a member event
+//!   ([`verify_member_link`]) reads the event, the name on the key object, and for each key ID
+//!   the domain signed with, whether that key may be used now (the key, or why not). Its outcome
+//!   is stored per event copy (the `Arc<Pdu>` every server shares through `CheckMemo`, held by
+//!   the entry so its address stays its own) together with those answers, and reused for any
+//!   server whose keys give the same answers — exactly as check 2 in `CheckMemo`. Each server's
+//!   link table still decides, times and records its own transitions.
 //! - Lookups only: nothing iterates the hash maps in a way that affects results.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde_json::Value;
+
 use crate::matrix::auth::{Rejection, Rule};
 use crate::matrix::dag::{Evaluation, IdHasher};
-use crate::matrix::{EventId, StateMap};
+use crate::matrix::member_keys::{LinkOutcome, cosign_domain, verify_member_link};
+use crate::matrix::server_keys::{
+    KeyUnusable, ServerKeys, ValidityClamp, key_valid_for_member_cosignature,
+};
+use crate::matrix::{EventId, Pdu, RoomVersion, StateMap};
 
 /// Current states kept per room, at most (the table is cleared when full).
 const CURRENT_STATES_CAPACITY: usize = 4096;
@@ -170,6 +183,38 @@ impl RoomFacts {
     }
 }
 
+/// What [`verify_member_link`] reads besides the event: the name on the key object, and per key
+/// ID the domain signed with (sorted), the key usable now or why not.
+type LinkAnswers = (String, Vec<(String, Result<[u8; 32], KeyUnusable>)>);
+
+/// Member-link outcomes kept per event copy, at most (most recently used first).
+const MAX_LINK_VERDICTS: usize = 4;
+
+/// Member-link outcomes by event copy (the address of the shared `Arc<Pdu>`, which the entry
+/// holds).
+type LinkVerdicts = HashMap<usize, (Arc<Pdu>, Vec<(LinkAnswers, LinkOutcome)>)>;
+
+/// The answers [`verify_member_link`] gets for `event` from `domain_keys` at `now_ms`.
+fn link_answers(
+    event: &Value,
+    domain_keys: &ServerKeys,
+    now_ms: i64,
+    clamp: ValidityClamp,
+) -> LinkAnswers {
+    let mut answers = Vec::new();
+    if let Some(by_domain) =
+        cosign_domain(event).and_then(|domain| event.get("signatures")?.get(domain)?.as_object())
+    {
+        for key_id in by_domain.keys() {
+            let answer = key_valid_for_member_cosignature(domain_keys, key_id, now_ms, clamp)
+                .map(|key| key.to_bytes());
+            answers.push((key_id.clone(), answer));
+        }
+        answers.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    (domain_keys.server_name.clone(), answers)
+}
+
 /// How often shared facts were reused or computed (summed over rooms and servers).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SharingStats {
@@ -187,6 +232,10 @@ pub struct SharingStats {
     pub current_state_checks_reused: u64,
     /// Check-6 verdicts computed and stored.
     pub current_state_checks_computed: u64,
+    /// Member-link co-signature checks answered from another server's.
+    pub member_links_reused: u64,
+    /// Member-link co-signature checks run (and stored).
+    pub member_links_computed: u64,
 }
 
 #[derive(Default)]
@@ -198,6 +247,8 @@ struct Counters {
     current_states_computed: AtomicU64,
     current_state_checks_reused: AtomicU64,
     current_state_checks_computed: AtomicU64,
+    member_links_reused: AtomicU64,
+    member_links_computed: AtomicU64,
 }
 
 /// Rooms by (room version ID, create event ID).
@@ -206,6 +257,7 @@ type Rooms = HashMap<(&'static str, EventId), Arc<Mutex<RoomFacts>>>;
 #[derive(Default)]
 struct Inner {
     rooms: Mutex<Rooms>,
+    links: Mutex<LinkVerdicts>,
     verify: bool,
     counters: Counters,
 }
@@ -218,6 +270,16 @@ pub struct SharedEventFacts {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for SharedEventFacts {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("SharedEventFacts")
+            .field("verify", &self.inner.verify)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
 /// Which counter to bump.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Count {
@@ -228,6 +290,8 @@ pub(crate) enum Count {
     CurrentStateComputed,
     CurrentStateCheckReused,
     CurrentStateCheckComputed,
+    MemberLinkReused,
+    MemberLinkComputed,
 }
 
 impl SharedEventFacts {
@@ -268,6 +332,8 @@ impl SharedEventFacts {
             Count::CurrentStateComputed => &counters.current_states_computed,
             Count::CurrentStateCheckReused => &counters.current_state_checks_reused,
             Count::CurrentStateCheckComputed => &counters.current_state_checks_computed,
+            Count::MemberLinkReused => &counters.member_links_reused,
+            Count::MemberLinkComputed => &counters.member_links_computed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -287,7 +353,55 @@ impl SharedEventFacts {
             current_state_checks_computed: counters
                 .current_state_checks_computed
                 .load(Ordering::Relaxed),
+            member_links_reused: counters.member_links_reused.load(Ordering::Relaxed),
+            member_links_computed: counters.member_links_computed.load(Ordering::Relaxed),
         }
+    }
+
+    /// [`verify_member_link`] on `event` with `domain_keys` at `now_ms`, computed once per event
+    /// copy and per distinct key answers (see the module documentation).
+    pub(crate) fn member_link(
+        &self,
+        version: &RoomVersion,
+        event: &Arc<Pdu>,
+        domain_keys: &ServerKeys,
+        now_ms: i64,
+        clamp: ValidityClamp,
+    ) -> LinkOutcome {
+        let answers = link_answers(&event.json, domain_keys, now_ms, clamp);
+        let address = Arc::as_ptr(event) as usize;
+        let known = {
+            let mut links = lock(&self.inner.links);
+            links.get_mut(&address).and_then(|(_, verdicts)| {
+                let position = verdicts.iter().position(|(seen, _)| *seen == answers)?;
+                verdicts[..=position].rotate_right(1);
+                Some(verdicts[0].1.clone())
+            })
+        };
+        if let Some(outcome) = &known
+            && !self.inner.verify
+        {
+            self.count(Count::MemberLinkReused);
+            return outcome.clone();
+        }
+        let outcome = verify_member_link(version, &event.json, domain_keys, now_ms, clamp);
+        if let Some(known) = known {
+            assert_eq!(
+                known, outcome,
+                "the shared member-link outcome of {} differs from this server's",
+                event.event_id
+            );
+            self.count(Count::MemberLinkReused);
+            return outcome;
+        }
+        self.count(Count::MemberLinkComputed);
+        let mut links = lock(&self.inner.links);
+        let (_, verdicts) = links
+            .entry(address)
+            .or_insert_with(|| (Arc::clone(event), Vec::new()));
+        verdicts.insert(0, (answers, outcome.clone()));
+        verdicts.truncate(MAX_LINK_VERDICTS);
+        outcome
     }
 }
 

@@ -263,11 +263,13 @@ impl Federation {
         self.memo = Some(CheckMemo::new());
     }
 
-    /// Makes every server share checks 4–5 and the states at each event through `facts` from now
-    /// on (results are unchanged; see [`super::shared`]).
+    /// Makes every server share checks 4–5, the states at each event, check 6 and member-link
+    /// co-signature checks through `facts` from now on (results are unchanged; see
+    /// [`super::shared`]).
     pub fn share_facts(&mut self, facts: &SharedEventFacts) {
         for server in &mut self.servers {
             server.room.set_shared_facts(Some(facts.clone()));
+            server.links.set_shared_facts(Some(facts.clone()));
         }
     }
 
@@ -351,8 +353,8 @@ pub fn public_room(
     public_room_sharing(names, policy, creator, members, None)
 }
 
-/// As [`public_room`], with every server sharing checks 4–5 and the states at each event through
-/// `facts` (if given) from the create event on.
+/// As [`public_room`], with every server sharing everything from the create event on if `facts`
+/// is given: checks 1–3 through a [`CheckMemo`], the rest through `facts`.
 pub fn public_room_sharing(
     names: &[&str],
     policy: &RoomPolicy,
@@ -375,6 +377,7 @@ pub fn public_room_sharing(
     let mut federation = Federation::new(names, policy, &room_id);
     if let Some(facts) = facts {
         federation.share_facts(facts);
+        federation.share_checks();
     }
     let all: Vec<String> = names.iter().map(|name| name.to_string()).collect();
     for name in &all {
