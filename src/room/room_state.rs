@@ -307,10 +307,7 @@ impl RoomState {
         if let Some(state) = self.memo.as_ref().and_then(|memo| memo.get(&extremities)) {
             return Ok(Arc::clone(state));
         }
-        let state = match extremities.as_slice() {
-            [only] => Arc::new(self.dag.evaluation(*only).state_after.to_map()),
-            _ => self.resolve_extremities(&extremities)?,
-        };
+        let state = self.resolve_extremities(&extremities)?;
         if let Some(memo) = &mut self.memo {
             if memo.len() >= MEMO_CAPACITY {
                 memo.clear();
@@ -320,8 +317,8 @@ impl RoomState {
         Ok(state)
     }
 
-    /// The resolution of the states after `extremities` (more than one), shared across servers
-    /// when every extremity is clean.
+    /// The state after the only extremity as one map, or the resolution of the states after
+    /// several, shared across servers when every extremity is clean.
     fn resolve_extremities(
         &mut self,
         extremities: &[EventIndex],
@@ -332,15 +329,27 @@ impl RoomState {
         } else {
             None
         };
+        let compute = |dag: &Dag| match extremities {
+            [only] => Ok(Arc::new(dag.evaluation(*only).state_after.to_map())),
+            _ => dag.resolve_states_after(extremities).map(Arc::new),
+        };
         let (Some(key), Some(facts)) = (key, facts) else {
-            return Ok(Arc::new(self.dag.resolve_states_after(extremities)?));
+            return compute(&self.dag);
         };
         let shared = self.shared.as_ref().expect("facts come from a store");
-        if let Some(state) = lock(&facts).current_state(&key) {
+        let found = lock(&facts).current_state(&key).cloned();
+        if let Some(state) = found {
+            if shared.verifies() {
+                assert_eq!(
+                    *state,
+                    *compute(&self.dag)?,
+                    "the shared current state differs from this server's"
+                );
+            }
             shared.count(Count::CurrentStateReused);
-            return Ok(Arc::clone(state));
+            return Ok(state);
         }
-        let state = Arc::new(self.dag.resolve_states_after(extremities)?);
+        let state = compute(&self.dag)?;
         shared.count(Count::CurrentStateComputed);
         lock(&facts).store_current_state(key, Arc::clone(&state));
         Ok(state)
