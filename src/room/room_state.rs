@@ -574,7 +574,37 @@ impl RoomState {
 
     /// The rule that allowed a held, not rejected event against the state before it (check 5's
     /// deciding rule; the DAG keeps only rejections).
-    pub(crate) fn allowing_rule_before(&self, index: EventIndex) -> Option<Rule> {
+    /// Shared across servers for clean events (a pure function of the event's copy and its
+    /// state before, both fixed by the event ID then).
+    pub(crate) fn allowing_rule_before(&mut self, index: EventIndex) -> Option<Rule> {
+        let id = self.shared_ids[index as usize];
+        let facts = if id == NO_SHARED_ID {
+            None
+        } else {
+            self.room_facts()
+        };
+        let Some(facts) = facts else {
+            return self.allowing_rule_before_locally(index);
+        };
+        let shared = self.shared.clone().expect("facts come from a store");
+        let found = lock(&facts).rule_before(id);
+        if let Some(rule) = found {
+            if shared.verifies() {
+                assert_eq!(
+                    rule,
+                    self.allowing_rule_before_locally(index),
+                    "the shared allowing rule differs from this server's"
+                );
+            }
+            return rule;
+        }
+        let rule = self.allowing_rule_before_locally(index);
+        lock(&facts).store_rule_before(id, rule);
+        rule
+    }
+
+    /// The allowing rule against the state before, computed on this server.
+    fn allowing_rule_before_locally(&self, index: EventIndex) -> Option<Rule> {
         let view = StateMapView {
             state: &self.dag.evaluation(index).state_before,
             dag: &self.dag,

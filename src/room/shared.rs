@@ -121,6 +121,8 @@ pub(crate) struct RoomFacts {
     checks_on_one: HashMap<(SharedId, SharedId), CurrentStateCheck>,
     /// By (event, its server's forward extremities).
     checks_on_many: HashMap<(SharedId, Vec<SharedId>), CurrentStateCheck>,
+    /// The rule that allowed a not rejected event against the state before it, by event.
+    rules_before: HashMap<SharedId, Option<Rule>>,
 }
 
 impl RoomFacts {
@@ -139,6 +141,15 @@ impl RoomFacts {
         self.evaluations
             .insert(event_id, SharedEvaluation { id, evaluation });
         id
+    }
+
+    /// The allowing rule against the state before `event`, if known (`Some(None)`: none).
+    pub(crate) fn rule_before(&self, event: SharedId) -> Option<Option<Rule>> {
+        self.rules_before.get(&event).copied()
+    }
+
+    pub(crate) fn store_rule_before(&mut self, event: SharedId, rule: Option<Rule>) {
+        self.rules_before.insert(event, rule);
     }
 
     pub(crate) fn current_state(&self, extremities: &[SharedId]) -> Option<&Arc<StateMap>> {
