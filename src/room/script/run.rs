@@ -29,7 +29,7 @@ use crate::matrix::{EventId, Pdu, RoomVersion, StateMap};
 use crate::room::keys::KeySource;
 use crate::room::links::{KeyInvalidation, LinkStatus};
 use crate::room::metrics::{self, HiddenReason, MessageView};
-use crate::room::pipeline::{Receipt, Verdict, reveal_verified};
+use crate::room::pipeline::{DropReason, Receipt, Verdict, reveal_verified};
 use crate::room::policy::ArrivalPath;
 use crate::room::properties;
 use crate::room::room_state::{RoomState, Visibility};
@@ -188,9 +188,46 @@ impl Run {
     }
 
     fn receive(&mut self, to: usize, pdu: &Pdu, path: ArrivalPath, now_ms: i64) -> Receipt {
-        let receipt = self.servers[to].server.receive(pdu, path, now_ms);
+        let mut receipt = self.servers[to].server.receive(pdu, path, now_ms);
+        if matches!(receipt.verdict, Verdict::Dropped(DropReason::Signature(_)))
+            && self.fetch_rotated_keys(to, &pdu.sender, now_ms)
+        {
+            // Check 2 failed for want of a key the sender's server rotated to: fetch, retry.
+            receipt = self.servers[to].server.receive(pdu, path, now_ms);
+        }
         self.settle_pending_links(to, now_ms);
         receipt
+    }
+
+    /// If `sender` is a user ID whose server is reachable from `observer` and publishes other
+    /// current keys than `observer` holds, re-fetches them; returns whether it did.
+    fn fetch_rotated_keys(&mut self, observer: usize, sender: &str, now_ms: i64) -> bool {
+        let Some(domain) = sender
+            .strip_prefix('@')
+            .and_then(|rest| rest.split_once(':'))
+            .and_then(|(_, domain)| self.script.server_index(domain))
+        else {
+            return false;
+        };
+        if !self.reachable(Origin::Server(observer), domain) {
+            return false;
+        }
+        let published: Vec<String> = self
+            .published(domain, now_ms)
+            .verify_keys
+            .keys()
+            .cloned()
+            .collect();
+        let held: Option<Vec<String>> = self.servers[observer]
+            .server
+            .keys
+            .held_keys(&self.script.servers[domain].name)
+            .map(|held| held.keys.verify_keys.keys().cloned().collect());
+        if held.as_ref() == Some(&published) {
+            return false;
+        }
+        self.refetch(observer, domain, now_ms);
+        true
     }
 
     /// Links waiting for keys: fetch the domain's keys if it is reachable, else the links are
@@ -746,8 +783,10 @@ impl Run {
                 new_key.key_id.as_str()
             ));
         }
+        // The server itself knows its new key at once.
+        notes.extend(self.refetch(server, server, now_ms));
         if notify {
-            for observer in 0..self.servers.len() {
+            for observer in (0..self.servers.len()).filter(|&observer| observer != server) {
                 let holds = self.servers[observer]
                     .server
                     .keys
