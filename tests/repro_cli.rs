@@ -197,6 +197,28 @@ fn a_compromised_key_is_shown_under_fail_open_and_hidden_under_fail_closed() {
     assert_eq!(nodes, held_events(&out));
 }
 
+#[test]
+fn two_member_keys_claiming_one_user_id_collide_on_every_observer() {
+    let (_, summary) = run_scenario("duplicate-identity");
+    assert_eq!(
+        outcomes(&summary),
+        pairs(&[
+            ("pass", "pass"),
+            ("pass", "pass"),
+            ("fail", "fail"),
+            ("fail", "fail"),
+            ("pass", "pass"),
+            ("pass", "pass"),
+            ("pass", "pass"),
+        ])
+    );
+    for server in ["a.example", "b.example", "c.example"] {
+        let view = &summary["servers"][server];
+        assert_eq!(view["member_info"]["bob2"], "@bob:b.example", "{server}");
+        assert_eq!(view["identity_collisions"][0], "@bob:b.example", "{server}");
+    }
+}
+
 /// A three-server P0 script: alice creates and says hello; b.example receives it.
 const BASE: &str = r#"
 [room]
@@ -279,6 +301,14 @@ fn bad_scripts_give_one_line_errors_with_exit_2() {
             "wrong-type",
             BASE.replace("name = \"hello\"", "name = 5"),
             "steps[1].name: invalid type: integer `5`, expected a string",
+        ),
+        (
+            "localpart-without-member-keys",
+            BASE.replace(
+                "name = \"alice\"\nserver = \"a.example\"",
+                "name = \"alice\"\nserver = \"a.example\"\nlocalpart = \"al\"",
+            ),
+            "users[0].localpart: only member-key rooms separate a user from its localpart (P0 is room version 12)",
         ),
         (
             // A step that cannot happen is found while running, and named the same way.

@@ -59,7 +59,10 @@
 //! `visible {server, event}`, `hidden {server, event, reason?}`, `held {server, event}`,
 //! `link-status {server, user, status}`, `same-state {servers}`,
 //! `divergence-at-most {servers?, value}`, `orphans-at-most {server, value}`,
-//! `always-properties {servers?}`; `servers` defaults to every server.
+//! `always-properties {servers?}`, `verified-as {server, user, user_id}` (the user's member key
+//! is shown as that verified user ID), `identity-collisions-at-most {server, count}` (user IDs
+//! shown for two or more member keys); `servers` defaults to every server. A user may set
+//! `localpart` (default its name) so that two member keys claim one user ID (RQ14).
 //!
 //! Errors name the file, the step or check (`steps[3].user`) and the problem, on one line.
 
@@ -125,6 +128,7 @@ struct ServerSpec {
 struct UserSpec {
     name: String,
     server: String,
+    localpart: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +165,8 @@ struct CheckSpec {
     reason: Option<String>,
     status: Option<String>,
     value: Option<f64>,
+    user_id: Option<String>,
+    count: Option<u64>,
 }
 
 /// One server of a script.
@@ -180,6 +186,9 @@ pub struct UserDef {
     pub name: String,
     /// Index into [`Script::servers`].
     pub server: usize,
+    /// The localpart its member events claim (default: the name). Two users with the same
+    /// localpart on one server are two member keys claiming one user ID (RQ14).
+    pub localpart: String,
 }
 
 /// What a step does (indices into [`Script::servers`] / [`Script::users`]).
@@ -287,6 +296,15 @@ pub enum CheckKind {
     AlwaysProperties {
         servers: Vec<usize>,
     },
+    VerifiedAs {
+        server: usize,
+        user: usize,
+        user_id: String,
+    },
+    IdentityCollisionsAtMost {
+        server: usize,
+        count: u64,
+    },
 }
 
 /// One validated check.
@@ -345,7 +363,7 @@ const STEP_KEYWORDS: [&str; 15] = [
     "checkpoint",
 ];
 
-const CHECK_KEYWORDS: [&str; 9] = [
+const CHECK_KEYWORDS: [&str; 11] = [
     "state-has-membership",
     "visible",
     "hidden",
@@ -355,6 +373,8 @@ const CHECK_KEYWORDS: [&str; 9] = [
     "divergence-at-most",
     "orphans-at-most",
     "always-properties",
+    "verified-as",
+    "identity-collisions-at-most",
 ];
 
 const MEMBERSHIPS: [&str; 5] = ["join", "leave", "ban", "invite", "knock"];
@@ -513,9 +533,30 @@ fn validate(file: &str, name: String, spec: ScriptSpec) -> Result<Script, Invali
                 format!("user {:?} is declared twice", user.name),
             ));
         }
+        let localpart = user.localpart.clone().unwrap_or_else(|| user.name.clone());
+        if localpart.is_empty()
+            || localpart
+                .chars()
+                .any(|c| !c.is_ascii_lowercase() && !c.is_ascii_digit() && c != '_')
+        {
+            return Err((
+                format!("{path}.localpart"),
+                format!("{localpart:?} is not a localpart (a-z, 0-9, _)"),
+            ));
+        }
+        if user.localpart.is_some() && !room_policy.room_version.member_keys {
+            return Err((
+                format!("{path}.localpart"),
+                format!(
+                    "only member-key rooms separate a user from its localpart ({} is room version {})",
+                    room_policy.name, room_policy.room_version.id
+                ),
+            ));
+        }
         users.push(UserDef {
             name: user.name.clone(),
             server: server_index(format!("{path}.server"), &user.server)?,
+            localpart,
         });
     }
     let user_index = |path: String, name: &str| -> Result<usize, Invalid> {
@@ -813,6 +854,8 @@ fn validate(file: &str, name: String, spec: ScriptSpec) -> Result<Script, Invali
             "link-status" => &["server", "user", "status"],
             "same-state" | "always-properties" => &["servers"],
             "divergence-at-most" => &["servers", "value"],
+            "verified-as" => &["server", "user", "user_id"],
+            "identity-collisions-at-most" => &["server", "count"],
             _ => &["server", "value"],
         };
         let present = [
@@ -824,6 +867,8 @@ fn validate(file: &str, name: String, spec: ScriptSpec) -> Result<Script, Invali
             ("reason", check.reason.is_some()),
             ("status", check.status.is_some()),
             ("value", check.value.is_some()),
+            ("user_id", check.user_id.is_some()),
+            ("count", check.count.is_some()),
         ];
         for (name, is_present) in present {
             if is_present && !allowed.contains(&name) {
@@ -939,6 +984,17 @@ fn validate(file: &str, name: String, spec: ScriptSpec) -> Result<Script, Invali
             "divergence-at-most" => CheckKind::DivergenceAtMost {
                 servers: servers_field()?,
                 value: value()?,
+            },
+            "verified-as" => CheckKind::VerifiedAs {
+                server: server()?,
+                user: user()?,
+                user_id: required("user_id", &check.user_id)?,
+            },
+            "identity-collisions-at-most" => CheckKind::IdentityCollisionsAtMost {
+                server: server()?,
+                count: check
+                    .count
+                    .ok_or_else(|| (field("count"), format!("`{keyword}` needs `count`")))?,
             },
             _ => CheckKind::OrphansAtMost {
                 server: server()?,

@@ -101,6 +101,12 @@ pub fn summary(run: &mut Run) -> Value {
                 links.insert(user_name, json!(format!("{status:?}").to_lowercase()));
             }
         }
+        let info = run.member_info(index);
+        let mut member_info = Map::new();
+        for (member, user_id) in &info {
+            member_info.insert(run.user_name(member), json!(user_id));
+        }
+        let collisions: Vec<String> = metrics::identity_collisions(&info).into_keys().collect();
         let server = &run.servers[index];
         servers.insert(
             name,
@@ -113,6 +119,8 @@ pub fn summary(run: &mut Run) -> Value {
                 "forward_extremities": extremities,
                 "memberships": memberships,
                 "links": links,
+                "member_info": member_info,
+                "identity_collisions": collisions,
             }),
         );
     }

@@ -921,6 +921,37 @@ impl Run {
                     ),
                 }
             }
+            CheckKind::VerifiedAs {
+                server,
+                user,
+                user_id,
+            } => {
+                let shown = self.servers[*server]
+                    .server
+                    .links
+                    .user_id(&self.users[*user].id());
+                CheckResult {
+                    passed: shown.as_deref() == Some(user_id.as_str()),
+                    observed: format!("shown as {}", shown.as_deref().unwrap_or("null")),
+                }
+            }
+            CheckKind::IdentityCollisionsAtMost { server, count } => {
+                let collisions = metrics::identity_collisions(&self.member_info(*server));
+                CheckResult {
+                    passed: collisions.len() as u64 <= *count,
+                    observed: format!(
+                        "{} collision(s){}",
+                        collisions.len(),
+                        collisions
+                            .iter()
+                            .map(|(user_id, keys)| format!(
+                                "; {user_id} shown for {} member keys",
+                                keys.len()
+                            ))
+                            .collect::<String>()
+                    ),
+                }
+            }
             CheckKind::AlwaysProperties { servers } => {
                 let violations = self.violations(servers);
                 CheckResult {
@@ -932,6 +963,13 @@ impl Run {
                 }
             }
         }
+    }
+
+    /// `member_info` of `server` (member key → verified user ID or `None`); empty if its state
+    /// cannot be resolved.
+    pub fn member_info(&mut self, server: usize) -> BTreeMap<String, Option<String>> {
+        let run = &mut self.servers[server].server;
+        run.room.member_info(&run.links).unwrap_or_default()
     }
 
     /// The always-properties' violations over `servers`, as text.
@@ -1019,7 +1057,13 @@ pub fn run(script: &Script) -> Result<Run, ScriptError> {
     let users: Vec<User> = script
         .users
         .iter()
-        .map(|user| User::new(&version, &user.name, &script.servers[user.server].name))
+        .map(|user| {
+            // The member key derives from the script's (unique) name; the claim from the
+            // localpart.
+            let mut made = User::new(&version, &user.name, &script.servers[user.server].name);
+            made.localpart = user.localpart.clone();
+            made
+        })
         .collect();
     let first = &script.steps[0];
     let Action::Create { user: creator } = first.action else {
