@@ -53,6 +53,9 @@ pub fn run_to_dir(
     out_dir: &Path,
     show_progress: bool,
 ) -> Result<RunOutcome, RunError> {
+    if scenario.rooms.is_some() {
+        return crate::fed::run_to_dir(scenario, seed, out_dir, show_progress);
+    }
     std::fs::create_dir_all(out_dir).map_err(io_error(out_dir))?;
     let trace_path = out_dir.join("trace.jsonl");
     let trace_temporary = out_dir.join(".trace.jsonl.tmp");
@@ -115,13 +118,27 @@ fn write_results(world: &World, out_dir: &Path, wall_seconds: f64) -> Result<Run
     write_json(&summary_path, &summary).map_err(io_error(&summary_path))?;
     write_timeseries(world, out_dir)?;
     write_servers(world, out_dir)?;
-    if scenario.outputs.chart == ChartKind::Rq1PollingLoad {
-        let chart = polling_load_chart(world);
-        draw_polling_load(
-            &chart,
-            &out_dir.join("polling-load.svg"),
-            &out_dir.join("polling-load.png"),
-        )?;
+    super::key_rq::write_transitions(world, out_dir)?;
+    super::key_rq::write_containment(world, out_dir)?;
+    match scenario.outputs.chart {
+        ChartKind::Rq1PollingLoad => {
+            let chart = polling_load_chart(world);
+            draw_polling_load(
+                &chart,
+                &out_dir.join("polling-load.svg"),
+                &out_dir.join("polling-load.png"),
+            )?;
+        }
+        ChartKind::Rq2Containment => {
+            super::key_charts::containment_charts(world, out_dir)?;
+        }
+        ChartKind::Rq6LinkHoursLost => {
+            super::key_charts::link_hours_chart(world, out_dir)?;
+        }
+        ChartKind::Rq12Wakeups => {
+            super::key_charts::wakeups_chart(world, out_dir)?;
+        }
+        ChartKind::None => {}
     }
     let run_info = json!({
         "wall_seconds": rounded(wall_seconds),
@@ -129,6 +146,12 @@ fn write_results(world: &World, out_dir: &Path, wall_seconds: f64) -> Result<Run
         "events_per_second": rounded(world.events_processed as f64 / wall_seconds.max(1e-9)),
         "queue_len_max": world.queue_len_max(),
         "peak_memory_kib": peak_memory_kib(),
+        "signatures_made": world
+            .publishers
+            .iter()
+            .flatten()
+            .map(|publisher| publisher.signatures_made)
+            .sum::<u64>(),
         "verify_checks": world.memo.checks,
         "verify_memo_hits": world.memo.hits,
         "crypto_seconds": rounded(world.crypto_seconds()),
@@ -146,7 +169,7 @@ fn write_results(world: &World, out_dir: &Path, wall_seconds: f64) -> Result<Run
 }
 
 /// Peak resident memory from /proc (Linux), if available.
-fn peak_memory_kib() -> Value {
+pub(crate) fn peak_memory_kib() -> Value {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
@@ -308,6 +331,7 @@ fn headline_metrics(world: &World) -> Map<String, Value> {
         totals.answers_not_found.into(),
     );
     metrics.insert("events_processed".into(), world.events_processed.into());
+    super::key_rq::add_metrics(world, &mut metrics);
     metrics
 }
 
@@ -564,7 +588,7 @@ fn polling_load_chart(world: &World) -> PollingLoadChart {
 }
 
 /// Progress on stderr: a bar on a terminal, plain lines every few seconds otherwise.
-struct Progress {
+pub(crate) struct Progress {
     bar: Option<indicatif::ProgressBar>,
     plain: bool,
     end_ms: u64,
@@ -573,7 +597,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(show: bool, end_ms: u64) -> Progress {
+    pub(crate) fn new(show: bool, end_ms: u64) -> Progress {
         let terminal = std::io::stderr().is_terminal();
         let bar = (show && terminal).then(|| {
             let bar = indicatif::ProgressBar::new(end_ms / 1000);
@@ -594,7 +618,7 @@ impl Progress {
         }
     }
 
-    fn update(&mut self, now_ms: u64) {
+    pub(crate) fn update(&mut self, now_ms: u64) {
         if let Some(bar) = &self.bar {
             bar.set_position(now_ms / 1000);
         } else if self.plain && self.last_line.elapsed().as_secs_f64() >= 5.0 {
@@ -609,9 +633,16 @@ impl Progress {
         }
     }
 
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+impl World {
+    /// The flat headline metrics summary.json would hold for the run so far.
+    pub fn metrics(&self) -> Map<String, Value> {
+        headline_metrics(self)
     }
 }
