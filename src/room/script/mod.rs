@@ -389,6 +389,9 @@ const HIDDEN_REASONS: [&str; 6] = [
     "soft-failed-state-unresolvable",
 ];
 
+/// The most servers a script may declare.
+pub const MAX_SERVERS: usize = 100;
+
 /// The first step's default time and the default gap between steps (ms).
 pub const DEFAULT_STEP_MS: i64 = 1_000;
 
@@ -466,6 +469,15 @@ fn validate(file: &str, name: String, spec: ScriptSpec) -> Result<Script, Invali
     )?;
     if spec.servers.is_empty() {
         return Err(("servers".to_owned(), "at least one server is needed".into()));
+    }
+    if spec.servers.len() > MAX_SERVERS {
+        return Err((
+            "servers".to_owned(),
+            format!(
+                "{} servers; a reproduction has at most {MAX_SERVERS} (their keys derive from one byte)",
+                spec.servers.len()
+            ),
+        ));
     }
     let mut servers = Vec::new();
     for (index, server) in spec.servers.iter().enumerate() {
@@ -893,6 +905,9 @@ fn validate(file: &str, name: String, spec: ScriptSpec) -> Result<Script, Invali
         let servers_field = || -> Result<Vec<usize>, Invalid> {
             match &check.servers {
                 None => Ok((0..servers.len()).collect()),
+                Some(names) if names.is_empty() => {
+                    Err((field("servers"), "name at least one server".to_owned()))
+                }
                 Some(names) => names
                     .iter()
                     .enumerate()
@@ -1167,6 +1182,14 @@ expect = "fail"
         assert_eq!(
             error(&attacker),
             "t.toml: steps[1].attacker: alice was not compromised by an earlier step"
+        );
+        let no_servers = MINIMAL.replace(
+            "event = \"hello\"\nat = \"end\"",
+            "event = \"hello\"\nat = \"end\"\n[[checks]]\nkind = \"same-state\"\nservers = []",
+        );
+        assert_eq!(
+            error(&no_servers),
+            "t.toml: checks[1].servers: name at least one server"
         );
         let late_time = MINIMAL.replace("name = \"hello\"", "name = \"hello\"\nat_ms = 10");
         assert_eq!(
