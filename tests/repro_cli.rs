@@ -174,6 +174,18 @@ fn the_late_joiner_hides_what_older_members_show() {
     );
     assert_eq!(metrics["orphans"]["d.example"]["orphan_ratio"], 1.0);
     assert_eq!(metrics["visible_somewhere_hidden_elsewhere"], 0.5);
+    // Bitrot of the late joiners: d.example verifies carol's and alice's links, not bob's, and
+    // shows 2 of the 4 historical messages; e.example also saw dave's join (verified) and shows
+    // all 4 messages (labelled).
+    let bitrot = |server: &str| summary["servers"][server]["late_joiner_bitrot"].clone();
+    assert_eq!(bitrot("d.example")["historical_links"], 3);
+    assert_eq!(bitrot("d.example")["historical_links_verified"], 2);
+    assert_eq!(bitrot("d.example")["historical_messages"], 4);
+    assert_eq!(bitrot("d.example")["historical_messages_visible"], 2);
+    assert_eq!(bitrot("e.example")["historical_links"], 4);
+    assert_eq!(bitrot("e.example")["historical_links_verified"], 3);
+    assert_eq!(bitrot("e.example")["historical_messages_visible"], 4);
+    assert_eq!(bitrot("c.example"), Value::Null);
     let (nodes, _) = dot_graph(&out.join("dag.dot"));
     assert_eq!(nodes, held_events(&out));
 }

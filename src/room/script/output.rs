@@ -1,6 +1,6 @@
 //! What a scripted reproduction writes, as bytes (the caller writes them atomically):
 //! `summary.json` (checks with expectation and result, the step log, each server's final view
-//! and the room metrics), `timeline.csv` (every server's client timeline, one row per held
+//! with a late joiner's bitrot, and the room metrics), `timeline.csv` (every server's client timeline, one row per held
 //! event) and `dag.dot` (the room's DAG, one node per event held by at least one server, edges
 //! to prev events, coloured and labelled by each server's outcome; `dot -Tsvg dag.dot`), plus
 //! `dag-NAME.dot`, the same view at each checkpoint step.
@@ -108,6 +108,18 @@ pub fn summary(run: &mut Run) -> Value {
         }
         let collisions: Vec<String> = metrics::identity_collisions(&info).into_keys().collect();
         let server = &run.servers[index];
+        // A late joiner's bitrot: the history from before its join, as it shows it.
+        let bitrot = server.late_joined_at_ms.map(|joined_at_ms| {
+            let all = metrics::bitrot(&server.server.room, &server.server.links, joined_at_ms, &[]);
+            let bucket = &all[0];
+            json!({
+                "joined_at_ms": joined_at_ms,
+                "historical_links": bucket.links,
+                "historical_links_verified": bucket.links_verified,
+                "historical_messages": bucket.messages,
+                "historical_messages_visible": bucket.messages_visible,
+            })
+        });
         servers.insert(
             name,
             json!({
@@ -121,6 +133,7 @@ pub fn summary(run: &mut Run) -> Value {
                 "links": links,
                 "member_info": member_info,
                 "identity_collisions": collisions,
+                "late_joiner_bitrot": bitrot,
             }),
         );
     }

@@ -42,6 +42,8 @@ pub struct RunServer {
     pub online: bool,
     /// Takes part in the room (from the start, or since its `late-join`).
     pub resident: bool,
+    /// When it joined late (its `late-join` step's time).
+    pub late_joined_at_ms: Option<i64>,
     key_generation: u32,
     old_keys: BTreeMap<String, OldVerifyKey>,
     /// Member events it re-signed after a rotation, served to re-queries.
@@ -694,6 +696,7 @@ impl Run {
                     ));
                 }
                 self.servers[joiner].resident = true;
+                self.servers[joiner].late_joined_at_ms = Some(now_ms);
                 for domain in 0..self.servers.len() {
                     if self.reachable(Origin::Server(joiner), domain) {
                         let keys = self.published(domain, now_ms);
@@ -1091,6 +1094,7 @@ pub fn run(script: &Script) -> Result<Run, ScriptError> {
             server: Server::new(&def.name, index as u8 + 1, def.policy.clone(), &room_id),
             online: true,
             resident: !def.late,
+            late_joined_at_ms: None,
             key_generation: 0,
             old_keys: BTreeMap::new(),
             resigned: BTreeMap::new(),
