@@ -203,6 +203,15 @@ fn a_compromised_key_is_shown_under_fail_open_and_hidden_under_fail_closed() {
         })
         .collect();
     assert_eq!(outcomes(&summary), pairs(&expected));
+    // Containment of bob's link after the compromise at 6 s: only d.example (fail-closed, at
+    // the 12 s step) of the three observers ever unverifies it.
+    let containment = &summary["metrics"]["containment"]["bob"];
+    assert_eq!(containment["compromised_at_ms"], 6000);
+    assert_eq!(containment["observers"], 3);
+    assert_eq!(containment["unverified_at_ms"]["d.example"], 12000);
+    assert_eq!(containment["unverified_at_ms"]["a.example"], Value::Null);
+    assert_eq!(containment["p50_ms"], Value::Null);
+    assert_eq!(containment["p100_ms"], Value::Null);
     let dot = std::fs::read_to_string(out.join("dag.dot")).unwrap();
     assert_eq!(dot.matches("(attacker)").count(), 3);
     let (nodes, _) = dot_graph(&out.join("dag.dot"));

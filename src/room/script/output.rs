@@ -168,6 +168,32 @@ pub fn summary(run: &mut Run) -> Value {
             }),
         );
     }
+    // Containment of each compromised member's link: when each server in the room other than
+    // the member's own first had it unverified after the compromise.
+    let mut containment = Map::new();
+    for (&user, &start_ms) in &run.compromised_at_ms {
+        let id = run.users[user].id();
+        let home = run.script.users[user].server;
+        let mut unverified_at = Map::new();
+        let mut times = Vec::new();
+        for &server in residents.iter().filter(|&&server| server != home) {
+            let at = metrics::unverified_since(&run.servers[server].server.links, &id, start_ms);
+            unverified_at.insert(run.script.servers[server].name.clone(), json!(at));
+            times.push(at);
+        }
+        let found = metrics::containment(&times, start_ms);
+        containment.insert(
+            run.script.users[user].name.clone(),
+            json!({
+                "compromised_at_ms": start_ms,
+                "observers": found.observers,
+                "p50_ms": found.p50_ms,
+                "p95_ms": found.p95_ms,
+                "p100_ms": found.p100_ms,
+                "unverified_at_ms": unverified_at,
+            }),
+        );
+    }
     let all_met = run.all_met();
     json!({
         "scenario": run.script.name,
@@ -189,6 +215,7 @@ pub fn summary(run: &mut Run) -> Value {
                 rounded(metrics::visible_somewhere_hidden_elsewhere(&views)),
             "hidden": hidden,
             "orphans": orphans,
+            "containment": containment,
         },
     })
 }

@@ -95,6 +95,8 @@ pub struct Run {
     pub by_id: BTreeMap<EventId, usize>,
     /// Events made by an attacker.
     pub attacker_made: BTreeSet<EventId>,
+    /// Compromised users (index) and when (ms).
+    pub compromised_at_ms: BTreeMap<usize, i64>,
     pub steps: Vec<StepRecord>,
     /// Per check (in file order): its result.
     pub results: Vec<CheckResult>,
@@ -679,7 +681,9 @@ impl Run {
             }
             Action::TakeOffline { server } => self.servers[server].online = false,
             Action::BringOnline { server } => self.servers[server].online = true,
-            Action::Compromise { .. } => {}
+            Action::Compromise { user } => {
+                self.compromised_at_ms.entry(user).or_insert(now_ms);
+            }
             Action::LateJoin { user, via } => {
                 let joiner = self.script.users[user].server;
                 let joiner_name = self.script.servers[joiner].name.clone();
@@ -1108,6 +1112,7 @@ pub fn run(script: &Script) -> Result<Run, ScriptError> {
         events: Vec::new(),
         by_id: BTreeMap::new(),
         attacker_made: BTreeSet::new(),
+        compromised_at_ms: BTreeMap::new(),
         steps: Vec::new(),
         results: vec![
             CheckResult {
