@@ -150,6 +150,22 @@ fn the_partition_ban_needs_extremity_exchange() {
 }
 
 #[test]
+fn with_the_sender_retrying_the_ban_arrives_without_extremity_exchange() {
+    let (_, summary) = run_scenario("partition-ban-retry");
+    assert_eq!(
+        outcomes(&summary),
+        pairs(&[("pass", "pass"), ("pass", "pass"), ("pass", "pass")])
+    );
+    let exchanges = summary["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|step| step["action"] == "exchange-extremities")
+        .count();
+    assert_eq!(exchanges, 0);
+}
+
+#[test]
 fn the_late_joiner_hides_what_older_members_show() {
     let (out, summary) = run_scenario("late-joiner");
     assert_eq!(
