@@ -347,3 +347,24 @@ fn the_same_script_gives_the_same_files() {
     let mut second = run_text(&text);
     assert_eq!(output::files(&mut first), output::files(&mut second));
 }
+
+#[test]
+fn every_shipped_reproduction_meets_its_checks() {
+    let directory = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/repro");
+    let mut files: Vec<_> = std::fs::read_dir(directory)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "toml")
+        })
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "{files:?}");
+    for path in files {
+        let script = script::load(path.to_str().unwrap()).unwrap_or_else(|error| panic!("{error}"));
+        assert!(!script.checks.is_empty(), "{}", path.display());
+        let run = run::run(&script).unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(unmet(&run), Vec::<String>::new(), "{}", path.display());
+    }
+}
