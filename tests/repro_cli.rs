@@ -378,3 +378,29 @@ fn bad_scripts_give_one_line_errors_with_exit_2() {
             .starts_with("fedsim: scenarios/repro/no-such-file.toml: -: cannot read:")
     );
 }
+
+#[test]
+fn the_default_output_is_results_repro_name_under_the_working_directory() {
+    let directory = scratch("default-out");
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scenarios/repro/partition-ban.toml"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_fedsim"))
+        .args(["repro", file])
+        .current_dir(&directory)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let out = directory.join("results/repro/partition-ban");
+    for name in ["summary.json", "timeline.csv", "dag.dot", "dag-healed.dot"] {
+        assert!(out.join(name).is_file(), "{name}");
+    }
+    // Nothing half-written is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".tmp"))
+        .collect();
+    assert_eq!(leftovers, Vec::<String>::new());
+}
