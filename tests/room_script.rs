@@ -368,3 +368,41 @@ fn every_shipped_reproduction_meets_its_checks() {
         assert_eq!(unmet(&run), Vec::<String>::new(), "{}", path.display());
     }
 }
+
+#[test]
+fn a_second_user_of_a_late_server_joins_after_the_first_late_joins() {
+    let late = base("P1").replace(
+        "[[users]]\nname = \"alice\"",
+        "[[servers]]\nname = \"d.example\"\nlate = true\n[[users]]\nname = \"dave\"\nserver = \"d.example\"\n[[users]]\nname = \"dora\"\nserver = \"d.example\"\n[[users]]\nname = \"alice\"",
+    );
+    // Before the late join, d.example holds nothing: a plain join cannot be built there.
+    let early = format!("{late}[[steps]]\naction = \"join\"\nuser = \"dora\"\n");
+    let script = script::parse("early.toml", &early).unwrap();
+    assert_eq!(
+        run::run(&script).err().unwrap().to_string(),
+        "early.toml: steps[5]: d.example holds no event of the room yet (deliver or late-join first)"
+    );
+    let text = format!(
+        r#"{late}
+[[steps]]
+action = "late-join"
+user = "dave"
+via = "a.example"
+[[steps]]
+action = "join"
+user = "dora"
+name = "dora-join"
+[[steps]]
+action = "deliver"
+[[checks]]
+kind = "state-has-membership"
+server = "c.example"
+user = "dora"
+membership = "join"
+[[checks]]
+kind = "same-state"
+"#
+    );
+    let run = run_text(&text);
+    assert_eq!(unmet(&run), Vec::<String>::new());
+}

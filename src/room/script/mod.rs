@@ -712,12 +712,6 @@ fn validate(file: &str, name: String, spec: ScriptSpec) -> Result<Script, Invali
             },
             "join" | "leave" => {
                 let user = user(&step.user, "user")?;
-                if servers[users[user].server].late && keyword == "join" {
-                    return Err((
-                        field("user"),
-                        format!("{} is on a late server: use `late-join`", users[user].name),
-                    ));
-                }
                 if keyword == "join" {
                     Action::Join { user }
                 } else {
