@@ -175,6 +175,7 @@ fn the_late_joiner_hides_what_older_members_show() {
             ("pass", "pass"),
             ("pass", "pass"),
             ("pass", "pass"),
+            ("pass", "pass"),
             ("fail", "fail"),
             ("pass", "pass"),
             ("fail", "fail"),

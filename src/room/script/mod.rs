@@ -56,7 +56,8 @@
 //! - `checkpoint {name}`: checks with `at = NAME` are evaluated here.
 //!
 //! Checks (`kind`, then fields): `state-has-membership {server, user, membership}`,
-//! `visible {server, event}`, `hidden {server, event, reason?}`, `held {server, event}`,
+//! `visible {server, event}` (shown, labelled or not), `labelled {server, event}` (shown with an
+//! "invalid handle" label), `hidden {server, event, reason?}`, `held {server, event}`,
 //! `link-status {server, user, status}`, `same-state {servers}`,
 //! `divergence-at-most {servers?, value}`, `orphans-at-most {server, value}`,
 //! `always-properties {servers?}`, `verified-as {server, user, user_id}` (the user's member key
@@ -277,6 +278,10 @@ pub enum CheckKind {
         server: usize,
         event: String,
     },
+    Labelled {
+        server: usize,
+        event: String,
+    },
     LinkStatus {
         server: usize,
         user: usize,
@@ -363,11 +368,12 @@ const STEP_KEYWORDS: [&str; 15] = [
     "checkpoint",
 ];
 
-const CHECK_KEYWORDS: [&str; 11] = [
+const CHECK_KEYWORDS: [&str; 12] = [
     "state-has-membership",
     "visible",
     "hidden",
     "held",
+    "labelled",
     "link-status",
     "same-state",
     "divergence-at-most",
@@ -855,7 +861,7 @@ fn validate(file: &str, name: String, spec: ScriptSpec) -> Result<Script, Invali
             })?;
         let allowed: &[&str] = match keyword {
             "state-has-membership" => &["server", "user", "membership"],
-            "visible" | "held" => &["server", "event"],
+            "visible" | "held" | "labelled" => &["server", "event"],
             "hidden" => &["server", "event", "reason"],
             "link-status" => &["server", "user", "status"],
             "same-state" | "always-properties" => &["servers"],
@@ -942,6 +948,10 @@ fn validate(file: &str, name: String, spec: ScriptSpec) -> Result<Script, Invali
                 event: event()?,
             },
             "held" => CheckKind::Held {
+                server: server()?,
+                event: event()?,
+            },
+            "labelled" => CheckKind::Labelled {
                 server: server()?,
                 event: event()?,
             },

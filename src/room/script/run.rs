@@ -861,6 +861,13 @@ impl Run {
                     observed: shown,
                 }
             }
+            CheckKind::Labelled { server, event } => {
+                let shown = self.shown(*server, event);
+                CheckResult {
+                    passed: shown == "labelled",
+                    observed: shown,
+                }
+            }
             CheckKind::Held { server, event } => {
                 let shown = self.shown(*server, event);
                 CheckResult {
