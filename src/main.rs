@@ -35,6 +35,11 @@ enum Command {
     Check(fedsim::cli::check::Args),
     /// List the policy presets (P0-P9) with the knob values of the key and room layers.
     Policies(fedsim::cli::policies::Args),
+    /// Run the standard benchmark scenarios (small, medium, federation) and print wall time,
+    /// events per second, peak memory and the crypto floor ratio.
+    Bench(fedsim::cli::bench::Args),
+    /// Run a scripted reproduction (scenarios/repro/*.toml): checks, summary, timelines, DAG.
+    Repro(fedsim::cli::repro::Args),
 }
 
 fn main() {
@@ -52,6 +57,8 @@ fn main() {
         Command::Run(args) => fedsim::cli::run::run(&args),
         Command::Check(args) => fedsim::cli::check::run(&args),
         Command::Policies(args) => fedsim::cli::policies::run(&args),
+        Command::Bench(args) => fedsim::cli::bench::run(&args),
+        Command::Repro(args) => fedsim::cli::repro::run(&args),
     };
     if let Err(error) = result {
         eprintln!("fedsim: {error}");

@@ -193,12 +193,14 @@ fn runs_are_deterministic_and_seeds_matter() {
     assert_eq!(
         names,
         [
+            "containment.csv",
             "polling-load.png",
             "polling-load.svg",
             "servers.csv",
             "summary.json",
             "timeseries.csv",
-            "trace.jsonl"
+            "trace.jsonl",
+            "transitions.csv"
         ]
     );
     assert_eq!(files_a, result_files(&base.join("b")));

@@ -16,6 +16,8 @@ const DEJAVU_SANS: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 pub mod line;
 pub mod stats;
 pub mod sweep_charts;
+/// Key-level research-question charts (keyrq branch): a plain x-y chart with step lines.
+pub mod xy;
 
 /// The font family name the embedded font is registered under.
 pub const FONT_FAMILY: &str = "sans-serif";

@@ -55,7 +55,9 @@ pub fn read_input(path: &str) -> Result<String, CliError> {
 pub mod plot;
 pub mod sweep;
 
+pub mod bench;
 pub mod check;
 pub mod pdu;
 pub mod policies;
+pub mod repro;
 pub mod run;

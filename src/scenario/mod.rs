@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::time::{format_duration_ms, parse_duration_ms};
 use crate::server::policy::{
-    BackoffKind, KeyPolicy, Malformed, PRESET_NAMES, Recheck, Transport, Unreachable,
+    BackoffKind, KeyPolicy, Malformed, OldKeys, PRESET_NAMES, Recheck, Transport, Unreachable,
 };
 
 pub use rooms::{
@@ -26,9 +26,10 @@ pub const DEFAULT_SCENARIO_TOML: &str = include_str!("../../scenarios/rq1-pollin
 /// The name the default scenario is reported under.
 pub const DEFAULT_SCENARIO_FILE: &str = "scenarios/rq1-polling-load.toml";
 
-/// A scenario that could not be loaded, as one line: `file: field: problem`.
+/// A scenario that could not be loaded, as one line: `file: field: problem` (`file: problem` when
+/// the problem is with the file as a whole).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: {path}: {problem}")]
+#[error("{file}: {}{problem}", if path == "-" { String::new() } else { format!("{path}: ") })]
 pub struct ScenarioError {
     pub file: String,
     /// The field path (`observers[0].policy.recheck`), or `-` for the file as a whole.
@@ -326,6 +327,12 @@ pub struct PolicySpec {
     pub request_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incoming_requests_per_domain_per_day: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_keys: Option<OldKeys>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer_granularity: Option<Duration>,
 }
 
 impl PolicySpec {
@@ -386,6 +393,15 @@ impl PolicySpec {
         if let Some(value) = self.incoming_requests_per_domain_per_day {
             policy.incoming_requests_per_domain_per_day = value;
         }
+        if let Some(value) = self.old_keys {
+            policy.old_keys = value;
+        }
+        if let Some(value) = self.push {
+            policy.push = value;
+        }
+        if let Some(value) = self.timer_granularity {
+            policy.timer_granularity_ms = value.ms();
+        }
         Ok(policy)
     }
 }
@@ -428,6 +444,23 @@ pub struct Action {
     /// For `decommission` with mode `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// Names the action in metrics (`containment.<label>.<observer group>.…`); default
+    /// `<phase name>-<action index>`, slugged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// For `lying-server`: the servers shown the real key; every other requester (observers,
+    /// notaries) gets a second key under the same key ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<Selector>,
+    /// For `key-flapping`: how often the key swaps in and out of `old_verify_keys`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<Duration>,
+    /// For `clock-skew`: the observers' clock offset in milliseconds (positive = ahead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset_ms: Option<i64>,
+    /// For `partition`: heal this partition after this long (default: at the next `heal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Duration>,
 }
 
 fn zero_duration() -> Duration {
@@ -457,6 +490,47 @@ pub enum ActionKind {
     Decommission,
     /// The domains get a new owner running a new server with new keys.
     Reregister,
+    /// An attacker obtains the origins' current signing keys (marks t0; the origin does not
+    /// know until it rotates).
+    Compromise,
+    /// The origins serve their real key to `audience` and a second key under the same ID to
+    /// every other requester (RQ10).
+    LyingServer,
+    /// The origins swap their key in and out of `old_verify_keys` every `period` (RQ8).
+    KeyFlapping,
+    /// The observers' clocks are off by `offset_ms` for every validity check.
+    ClockSkew,
+}
+
+impl ActionKind {
+    /// The kebab-case name used in scenario files.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActionKind::Partition => "partition",
+            ActionKind::Heal => "heal",
+            ActionKind::Crash => "crash",
+            ActionKind::Restart => "restart",
+            ActionKind::Depart => "depart",
+            ActionKind::LoseDatabase => "lose-database",
+            ActionKind::LoseKey => "lose-key",
+            ActionKind::RotateKey => "rotate-key",
+            ActionKind::Decommission => "decommission",
+            ActionKind::Reregister => "reregister",
+            ActionKind::Compromise => "compromise",
+            ActionKind::LyingServer => "lying-server",
+            ActionKind::KeyFlapping => "key-flapping",
+            ActionKind::ClockSkew => "clock-skew",
+        }
+    }
+
+    /// Whether the action exists only for origins (its targets must name a domain group). The
+    /// older kinds (rotate-key, decommission, ...) accept any group and skip non-origins.
+    pub fn acts_on_keys(self) -> bool {
+        matches!(
+            self,
+            ActionKind::Compromise | ActionKind::LyingServer | ActionKind::KeyFlapping
+        )
+    }
 }
 
 /// A set of servers: a group (domain group, observer group or `notaries`), optionally a range.
@@ -481,6 +555,10 @@ pub struct MetricsConfig {
     /// Time excluded from the headline rates at the start of the run.
     #[serde(default = "zero_duration")]
     pub warmup: Duration,
+    /// RQ12: report, per observer group, the most known domains whose wake-ups per hour stay
+    /// within this budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wakeup_budget_per_hour: Option<f64>,
 }
 
 fn one_minute() -> Duration {
@@ -492,6 +570,7 @@ impl Default for MetricsConfig {
         MetricsConfig {
             sample_interval: one_minute(),
             warmup: zero_duration(),
+            wakeup_budget_per_hour: None,
         }
     }
 }
@@ -527,6 +606,14 @@ impl Default for Outputs {
 pub enum ChartKind {
     None,
     Rq1PollingLoad,
+    /// A CDF per watched action (`containment-<label>.svg/.png`): share of observer × domain
+    /// pairs that stopped accepting the key, against time after t0, one line per group.
+    Rq2Containment,
+    /// False-invalid domain-hours per domain against partition length, one line per policy
+    /// (`link-hours-lost.svg/.png`).
+    Rq6LinkHoursLost,
+    /// Wake-ups per hour against known domains with the budget line (`wakeups.svg/.png`).
+    Rq12Wakeups,
 }
 
 /// Loads a scenario: the file at `path` (or the built-in default when `None`), with each
@@ -765,6 +852,14 @@ fn validate(scenario: &Scenario) -> Result<(), Invalid> {
             validate_action(&path, action, scenario, &group_names)?;
         }
     }
+    if let Some(budget) = scenario.metrics.wakeup_budget_per_hour
+        && !(budget.is_finite() && budget > 0.0)
+    {
+        return Err((
+            "metrics.wakeup_budget_per_hour".to_owned(),
+            format!("{budget} is out of range (allowed: a number > 0)"),
+        ));
+    }
     if scenario.metrics.sample_interval.ms() == 0 {
         return Err((
             "metrics.sample_interval".to_owned(),
@@ -969,6 +1064,118 @@ fn validate_action(
         }
         ActionKind::Heal => {}
         _ => check_selector("targets", &action.targets)?,
+    }
+    let kind = action.kind.name();
+    let domain_groups: Vec<&str> = scenario
+        .federation
+        .domain_groups
+        .iter()
+        .map(|group| group.name.as_str())
+        .collect();
+    let observer_groups: Vec<&str> = scenario
+        .observers
+        .iter()
+        .map(|group| group.name.as_str())
+        .collect();
+    if let Some(targets) = &action.targets {
+        let (wanted, allowed) = if action.kind.acts_on_keys() {
+            ("a domain group", &domain_groups)
+        } else if action.kind == ActionKind::ClockSkew {
+            ("an observer group", &observer_groups)
+        } else {
+            ("", &domain_groups)
+        };
+        if !wanted.is_empty() && !allowed.contains(&targets.group.as_str()) {
+            return Err((
+                format!("{path}.targets.group"),
+                format!(
+                    "{kind} acts on {wanted}; {:?} is not one (allowed: {})",
+                    targets.group,
+                    allowed.join(", ")
+                ),
+            ));
+        }
+    }
+    let unused = |field: &str, present: bool, used_by: &[ActionKind]| -> Result<(), Invalid> {
+        if present && !used_by.contains(&action.kind) {
+            let users: Vec<&str> = used_by.iter().map(|kind| kind.name()).collect();
+            return Err((
+                format!("{path}.{field}"),
+                format!("not used by kind {kind:?} (used by: {})", users.join(", ")),
+            ));
+        }
+        Ok(())
+    };
+    unused(
+        "audience",
+        action.audience.is_some(),
+        &[ActionKind::LyingServer],
+    )?;
+    unused(
+        "period",
+        action.period.is_some(),
+        &[ActionKind::KeyFlapping],
+    )?;
+    unused(
+        "offset_ms",
+        action.offset_ms.is_some(),
+        &[ActionKind::ClockSkew],
+    )?;
+    unused(
+        "duration",
+        action.duration.is_some(),
+        &[ActionKind::Partition],
+    )?;
+    unused("mode", action.mode.is_some(), &[ActionKind::Decommission])?;
+    match action.kind {
+        ActionKind::LyingServer => check_selector("audience", &action.audience)?,
+        ActionKind::KeyFlapping => match action.period {
+            Some(period) if period.ms() >= crate::engine::time::SECOND_MS => {}
+            Some(_) => {
+                return Err((format!("{path}.period"), "must be at least 1s".to_owned()));
+            }
+            None => {
+                return Err((
+                    format!("{path}.period"),
+                    "is required by kind \"key-flapping\" (the swap interval, e.g. \"1h\")"
+                        .to_owned(),
+                ));
+            }
+        },
+        ActionKind::ClockSkew => match action.offset_ms {
+            Some(offset) if offset.unsigned_abs() <= 365 * crate::engine::time::DAY_MS => {}
+            Some(offset) => {
+                return Err((
+                    format!("{path}.offset_ms"),
+                    format!("{offset} is out of range (allowed: -365 to +365 days in ms)"),
+                ));
+            }
+            None => {
+                return Err((
+                    format!("{path}.offset_ms"),
+                    "is required by kind \"clock-skew\" (milliseconds, positive = ahead)"
+                        .to_owned(),
+                ));
+            }
+        },
+        ActionKind::Partition if action.duration.is_some_and(|duration| duration.ms() == 0) => {
+            return Err((
+                format!("{path}.duration"),
+                "must be longer than 0ms".to_owned(),
+            ));
+        }
+        _ => {}
+    }
+    if let Some(label) = &action.label
+        && (label.is_empty()
+            || !label
+                .chars()
+                .all(|character| character.is_ascii_alphanumeric() || "-_".contains(character)))
+    {
+        return Err((
+            format!("{path}.label"),
+            format!("{label:?} is not a metric-safe name (allowed: letters, digits, '-', '_')"),
+        ));
     }
     if action.kind == ActionKind::Decommission && action.mode == Some(DeadMode::Status) {
         match action.status {

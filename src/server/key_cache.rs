@@ -95,6 +95,39 @@ pub fn classify(
     }
 }
 
+/// Why a fetch was started (RQ12's per-purpose request counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Purpose {
+    /// A scheduled re-check (at expiry, interval, jittered, half-life).
+    Periodic,
+    /// A retry after a failed re-check (backoff).
+    Retry,
+    /// An incoming signed request found the key missing or expired (on-demand).
+    OnDemand,
+    /// A rotating origin's notification (P6 push).
+    Push,
+}
+
+impl Purpose {
+    /// Every purpose, in a stable order.
+    pub const ALL: [Purpose; 4] = [
+        Purpose::Periodic,
+        Purpose::Retry,
+        Purpose::OnDemand,
+        Purpose::Push,
+    ];
+
+    /// A stable snake_case label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Purpose::Periodic => "periodic",
+            Purpose::Retry => "retry",
+            Purpose::OnDemand => "on_demand",
+            Purpose::Push => "push",
+        }
+    }
+}
+
 /// Counters of one cache's work.
 #[derive(Debug, Clone, Default)]
 pub struct KeyCacheStats {
@@ -115,6 +148,10 @@ pub struct KeyCacheStats {
     pub revalidations: u64,
     pub in_flight_peak: u32,
     pub waiting_peak: u32,
+    /// Fetches started (sent, queued or coalesced away not counted), by [`Purpose`] index.
+    pub fetches_by_purpose: [u64; 4],
+    /// Pushes received.
+    pub pushes_received: u64,
 }
 
 impl KeyCacheStats {
@@ -195,6 +232,18 @@ impl Slot {
     pub fn fetch_pending(&self) -> bool {
         self.in_flight > 0 || self.waiting
     }
+
+    /// The key K links would be signed with (its ID and bytes), valid or not.
+    pub fn tracked(&self) -> Option<(&str, &VerifyingKey)> {
+        self.tracked
+            .as_ref()
+            .map(|(key_id, key)| (key_id.as_str(), key))
+    }
+
+    /// Whether this slot holds `key_id` with these bytes as its valid current key.
+    pub fn holds_valid(&self, key_id: &str, key: &VerifyingKey) -> bool {
+        self.valid && self.tracked() == Some((key_id, key))
+    }
 }
 
 /// An observer's key cache.
@@ -208,6 +257,9 @@ pub struct KeyCache {
     /// Bumped by a restart: answers to requests sent before it are dropped by the world.
     pub epoch: u32,
     pub stats: KeyCacheStats,
+    /// This server's clock minus the true time (ms): applied to every validity comparison
+    /// (clock skew); timers still fire on the true simulated clock.
+    clock_offset_ms: i64,
 }
 
 /// The least time between two re-checks of one domain, so a response that is already expired
@@ -232,6 +284,7 @@ impl KeyCache {
             rng,
             epoch: 0,
             stats: KeyCacheStats::default(),
+            clock_offset_ms: 0,
         }
     }
 
@@ -243,6 +296,26 @@ impl KeyCache {
     /// The slots, by slot index.
     pub fn slots(&self) -> &[Slot] {
         &self.slots
+    }
+
+    /// Sets this server's clock offset (ms, positive = its clock runs ahead).
+    pub fn set_clock_offset(&mut self, offset_ms: i64) {
+        self.clock_offset_ms = offset_ms;
+    }
+
+    /// This server's clock offset (ms).
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.clock_offset_ms
+    }
+
+    /// The absolute time this server's clock reads at simulated time `now_ms`.
+    fn local_abs_ms(&self, now_ms: u64) -> i64 {
+        absolute_ms(now_ms) + self.clock_offset_ms
+    }
+
+    /// The simulated time at which this server's clock reads `local_abs_ms`.
+    fn sim_ms_of_local(&self, local_abs_ms: i64) -> u64 {
+        sim_ms(local_abs_ms.saturating_sub(self.clock_offset_ms))
     }
 
     /// Requests in flight now.
@@ -270,27 +343,53 @@ impl KeyCache {
         self.schedule_after_success(now_ms, slot, out);
     }
 
-    /// A timer set by this cache fires.
+    /// A timer set by this cache fires. Returns whether it was live (a superseded timer does
+    /// nothing: it would not have woken the host).
     pub fn on_timer(
         &mut self,
         _now_ms: u64,
         slot: u32,
         generation: u32,
         out: &mut Vec<KeyCacheOutput>,
-    ) {
+    ) -> bool {
         let entry = &mut self.slots[slot as usize];
         if entry.generation != generation {
-            return; // superseded by a later timer
+            return false; // superseded by a later timer
         }
         entry.next_due_ms = None;
-        self.start_fetch(slot, out);
+        let purpose = if entry.failures > 0 {
+            Purpose::Retry
+        } else {
+            Purpose::Periodic
+        };
+        self.start_fetch(slot, purpose, out);
+        true
+    }
+
+    /// The slot's origin announced a key change (P6 push): re-fetch now if the policy listens
+    /// and no backoff blocks the domain.
+    pub fn on_push(&mut self, now_ms: u64, slot: u32, out: &mut Vec<KeyCacheOutput>) {
+        self.stats.pushes_received += 1;
+        if !self.policy.push {
+            return;
+        }
+        let entry = &self.slots[slot as usize];
+        let backoff_blocks = matches!(
+            self.policy.backoff,
+            BackoffKind::Msc4499 | BackoffKind::PerDomainGlobal
+        );
+        if backoff_blocks && now_ms < entry.backoff_until_ms {
+            self.stats.blocked_by_backoff += 1;
+            return;
+        }
+        self.start_fetch(slot, Purpose::Push, out);
     }
 
     /// A signed request from the slot's domain arrives: with an on-demand policy this is what
     /// makes the cache fetch (when the cached key is missing or expired).
     pub fn on_incoming_request(&mut self, now_ms: u64, slot: u32, out: &mut Vec<KeyCacheOutput>) {
         self.stats.incoming_requests += 1;
-        let now_abs_ms = absolute_ms(now_ms);
+        let now_abs_ms = self.local_abs_ms(now_ms);
         let entry = &self.slots[slot as usize];
         if entry.keys.is_some() && entry.valid && entry.valid_until_ms > now_abs_ms {
             self.stats.served_from_cache += 1;
@@ -304,7 +403,7 @@ impl KeyCache {
             self.stats.blocked_by_backoff += 1;
             return;
         }
-        self.start_fetch(slot, out);
+        self.start_fetch(slot, Purpose::OnDemand, out);
     }
 
     /// An answer (or failure) to a request for `slot` sent `via` arrives.
@@ -316,7 +415,7 @@ impl KeyCache {
         fetched: Fetched,
         out: &mut Vec<KeyCacheOutput>,
     ) {
-        let now_abs_ms = absolute_ms(now_ms);
+        let now_abs_ms = self.local_abs_ms(now_ms);
         // A notary that cannot vouch for a current key: ask the origin instead, as the same
         // request (it keeps its place under the concurrency cap).
         if let Via::Notary(_) = via {
@@ -415,7 +514,7 @@ impl KeyCache {
     /// Fetches the slot's keys now whatever the policy's schedule (a pushed rotation notice,
     /// P6), unless a fetch is already pending.
     pub fn fetch_now(&mut self, slot: u32, out: &mut Vec<KeyCacheOutput>) {
-        self.start_fetch(slot, out);
+        self.start_fetch(slot, Purpose::Push, out);
     }
 
     /// Database loss: every slot forgets its keys; periodic policies fetch them all again.
@@ -498,12 +597,13 @@ impl KeyCache {
         }
     }
 
-    fn start_fetch(&mut self, slot: u32, out: &mut Vec<KeyCacheOutput>) {
+    fn start_fetch(&mut self, slot: u32, purpose: Purpose, out: &mut Vec<KeyCacheOutput>) {
         let entry = &mut self.slots[slot as usize];
         if entry.waiting || (entry.in_flight > 0 && self.policy.coalesce) {
             self.stats.coalesced += 1;
             return;
         }
+        self.stats.fetches_by_purpose[purpose as usize] += 1;
         let cap = self.policy.max_in_flight;
         if cap > 0 && self.in_flight_total >= cap {
             entry.waiting = true;
@@ -549,7 +649,7 @@ impl KeyCache {
 
     fn schedule_after_success(&mut self, now_ms: u64, slot: u32, out: &mut Vec<KeyCacheOutput>) {
         let entry = &self.slots[slot as usize];
-        let valid_until_ms = sim_ms(entry.valid_until_ms);
+        let valid_until_ms = self.sim_ms_of_local(entry.valid_until_ms);
         let remaining_ms = valid_until_ms.saturating_sub(now_ms);
         // An origin re-signs only when its response has expired (Synapse), so a re-check before
         // expiry that returned the same validity learned nothing new: the next one is at expiry.
@@ -594,6 +694,12 @@ impl KeyCache {
     }
 
     fn set_timer(&mut self, at_ms: u64, slot: u32, out: &mut Vec<KeyCacheOutput>) {
+        let granularity_ms = self.policy.timer_granularity_ms;
+        let at_ms = if granularity_ms > 0 {
+            at_ms.div_ceil(granularity_ms) * granularity_ms
+        } else {
+            at_ms
+        };
         let entry = &mut self.slots[slot as usize];
         entry.generation += 1;
         entry.next_due_ms = Some(at_ms);

@@ -72,6 +72,19 @@ pub enum Malformed {
     Invalidate,
 }
 
+/// Which keys a signature with a past timestamp may be checked against (what an attacker who
+/// pins `origin_server_ts` inside an old key's validity gets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OldKeys {
+    /// MSC4430's member co-signature rule: only the current key, at check time; a timestamp
+    /// buys nothing.
+    CurrentOnly,
+    /// The room v5+ rule (P0 today) and P7 "expiry is not revocation": a key in
+    /// `old_verify_keys` still verifies events whose timestamp is at most its `expired_ts`.
+    UntilExpiredTs,
+}
+
 /// A complete key re-check policy.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct KeyPolicy {
@@ -108,6 +121,14 @@ pub struct KeyPolicy {
     /// For `Recheck::OnDemand`: the mean rate of incoming signed requests per known domain
     /// (a seeded Poisson stream standing in for the events that later issues deliver).
     pub incoming_requests_per_domain_per_day: f64,
+    /// Which keys verify signatures with past timestamps (the attacker's pinned-timestamp
+    /// strategy).
+    pub old_keys: OldKeys,
+    /// Whether a rotating origin's notification makes this server re-fetch at once (P6).
+    pub push: bool,
+    /// Re-check timers are rounded up to a multiple of this (0 = exact): batching re-checks so
+    /// an idle host wakes at most once per granule (RQ12).
+    pub timer_granularity_ms: u64,
 }
 
 /// The preset names `policy.preset` accepts.
@@ -120,6 +141,7 @@ pub const PRESET_NAMES: &[&str] = &[
     "P3",
     "P4",
     "P6",
+    "P7",
     "P9",
     "half-life",
     "jittered",
@@ -149,6 +171,9 @@ impl KeyPolicy {
             clamp_7d: true,
             request_timeout_ms: 10 * SECOND_MS,
             incoming_requests_per_domain_per_day: 24.0,
+            old_keys: OldKeys::CurrentOnly,
+            push: false,
+            timer_granularity_ms: 0,
         }
     }
 
@@ -165,14 +190,22 @@ impl KeyPolicy {
                 policy.backoff = BackoffKind::None;
                 policy.unreachable = Unreachable::FailClosed;
                 policy.max_in_flight = 0;
+                policy.old_keys = OldKeys::UntilExpiredTs;
             }
             "P1" | "P1b" => {}
             "P1a" => policy.transport = Transport::NotaryFirst,
             "P2" => policy.unreachable = Unreachable::FailClosed,
             "P3" => policy.recheck = Recheck::OnDemand,
             "P4" => policy.recheck = Recheck::Never,
-            // Push instead of poll: no steady-state polling (the push itself comes with rooms).
-            "P6" => policy.recheck = Recheck::Never,
+            // Push instead of poll: no steady-state polling; a rotating origin notifies the
+            // servers that know it, and they re-fetch.
+            "P6" => {
+                policy.recheck = Recheck::Never;
+                policy.push = true;
+            }
+            // Expiry is not revocation: P1, but a key moved to old_verify_keys keeps verifying
+            // events up to its expired_ts (only 404 or a foreign key revokes everything).
+            "P7" => policy.old_keys = OldKeys::UntilExpiredTs,
             "P9" => {
                 policy.backoff = BackoffKind::Msc4499;
                 policy.backoff_floor_ms = MINUTE_MS;

@@ -12,6 +12,24 @@ use crate::engine::SimRng;
 use crate::matrix::server_keys::{OldVerifyKey, ServerKeys};
 use crate::matrix::signing::{KeyId, ServerSigningKey};
 
+/// A lying server's second view: the same key ID with other bytes, served to everyone outside
+/// the audience that sees the real key (RQ10).
+struct SplitView {
+    alternate: ServerSigningKey,
+    published: Option<(Arc<str>, i64)>,
+}
+
+/// A flapping server's schedule (RQ8): from `start_abs_ms`, every `period_ms` the current key
+/// and a second key swap places between `verify_keys` and `old_verify_keys`.
+struct Flap {
+    start_abs_ms: i64,
+    period_ms: i64,
+    /// The key current before flapping began (current in odd phases).
+    first: ServerSigningKey,
+    /// The key that takes its place in even phases.
+    second: ServerSigningKey,
+}
+
 /// A server's key publication.
 pub struct KeyPublisher {
     server_name: String,
@@ -21,6 +39,8 @@ pub struct KeyPublisher {
     lifetime_ms: i64,
     published: Option<(Arc<str>, i64)>,
     key_seeds: SimRng,
+    split: Option<SplitView>,
+    flap: Option<Flap>,
     /// Responses signed so far.
     pub signatures_made: u64,
     /// Wall-clock nanoseconds spent signing (benchmarks and run-info.json only).
@@ -39,6 +59,8 @@ impl KeyPublisher {
             lifetime_ms: lifetime_ms as i64,
             published: None,
             key_seeds,
+            split: None,
+            flap: None,
             signatures_made: 0,
             sign_nanos: 0,
         }
@@ -75,31 +97,129 @@ impl KeyPublisher {
     }
 
     /// Signs a new response as made at `made_at_abs_ms` (which may be before the run: warm
-    /// start), valid until `made_at + lifetime`.
+    /// start), valid until `made_at + lifetime` (a flapping server: until its next swap).
     pub fn publish_at(&mut self, made_at_abs_ms: i64) -> Arc<str> {
-        let valid_until_ms = made_at_abs_ms + self.lifetime_ms;
-        let keys = ServerKeys {
-            server_name: self.server_name.clone(),
-            verify_keys: BTreeMap::from([(
-                self.current.key_id.to_string(),
-                self.current.verifying_key(),
-            )]),
-            old_verify_keys: self.old_verify_keys.clone(),
-            valid_until_ts_ms: valid_until_ms,
-        };
-        let started = std::time::Instant::now();
-        let value = keys
-            .to_signed_json(&self.current)
-            .expect("a key object always signs");
-        let body: Arc<str> = Arc::from(value.to_string());
-        self.sign_nanos += started.elapsed().as_nanos() as u64;
-        self.signatures_made += 1;
+        let mut valid_until_ms = made_at_abs_ms + self.lifetime_ms;
+        let mut old_verify_keys = self.old_verify_keys.clone();
+        let mut signer = self.current.clone();
+        if let Some(flap) = &self.flap {
+            let since_ms = (made_at_abs_ms - flap.start_abs_ms).max(0);
+            let phase = since_ms / flap.period_ms;
+            let phase_start_ms = flap.start_abs_ms + phase * flap.period_ms;
+            // Even phases: the second key is current and the first sits in old_verify_keys;
+            // odd phases the other way round. Each response ends at the next swap, so every
+            // re-check at expiry sees the swap.
+            let (current, old) = if phase % 2 == 0 {
+                (&flap.second, &flap.first)
+            } else {
+                (&flap.first, &flap.second)
+            };
+            old_verify_keys.insert(
+                old.key_id.to_string(),
+                OldVerifyKey {
+                    key: old.verifying_key(),
+                    expired_ts_ms: phase_start_ms,
+                },
+            );
+            old_verify_keys.remove(&current.key_id.to_string());
+            valid_until_ms = valid_until_ms.min(phase_start_ms + flap.period_ms);
+            signer = current.clone();
+        }
+        let body = self.sign(&signer, old_verify_keys, valid_until_ms);
         self.published = Some((body.clone(), valid_until_ms));
         body
     }
 
+    fn sign(
+        &mut self,
+        signer_key: &ServerSigningKey,
+        old_verify_keys: BTreeMap<String, OldVerifyKey>,
+        valid_until_ms: i64,
+    ) -> Arc<str> {
+        let keys = ServerKeys {
+            server_name: self.server_name.clone(),
+            verify_keys: BTreeMap::from([(
+                signer_key.key_id.to_string(),
+                signer_key.verifying_key(),
+            )]),
+            old_verify_keys,
+            valid_until_ts_ms: valid_until_ms,
+        };
+        let started = std::time::Instant::now();
+        let value = keys
+            .to_signed_json(signer_key)
+            .expect("a key object always signs");
+        let body: Arc<str> = Arc::from(value.to_string());
+        self.sign_nanos += started.elapsed().as_nanos() as u64;
+        self.signatures_made += 1;
+        body
+    }
+
+    /// The response a lying server gives to a requester outside its audience: the same key ID
+    /// as the real current key, other bytes (the real one when the server does not lie).
+    pub fn response_for(&mut self, now_abs_ms: i64, in_audience: bool) -> Arc<str> {
+        if in_audience || self.split.is_none() {
+            return self.response(now_abs_ms);
+        }
+        let split = self.split.as_ref().expect("checked");
+        if let Some((body, valid_until_ms)) = &split.published
+            && now_abs_ms < *valid_until_ms
+        {
+            return body.clone();
+        }
+        let alternate = self.split.take().expect("checked");
+        let valid_until_ms = now_abs_ms + self.lifetime_ms;
+        let body = self.sign(
+            &alternate.alternate,
+            self.old_verify_keys.clone(),
+            valid_until_ms,
+        );
+        self.split = Some(SplitView {
+            alternate: alternate.alternate,
+            published: Some((body.clone(), valid_until_ms)),
+        });
+        body
+    }
+
+    /// Starts lying: from now on [`Self::response_for`] serves a second key under the current
+    /// key's ID to requesters outside the audience.
+    pub fn start_split_view(&mut self) {
+        let alternate =
+            ServerSigningKey::from_seed(self.current.key_id.clone(), &self.key_seeds.bytes32());
+        self.split = Some(SplitView {
+            alternate,
+            published: None,
+        });
+    }
+
+    /// Whether the server is lying (serving two views).
+    pub fn is_split(&self) -> bool {
+        self.split.is_some()
+    }
+
+    /// Starts flapping at `now_abs_ms`: the current key moves to `old_verify_keys` and a new
+    /// key takes its place, then they swap back every `period_ms`.
+    pub fn start_flapping(&mut self, now_abs_ms: i64, period_ms: u64) {
+        let second = Self::make_key(self.key_version + 1, &mut self.key_seeds);
+        self.key_version += 1;
+        self.flap = Some(Flap {
+            start_abs_ms: now_abs_ms,
+            period_ms: period_ms.max(1) as i64,
+            first: self.current.clone(),
+            second,
+        });
+        self.published = None;
+    }
+
+    /// Whether the server is flapping.
+    pub fn is_flapping(&self) -> bool {
+        self.flap.is_some()
+    }
+
     /// Rotates: a new key ID; the old key goes to `old_verify_keys` with `expired_ts = now`.
     pub fn rotate(&mut self, now_abs_ms: i64) {
+        self.flap = None;
+        self.split = None;
         self.key_version += 1;
         let new_key = Self::make_key(self.key_version, &mut self.key_seeds);
         let old = std::mem::replace(&mut self.current, new_key);
@@ -115,6 +235,8 @@ impl KeyPublisher {
 
     /// Loses the key: a new key under the same key ID, and no record of the old one.
     pub fn lose_key(&mut self) {
+        self.flap = None;
+        self.split = None;
         let key_id = self.current.key_id.clone();
         self.current = ServerSigningKey::from_seed(key_id, &self.key_seeds.bytes32());
         self.old_verify_keys.clear();
@@ -155,6 +277,48 @@ mod tests {
         let old = &after.old_verify_keys["ed25519:a1"];
         assert_eq!(old.expired_ts_ms, 500);
         assert_eq!(old.key, before.verify_keys["ed25519:a1"]);
+    }
+
+    #[test]
+    fn a_lying_server_serves_other_bytes_under_the_same_id_outside_its_audience() {
+        let mut publisher =
+            KeyPublisher::new("a.example".into(), 1_000, SimRng::stream(1, "keys", 0));
+        publisher.start_split_view();
+        let real = parse(&publisher.response_for(0, true), "a.example");
+        let other = parse(&publisher.response_for(0, false), "a.example");
+        assert_ne!(
+            real.verify_keys["ed25519:a1"],
+            other.verify_keys["ed25519:a1"]
+        );
+        // Each view is re-used until it expires.
+        assert_eq!(
+            publisher.response_for(10, false),
+            publisher.response_for(20, false)
+        );
+        assert_eq!(publisher.signatures_made, 2);
+    }
+
+    #[test]
+    fn a_flapping_server_swaps_keys_every_period_and_responses_end_at_the_swap() {
+        let mut publisher =
+            KeyPublisher::new("a.example".into(), 10_000, SimRng::stream(1, "keys", 0));
+        let before = parse(&publisher.response(0), "a.example");
+        publisher.start_flapping(100, 1_000);
+        let even = parse(&publisher.response(100), "a.example");
+        assert!(even.verify_keys.contains_key("ed25519:a2"));
+        assert_eq!(
+            even.old_verify_keys["ed25519:a1"].key,
+            before.verify_keys["ed25519:a1"]
+        );
+        assert_eq!(even.valid_until_ts_ms, 1_100);
+        assert_eq!(publisher.response(1_099), publisher.response(500));
+        let odd = parse(&publisher.response(1_100), "a.example");
+        assert_eq!(
+            odd.verify_keys["ed25519:a1"],
+            before.verify_keys["ed25519:a1"]
+        );
+        assert_eq!(odd.old_verify_keys["ed25519:a2"].expired_ts_ms, 1_100);
+        assert!(!odd.old_verify_keys.contains_key("ed25519:a1"));
     }
 
     #[test]

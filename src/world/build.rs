@@ -122,6 +122,7 @@ impl World {
                 .find(|(_, group)| group.name == observer_group.domains)
                 .expect("validated");
             let domain_ids = groups[domain_group_index].1.clone();
+            let domain_group_start = domain_ids[0];
             let counts: Vec<u32> = match &observer_group.known_domains_distribution {
                 None => observer_group.known_domains.clone(),
                 Some(distribution) => {
@@ -217,6 +218,11 @@ impl World {
                     incoming_mean_gap_ms,
                     incoming_rng,
                     crashed: false,
+                    domain_group_start,
+                    wakeups: 0,
+                    last_wakeup_second: u64::MAX,
+                    verifications: 0,
+                    transitions: Vec::new(),
                 });
                 region_of.push(0);
                 roles.push(Role::Observer(observer_index));
@@ -292,6 +298,15 @@ impl World {
             key_outputs: Vec::new(),
             notary_outputs: Vec::new(),
             events_processed: 0,
+            tracker: super::Tracker::default(),
+            lying_audience: std::collections::BTreeMap::new(),
+            initially_dead: dead[..federation
+                .domain_groups
+                .iter()
+                .map(|g| g.count as usize)
+                .sum::<usize>()]
+                .to_vec(),
+            pushes_sent: 0,
         }
     }
 }

@@ -6,9 +6,12 @@
 //! delivered back through the queue, so every fault applies to it and every request is counted.
 
 mod build;
+pub mod key_charts;
+pub mod key_rq;
 mod output;
+pub mod validity;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::engine::{EventQueue, SimRng, Trace};
 use crate::net::{
@@ -23,6 +26,7 @@ use crate::server::{absolute_ms, outcome_table::InvalidReason};
 
 pub(crate) use output::{Progress, peak_memory_kib};
 pub use output::{RunError, RunOutcome, run_to_dir};
+pub use validity::{Change, Tracker, Transition, Watch, WatchPair};
 
 /// How long a notary waits for an origin before answering from its (possibly stale) cache;
 /// shorter than the clients' 10 s so a stale answer can still reach them.
@@ -47,8 +51,10 @@ pub enum Event {
     Action { index: u32 },
     /// A random partition starts.
     RandomPartition,
-    /// A random partition ends.
+    /// A random partition (or a scripted one with a duration) ends.
     HealRandom { id: u64 },
+    /// A rotating origin's notification reaches an observer (P6 push).
+    Push { observer: u32, slot: u32 },
 }
 
 impl Event {
@@ -61,6 +67,7 @@ impl Event {
             Event::Action { .. } => 5,
             Event::RandomPartition => 6,
             Event::HealRandom { .. } => 7,
+            Event::Push { .. } => 8,
         }
     }
 }
@@ -114,6 +121,33 @@ pub struct Observer {
     incoming_mean_gap_ms: f64,
     incoming_rng: SimRng,
     crashed: bool,
+    /// The domain id of slot 0 (slots are the first N domains of the group).
+    pub domain_group_start: u32,
+    /// Wake-ups: distinct 1-second ticks in which a live key-cache timer fired or a push
+    /// arrived (an idle host's process had to run).
+    pub wakeups: u64,
+    last_wakeup_second: u64,
+    /// Key responses (200 bodies) this observer parsed and verified (the memo shares the CPU
+    /// work between simulated observers; each real host would do it).
+    pub verifications: u64,
+    /// Every change of every slot, in time order.
+    pub transitions: Vec<Transition>,
+}
+
+impl Observer {
+    /// The slot holding `domain`, if this observer knows it.
+    pub fn slot_of(&self, domain: DomainId) -> Option<u32> {
+        let slot = domain.checked_sub(self.domain_group_start)?;
+        (slot < self.known_domains).then_some(slot)
+    }
+
+    fn wake(&mut self, now_ms: u64) {
+        let second = now_ms / 1000;
+        if self.last_wakeup_second != second {
+            self.last_wakeup_second = second;
+            self.wakeups += 1;
+        }
+    }
 }
 
 /// Counters of the whole world, sampled into `timeseries.csv`.
@@ -167,6 +201,15 @@ pub struct World {
     key_outputs: Vec<KeyCacheOutput>,
     notary_outputs: Vec<NotaryOutput>,
     pub events_processed: u64,
+    /// Per observer × domain validity, watches on scripted key events.
+    pub tracker: Tracker,
+    /// Lying origins: by origin server, whether each requesting server (by id) is shown the
+    /// real key.
+    lying_audience: BTreeMap<ServerId, Vec<bool>>,
+    /// By domain: dead from the start.
+    pub initially_dead: Vec<bool>,
+    /// Key-change notifications sent by rotating origins (P6 push).
+    pub pushes_sent: u64,
 }
 
 impl World {
@@ -206,9 +249,9 @@ impl World {
 
     fn record(&mut self, at_ms: u64, event: &Event) {
         let entity = match event {
-            Event::Recheck { observer, slot, .. } | Event::Incoming { observer, slot } => {
-                (u64::from(*observer) << 32) | u64::from(*slot)
-            }
+            Event::Recheck { observer, slot, .. }
+            | Event::Incoming { observer, slot }
+            | Event::Push { observer, slot } => (u64::from(*observer) << 32) | u64::from(*slot),
             Event::Arrive { request } | Event::Complete { request, .. } => *request,
             Event::Action { index } => u64::from(*index),
             Event::RandomPartition => 0,
@@ -254,9 +297,21 @@ impl World {
                 if state.crashed {
                     return;
                 }
-                state
+                if state
                     .cache
-                    .on_timer(now_ms, slot, generation, &mut self.key_outputs);
+                    .on_timer(now_ms, slot, generation, &mut self.key_outputs)
+                {
+                    state.wake(now_ms);
+                }
+                self.apply_key_outputs(observer);
+            }
+            Event::Push { observer, slot } => {
+                let state = &mut self.observers[observer as usize];
+                if state.crashed {
+                    return;
+                }
+                state.wake(now_ms);
+                state.cache.on_push(now_ms, slot, &mut self.key_outputs);
                 self.apply_key_outputs(observer);
             }
             Event::Incoming { observer, slot } => {
@@ -305,10 +360,25 @@ impl World {
                         },
                     );
                 }
-                KeyCacheOutput::Decision { decision, .. } => match decision {
-                    key_cache::Decision::Invalidated(_) => self.totals.invalidations += 1,
-                    key_cache::Decision::Revalidated => self.totals.revalidations += 1,
-                },
+                KeyCacheOutput::Decision { decision, slot } => {
+                    let change = match decision {
+                        key_cache::Decision::Invalidated(reason) => {
+                            self.totals.invalidations += 1;
+                            Change::Invalidated(reason)
+                        }
+                        key_cache::Decision::Revalidated => {
+                            self.totals.revalidations += 1;
+                            Change::Revalidated
+                        }
+                    };
+                    self.observers[observer as usize]
+                        .transitions
+                        .push(Transition {
+                            at_ms: self.queue.now_ms(),
+                            slot,
+                            change,
+                        });
+                }
             }
         }
         self.key_outputs = outputs;
@@ -454,7 +524,13 @@ impl World {
                 let publisher = self.publishers[server as usize]
                     .as_mut()
                     .expect("origin servers publish keys");
-                let body = publisher.response(absolute_ms(now_ms));
+                let in_audience = self.lying_audience.get(&server).is_none_or(|shown_real| {
+                    shown_real
+                        .get(request.from as usize)
+                        .copied()
+                        .unwrap_or(false)
+                });
+                let body = publisher.response_for(absolute_ms(now_ms), in_audience);
                 self.respond(now_ms, server, id, Outcome::Ok(body));
             }
             Role::Notary(index) => {
@@ -571,6 +647,7 @@ impl World {
                 }
                 if let Outcome::Ok(body) = &outcome {
                     state.bytes_received += body.len() as u64;
+                    state.verifications += 1;
                 }
                 let domain = state.cache.slots()[slot as usize].domain;
                 let fetched = key_cache::classify(
@@ -585,6 +662,8 @@ impl World {
                     .cache
                     .on_response(now_ms, slot, via, fetched, &mut self.key_outputs);
                 self.apply_key_outputs(observer);
+                let state = &self.observers[observer as usize];
+                self.tracker.evaluate(observer, slot, &state.cache, now_ms);
             }
             RequestKind::NotaryOrigin { notary, domain } => {
                 let mut outputs = std::mem::take(&mut self.notary_outputs);
@@ -652,6 +731,7 @@ impl World {
             .map(|selector| self.select(selector))
             .unwrap_or_default();
         let now_abs_ms = absolute_ms(now_ms);
+        self.open_watches(now_ms, phase_index, action_index, &action, &targets);
         match action.kind {
             ActionKind::Partition => {
                 let a = self.select(action.a.as_ref().expect("validated"));
@@ -662,6 +742,16 @@ impl World {
                     partition = partition.with_losses(
                         action.loss_a_to_b.unwrap_or(1.0),
                         action.loss_b_to_a.unwrap_or(0.5),
+                    );
+                }
+                if let Some(duration) = action.duration {
+                    self.next_partition_id += 1;
+                    partition.id = self.next_partition_id;
+                    self.queue.push(
+                        now_ms + duration.ms(),
+                        Event::HealRandom {
+                            id: self.next_partition_id,
+                        },
                     );
                 }
                 self.net.partition(partition);
@@ -699,10 +789,21 @@ impl World {
                 for server in targets {
                     match self.roles[server as usize] {
                         Role::Observer(observer) => {
-                            self.observers[observer as usize]
-                                .cache
-                                .forget_all(now_ms, &mut self.key_outputs);
+                            let state = &mut self.observers[observer as usize];
+                            for (slot, entry) in state.cache.slots().iter().enumerate() {
+                                if entry.valid {
+                                    state.transitions.push(Transition {
+                                        at_ms: now_ms,
+                                        slot: slot as u32,
+                                        change: Change::Forgotten,
+                                    });
+                                }
+                            }
+                            state.cache.forget_all(now_ms, &mut self.key_outputs);
                             self.apply_key_outputs(observer);
+                            let state = &self.observers[observer as usize];
+                            self.tracker
+                                .evaluate_observer(observer, &state.cache, now_ms);
                         }
                         Role::Notary(index) => self.notaries[index as usize].forget(),
                         // An origin keeps its signing key in a file, not the database.
@@ -714,6 +815,9 @@ impl World {
                 for server in targets {
                     if let Some(publisher) = self.publishers[server as usize].as_mut() {
                         publisher.lose_key();
+                        if let Some(domain) = self.original_domain(server) {
+                            self.set_honest_if_served(domain, now_ms);
+                        }
                     }
                 }
             }
@@ -721,6 +825,51 @@ impl World {
                 for server in targets {
                     if let Some(publisher) = self.publishers[server as usize].as_mut() {
                         publisher.rotate(now_abs_ms);
+                        if let Some(domain) = self.original_domain(server) {
+                            self.set_honest_if_served(domain, now_ms);
+                            self.push_key_change(now_ms, server, domain);
+                        }
+                    }
+                }
+            }
+            ActionKind::Compromise => {
+                // The attacker now holds the key; nothing the origin serves changes. The
+                // watch opened above measures how long observers keep the key valid.
+            }
+            ActionKind::LyingServer => {
+                let audience = self.select(action.audience.as_ref().expect("validated"));
+                let mut shown_real = vec![false; self.roles.len()];
+                for server in audience {
+                    shown_real[server as usize] = true;
+                }
+                for server in targets {
+                    if let Some(publisher) = self.publishers[server as usize].as_mut() {
+                        publisher.start_split_view();
+                        self.lying_audience.insert(server, shown_real.clone());
+                        if let Some(domain) = self.original_domain(server) {
+                            self.tracker.set_honest(domain, now_ms, false);
+                        }
+                    }
+                }
+            }
+            ActionKind::KeyFlapping => {
+                let period_ms = action.period.expect("validated").ms();
+                for server in targets {
+                    if let Some(publisher) = self.publishers[server as usize].as_mut() {
+                        publisher.start_flapping(now_abs_ms, period_ms);
+                        if let Some(domain) = self.original_domain(server) {
+                            self.tracker.set_honest(domain, now_ms, false);
+                        }
+                    }
+                }
+            }
+            ActionKind::ClockSkew => {
+                let offset_ms = action.offset_ms.expect("validated");
+                for server in targets {
+                    if let Role::Observer(observer) = self.roles[server as usize] {
+                        self.observers[observer as usize]
+                            .cache
+                            .set_clock_offset(offset_ms);
                     }
                 }
             }
@@ -741,10 +890,107 @@ impl World {
     }
 
     fn park_domains_of(&mut self, server: ServerId, state: DomainState) {
+        let now_ms = self.queue.now_ms();
         for domain in 0..self.domain_names.len() as DomainId {
             if self.net.domain_state(domain) == DomainState::Served(server) {
                 self.net.set_domain_state(domain, state);
+                self.tracker.set_honest(domain, now_ms, false);
             }
+        }
+    }
+
+    /// After an honest key change (rotation, key loss): the domain is honest again if it is
+    /// still served (a rotation ends lying and flapping).
+    fn set_honest_if_served(&mut self, domain: DomainId, now_ms: u64) {
+        if self.serving_server(domain).is_some() {
+            self.tracker.set_honest(domain, now_ms, true);
+        }
+    }
+
+    /// P6: a rotating origin notifies every observer that knows its domain; each notification
+    /// travels through the network (a partition or loss drops it).
+    fn push_key_change(&mut self, now_ms: u64, origin: ServerId, domain: DomainId) {
+        for observer in 0..self.observers.len() {
+            let state = &self.observers[observer];
+            let Some(slot) = state.slot_of(domain) else {
+                continue;
+            };
+            if !state.cache.policy().push {
+                continue;
+            }
+            self.pushes_sent += 1;
+            let to = state.server;
+            if let Some(latency_ms) = self.net.route_response(origin, to) {
+                self.queue.push(
+                    now_ms + latency_ms,
+                    Event::Push {
+                        observer: observer as u32,
+                        slot,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Opens a validity watch per origin an action changes (before the change), so every
+    /// observer's reaction to it is measured from now.
+    fn open_watches(
+        &mut self,
+        now_ms: u64,
+        phase_index: usize,
+        action_index: usize,
+        action: &crate::scenario::Action,
+        targets: &[ServerId],
+    ) {
+        let watched = matches!(
+            action.kind,
+            ActionKind::RotateKey
+                | ActionKind::LoseKey
+                | ActionKind::Decommission
+                | ActionKind::Depart
+                | ActionKind::Reregister
+                | ActionKind::Compromise
+                | ActionKind::LyingServer
+                | ActionKind::KeyFlapping
+        );
+        if !watched {
+            return;
+        }
+        let label = action.label.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{action_index}",
+                build::slug(&self.scenario.phases[phase_index].name)
+            )
+        });
+        for server in targets {
+            let Some(domain) = self.original_domain(*server) else {
+                continue;
+            };
+            if action.kind != ActionKind::Compromise {
+                self.tracker.owner_reacted(domain, now_ms);
+            }
+            let Some(publisher) = self.publishers[*server as usize].as_ref() else {
+                continue;
+            };
+            let key = publisher.current_key();
+            let observers = self
+                .observers
+                .iter()
+                .enumerate()
+                .filter_map(|(index, state)| {
+                    state
+                        .slot_of(domain)
+                        .map(|slot| (index as u32, slot, &state.cache))
+                });
+            self.tracker.open_watch(
+                label.clone(),
+                action.kind,
+                domain,
+                now_ms,
+                key.key_id.to_string(),
+                key.verifying_key(),
+                observers,
+            );
         }
     }
 
@@ -773,6 +1019,7 @@ impl World {
         }
         self.net
             .set_domain_state(domain, DomainState::Served(new_server));
+        self.tracker.set_honest(domain, self.queue.now_ms(), true);
     }
 
     /// Origin servers are created with the domain of the same index.

@@ -118,13 +118,27 @@ fn write_results(world: &World, out_dir: &Path, wall_seconds: f64) -> Result<Run
     write_json(&summary_path, &summary).map_err(io_error(&summary_path))?;
     write_timeseries(world, out_dir)?;
     write_servers(world, out_dir)?;
-    if scenario.outputs.chart == ChartKind::Rq1PollingLoad {
-        let chart = polling_load_chart(world);
-        draw_polling_load(
-            &chart,
-            &out_dir.join("polling-load.svg"),
-            &out_dir.join("polling-load.png"),
-        )?;
+    super::key_rq::write_transitions(world, out_dir)?;
+    super::key_rq::write_containment(world, out_dir)?;
+    match scenario.outputs.chart {
+        ChartKind::Rq1PollingLoad => {
+            let chart = polling_load_chart(world);
+            draw_polling_load(
+                &chart,
+                &out_dir.join("polling-load.svg"),
+                &out_dir.join("polling-load.png"),
+            )?;
+        }
+        ChartKind::Rq2Containment => {
+            super::key_charts::containment_charts(world, out_dir)?;
+        }
+        ChartKind::Rq6LinkHoursLost => {
+            super::key_charts::link_hours_chart(world, out_dir)?;
+        }
+        ChartKind::Rq12Wakeups => {
+            super::key_charts::wakeups_chart(world, out_dir)?;
+        }
+        ChartKind::None => {}
     }
     let run_info = json!({
         "wall_seconds": rounded(wall_seconds),
@@ -132,6 +146,12 @@ fn write_results(world: &World, out_dir: &Path, wall_seconds: f64) -> Result<Run
         "events_per_second": rounded(world.events_processed as f64 / wall_seconds.max(1e-9)),
         "queue_len_max": world.queue_len_max(),
         "peak_memory_kib": peak_memory_kib(),
+        "signatures_made": world
+            .publishers
+            .iter()
+            .flatten()
+            .map(|publisher| publisher.signatures_made)
+            .sum::<u64>(),
         "verify_checks": world.memo.checks,
         "verify_memo_hits": world.memo.hits,
         "crypto_seconds": rounded(world.crypto_seconds()),
@@ -311,6 +331,7 @@ fn headline_metrics(world: &World) -> Map<String, Value> {
         totals.answers_not_found.into(),
     );
     metrics.insert("events_processed".into(), world.events_processed.into());
+    super::key_rq::add_metrics(world, &mut metrics);
     metrics
 }
 
@@ -616,5 +637,12 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+impl World {
+    /// The flat headline metrics summary.json would hold for the run so far.
+    pub fn metrics(&self) -> Map<String, Value> {
+        headline_metrics(self)
     }
 }

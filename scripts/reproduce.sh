@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Regenerates every chart under docs/figures/ from the scenario files, printing the exact
+# command behind each. Each chart is one `fedsim run` of a scenario at its default size with
+# seed 1 (results in results/reproduce/<scenario>/), whose chart files are copied to
+# docs/figures/<figure>.{svg,png}. Runs take from under a second to about two minutes (RQ1).
+#
+#   scripts/reproduce.sh            # every figure
+#   scripts/reproduce.sh rq2 rq12   # only figures whose name starts with one of these
+#
+# The binary is FEDSIM_BIN, or target/release/fedsim built with `cargo build --release`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fedsim=${FEDSIM_BIN:-}
+if [ -z "$fedsim" ]; then
+    cargo build --release --quiet --bin fedsim
+    fedsim=target/release/fedsim
+fi
+mkdir -p docs/figures results/reproduce
+
+# figure name | scenario file | chart file stem the run writes
+figures=(
+    "rq1-polling-load|scenarios/rq1-polling-load.toml|polling-load"
+    "rq2-containment|scenarios/rq2-containment-keys.toml|containment-rotation"
+    "rq3-fail-open-window|scenarios/rq3-fail-open-window.toml|containment-compromise-silent"
+    "rq6-link-hours-lost|scenarios/rq6-partitions.toml|link-hours-lost"
+    "rq10-lying-server|scenarios/rq10-lying-server.toml|containment-lie"
+    "rq11-domain-reuse|scenarios/rq11-domain-reuse.toml|containment-expire-gap-1d"
+    "rq12-wakeups|scenarios/rq12-constrained-host.toml|wakeups"
+)
+
+wanted() {
+    [ $# -eq 0 ] && return 0
+    local figure=$1
+    shift
+    for prefix in "${selected[@]}"; do
+        [[ $figure == "$prefix"* ]] && return 0
+    done
+    return 1
+}
+selected=("$@")
+
+made=0
+for entry in "${figures[@]}"; do
+    IFS='|' read -r figure scenario stem <<<"$entry"
+    if [ ${#selected[@]} -gt 0 ] && ! wanted "$figure" "${selected[@]}"; then
+        continue
+    fi
+    out="results/reproduce/$(basename "$scenario" .toml)"
+    echo "# docs/figures/$figure.{svg,png}:"
+    echo "fedsim run $scenario --seed 1 --out $out && cp $out/$stem.svg docs/figures/$figure.svg && cp $out/$stem.png docs/figures/$figure.png"
+    "$fedsim" run "$scenario" --seed 1 --out "$out" >/dev/null 2>"$out.log" || {
+        cat "$out.log" >&2
+        echo "reproduce: FAILED: $scenario" >&2
+        exit 1
+    }
+    for extension in svg png; do
+        cp "$out/$stem.$extension" "docs/figures/$figure.$extension.tmp"
+        mv "docs/figures/$figure.$extension.tmp" "docs/figures/$figure.$extension"
+    done
+    made=$((made + 1))
+done
+echo "reproduce: $made figures written to docs/figures/"

@@ -1,0 +1,367 @@
+//! `fedsim bench [small|medium|federation|FILE ...] [--seed N] [--out DIR] [--set k=v ...]`:
+//! runs the standard benchmark scenarios (or the given files) and prints, per scenario, the wall
+//! time, simulated events per second, peak memory and the crypto floor ratio.
+//!
+//! Each scenario runs in its own child process (`fedsim run`), so the peak resident memory it
+//! reports (`VmHWM` in run-info.json) belongs to that scenario alone and not to whichever ran
+//! before it in the same process. The crypto floor is what the run's cryptography alone would cost
+//! on one core: signatures made x the raw ed25519 sign time + distinct signature checks x the raw
+//! verify time, both timed by this command just before the runs on the same machine.
+//! Wall-clock figures are measurements, not results: they go to bench.json / bench.csv in the
+//! output directory (written atomically) and never into a run's deterministic files.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use ed25519_dalek::{Signer, SigningKey};
+use serde_json::{Value, json};
+
+use super::CliError;
+use crate::metrics::{CsvTable, fixed, write_json};
+
+/// The standard scenarios, smallest first: (name, file).
+pub const STANDARD: &[(&str, &str)] = &[
+    ("small", "scenarios/bench-small.toml"),
+    ("medium", "scenarios/bench-medium.toml"),
+    ("federation", "scenarios/bench-federation.toml"),
+];
+
+/// Arguments of `fedsim bench`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Standard sizes (small, medium, federation) or scenario files; default: all three sizes.
+    pub scenarios: Vec<String>,
+    /// The run seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where runs and bench.json / bench.csv go.
+    #[arg(long, default_value = "results/bench")]
+    pub out: PathBuf,
+    /// Override a field of every scenario (repeatable), e.g. --set duration=1d.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub sets: Vec<String>,
+}
+
+/// Raw single-core ed25519 costs measured on this machine (seconds per operation).
+#[derive(Debug, Clone, Copy)]
+pub struct RawCrypto {
+    pub sign_seconds: f64,
+    pub verify_seconds: f64,
+}
+
+/// Times raw ed25519 signing and strict verification of a key-response-sized message: the
+/// median of several batches, so one scheduler hiccup does not move the floor.
+pub fn measure_raw_crypto() -> RawCrypto {
+    const BATCHES: usize = 7;
+    const PER_BATCH: u32 = 200;
+    let key = SigningKey::from_bytes(&[7u8; 32]);
+    let verifying_key = key.verifying_key();
+    let message = vec![b'x'; 300];
+    let signature = key.sign(&message);
+    let median = |mut samples: Vec<f64>| {
+        samples.sort_by(f64::total_cmp);
+        samples[samples.len() / 2]
+    };
+    let sign = (0..BATCHES)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..PER_BATCH {
+                std::hint::black_box(key.sign(std::hint::black_box(&message)));
+            }
+            started.elapsed().as_secs_f64() / f64::from(PER_BATCH)
+        })
+        .collect();
+    let verify = (0..BATCHES)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..PER_BATCH {
+                let result =
+                    verifying_key.verify_strict(std::hint::black_box(&message), &signature);
+                std::hint::black_box(result.is_ok());
+            }
+            started.elapsed().as_secs_f64() / f64::from(PER_BATCH)
+        })
+        .collect();
+    RawCrypto {
+        sign_seconds: median(sign),
+        verify_seconds: median(verify),
+    }
+}
+
+/// One scenario's figures, read from the run-info.json its run wrote.
+#[derive(Debug, Clone)]
+pub struct BenchRow {
+    pub name: String,
+    pub file: String,
+    pub wall_seconds: f64,
+    pub events_processed: u64,
+    pub peak_memory_mib: Option<f64>,
+    pub signatures_made: u64,
+    pub signature_checks: u64,
+}
+
+impl BenchRow {
+    /// Reads the figures of a finished run from its run-info.json.
+    pub fn from_run_info(name: &str, file: &str, run_info: &Value) -> Result<BenchRow, String> {
+        let number = |field: &str| run_info.get(field).and_then(Value::as_f64);
+        let count = |field: &str| run_info.get(field).and_then(Value::as_u64).unwrap_or(0);
+        Ok(BenchRow {
+            name: name.to_owned(),
+            file: file.to_owned(),
+            wall_seconds: number("wall_seconds").ok_or("run-info.json has no wall_seconds")?,
+            events_processed: run_info
+                .get("events_processed")
+                .and_then(Value::as_u64)
+                .ok_or("run-info.json has no events_processed")?,
+            peak_memory_mib: number("peak_memory_kib").map(|kib| kib / 1024.0),
+            signatures_made: count("signatures_made"),
+            signature_checks: count("verify_checks"),
+        })
+    }
+
+    /// Seconds the run's cryptography alone costs on one core.
+    pub fn crypto_floor_seconds(&self, raw: RawCrypto) -> f64 {
+        self.signatures_made as f64 * raw.sign_seconds
+            + self.signature_checks as f64 * raw.verify_seconds
+    }
+
+    /// Wall time over the crypto floor (`None` when the run did no cryptography).
+    pub fn floor_ratio(&self, raw: RawCrypto) -> Option<f64> {
+        let floor = self.crypto_floor_seconds(raw);
+        (floor > 0.0).then(|| self.wall_seconds / floor)
+    }
+
+    /// Simulated events per wall-clock second.
+    pub fn events_per_second(&self) -> f64 {
+        self.events_processed as f64 / self.wall_seconds.max(1e-9)
+    }
+}
+
+/// Maps a standard size name to its file; anything else is taken as a file.
+fn resolve(spec: &str) -> (String, String) {
+    match STANDARD.iter().find(|(name, _)| *name == spec) {
+        Some((name, file)) => ((*name).to_owned(), (*file).to_owned()),
+        None => {
+            let name = Path::new(spec)
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+                .unwrap_or_else(|| spec.to_owned());
+            (name, spec.to_owned())
+        }
+    }
+}
+
+/// Runs the command.
+pub fn run(args: &Args) -> Result<(), CliError> {
+    let specs: Vec<(String, String)> = if args.scenarios.is_empty() {
+        STANDARD
+            .iter()
+            .map(|(name, file)| ((*name).to_owned(), (*file).to_owned()))
+            .collect()
+    } else {
+        args.scenarios.iter().map(|spec| resolve(spec)).collect()
+    };
+    // Fail on bad input before spending minutes on the first run.
+    for (_, file) in &specs {
+        crate::scenario::load(Some(Path::new(file)), &args.sets).map_err(CliError::input)?;
+    }
+    let executable = std::env::current_exe().map_err(|error| {
+        CliError::failure(format!("cannot find the fedsim executable: {error}"))
+    })?;
+    let raw = measure_raw_crypto();
+    println!(
+        "fedsim bench: raw ed25519 on this machine: sign {:.1} us, verify_strict {:.1} us",
+        raw.sign_seconds * 1e6,
+        raw.verify_seconds * 1e6
+    );
+    let mut rows = Vec::new();
+    for (name, file) in &specs {
+        let run_dir = args.out.join(name);
+        println!(
+            "fedsim bench: {name}: fedsim run {file} --seed {} ...",
+            args.seed
+        );
+        let mut command = Command::new(&executable);
+        command
+            .arg("run")
+            .arg(file)
+            .arg("--seed")
+            .arg(args.seed.to_string())
+            .arg("--out")
+            .arg(&run_dir);
+        for set in &args.sets {
+            command.arg("--set").arg(set);
+        }
+        let status = command
+            .status()
+            .map_err(|error| CliError::failure(format!("cannot start {file}: {error}")))?;
+        if !status.success() {
+            return Err(CliError::failure(format!(
+                "{file}: the run failed ({status})\nreproduce: fedsim run {file} --seed {}",
+                args.seed
+            )));
+        }
+        let info_path = run_dir.join("run-info.json");
+        let text = std::fs::read_to_string(&info_path).map_err(|error| {
+            CliError::failure(format!("{}: cannot read: {error}", info_path.display()))
+        })?;
+        let info: Value = serde_json::from_str(&text).map_err(|error| {
+            CliError::failure(format!("{}: not JSON: {error}", info_path.display()))
+        })?;
+        let row = BenchRow::from_run_info(name, file, &info)
+            .map_err(|problem| CliError::failure(format!("{}: {problem}", info_path.display())))?;
+        rows.push(row);
+    }
+    print_table(&rows, raw);
+    write_reports(&args.out, &rows, raw)
+        .map_err(|error| CliError::failure(format!("{}: {error}", args.out.display())))?;
+    println!(
+        "fedsim bench: wrote {} and {}",
+        args.out.join("bench.json").display(),
+        args.out.join("bench.csv").display()
+    );
+    Ok(())
+}
+
+fn print_table(rows: &[BenchRow], raw: RawCrypto) {
+    println!(
+        "{:<12} {:>9} {:>14} {:>12} {:>10} {:>12} {:>12} {:>10} {:>9}",
+        "scenario",
+        "wall s",
+        "events",
+        "events/s",
+        "peak MiB",
+        "signatures",
+        "checks",
+        "floor s",
+        "wall/flr"
+    );
+    for row in rows {
+        println!(
+            "{:<12} {:>9.1} {:>14} {:>12.0} {:>10} {:>12} {:>12} {:>10.2} {:>9}",
+            row.name,
+            row.wall_seconds,
+            row.events_processed,
+            row.events_per_second(),
+            row.peak_memory_mib
+                .map(|mib| format!("{mib:.0}"))
+                .unwrap_or_else(|| "?".into()),
+            row.signatures_made,
+            row.signature_checks,
+            row.crypto_floor_seconds(raw),
+            row.floor_ratio(raw)
+                .map(|ratio| format!("{ratio:.2}"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+}
+
+fn write_reports(out: &Path, rows: &[BenchRow], raw: RawCrypto) -> std::io::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let mut table = CsvTable::new(&[
+        "scenario",
+        "file",
+        "wall_seconds",
+        "events_processed",
+        "events_per_second",
+        "peak_memory_mib",
+        "signatures_made",
+        "signature_checks",
+        "crypto_floor_seconds",
+        "wall_over_crypto_floor",
+    ]);
+    let mut entries = Vec::new();
+    for row in rows {
+        let ratio = row.floor_ratio(raw);
+        table.row(&[
+            row.name.clone(),
+            row.file.clone(),
+            fixed(row.wall_seconds, 3),
+            row.events_processed.to_string(),
+            fixed(row.events_per_second(), 0),
+            row.peak_memory_mib
+                .map(|mib| fixed(mib, 1))
+                .unwrap_or_default(),
+            row.signatures_made.to_string(),
+            row.signature_checks.to_string(),
+            fixed(row.crypto_floor_seconds(raw), 3),
+            ratio.map(|ratio| fixed(ratio, 3)).unwrap_or_default(),
+        ]);
+        entries.push(json!({
+            "scenario": row.name,
+            "file": row.file,
+            "wall_seconds": row.wall_seconds,
+            "events_processed": row.events_processed,
+            "events_per_second": row.events_per_second(),
+            "peak_memory_mib": row.peak_memory_mib,
+            "signatures_made": row.signatures_made,
+            "signature_checks": row.signature_checks,
+            "crypto_floor_seconds": row.crypto_floor_seconds(raw),
+            "wall_over_crypto_floor": ratio,
+        }));
+    }
+    table.write(&out.join("bench.csv"))?;
+    write_json(
+        &out.join("bench.json"),
+        &json!({
+            "raw_sign_seconds": raw.sign_seconds,
+            "raw_verify_seconds": raw.verify_seconds,
+            "scenarios": entries,
+        }),
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_counts_signatures_and_distinct_checks() {
+        let info = json!({
+            "wall_seconds": 3.0,
+            "events_processed": 600,
+            "peak_memory_kib": 2048,
+            "signatures_made": 100,
+            "verify_checks": 50,
+        });
+        let row = BenchRow::from_run_info("small", "f.toml", &info).unwrap();
+        let raw = RawCrypto {
+            sign_seconds: 0.01,
+            verify_seconds: 0.02,
+        };
+        assert!((row.crypto_floor_seconds(raw) - 2.0).abs() < 1e-12);
+        assert!((row.floor_ratio(raw).unwrap() - 1.5).abs() < 1e-12);
+        assert_eq!(row.peak_memory_mib, Some(2.0));
+        assert!((row.events_per_second() - 200.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_run_without_crypto_has_no_ratio_and_missing_fields_are_named() {
+        let info = json!({"wall_seconds": 1.0, "events_processed": 5});
+        let row = BenchRow::from_run_info("x", "x.toml", &info).unwrap();
+        let raw = RawCrypto {
+            sign_seconds: 1e-5,
+            verify_seconds: 3e-5,
+        };
+        assert_eq!(row.floor_ratio(raw), None);
+        let error = BenchRow::from_run_info("x", "x.toml", &json!({"wall_seconds": 1.0}));
+        assert_eq!(error.unwrap_err(), "run-info.json has no events_processed");
+    }
+
+    #[test]
+    fn standard_names_map_to_files_and_other_specs_are_files() {
+        assert_eq!(
+            resolve("medium"),
+            ("medium".into(), "scenarios/bench-medium.toml".into())
+        );
+        assert_eq!(
+            resolve("scenarios/rq1-polling-load.toml"),
+            (
+                "rq1-polling-load".into(),
+                "scenarios/rq1-polling-load.toml".into()
+            )
+        );
+    }
+}
