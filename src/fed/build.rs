@@ -245,6 +245,9 @@ impl FedWorld {
             }
         }
         let window_ms = scenario.metrics.sample_interval.ms();
+        let shared_facts = config
+            .share_facts
+            .then(crate::room::shared::SharedEventFacts::new);
         FedWorld {
             seed,
             scenario: scenario.clone(),
@@ -258,6 +261,7 @@ impl FedWorld {
             plans,
             room_of_id: HashMap::new(),
             memo: CheckMemo::new(),
+            shared_facts,
             verify_memo,
             requests: HashMap::new(),
             next_request: 0,

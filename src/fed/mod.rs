@@ -433,6 +433,8 @@ pub struct FedWorld {
     pub plans: Vec<RoomPlan>,
     room_of_id: HashMap<String, RoomIndex>,
     pub memo: CheckMemo,
+    /// Evaluations and current states shared across servers (`rooms.share_facts`).
+    pub shared_facts: Option<crate::room::shared::SharedEventFacts>,
     pub verify_memo: VerifyMemo,
     requests: HashMap<u64, Request>,
     next_request: u64,
@@ -1726,8 +1728,12 @@ impl FedWorld {
                 }
             }
         }
+        let state = match &self.shared_facts {
+            Some(facts) => RoomState::with_shared_facts(self.version, room_id, facts),
+            None => RoomState::new(self.version, room_id),
+        };
         ServerRoom {
-            state: RoomState::new(self.version, room_id),
+            state,
             links: LinkTable::new(self.room_policy.invalidation),
             joined: false,
             inbound: VecDeque::new(),

@@ -2,7 +2,7 @@
 //! `checks`), timeseries.csv, servers.csv and run-info.json (the only file allowed to differ
 //! between identical runs), written atomically.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 
 use crate::engine::Trace;
 use crate::metrics::{CsvTable, fixed, rounded, write_json};
+use crate::room::metrics::{self as room_metrics, MessageView};
 use crate::room::properties;
 use crate::room::room_state::Fate;
 use crate::scenario::Scenario;
@@ -176,20 +177,17 @@ fn counter_fields(counters: &Counters) -> Vec<(String, u64)> {
     fields
 }
 
-/// Per room: each resident server's set of client-visible message event IDs.
-pub(crate) fn visible_messages(world: &FedWorld, room: RoomIndex) -> Vec<BTreeSet<String>> {
+/// Per room: the message view (room::metrics) of each server that joined it.
+pub(crate) fn message_views(world: &FedWorld, room: RoomIndex) -> Vec<MessageView> {
     world
         .servers
         .iter()
-        .filter_map(|server| server.rooms.get(&room).filter(|state| state.joined))
-        .map(|state| {
-            state
-                .state
-                .timeline()
-                .iter()
-                .filter(|entry| entry.is_visible() && entry.event_type == "m.room.message")
-                .map(|entry| entry.event_id.clone())
-                .collect()
+        .filter_map(|server| {
+            server
+                .rooms
+                .get(&room)
+                .filter(|state| state.joined)
+                .map(|state| MessageView::from_room(&server.name, &state.state))
         })
         .collect()
 }
@@ -252,46 +250,51 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
     metrics.insert("message_server_pairs".into(), json!(pairs));
     metrics.insert("message_coverage".into(), share(accepted, pairs));
     metrics.insert("message_unlabelled_share".into(), share(visible, pairs));
-    // Divergence of client-visible message sets, per room, averaged over room pairs of servers.
+    // RQ5: divergence of client-visible message sets (room::metrics), per room over its joined
+    // servers, then averaged over rooms with at least two of them.
     let mut divergence_sum = 0.0;
-    let mut divergence_pairs = 0u64;
-    let mut somewhere_hidden_elsewhere = 0u64;
-    let mut visible_anywhere = 0u64;
+    let mut divergence_max: f64 = 0.0;
+    let mut split_sum = 0.0;
+    let mut hidden_sum = 0.0;
+    let mut orphan_sum = 0.0;
+    let mut server_rooms = 0u64;
+    let mut rooms_compared = 0u64;
     for room in 0..world.plans.len() as RoomIndex {
-        let sets = visible_messages(world, room);
-        for i in 0..sets.len() {
-            for j in i + 1..sets.len() {
-                let union = sets[i].union(&sets[j]).count();
-                if union > 0 {
-                    let difference = sets[i].symmetric_difference(&sets[j]).count();
-                    divergence_sum += difference as f64 / union as f64;
-                }
-                divergence_pairs += 1;
-            }
+        let views = message_views(world, room);
+        for view in &views {
+            orphan_sum += room_metrics::orphans(view).orphan_ratio;
         }
-        let all: BTreeSet<&String> = sets.iter().flatten().collect();
-        visible_anywhere += all.len() as u64;
-        somewhere_hidden_elsewhere += all
-            .iter()
-            .filter(|id| sets.iter().any(|set| !set.contains(**id)))
-            .count() as u64;
+        for share in room_metrics::hidden_shares(&views) {
+            hidden_sum += share.hidden_share;
+        }
+        server_rooms += views.len() as u64;
+        if views.len() < 2 {
+            continue;
+        }
+        let matrix = room_metrics::divergence_matrix(&views);
+        divergence_sum += matrix.mean;
+        divergence_max = divergence_max.max(matrix.max);
+        split_sum += room_metrics::visible_somewhere_hidden_elsewhere(&views);
+        rooms_compared += 1;
     }
+    let mean = |sum: f64, count: u64| {
+        if count == 0 {
+            json!(0.0)
+        } else {
+            rounded(sum / count as f64)
+        }
+    };
     metrics.insert(
         "divergence_mean".into(),
-        if divergence_pairs == 0 {
-            json!(0.0)
-        } else {
-            rounded(divergence_sum / divergence_pairs as f64)
-        },
+        mean(divergence_sum, rooms_compared),
     );
+    metrics.insert("divergence_max".into(), rounded(divergence_max));
     metrics.insert(
         "visible_somewhere_hidden_elsewhere".into(),
-        if visible_anywhere == 0 {
-            json!(0.0)
-        } else {
-            rounded(somewhere_hidden_elsewhere as f64 / visible_anywhere as f64)
-        },
+        mean(split_sum, rooms_compared),
     );
+    metrics.insert("hidden_share_mean".into(), mean(hidden_sum, server_rooms));
+    metrics.insert("orphan_ratio_mean".into(), mean(orphan_sum, server_rooms));
     metrics.insert(
         "events_held_total".into(),
         json!(
@@ -328,54 +331,36 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
     metrics
 }
 
-/// Nearest-rank percentile of times where `None` (never) counts as infinite; `null` if the rank
-/// falls on a never.
-fn percentile_or_never(sorted: &[Option<u64>], percentile: f64) -> Value {
-    if sorted.is_empty() {
-        return Value::Null;
-    }
-    let rank = ((percentile / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    match sorted[rank.min(sorted.len()) - 1] {
-        Some(ms) => rounded(ms as f64 / 1000.0),
-        None => Value::Null,
-    }
-}
-
 /// RQ2 containment after the rotation at t0: per observer (a server other than the compromised
 /// ones that shares a room with them), the time until every compromised member link it holds is
 /// unverified, and until its key cache invalidated the compromised key; 50/95/100th percentiles
-/// in seconds (`null` = some observers never did).
+/// in seconds after t0 (room::metrics::containment; `null` = that share never was reached).
 fn containment(world: &FedWorld, metrics: &mut Map<String, Value>) {
     let t0_ms = world.attacker.t0_ms;
-    let mut link_times: Vec<Option<u64>> = Vec::new();
-    let mut key_times: Vec<Option<u64>> = Vec::new();
-    if let Some(t0_ms) = t0_ms {
-        let t0_abs_ms = crate::server::absolute_ms(t0_ms);
+    let t0_abs_ms = crate::server::absolute_ms(t0_ms.unwrap_or(0));
+    let mut link_times: Vec<Option<i64>> = Vec::new();
+    let mut key_times: Vec<Option<i64>> = Vec::new();
+    if t0_ms.is_some() {
         for (index, server) in world.servers.iter().enumerate() {
             let index = index as u32;
             if world.attacker.servers.contains_key(&index) {
                 continue;
             }
             let mut observes = false;
-            let mut all_links: Option<u64> = Some(0);
+            let mut all_links: Option<i64> = Some(t0_abs_ms);
             for (room, member) in world.attacker.member_keys.keys() {
                 let Some(state) = server.rooms.get(room).filter(|state| state.joined) else {
                     continue;
                 };
                 observes = true;
-                let unverified_at = state.links.link(member).and_then(|link| {
-                    link.transitions
-                        .iter()
-                        .find(|transition| {
-                            transition.at_ms >= t0_abs_ms
-                                && transition.to == crate::room::links::LinkStatus::Unverified
-                        })
-                        .map(|transition| (transition.at_ms - t0_abs_ms) as u64)
-                });
-                all_links = match (all_links, unverified_at) {
+                let at = room_metrics::unverified_since(&state.links, member, t0_abs_ms);
+                all_links = match (all_links, at) {
                     (Some(so_far), Some(at)) => Some(so_far.max(at)),
                     _ => None,
                 };
+            }
+            if observes && world.version.member_keys {
+                link_times.push(all_links);
             }
             for domain in world.attacker.servers.keys() {
                 let shares_room = world.plans.iter().any(|plan| {
@@ -388,19 +373,13 @@ fn containment(world: &FedWorld, metrics: &mut Map<String, Value>) {
                             .attacker
                             .key_invalidated_at
                             .get(&(index, *domain))
-                            .map(|at| at - t0_ms),
+                            .map(|at_ms| crate::server::absolute_ms(*at_ms)),
                     );
                 }
             }
-            if observes && world.version.member_keys {
-                link_times.push(all_links);
-            }
         }
     }
-    let order = |times: &mut Vec<Option<u64>>| times.sort_by_key(|time| time.unwrap_or(u64::MAX));
-    order(&mut link_times);
-    order(&mut key_times);
-    let share = |times: &[Option<u64>]| {
+    let share = |times: &[Option<i64>]| {
         if times.is_empty() {
             Value::Null
         } else {
@@ -415,14 +394,23 @@ fn containment(world: &FedWorld, metrics: &mut Map<String, Value>) {
     metrics.insert("containment_links_share".into(), share(&link_times));
     metrics.insert("containment_key_observers".into(), json!(key_times.len()));
     metrics.insert("containment_keys_share".into(), share(&key_times));
-    for (label, percentile) in [("p50", 50.0), ("p95", 95.0), ("p100", 100.0)] {
+    let seconds = |ms: Option<i64>| ms.map_or(Value::Null, |ms| rounded(ms as f64 / 1000.0));
+    let links = room_metrics::containment(&link_times, t0_abs_ms);
+    let keys = room_metrics::containment(&key_times, t0_abs_ms);
+    let empty =
+        |times: &[Option<i64>], value: Value| if times.is_empty() { Value::Null } else { value };
+    for (label, link_ms, key_ms) in [
+        ("p50", links.p50_ms, keys.p50_ms),
+        ("p95", links.p95_ms, keys.p95_ms),
+        ("p100", links.p100_ms, keys.p100_ms),
+    ] {
         metrics.insert(
             format!("containment_links_s_{label}"),
-            percentile_or_never(&link_times, percentile),
+            empty(&link_times, seconds(link_ms)),
         );
         metrics.insert(
             format!("containment_keys_s_{label}"),
-            percentile_or_never(&key_times, percentile),
+            empty(&key_times, seconds(key_ms)),
         );
     }
 }

@@ -52,9 +52,17 @@ pub struct Rooms {
     /// How often a failed `/send` transaction is retried before its PDUs are given up.
     #[serde(default = "default_transaction_retries")]
     pub transaction_retries: u32,
+    /// Share the evaluation of events (checks 4-5, states) and current states across servers
+    /// (`room::shared`); results are identical either way, only speed differs.
+    #[serde(default = "yes")]
+    pub share_facts: bool,
     /// Scripted actions.
     #[serde(default)]
     pub actions: Vec<RoomAction>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one_user() -> CountSpec {
