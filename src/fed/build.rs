@@ -100,6 +100,7 @@ impl FedWorld {
                 room_id: None,
                 creator: members[0],
                 members,
+                member_ids: Vec::new(),
                 late: BTreeSet::new(),
                 message_rng: SimRng::stream(seed, "room-messages", u64::from(room)),
                 topic_rng: SimRng::stream(seed, "room-topics", u64::from(room)),
@@ -125,6 +126,24 @@ impl FedWorld {
                     }
                 }
             }
+        }
+        for (room, plan) in plans.iter_mut().enumerate() {
+            plan.member_ids = plan
+                .members
+                .iter()
+                .map(|&(server, user)| {
+                    if version.member_keys {
+                        let key = member_key(seed, room as RoomIndex, server, user);
+                        crate::matrix::member_keys::member_key_user_id(&key.verifying_key())
+                    } else {
+                        format!(
+                            "@{}:{}",
+                            users[server as usize][user as usize],
+                            server_name(server)
+                        )
+                    }
+                })
+                .collect();
         }
         // The domains each server shares a room with (its key-cache slots).
         let mut shared: Vec<BTreeSet<ServerId>> = vec![BTreeSet::new(); server_count as usize];

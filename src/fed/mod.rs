@@ -337,6 +337,9 @@ pub struct RoomPlan {
     pub creator: (ServerId, u32),
     /// One user per member server: (server, user index), the creator first.
     pub members: Vec<(ServerId, u32)>,
+    /// The ID each planned member has in the room (parallel to `members`; deriving a member
+    /// key is a scalar multiplication, so it is done once).
+    pub member_ids: Vec<String>,
     /// (server) that join late (by a `join-late` action).
     pub late: BTreeSet<ServerId>,
     message_rng: SimRng,
@@ -1746,6 +1749,14 @@ impl FedWorld {
     /// The member ID `user` of `server` will have in `room` (its member key's ID under member
     /// keys).
     fn joiner_member_id(&self, room: RoomIndex, server: ServerId, user: u32) -> String {
+        let plan = &self.plans[room as usize];
+        if let Some(position) = plan
+            .members
+            .iter()
+            .position(|member| *member == (server, user))
+        {
+            return plan.member_ids[position].clone();
+        }
         if self.version.member_keys {
             let key = build::member_key(self.seed, room, server, user);
             crate::matrix::member_keys::member_key_user_id(&key.verifying_key())
