@@ -136,6 +136,107 @@ impl LayeredState {
     }
 }
 
+/// A fast hasher for event IDs in lookup-only maps: FxHash's multiply-rotate over 8-byte words.
+/// Deterministic; event IDs of room versions 4+ are hashes already, so SipHash's protection
+/// against chosen keys buys nothing here.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::BuildHasher for IdHasher {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(SEED);
+        }
+        for &byte in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(SEED);
+        }
+    }
+}
+
+/// Event IDs to indices without storing the IDs again (each node's event holds it): a 64-bit
+/// hash of the ID maps to the index, and the rare ID whose hash collides with another held
+/// ID's goes to an exact map. Lookups compare the ID with the node's, so the map is exact.
+#[derive(Default)]
+struct IdIndex {
+    by_hash: HashMap<u64, EventIndex, IdentityHasher>,
+    colliding: HashMap<EventId, EventIndex, IdHasher>,
+}
+
+/// Hashes an event ID for [`IdIndex`].
+fn id_hash(event_id: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = IdHasher::default();
+    hasher.write(event_id.as_bytes());
+    // Mix the high bits down: the table uses the low bits.
+    let hash = hasher.finish();
+    hash ^ (hash >> 29) ^ (hash >> 47)
+}
+
+/// The identity hasher for keys that are hashes already.
+#[derive(Debug, Clone, Copy, Default)]
+struct IdentityHasher(u64);
+
+impl std::hash::BuildHasher for IdentityHasher {
+    type Hasher = IdentityHasher;
+
+    fn build_hasher(&self) -> IdentityHasher {
+        IdentityHasher(0)
+    }
+}
+
+impl std::hash::Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 << 8) | u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+impl IdIndex {
+    fn get(&self, nodes: &[Node], event_id: &str) -> Option<EventIndex> {
+        match self.by_hash.get(&id_hash(event_id)) {
+            Some(&index) if nodes[index as usize].pdu.event_id == event_id => Some(index),
+            Some(_) => self.colliding.get(event_id).copied(),
+            None => None,
+        }
+    }
+
+    /// Records `event_id` (not present yet) at `index`.
+    fn insert(&mut self, event_id: &str, index: EventIndex) {
+        match self.by_hash.entry(id_hash(event_id)) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(index);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.colliding.insert(event_id.to_owned(), index);
+            }
+        }
+    }
+}
+
 struct Node {
     pdu: Arc<Pdu>,
     prev: Vec<EventIndex>,
@@ -151,7 +252,7 @@ pub struct Dag {
     version: RoomVersion,
     graph: DiGraph<EventIndex, EdgeKind, EventIndex>,
     nodes: Vec<Node>,
-    index_of: HashMap<EventId, EventIndex>,
+    index_of: IdIndex,
     create: Option<EventIndex>,
 }
 
@@ -162,7 +263,7 @@ impl Dag {
             version,
             graph: DiGraph::default(),
             nodes: Vec::new(),
-            index_of: HashMap::new(),
+            index_of: IdIndex::default(),
             create: None,
         }
     }
@@ -269,7 +370,7 @@ impl Dag {
         pdu: Arc<Pdu>,
         state_before: Arc<LayeredState>,
     ) -> Result<EventIndex, DagError> {
-        if self.index_of.contains_key(&pdu.event_id) {
+        if self.index(&pdu.event_id).is_some() {
             return Err(DagError::DuplicateEventId(pdu.event_id.clone()));
         }
         let is_create = pdu.event_type == "m.room.create" && pdu.state_key.as_deref() == Some("");
@@ -301,7 +402,7 @@ impl Dag {
         pdu: Arc<Pdu>,
         evaluation: Evaluation,
     ) -> Result<EventIndex, DagError> {
-        if self.index_of.contains_key(&pdu.event_id) {
+        if self.index(&pdu.event_id).is_some() {
             return Err(DagError::DuplicateEventId(pdu.event_id.clone()));
         }
         let is_create = pdu.event_type == "m.room.create" && pdu.state_key.as_deref() == Some("");
@@ -333,7 +434,7 @@ impl Dag {
             self.graph
                 .add_edge(node, NodeIndex::new(parent as usize), EdgeKind::Auth);
         }
-        self.index_of.insert(pdu.event_id.clone(), index);
+        self.index_of.insert(&pdu.event_id, index);
         if is_create {
             self.create = Some(index);
         }
@@ -361,8 +462,8 @@ impl Dag {
         };
         let mut indices = Vec::with_capacity(ids.len());
         for id in ids {
-            match (self.index_of.get(id), kind) {
-                (Some(&index), _) => indices.push(index),
+            match (self.index(id), kind) {
+                (Some(index), _) => indices.push(index),
                 (None, _) if !required => {}
                 (None, EdgeKind::Prev) => {
                     return Err(DagError::UnknownPrevEvent {
@@ -400,9 +501,7 @@ impl Dag {
             .map(|create| self.pdu(create));
         if let Err(rejection) =
             auth::check_against_auth_events(&self.version, pdu, &auth_pdus, create, |id| {
-                self.index_of
-                    .get(id)
-                    .is_some_and(|&index| self.is_rejected(index))
+                self.index(id).is_some_and(|index| self.is_rejected(index))
             })
         {
             return Some((RejectionCheck::AuthEvents, rejection));
@@ -434,7 +533,7 @@ impl Dag {
 
     /// The index of an event ID, if present.
     pub fn index(&self, event_id: &str) -> Option<EventIndex> {
-        self.index_of.get(event_id).copied()
+        self.index_of.get(&self.nodes, event_id)
     }
 
     /// The event at `index`, shared.
@@ -511,7 +610,7 @@ impl Dag {
 
 impl EventSource for Dag {
     fn index_of(&self, event_id: &str) -> Option<EventIndex> {
-        self.index_of.get(event_id).copied()
+        self.index_of.get(&self.nodes, event_id)
     }
 
     fn pdu(&self, index: EventIndex) -> &Pdu {
@@ -773,6 +872,30 @@ mod tests {
             .map(|&index| room.dag.event(index).event_id.as_str())
             .collect();
         assert_eq!(chain, ["$e0001", "$e0002", "$e0003", "$e0004"]);
+    }
+
+    /// Test that the ID index stays exact when two IDs' hashes collide: the second goes to the
+    /// exact map, and a hash slot naming another event's node is not taken for a match.
+    #[test]
+    fn the_id_index_resolves_hash_collisions_exactly() {
+        let (room, tip) = Room::new();
+        let ids: Vec<EventId> = (0..=tip)
+            .map(|index| room.dag.event(index).event_id.clone())
+            .collect();
+        let mut index = IdIndex::default();
+        index.insert(&ids[0], 0);
+        // Pretend ids[1] hashes like ids[0]: its slot is taken, so it goes to the exact map.
+        index.by_hash.insert(id_hash(&ids[1]), 0);
+        index.insert(&ids[1], 1);
+        assert_eq!(index.colliding.get(&ids[1]), Some(&1));
+        let nodes = &room.dag.nodes;
+        assert_eq!(index.get(nodes, &ids[0]), Some(0));
+        assert_eq!(index.get(nodes, &ids[1]), Some(1));
+        assert_eq!(index.get(nodes, &ids[2]), None);
+        for (position, id) in ids.iter().enumerate() {
+            assert_eq!(room.dag.index(id), Some(position as EventIndex));
+        }
+        assert_eq!(room.dag.index("$absent"), None);
     }
 
     /// Test that insertion refuses unknown references, duplicate IDs and a second create event.

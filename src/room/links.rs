@@ -27,6 +27,7 @@ use serde_json::Value;
 
 use super::keys::HeldKeys;
 use super::policy::InvalidationRule;
+use super::shared::SharedEventFacts;
 use crate::matrix::member_keys::{self, LinkOutcome};
 use crate::matrix::server_keys::ServerKeys;
 use crate::matrix::{EventId, Pdu, RoomVersion};
@@ -214,6 +215,8 @@ pub struct LinkTable {
     verified_by_key: BTreeMap<(String, String), BTreeSet<String>>,
     /// domain -> member keys claiming it (any status).
     by_domain: BTreeMap<String, BTreeSet<String>>,
+    /// If set, co-signature checks are shared with other servers (see [`super::shared`]).
+    shared: Option<SharedEventFacts>,
 }
 
 impl LinkTable {
@@ -224,7 +227,14 @@ impl LinkTable {
             links: BTreeMap::new(),
             verified_by_key: BTreeMap::new(),
             by_domain: BTreeMap::new(),
+            shared: None,
         }
+    }
+
+    /// Shares co-signature checks with every table and room given (a clone of) `facts`, or
+    /// stops sharing (`None`). Results are the same either way.
+    pub fn set_shared_facts(&mut self, facts: Option<SharedEventFacts>) {
+        self.shared = facts;
     }
 
     /// The link of `member_key`, if anything is known about it.
@@ -445,13 +455,19 @@ impl LinkTable {
         else {
             return;
         };
-        let outcome = member_keys::verify_member_link(
-            version,
-            &event.json,
-            keys.keys,
-            keys.currency_check_time_ms(now_ms),
-            keys.clamp,
-        );
+        let now_for_keys_ms = keys.currency_check_time_ms(now_ms);
+        let outcome = match &self.shared {
+            Some(facts) => {
+                facts.member_link(version, &event, keys.keys, now_for_keys_ms, keys.clamp)
+            }
+            None => member_keys::verify_member_link(
+                version,
+                &event.json,
+                keys.keys,
+                now_for_keys_ms,
+                keys.clamp,
+            ),
+        };
         match outcome {
             LinkOutcome::Verified { key_id } => {
                 let domain = event

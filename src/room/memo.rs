@@ -16,6 +16,10 @@
 //!
 //! A server using the memo gets exactly the receipts it would get without it (tested in
 //! `tests/room_pipeline.rs`).
+//!
+//! The digest of a copy's canonical JSON is computed once per [`PduCopy`]: a world that sends
+//! the same copy to many servers wraps it once and hands every receiver the same `PduCopy`
+//! (`pipeline::receive_copy_shared`), so receivers neither clone nor canonicalise the JSON.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,6 +84,35 @@ pub fn front_checks(
     }
 }
 
+/// A received copy of a PDU, as it travels to several servers: the JSON (shared) and the
+/// SHA-256 of its canonical form, computed once. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PduCopy {
+    json: Arc<Value>,
+    /// `None` if the JSON has no canonical form (check 1 fails on it).
+    digest: Option<[u8; 32]>,
+}
+
+impl PduCopy {
+    /// Wraps `json`, computing the digest of its canonical JSON.
+    pub fn new(json: Value) -> PduCopy {
+        PduCopy::from_arc(Arc::new(json))
+    }
+
+    /// Wraps shared JSON, computing the digest of its canonical JSON.
+    pub fn from_arc(json: Arc<Value>) -> PduCopy {
+        let digest = canonical_json::to_canonical_string(&json)
+            .ok()
+            .map(|canonical| Sha256::digest(canonical.as_bytes()).into());
+        PduCopy { json, digest }
+    }
+
+    /// The JSON as received.
+    pub fn json(&self) -> &Value {
+        &self.json
+    }
+}
+
 /// The key questions check 2 asked, with the answers, and the verdict they gave.
 #[derive(Debug, Clone)]
 struct SignatureVerdict {
@@ -102,13 +135,22 @@ enum Entry {
     },
 }
 
+/// At most this many `Arc<Value>` copies are remembered by address (the table is cleared when
+/// full; only speed depends on it).
+const MAX_WRAPPED: usize = 1 << 18;
+
 /// At most this many check-2 verdicts (distinct key answers) are kept per copy.
 const MAX_VERDICTS: usize = 4;
 
 /// Checks 1–3 shared across servers. Lookups only: nothing iterates the map.
 #[derive(Debug, Default)]
 pub struct CheckMemo {
-    entries: HashMap<[u8; 32], Entry>,
+    /// By the digest of the copy's canonical JSON; then by room version and room ID (check 1
+    /// depends on them; almost always one entry).
+    entries: HashMap<[u8; 32], Vec<(&'static str, String, Entry)>>,
+    /// Copies handed over as `Arc<Value>`, by the address of the value: each entry holds its
+    /// `Arc`, so the address cannot be reused by another value while the entry exists.
+    wrapped: HashMap<usize, PduCopy>,
     /// Receipts answered from the memo without any signature verification.
     pub hits: u64,
     /// Receipts that ran check 2 (a new event, or a server whose keys answered differently).
@@ -122,7 +164,7 @@ impl CheckMemo {
 
     /// How many distinct received copies the memo holds.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -138,17 +180,51 @@ impl CheckMemo {
         json: Value,
         keys: &impl KeySource,
     ) -> FrontChecks {
-        let Ok(canonical) = canonical_json::to_canonical_string(&json) else {
-            // Not even canonicalisable: check 1 fails the same way without the memo.
-            return front_checks(version, room_id, json, keys);
+        self.front_checks_copy(version, room_id, &PduCopy::new(json), keys)
+    }
+
+    /// As [`CheckMemo::front_checks`] for JSON shared as `Arc<Value>` by every receiver of the
+    /// same copy: the digest is computed once per `Arc` (found again by its address).
+    pub fn front_checks_arc(
+        &mut self,
+        version: &RoomVersion,
+        room_id: &str,
+        json: &Arc<Value>,
+        keys: &impl KeySource,
+    ) -> FrontChecks {
+        let address = Arc::as_ptr(json) as usize;
+        let copy = match self.wrapped.get(&address) {
+            Some(copy) => copy.clone(),
+            None => {
+                if self.wrapped.len() >= MAX_WRAPPED {
+                    self.wrapped.clear();
+                }
+                let copy = PduCopy::from_arc(Arc::clone(json));
+                self.wrapped.insert(address, copy.clone());
+                copy
+            }
         };
-        let mut hasher = Sha256::new();
-        for part in [version.id, "\u{0}", room_id, "\u{0}", canonical.as_str()] {
-            hasher.update(part.as_bytes());
-        }
-        let digest: [u8; 32] = hasher.finalize().into();
-        if !self.entries.contains_key(&digest) {
-            let entry = match checks::check_format(version, room_id, json) {
+        self.front_checks_copy(version, room_id, &copy, keys)
+    }
+
+    /// As [`CheckMemo::front_checks`] for a copy wrapped once for all its receivers.
+    pub fn front_checks_copy(
+        &mut self,
+        version: &RoomVersion,
+        room_id: &str,
+        copy: &PduCopy,
+        keys: &impl KeySource,
+    ) -> FrontChecks {
+        let Some(digest) = copy.digest else {
+            // Not even canonicalisable: check 1 fails the same way without the memo.
+            return front_checks(version, room_id, (*copy.json).clone(), keys);
+        };
+        let slots = self.entries.entry(digest).or_default();
+        let position = slots
+            .iter()
+            .position(|(version_id, room, _)| *version_id == version.id && room == room_id);
+        let Some(position) = position else {
+            let entry = match checks::check_format(version, room_id, (*copy.json).clone()) {
                 Err(error) => Entry::Format(error),
                 Ok(pdu) => {
                     let signature = verify_recording(version, &pdu, keys);
@@ -169,13 +245,15 @@ impl CheckMemo {
                     }
                 }
             };
-            self.entries.insert(digest, entry);
-            return self.answer(&digest);
-        }
+            let answer = answer(&entry);
+            slots.push((version.id, room_id.to_owned(), entry));
+            return answer;
+        };
+        let entry = &mut slots[position].2;
         // A hit: reuse a check-2 verdict only if this server's keys answer its questions alike.
-        if let Some(Entry::Parsed {
+        if let Entry::Parsed {
             parsed, signatures, ..
-        }) = self.entries.get_mut(&digest)
+        } = entry
         {
             let matching = signatures.iter().position(|verdict| {
                 verdict.asked.iter().all(|(server, key_id, answer)| {
@@ -196,31 +274,32 @@ impl CheckMemo {
         } else {
             self.hits += 1;
         }
-        self.answer(&digest)
+        answer(entry)
     }
+}
 
-    fn answer(&self, digest: &[u8; 32]) -> FrontChecks {
-        match &self.entries[digest] {
-            Entry::Format(error) => FrontChecks::Format {
-                event_id: None,
+/// The checks' result recorded in `entry` (check 2's most recently used verdict).
+fn answer(entry: &Entry) -> FrontChecks {
+    match entry {
+        Entry::Format(error) => FrontChecks::Format {
+            event_id: None,
+            error: error.clone(),
+        },
+        Entry::Parsed {
+            parsed,
+            signatures,
+            checked,
+            hash_check,
+        } => match &signatures[0].result {
+            Err(error) => FrontChecks::Signature {
+                event_id: parsed.event_id.clone(),
                 error: error.clone(),
             },
-            Entry::Parsed {
-                parsed,
-                signatures,
-                checked,
-                hash_check,
-            } => match &signatures[0].result {
-                Err(error) => FrontChecks::Signature {
-                    event_id: parsed.event_id.clone(),
-                    error: error.clone(),
-                },
-                Ok(()) => FrontChecks::Passed {
-                    pdu: Arc::clone(checked),
-                    hash_check: *hash_check,
-                },
+            Ok(()) => FrontChecks::Passed {
+                pdu: Arc::clone(checked),
+                hash_check: *hash_check,
             },
-        }
+        },
     }
 }
 
@@ -312,6 +391,16 @@ mod tests {
             FrontChecks::Signature { .. }
         ));
         assert_eq!((memo.signature_checks, memo.hits), (2, 3));
+        // JSON shared as Arc<Value>: wrapped once, then found by address, same answers.
+        let shared_json = Arc::new(pdu.json.clone());
+        for _ in 0..2 {
+            assert_eq!(
+                memo.front_checks_arc(&version, room, &shared_json, &holds_key),
+                front_checks(&version, room, pdu.json.clone(), &holds_key)
+            );
+        }
+        assert_eq!(memo.wrapped.len(), 1);
+        assert_eq!((memo.signature_checks, memo.hits), (2, 5));
         // A different copy of the event is a different entry.
         let mut edited = pdu.json.clone();
         edited["content"]["body"] = json!("edited");

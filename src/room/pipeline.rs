@@ -27,7 +27,7 @@ use serde_json::Value;
 use super::checks::FormatError;
 use super::keys::KeySource;
 use super::links::{LinkStatus, LinkTable, LinkVerdict};
-use super::memo::{CheckMemo, FrontChecks, front_checks};
+use super::memo::{CheckMemo, FrontChecks, PduCopy, front_checks};
 use super::policy::{ArrivalPath, LinkAction, RoomPolicy, UnverifiedStateEvents};
 use super::room_state::{Fate, HeldEvent, RejectedAt, RoomState, SoftFailReason};
 use crate::matrix::auth::{Rejection, Rule};
@@ -142,7 +142,8 @@ pub fn receive_pdu<K: KeySource>(
     path: ArrivalPath,
     now_ms: i64,
 ) -> Receipt {
-    receive(room, server, json, path, None, None, now_ms)
+    let front = front_checks(room.version(), room.room_id(), json, server.keys);
+    receive(room, server, front, path, None, now_ms)
 }
 
 /// As [`receive_pdu`], with checks 1–3 shared through `memo` by every server that receives the
@@ -155,7 +156,37 @@ pub fn receive_pdu_shared<K: KeySource>(
     path: ArrivalPath,
     now_ms: i64,
 ) -> Receipt {
-    receive(room, server, json, path, None, Some(memo), now_ms)
+    let front = memo.front_checks(room.version(), room.room_id(), json, server.keys);
+    receive(room, server, front, path, None, now_ms)
+}
+
+/// As [`receive_pdu_shared`] for JSON shared as `Arc<Value>` by every server that receives the
+/// same copy: the memo wraps each `Arc` once (found again by its address), so receivers neither
+/// clone nor canonicalise the JSON again (identical receipts).
+pub fn receive_arc_shared<K: KeySource>(
+    room: &mut RoomState,
+    server: &mut ServerView<'_, K>,
+    memo: &mut CheckMemo,
+    json: &Arc<Value>,
+    path: ArrivalPath,
+    now_ms: i64,
+) -> Receipt {
+    let front = memo.front_checks_arc(room.version(), room.room_id(), json, server.keys);
+    receive(room, server, front, path, None, now_ms)
+}
+
+/// As [`receive_pdu_shared`] for a copy wrapped once ([`PduCopy`]) and handed to every server
+/// that receives it: no receiver clones or canonicalises the JSON again (identical receipts).
+pub fn receive_copy_shared<K: KeySource>(
+    room: &mut RoomState,
+    server: &mut ServerView<'_, K>,
+    memo: &mut CheckMemo,
+    copy: &PduCopy,
+    path: ArrivalPath,
+    now_ms: i64,
+) -> Receipt {
+    let front = memo.front_checks_copy(room.version(), room.room_id(), copy, server.keys);
+    receive(room, server, front, path, None, now_ms)
 }
 
 /// As [`receive_pdu`] for an event whose prev events are (partly) not held, with the state
@@ -169,16 +200,17 @@ pub fn receive_pdu_with_state_before<K: KeySource>(
     state_before: Arc<StateMap>,
     now_ms: i64,
 ) -> Receipt {
-    receive(room, server, json, path, Some(state_before), None, now_ms)
+    let front = front_checks(room.version(), room.room_id(), json, server.keys);
+    receive(room, server, front, path, Some(state_before), now_ms)
 }
 
+/// Checks 4–6 and the link rule on the result of checks 1–3 (`front`).
 fn receive<K: KeySource>(
     room: &mut RoomState,
     server: &mut ServerView<'_, K>,
-    json: Value,
+    front: FrontChecks,
     path: ArrivalPath,
     state_before: Option<Arc<StateMap>>,
-    memo: Option<&mut CheckMemo>,
     now_ms: i64,
 ) -> Receipt {
     let version = *room.version();
@@ -192,11 +224,7 @@ fn receive<K: KeySource>(
         allowed_by: None,
     };
     // 1. A valid event for the room version; 2. signatures; 3. hashes (continue with the
-    //    redacted copy on a mismatch). Shared across servers when a memo is given.
-    let front = match memo {
-        Some(memo) => memo.front_checks(&version, room.room_id(), json, server.keys),
-        None => front_checks(&version, room.room_id(), json, server.keys),
-    };
+    //    redacted copy on a mismatch): done by the caller, shared across servers with a memo.
     let (pdu, hash_check) = match front {
         FrontChecks::Format { event_id, error } => {
             receipt.event_id = event_id;
@@ -278,7 +306,7 @@ fn receive<K: KeySource>(
     // 6. The current state (before this event joins the extremities).
     let mut fate = Fate::Accepted { labelled: false };
     if server.policy.auth_soft_fail_paths.contains(path) {
-        match room.check_current_state(&pdu) {
+        match room.check_current_state(index) {
             Ok(rule) => receipt.allowed_by = Some(rule),
             Err(reason) => fate = Fate::SoftFailed(reason),
         }

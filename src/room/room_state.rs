@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::links::{LinkTable, LinkVerdict};
 use super::policy::ArrivalPath;
-use super::shared::{Count, RoomFacts, SharedEventFacts, lock};
+use super::shared::{Count, RoomFacts, SharedEventFacts, SharedId, lock};
 use crate::matrix::auth::{AuthState, Rejection, Rule, auth_types_for_event, authorize};
 use crate::matrix::canonical_json::MAX_SAFE_INTEGER;
 use crate::matrix::dag::{Dag, DagError, EventIndex, LayeredState, RejectionCheck, StateMapView};
@@ -121,6 +121,9 @@ impl TimelineEntry {
 /// Extremity sets whose current state is memoised, at most (the memo is cleared when full).
 const MEMO_CAPACITY: usize = 256;
 
+/// The shared number of an event that has none (not clean, or not shared).
+const NO_SHARED_ID: SharedId = SharedId::MAX;
+
 /// One server's view of one room. See the module documentation for the invariants.
 pub struct RoomState {
     room_id: String,
@@ -135,6 +138,8 @@ pub struct RoomState {
     timeline: Vec<TimelineEntry>,
     /// Per event: clean in the sense of [`super::shared`] (its evaluation may be shared).
     clean: Vec<bool>,
+    /// Per event: its room-wide number in the shared facts, or [`NO_SHARED_ID`].
+    shared_ids: Vec<SharedId>,
     /// Facts shared with other servers, if sharing is on.
     shared: Option<SharedEventFacts>,
     /// This room's entry in `shared`, once the create event is held and clean.
@@ -154,6 +159,7 @@ impl RoomState {
             memo: Some(BTreeMap::new()),
             timeline: Vec::new(),
             clean: Vec::new(),
+            shared_ids: Vec::new(),
             shared: None,
             room_facts: None,
         }
@@ -177,6 +183,8 @@ impl RoomState {
     pub fn set_shared_facts(&mut self, facts: Option<SharedEventFacts>) {
         self.shared = facts;
         self.room_facts = None;
+        // Room-wide numbers belong to the store that gave them.
+        self.shared_ids.fill(NO_SHARED_ID);
     }
 
     /// Whether the held event is clean (its evaluation is the same on every server where it is
@@ -318,16 +326,15 @@ impl RoomState {
         &mut self,
         extremities: &[EventIndex],
     ) -> Result<Arc<StateMap>, ResolveError> {
-        let all_clean = extremities.iter().all(|&index| self.clean[index as usize]);
-        let facts = if all_clean { self.room_facts() } else { None };
-        let Some(facts) = facts else {
+        let key = self.shared_key(extremities);
+        let facts = if key.is_some() {
+            self.room_facts()
+        } else {
+            None
+        };
+        let (Some(key), Some(facts)) = (key, facts) else {
             return Ok(Arc::new(self.dag.resolve_states_after(extremities)?));
         };
-        let mut key: Vec<EventId> = extremities
-            .iter()
-            .map(|&index| self.dag.event(index).event_id.clone())
-            .collect();
-        key.sort_unstable();
         let shared = self.shared.as_ref().expect("facts come from a store");
         if let Some(state) = lock(&facts).current_state(&key) {
             shared.count(Count::CurrentStateReused);
@@ -337,6 +344,20 @@ impl RoomState {
         shared.count(Count::CurrentStateComputed);
         lock(&facts).store_current_state(key, Arc::clone(&state));
         Ok(state)
+    }
+
+    /// The sorted room-wide numbers of `events`, if they all have one.
+    fn shared_key(&self, events: &[EventIndex]) -> Option<Vec<SharedId>> {
+        let mut key = Vec::with_capacity(events.len());
+        for &index in events {
+            let id = self.shared_ids[index as usize];
+            if id == NO_SHARED_ID {
+                return None;
+            }
+            key.push(id);
+        }
+        key.sort_unstable();
+        Some(key)
     }
 
     /// The current state entry for `(event_type, state_key)`, if any.
@@ -392,21 +413,25 @@ impl RoomState {
         } else {
             None
         };
-        let index = match (state_before, facts) {
-            (Some(state), _) => self.dag.insert_with_state_before(
-                pdu,
-                Arc::new(LayeredState::from_map((*state).clone())),
-            )?,
+        let (index, shared_id) = match (state_before, facts) {
+            (Some(state), _) => (
+                self.dag.insert_with_state_before(
+                    pdu,
+                    Arc::new(LayeredState::from_map((*state).clone())),
+                )?,
+                NO_SHARED_ID,
+            ),
             (None, None) => {
                 if let Some(shared) = &self.shared {
                     shared.count(Count::EvaluationUnshareable);
                 }
-                self.dag.insert(pdu)?
+                (self.dag.insert(pdu)?, NO_SHARED_ID)
             }
             (None, Some(facts)) => self.insert_shared(pdu, &facts)?,
         };
         debug_assert_eq!(index as usize, self.clean.len());
         self.clean.push(clean);
+        self.shared_ids.push(shared_id);
         let rejection = self
             .dag
             .evaluation(index)
@@ -428,15 +453,16 @@ impl RoomState {
         &mut self,
         pdu: Arc<Pdu>,
         facts: &Arc<Mutex<RoomFacts>>,
-    ) -> Result<EventIndex, DagError> {
+    ) -> Result<(EventIndex, SharedId), DagError> {
         let shared = self.shared.clone().expect("facts come from a store");
         let found = lock(facts).evaluation(&pdu.event_id).cloned();
         match found {
-            Some(evaluation) if !shared.verifies() => {
+            Some(found) if !shared.verifies() => {
                 shared.count(Count::EvaluationReused);
-                self.dag.insert_evaluated(pdu, evaluation)
+                Ok((self.dag.insert_evaluated(pdu, found.evaluation)?, found.id))
             }
-            Some(evaluation) => {
+            Some(found) => {
+                let evaluation = found.evaluation;
                 let event_id = pdu.event_id.clone();
                 let index = self.dag.insert(pdu)?;
                 let local = self.dag.evaluation(index);
@@ -447,21 +473,76 @@ impl RoomState {
                     "the shared evaluation of {event_id} differs from this server's"
                 );
                 shared.count(Count::EvaluationReused);
-                Ok(index)
+                Ok((index, found.id))
             }
             None => {
                 let index = self.dag.insert(Arc::clone(&pdu))?;
                 shared.count(Count::EvaluationComputed);
-                lock(facts)
+                let id = lock(facts)
                     .store_evaluation(pdu.event_id.clone(), self.dag.evaluation(index).clone());
-                Ok(index)
+                Ok((index, id))
             }
         }
     }
 
-    /// Checks `pdu` against the auth rules over the current state (check 6); on success, the
-    /// rule that allowed it.
-    pub(crate) fn check_current_state(&mut self, pdu: &Pdu) -> Result<Rule, SoftFailReason> {
+    /// Checks the inserted, not yet recorded event at `index` against the auth rules over the
+    /// current state (check 6); on success, the rule that allowed it. When the event and every
+    /// forward extremity are clean, the verdict is shared across servers (see [`super::shared`]).
+    pub(crate) fn check_current_state(
+        &mut self,
+        index: EventIndex,
+    ) -> Result<Rule, SoftFailReason> {
+        let event = self.shared_ids[index as usize];
+        let extremities: Vec<EventIndex> = self.extremities.iter().copied().collect();
+        let key = match event {
+            NO_SHARED_ID => None,
+            _ => self.shared_key(&extremities),
+        };
+        let facts = if key.is_some() {
+            self.room_facts()
+        } else {
+            None
+        };
+        let (Some(key), Some(facts)) = (key, facts) else {
+            let pdu = Arc::clone(self.dag.event(index));
+            return self.check_current_state_locally(&pdu);
+        };
+        let shared = self.shared.clone().expect("facts come from a store");
+        let found = lock(&facts).current_state_check(event, &key).cloned();
+        if let Some(check) = found
+            && !shared.verifies()
+        {
+            shared.count(Count::CurrentStateCheckReused);
+            return check.map_err(SoftFailReason::CurrentState);
+        }
+        let pdu = Arc::clone(self.dag.event(index));
+        let local = self.check_current_state_locally(&pdu);
+        let check = match &local {
+            Ok(rule) => Ok(*rule),
+            Err(SoftFailReason::CurrentState(rejection)) => Err(rejection.clone()),
+            // Not a verdict of the rules (the state did not resolve): nothing to share.
+            Err(_) => return local,
+        };
+        let mut facts = lock(&facts);
+        match facts.current_state_check(event, &key) {
+            Some(stored) => {
+                assert_eq!(
+                    *stored, check,
+                    "the shared check-6 verdict on {} differs from this server's",
+                    pdu.event_id
+                );
+                shared.count(Count::CurrentStateCheckReused);
+            }
+            None => {
+                shared.count(Count::CurrentStateCheckComputed);
+                facts.store_current_state_check(event, key, check);
+            }
+        }
+        local
+    }
+
+    /// Check 6 computed on this server.
+    fn check_current_state_locally(&mut self, pdu: &Pdu) -> Result<Rule, SoftFailReason> {
         let version = *self.dag.version();
         if self.extremities.len() == 1 {
             // One extremity: its state after is the current state; read it in place.

@@ -47,9 +47,13 @@
 //!   descendant of either on that server are evaluated locally, as without sharing, and never
 //!   stored: a redacted copy and the full copy (same event ID, different content) cannot share
 //!   an entry, and a state from outside never leaks to another server.
-//! - A shared current state is keyed by the sorted event IDs of the forward extremities and used
-//!   only when every extremity is clean: the resolution of clean events' states after reads
-//!   only their (identical) ancestries.
+//! - A shared current state is keyed by the forward extremities and used only when every
+//!   extremity is clean: the resolution of clean events' states after reads only their
+//!   (identical) ancestries. Likewise check 6's verdict (the auth rules against that current
+//!   state) on a clean event, keyed by (event, extremities): it reads the event's copy and the
+//!   copies the current state names, all clean. Whether the verdict soft-fails the event, on
+//!   which arrival paths, and the link rule stay per server. Keys use room-wide numbers given
+//!   to clean events when first evaluated (the same event has the same number everywhere).
 //! - What stays per server: checks 1–3 (shared separately by [`super::memo::CheckMemo`], exactly
 //!   for identical key answers), which events are held (check 2 may drop an event on one server
 //!   for lack of keys: that server does not hold it and its children come back as
@@ -61,45 +65,154 @@
 //!   (`tests/room_sharing.rs`) shows identical receipts, fates, extremities, states and
 //!   timelines with sharing on and off. [`SharedEventFacts::verifying`] recomputes every reused
 //!   evaluation and panics on a difference (for tests).
+//! - MSC4430 member links: the co-signature check of a member event
+//!   ([`verify_member_link`]) reads the event, the name on the key object, and for each key ID
+//!   the domain signed with, whether that key may be used now (the key, or why not). Its outcome
+//!   is stored per event copy (the `Arc<Pdu>` every server shares through `CheckMemo`, held by
+//!   the entry so its address stays its own) together with those answers, and reused for any
+//!   server whose keys give the same answers — exactly as check 2 in `CheckMemo`. Each server's
+//!   link table still decides, times and records its own transitions.
 //! - Lookups only: nothing iterates the hash maps in a way that affects results.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::matrix::dag::Evaluation;
-use crate::matrix::{EventId, StateMap};
+use serde_json::Value;
+
+use crate::matrix::auth::{Rejection, Rule};
+use crate::matrix::dag::{Evaluation, IdHasher};
+use crate::matrix::member_keys::{LinkOutcome, cosign_domain, verify_member_link};
+use crate::matrix::server_keys::{
+    KeyUnusable, ServerKeys, ValidityClamp, key_valid_for_member_cosignature,
+};
+use crate::matrix::{EventId, Pdu, RoomVersion, StateMap};
 
 /// Current states kept per room, at most (the table is cleared when full).
 const CURRENT_STATES_CAPACITY: usize = 4096;
 
-/// The facts shared by the servers holding one room: evaluations by event ID, current states by
-/// extremity set.
+/// Check-6 verdicts kept per room, at most (the table is cleared when full).
+const CURRENT_STATE_CHECKS_CAPACITY: usize = 1 << 16;
+
+/// A room-wide number for a clean event, the same on every server (assigned when the first
+/// server evaluates it), so that extremity sets are cheap keys.
+pub(crate) type SharedId = u32;
+
+/// A shared evaluation and the event's room-wide number.
+#[derive(Clone)]
+pub(crate) struct SharedEvaluation {
+    pub(crate) id: SharedId,
+    pub(crate) evaluation: Evaluation,
+}
+
+/// Check 6's verdict: the rule that allowed the event against the current state, or why not.
+pub(crate) type CurrentStateCheck = Result<Rule, Rejection>;
+
+/// The facts shared by the servers holding one room: evaluations by event ID, current states
+/// and check-6 verdicts by extremity set (as room-wide numbers, sorted).
 #[derive(Default)]
 pub(crate) struct RoomFacts {
-    evaluations: HashMap<EventId, Evaluation>,
-    current_states: HashMap<Vec<EventId>, Arc<StateMap>>,
+    evaluations: HashMap<EventId, SharedEvaluation, IdHasher>,
+    next_id: SharedId,
+    current_states: HashMap<Vec<SharedId>, Arc<StateMap>>,
+    /// By (event, its server's only forward extremity).
+    checks_on_one: HashMap<(SharedId, SharedId), CurrentStateCheck>,
+    /// By (event, its server's forward extremities).
+    checks_on_many: HashMap<(SharedId, Vec<SharedId>), CurrentStateCheck>,
 }
 
 impl RoomFacts {
-    pub(crate) fn evaluation(&self, event_id: &str) -> Option<&Evaluation> {
+    pub(crate) fn evaluation(&self, event_id: &str) -> Option<&SharedEvaluation> {
         self.evaluations.get(event_id)
     }
 
-    pub(crate) fn store_evaluation(&mut self, event_id: EventId, evaluation: Evaluation) {
-        self.evaluations.insert(event_id, evaluation);
+    /// Stores the evaluation of a clean event; returns its room-wide number.
+    pub(crate) fn store_evaluation(
+        &mut self,
+        event_id: EventId,
+        evaluation: Evaluation,
+    ) -> SharedId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.evaluations
+            .insert(event_id, SharedEvaluation { id, evaluation });
+        id
     }
 
-    pub(crate) fn current_state(&self, extremities: &[EventId]) -> Option<&Arc<StateMap>> {
+    pub(crate) fn current_state(&self, extremities: &[SharedId]) -> Option<&Arc<StateMap>> {
         self.current_states.get(extremities)
     }
 
-    pub(crate) fn store_current_state(&mut self, extremities: Vec<EventId>, state: Arc<StateMap>) {
+    pub(crate) fn store_current_state(&mut self, extremities: Vec<SharedId>, state: Arc<StateMap>) {
         if self.current_states.len() >= CURRENT_STATES_CAPACITY {
             self.current_states.clear();
         }
         self.current_states.insert(extremities, state);
     }
+
+    /// Check 6's verdict on `event` over the state after `extremities` (sorted), if known.
+    pub(crate) fn current_state_check(
+        &self,
+        event: SharedId,
+        extremities: &[SharedId],
+    ) -> Option<&CurrentStateCheck> {
+        match extremities {
+            [only] => self.checks_on_one.get(&(event, *only)),
+            _ => self.checks_on_many.get(&(event, extremities.to_vec())),
+        }
+    }
+
+    pub(crate) fn store_current_state_check(
+        &mut self,
+        event: SharedId,
+        extremities: Vec<SharedId>,
+        check: CurrentStateCheck,
+    ) {
+        if self.checks_on_one.len() + self.checks_on_many.len() >= CURRENT_STATE_CHECKS_CAPACITY {
+            self.checks_on_one.clear();
+            self.checks_on_many.clear();
+        }
+        match extremities.as_slice() {
+            [only] => {
+                self.checks_on_one.insert((event, *only), check);
+            }
+            _ => {
+                self.checks_on_many.insert((event, extremities), check);
+            }
+        }
+    }
+}
+
+/// What [`verify_member_link`] reads besides the event: the name on the key object, and per key
+/// ID the domain signed with (sorted), the key usable now or why not.
+type LinkAnswers = (String, Vec<(String, Result<[u8; 32], KeyUnusable>)>);
+
+/// Member-link outcomes kept per event copy, at most (most recently used first).
+const MAX_LINK_VERDICTS: usize = 4;
+
+/// Member-link outcomes by event copy (the address of the shared `Arc<Pdu>`, which the entry
+/// holds).
+type LinkVerdicts = HashMap<usize, (Arc<Pdu>, Vec<(LinkAnswers, LinkOutcome)>)>;
+
+/// The answers [`verify_member_link`] gets for `event` from `domain_keys` at `now_ms`.
+fn link_answers(
+    event: &Value,
+    domain_keys: &ServerKeys,
+    now_ms: i64,
+    clamp: ValidityClamp,
+) -> LinkAnswers {
+    let mut answers = Vec::new();
+    if let Some(by_domain) =
+        cosign_domain(event).and_then(|domain| event.get("signatures")?.get(domain)?.as_object())
+    {
+        for key_id in by_domain.keys() {
+            let answer = key_valid_for_member_cosignature(domain_keys, key_id, now_ms, clamp)
+                .map(|key| key.to_bytes());
+            answers.push((key_id.clone(), answer));
+        }
+        answers.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    (domain_keys.server_name.clone(), answers)
 }
 
 /// How often shared facts were reused or computed (summed over rooms and servers).
@@ -115,6 +228,14 @@ pub struct SharingStats {
     pub current_states_reused: u64,
     /// Current states resolved and stored.
     pub current_states_computed: u64,
+    /// Check-6 verdicts taken from another server.
+    pub current_state_checks_reused: u64,
+    /// Check-6 verdicts computed and stored.
+    pub current_state_checks_computed: u64,
+    /// Member-link co-signature checks answered from another server's.
+    pub member_links_reused: u64,
+    /// Member-link co-signature checks run (and stored).
+    pub member_links_computed: u64,
 }
 
 #[derive(Default)]
@@ -124,6 +245,10 @@ struct Counters {
     evaluations_unshareable: AtomicU64,
     current_states_reused: AtomicU64,
     current_states_computed: AtomicU64,
+    current_state_checks_reused: AtomicU64,
+    current_state_checks_computed: AtomicU64,
+    member_links_reused: AtomicU64,
+    member_links_computed: AtomicU64,
 }
 
 /// Rooms by (room version ID, create event ID).
@@ -132,6 +257,7 @@ type Rooms = HashMap<(&'static str, EventId), Arc<Mutex<RoomFacts>>>;
 #[derive(Default)]
 struct Inner {
     rooms: Mutex<Rooms>,
+    links: Mutex<LinkVerdicts>,
     verify: bool,
     counters: Counters,
 }
@@ -144,6 +270,16 @@ pub struct SharedEventFacts {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for SharedEventFacts {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("SharedEventFacts")
+            .field("verify", &self.inner.verify)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
 /// Which counter to bump.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Count {
@@ -152,6 +288,10 @@ pub(crate) enum Count {
     EvaluationUnshareable,
     CurrentStateReused,
     CurrentStateComputed,
+    CurrentStateCheckReused,
+    CurrentStateCheckComputed,
+    MemberLinkReused,
+    MemberLinkComputed,
 }
 
 impl SharedEventFacts {
@@ -190,6 +330,10 @@ impl SharedEventFacts {
             Count::EvaluationUnshareable => &counters.evaluations_unshareable,
             Count::CurrentStateReused => &counters.current_states_reused,
             Count::CurrentStateComputed => &counters.current_states_computed,
+            Count::CurrentStateCheckReused => &counters.current_state_checks_reused,
+            Count::CurrentStateCheckComputed => &counters.current_state_checks_computed,
+            Count::MemberLinkReused => &counters.member_links_reused,
+            Count::MemberLinkComputed => &counters.member_links_computed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -203,7 +347,61 @@ impl SharedEventFacts {
             evaluations_unshareable: counters.evaluations_unshareable.load(Ordering::Relaxed),
             current_states_reused: counters.current_states_reused.load(Ordering::Relaxed),
             current_states_computed: counters.current_states_computed.load(Ordering::Relaxed),
+            current_state_checks_reused: counters
+                .current_state_checks_reused
+                .load(Ordering::Relaxed),
+            current_state_checks_computed: counters
+                .current_state_checks_computed
+                .load(Ordering::Relaxed),
+            member_links_reused: counters.member_links_reused.load(Ordering::Relaxed),
+            member_links_computed: counters.member_links_computed.load(Ordering::Relaxed),
         }
+    }
+
+    /// [`verify_member_link`] on `event` with `domain_keys` at `now_ms`, computed once per event
+    /// copy and per distinct key answers (see the module documentation).
+    pub(crate) fn member_link(
+        &self,
+        version: &RoomVersion,
+        event: &Arc<Pdu>,
+        domain_keys: &ServerKeys,
+        now_ms: i64,
+        clamp: ValidityClamp,
+    ) -> LinkOutcome {
+        let answers = link_answers(&event.json, domain_keys, now_ms, clamp);
+        let address = Arc::as_ptr(event) as usize;
+        let known = {
+            let mut links = lock(&self.inner.links);
+            links.get_mut(&address).and_then(|(_, verdicts)| {
+                let position = verdicts.iter().position(|(seen, _)| *seen == answers)?;
+                verdicts[..=position].rotate_right(1);
+                Some(verdicts[0].1.clone())
+            })
+        };
+        if let Some(outcome) = &known
+            && !self.inner.verify
+        {
+            self.count(Count::MemberLinkReused);
+            return outcome.clone();
+        }
+        let outcome = verify_member_link(version, &event.json, domain_keys, now_ms, clamp);
+        if let Some(known) = known {
+            assert_eq!(
+                known, outcome,
+                "the shared member-link outcome of {} differs from this server's",
+                event.event_id
+            );
+            self.count(Count::MemberLinkReused);
+            return outcome;
+        }
+        self.count(Count::MemberLinkComputed);
+        let mut links = lock(&self.inner.links);
+        let (_, verdicts) = links
+            .entry(address)
+            .or_insert_with(|| (Arc::clone(event), Vec::new()));
+        verdicts.insert(0, (answers, outcome.clone()));
+        verdicts.truncate(MAX_LINK_VERDICTS);
+        outcome
     }
 }
 

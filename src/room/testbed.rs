@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::keys::KeyRing;
 use super::links::LinkTable;
-use super::memo::CheckMemo;
+use super::memo::{CheckMemo, PduCopy};
 use super::pipeline::{self, Receipt, ServerView, Verdict};
 use super::policy::{ArrivalPath, RoomPolicy};
 use super::room_state::{RoomState, create_event_draft};
@@ -139,6 +139,26 @@ impl Server {
         receipt
     }
 
+    /// Runs a copy wrapped once for all its receivers through this server's pipeline, sharing
+    /// checks 1–3 through `memo`.
+    pub fn receive_copy(
+        &mut self,
+        memo: &mut CheckMemo,
+        copy: &PduCopy,
+        path: ArrivalPath,
+        now_ms: i64,
+    ) -> Receipt {
+        let mut view = ServerView {
+            keys: &self.keys,
+            links: &mut self.links,
+            policy: &self.policy,
+        };
+        let receipt =
+            pipeline::receive_copy_shared(&mut self.room, &mut view, memo, copy, path, now_ms);
+        self.receipts.push(receipt.clone());
+        receipt
+    }
+
     /// Builds and signs an event by `user` (who must belong to this server) on top of this
     /// server's view, runs it through its own pipeline (path `Local`) and returns it.
     pub fn send(
@@ -243,15 +263,18 @@ impl Federation {
         self.memo = Some(CheckMemo::new());
     }
 
-    /// Makes every server share checks 4–5 and the states at each event through `facts` from now
-    /// on (results are unchanged; see [`super::shared`]).
+    /// Makes every server share checks 4–5, the states at each event, check 6 and member-link
+    /// co-signature checks through `facts` from now on (results are unchanged; see
+    /// [`super::shared`]).
     pub fn share_facts(&mut self, facts: &SharedEventFacts) {
         for server in &mut self.servers {
             server.room.set_shared_facts(Some(facts.clone()));
+            server.links.set_shared_facts(Some(facts.clone()));
         }
     }
 
-    /// Delivers `pdu` to the server called `name` by `path`, through the shared memo if any.
+    /// Delivers `pdu` to the server called `name` by `path`, through the shared memo if any (as
+    /// a [`PduCopy`]).
     pub fn deliver_one(
         &mut self,
         pdu: &Pdu,
@@ -264,7 +287,13 @@ impl Federation {
             .iter()
             .position(|server| server.name == name)
             .unwrap_or_else(|| panic!("no testbed server {name}"));
-        self.servers[index].receive_with(self.memo.as_mut(), pdu, path, now_ms)
+        match &mut self.memo {
+            Some(memo) => {
+                let copy = PduCopy::new(pdu.json.clone());
+                self.servers[index].receive_copy(memo, &copy, path, now_ms)
+            }
+            None => self.servers[index].receive(pdu, path, now_ms),
+        }
     }
 
     /// The server called `name`.
@@ -324,8 +353,8 @@ pub fn public_room(
     public_room_sharing(names, policy, creator, members, None)
 }
 
-/// As [`public_room`], with every server sharing checks 4–5 and the states at each event through
-/// `facts` (if given) from the create event on.
+/// As [`public_room`], with every server sharing everything from the create event on if `facts`
+/// is given: checks 1–3 through a [`CheckMemo`], the rest through `facts`.
 pub fn public_room_sharing(
     names: &[&str],
     policy: &RoomPolicy,
@@ -348,6 +377,7 @@ pub fn public_room_sharing(
     let mut federation = Federation::new(names, policy, &room_id);
     if let Some(facts) = facts {
         federation.share_facts(facts);
+        federation.share_checks();
     }
     let all: Vec<String> = names.iter().map(|name| name.to_string()).collect();
     for name in &all {
