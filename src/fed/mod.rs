@@ -1441,11 +1441,11 @@ impl FedWorld {
             links: &mut state.links,
             policy: &self.room_policy,
         };
-        let receipt = pipeline::receive_pdu_shared(
+        let receipt = pipeline::receive_arc_shared(
             &mut state.state,
             &mut view,
             &mut self.memo,
-            (**json).clone(),
+            json,
             path,
             now_abs_ms,
         );
@@ -1735,9 +1735,11 @@ impl FedWorld {
             Some(facts) => RoomState::with_shared_facts(self.version, room_id, facts),
             None => RoomState::new(self.version, room_id),
         };
+        let mut links = LinkTable::new(self.room_policy.invalidation);
+        links.set_shared_facts(self.shared_facts.clone());
         ServerRoom {
             state,
-            links: LinkTable::new(self.room_policy.invalidation),
+            links,
             joined: false,
             inbound: VecDeque::new(),
             blocked: None,
