@@ -39,6 +39,12 @@ reduced_sets() {
         for observer in 0 1 2 3; do echo "observers[$observer].known_domains=[100]"; done
         ;;
     rq10-lying-server) echo "duration=12h" ;;
+    bench-medium)
+        echo "duration=6h"
+        echo "rooms.servers=60"
+        echo "rooms.rooms=10"
+        echo "rooms.servers_per_room.max=30"
+        ;;
     rq11-domain-reuse) echo "duration=9d" ;;
     rq12-constrained-host)
         echo "duration=12h"
