@@ -5,6 +5,7 @@
 pub mod chart;
 pub mod cli;
 pub mod engine;
+pub mod fed;
 pub mod matrix;
 pub mod metrics;
 pub mod net;

@@ -4,6 +4,7 @@
 //! Every table refuses unknown fields. An error names the file, the field path, the problem and,
 //! where the field takes one of a fixed set of values, the allowed values, on one line.
 
+mod rooms;
 mod set;
 
 use std::path::Path;
@@ -15,6 +16,9 @@ use crate::server::policy::{
     BackoffKind, KeyPolicy, Malformed, OldKeys, PRESET_NAMES, Recheck, Transport, Unreachable,
 };
 
+pub use rooms::{
+    CountSpec, ROOM_POLICY_NAMES, RoomAction, RoomActionKind, Rooms, ServerRef, server_name,
+};
 pub use set::apply_set;
 
 /// The built-in default scenario: RQ1, polling load.
@@ -69,6 +73,8 @@ pub struct Scenario {
     pub description: String,
     /// Simulated time the run covers.
     pub duration: Duration,
+    /// The key world's domains (not used when `rooms` is present).
+    #[serde(default)]
     pub federation: Federation,
     #[serde(default)]
     pub network: Network,
@@ -85,10 +91,14 @@ pub struct Scenario {
     /// Parameter sweeps over this scenario; read by `fedsim sweep`, ignored by `fedsim run`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<toml::Table>,
+    /// The room world: full homeservers sharing rooms (`src/fed/`); when present, the run uses
+    /// it instead of the key world.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<Rooms>,
 }
 
 /// The servers and domains.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Federation {
     /// Groups of remote domains, each served by its own server publishing its keys.
@@ -697,6 +707,9 @@ fn validate(scenario: &Scenario) -> Result<(), Invalid> {
     }
     if scenario.duration.ms() == 0 {
         return Err(("duration".to_owned(), "must be longer than 0ms".to_owned()));
+    }
+    if let Some(rooms) = &scenario.rooms {
+        return rooms::validate(scenario, rooms);
     }
     let federation = &scenario.federation;
     if federation.domain_groups.is_empty() {

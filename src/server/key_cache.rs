@@ -229,6 +229,21 @@ impl Slot {
     pub fn holds_valid(&self, key_id: &str, key: &VerifyingKey) -> bool {
         self.valid && self.tracked() == Some((key_id, key))
     }
+
+    /// When the cached response was fetched (absolute ms; `i64::MIN` if never).
+    pub fn fetched_at_ms(&self) -> i64 {
+        self.fetched_at_ms
+    }
+
+    /// The key ID of the tracked key K (the key links are verified with), if any.
+    pub fn tracked_key_id(&self) -> Option<&str> {
+        self.tracked.as_ref().map(|(key_id, _)| key_id.as_str())
+    }
+
+    /// Whether a fetch for this domain is in flight or queued.
+    pub fn fetch_pending(&self) -> bool {
+        self.in_flight > 0 || self.waiting
+    }
 }
 
 /// An observer's key cache.
@@ -494,6 +509,12 @@ impl KeyCache {
             }
             Effect::Unchanged => self.schedule_after_failure(now_ms, slot, out),
         }
+    }
+
+    /// Fetches the slot's keys now whatever the policy's schedule (a pushed rotation notice,
+    /// P6), unless a fetch is already pending.
+    pub fn fetch_now(&mut self, slot: u32, out: &mut Vec<KeyCacheOutput>) {
+        self.start_fetch(slot, Purpose::Push, out);
     }
 
     /// Database loss: every slot forgets its keys; periodic policies fetch them all again.

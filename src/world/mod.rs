@@ -24,6 +24,7 @@ use crate::server::notary::{Notary, NotaryOutput};
 use crate::server::publisher::KeyPublisher;
 use crate::server::{absolute_ms, outcome_table::InvalidReason};
 
+pub(crate) use output::{Progress, peak_memory_kib};
 pub use output::{RunError, RunOutcome, run_to_dir};
 pub use validity::{Change, Tracker, Transition, Watch, WatchPair};
 

@@ -53,6 +53,9 @@ pub fn run_to_dir(
     out_dir: &Path,
     show_progress: bool,
 ) -> Result<RunOutcome, RunError> {
+    if scenario.rooms.is_some() {
+        return crate::fed::run_to_dir(scenario, seed, out_dir, show_progress);
+    }
     std::fs::create_dir_all(out_dir).map_err(io_error(out_dir))?;
     let trace_path = out_dir.join("trace.jsonl");
     let trace_temporary = out_dir.join(".trace.jsonl.tmp");
@@ -166,7 +169,7 @@ fn write_results(world: &World, out_dir: &Path, wall_seconds: f64) -> Result<Run
 }
 
 /// Peak resident memory from /proc (Linux), if available.
-fn peak_memory_kib() -> Value {
+pub(crate) fn peak_memory_kib() -> Value {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
@@ -585,7 +588,7 @@ fn polling_load_chart(world: &World) -> PollingLoadChart {
 }
 
 /// Progress on stderr: a bar on a terminal, plain lines every few seconds otherwise.
-struct Progress {
+pub(crate) struct Progress {
     bar: Option<indicatif::ProgressBar>,
     plain: bool,
     end_ms: u64,
@@ -594,7 +597,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(show: bool, end_ms: u64) -> Progress {
+    pub(crate) fn new(show: bool, end_ms: u64) -> Progress {
         let terminal = std::io::stderr().is_terminal();
         let bar = (show && terminal).then(|| {
             let bar = indicatif::ProgressBar::new(end_ms / 1000);
@@ -615,7 +618,7 @@ impl Progress {
         }
     }
 
-    fn update(&mut self, now_ms: u64) {
+    pub(crate) fn update(&mut self, now_ms: u64) {
         if let Some(bar) = &self.bar {
             bar.set_position(now_ms / 1000);
         } else if self.plain && self.last_line.elapsed().as_secs_f64() >= 5.0 {
@@ -630,7 +633,7 @@ impl Progress {
         }
     }
 
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }

@@ -1,0 +1,276 @@
+//! Building the room world from a scenario and a seed: servers with users, key publishers and
+//! warm key caches, room plans (heavy-tailed sizes), the network and the first events.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::engine::{EventQueue, SimRng, Trace};
+use crate::matrix::member_keys::member_signing_key;
+use crate::matrix::signing::ServerSigningKey;
+use crate::net::{DomainState, LatencyDistribution, Network, ServerId};
+use crate::room::memo::CheckMemo;
+use crate::room::policy::RoomPolicy;
+use crate::scenario::{CountSpec, RoomActionKind, Scenario, server_name};
+use crate::server::absolute_ms;
+use crate::server::key_cache::{KeyCache, KeyCacheOutput};
+use crate::server::memo::VerifyMemo;
+use crate::server::policy::KeyPolicy;
+use crate::server::publisher::KeyPublisher;
+
+use super::{Counters, Ev, FedWorld, Homeserver, RoomIndex, RoomPlan, ServerStats};
+
+/// The member key of `user` of `server` in `room` (MSC4430 rooms), from its own random stream.
+pub(crate) fn member_key(
+    seed: u64,
+    room: RoomIndex,
+    server: ServerId,
+    user: u32,
+) -> ServerSigningKey {
+    let entity = (u64::from(room) << 40) | (u64::from(server) << 20) | u64::from(user);
+    member_signing_key(&SimRng::stream(seed, "member-keys", entity).bytes32())
+}
+
+/// The room-layer and key-layer policies of a preset name (presets the key layer does not
+/// distinguish use P1's key policy).
+pub fn policies(name: &str) -> (RoomPolicy, KeyPolicy) {
+    let room = RoomPolicy::preset(name).unwrap_or(RoomPolicy::P1);
+    let mut key = KeyPolicy::preset(name).unwrap_or_else(KeyPolicy::msc4430);
+    key.preset = name.to_owned();
+    (room, key)
+}
+
+/// A count drawn from `spec`: uniform on `min..=max`, or bounded Zipf with the exponent.
+pub(crate) fn draw_count(spec: &CountSpec, rng: &mut SimRng) -> u32 {
+    match spec.exponent {
+        None => rng.between(u64::from(spec.min), u64::from(spec.max)) as u32,
+        Some(exponent) => {
+            let weights: Vec<f64> = (spec.min..=spec.max)
+                .map(|k| f64::from(k).powf(-exponent))
+                .collect();
+            let total: f64 = weights.iter().sum();
+            let mut target = rng.unit_f64() * total;
+            for (offset, weight) in weights.iter().enumerate() {
+                if target < *weight {
+                    return spec.min + offset as u32;
+                }
+                target -= weight;
+            }
+            spec.max
+        }
+    }
+}
+
+impl FedWorld {
+    /// Builds the room world of `scenario` (which has a `[rooms]` table) for `seed`.
+    pub fn build(scenario: &Scenario, seed: u64, trace: Trace) -> FedWorld {
+        let config = scenario
+            .rooms
+            .clone()
+            .expect("the room world needs [rooms]");
+        let (room_policy, key_policy) = policies(&config.policy);
+        let version = room_policy.room_version;
+        let server_count = config.servers;
+        let lifetime_ms = config.key_lifetime.ms();
+        // Users and room plans.
+        let users: Vec<Vec<String>> = (0..server_count)
+            .map(|server| {
+                let mut rng = SimRng::stream(seed, "users", u64::from(server));
+                let count = draw_count(&config.users_per_server, &mut rng);
+                (0..count).map(|user| format!("u{user}")).collect()
+            })
+            .collect();
+        let mut plans = Vec::new();
+        for room in 0..config.rooms {
+            let mut rng = SimRng::stream(seed, "room-plan", u64::from(room));
+            let size = draw_count(&config.servers_per_room, &mut rng).min(server_count);
+            // A partial Fisher-Yates shuffle picks `size` distinct servers; the first creates.
+            let mut pool: Vec<ServerId> = (0..server_count).collect();
+            let mut members = Vec::new();
+            for index in 0..size as usize {
+                let pick = index + rng.below((pool.len() - index) as u64) as usize;
+                pool.swap(index, pick);
+                let server = pool[index];
+                let user = rng.below(users[server as usize].len() as u64) as u32;
+                members.push((server, user));
+            }
+            plans.push(RoomPlan {
+                room_id: None,
+                creator: members[0],
+                members,
+                late: BTreeSet::new(),
+                message_rng: SimRng::stream(seed, "room-messages", u64::from(room)),
+                topic_rng: SimRng::stream(seed, "room-topics", u64::from(room)),
+            });
+        }
+        for action in &config.actions {
+            if action.kind != RoomActionKind::JoinLate {
+                continue;
+            }
+            for server in action.servers.iter().filter_map(|r| r.index(server_count)) {
+                for (room, plan) in plans.iter_mut().enumerate() {
+                    if action.room.is_some_and(|only| only as usize != room) {
+                        continue;
+                    }
+                    let planned = plan.members.iter().any(|(member, _)| *member == server);
+                    if !planned && action.room.is_some() {
+                        plan.members.push((server, 0));
+                    }
+                    if plan.creator.0 != server
+                        && plan.members.iter().any(|(member, _)| *member == server)
+                    {
+                        plan.late.insert(server);
+                    }
+                }
+            }
+        }
+        // The domains each server shares a room with (its key-cache slots).
+        let mut shared: Vec<BTreeSet<ServerId>> = vec![BTreeSet::new(); server_count as usize];
+        for plan in &plans {
+            for &(a, _) in &plan.members {
+                for &(b, _) in &plan.members {
+                    if a != b {
+                        shared[a as usize].insert(b);
+                    }
+                }
+            }
+        }
+        // Publishers: each key response made at a random time within one lifetime before t = 0.
+        let mut verify_memo = VerifyMemo::new(server_count as usize);
+        let mut publishers = Vec::new();
+        let mut published = Vec::new();
+        for server in 0..server_count {
+            let name = server_name(server);
+            let mut publisher = KeyPublisher::new(
+                name.clone(),
+                lifetime_ms,
+                SimRng::stream(seed, "key-seeds", u64::from(server)),
+            );
+            let phase_ms = SimRng::stream(seed, "key-phase", u64::from(server)).below(lifetime_ms);
+            let made_at_abs_ms = absolute_ms(0) - phase_ms as i64;
+            let body = publisher.publish_at(made_at_abs_ms);
+            let keys = verify_memo
+                .check_direct(server, &name, &body)
+                .ok()
+                .flatten()
+                .expect("a fresh key response verifies");
+            published.push((body, keys, made_at_abs_ms));
+            publishers.push(publisher);
+        }
+        let mut queue = EventQueue::new();
+        let mut servers = Vec::new();
+        let mut out: Vec<KeyCacheOutput> = Vec::new();
+        for (server, publisher) in publishers.into_iter().enumerate() {
+            let domains: Vec<ServerId> = shared[server].iter().copied().collect();
+            let mut cache = KeyCache::new(
+                key_policy.clone(),
+                &domains,
+                0,
+                SimRng::stream(seed, "key-cache", server as u64),
+            );
+            let mut slot_of = BTreeMap::new();
+            for (slot, domain) in domains.iter().enumerate() {
+                slot_of.insert(server_name(*domain), slot as u32);
+                let (_, keys, made_at_abs_ms) = &published[*domain as usize];
+                cache.warm(0, slot as u32, Arc::clone(keys), *made_at_abs_ms, &mut out);
+            }
+            for output in out.drain(..) {
+                if let KeyCacheOutput::SetTimer {
+                    at_ms,
+                    slot,
+                    generation,
+                } = output
+                {
+                    queue.push(
+                        at_ms,
+                        Ev::KeyTimer {
+                            server: server as ServerId,
+                            slot,
+                            generation,
+                        },
+                    );
+                }
+            }
+            let (body, keys, _) = &published[server];
+            servers.push(Homeserver {
+                name: server_name(server as ServerId),
+                publisher,
+                own_keys: Arc::clone(keys),
+                own_body: Arc::clone(body),
+                cache,
+                slot_of,
+                users: users[server].clone(),
+                rooms: BTreeMap::new(),
+                outbox: BTreeMap::new(),
+                key_waiters: BTreeMap::new(),
+                resigned: BTreeMap::new(),
+                stats: ServerStats::default(),
+            });
+        }
+        let network = &scenario.network;
+        let regions = network.regions.max(1);
+        let net = Network::new(
+            seed,
+            LatencyDistribution::from_scenario(&network.latency),
+            network
+                .inter_region_latency
+                .as_ref()
+                .map(LatencyDistribution::from_scenario),
+            network.loss,
+            (0..server_count).map(|server| server % regions).collect(),
+            (0..server_count).map(DomainState::Served).collect(),
+        );
+        // Rooms are created over the create window; actions at their times; extremity
+        // exchange at a random phase per server.
+        let mut create_rng = SimRng::stream(seed, "room-create", 0);
+        for room in 0..config.rooms {
+            let at_ms = create_rng.below(config.create_window.ms().max(1));
+            queue.push(at_ms, Ev::CreateRoom { room });
+        }
+        for (index, action) in config.actions.iter().enumerate() {
+            queue.push(
+                action.at.ms(),
+                Ev::Action {
+                    index: index as u32,
+                },
+            );
+        }
+        if let Some(interval) = config.extremity_exchange_interval {
+            let mut phase_rng = SimRng::stream(seed, "exchange-phase", 0);
+            for server in 0..server_count {
+                let at_ms = phase_rng.below(interval.ms());
+                queue.push(at_ms, Ev::Exchange { server });
+            }
+        }
+        let window_ms = scenario.metrics.sample_interval.ms();
+        FedWorld {
+            seed,
+            scenario: scenario.clone(),
+            config,
+            room_policy,
+            key_policy,
+            version,
+            queue,
+            net,
+            servers,
+            plans,
+            room_of_id: HashMap::new(),
+            memo: CheckMemo::new(),
+            verify_memo,
+            requests: HashMap::new(),
+            next_request: 0,
+            counters: Counters::default(),
+            samples: Vec::new(),
+            attacker: Default::default(),
+            sent: Vec::new(),
+            trace,
+            events_processed: 0,
+            end_ms: scenario.duration.ms(),
+            window_ms,
+            next_sample_ms: 0,
+            key_outputs: Vec::new(),
+            sign_nanos: 0,
+            events_signed: 0,
+            join_attempts: BTreeMap::new(),
+        }
+    }
+}

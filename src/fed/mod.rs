@@ -1,0 +1,2329 @@
+//! The room world: every simulated homeserver is a full server. It publishes its own keys
+//! ([`KeyPublisher`]), holds a [`KeyCache`] for the domains it shares rooms with, has users, and
+//! keeps a [`RoomState`] and a [`LinkTable`] per room; it runs the real receipt pipeline
+//! (`room::pipeline::receive_pdu_shared`) on real signed events.
+//!
+//! Architecture invariant (as in `world/`): servers never call each other. Every interaction —
+//! `/send` transactions, `make_join`/`send_join`, `/get_missing_events`, `/event/{id}`, key
+//! fetches, extremity exchange, the attacker's sends — is a request routed through
+//! [`Network`] that ends in exactly one outcome, counted by purpose, destination and outcome.
+//!
+//! Per server and room, received PDUs wait in one inbound queue processed in order: a PDU whose
+//! signature check needs keys the server does not hold parks the queue until the key fetch ends
+//! (real servers fetch on demand), and a PDU with unknown prev or auth events parks it until a
+//! `/get_missing_events` answer arrives (its events are processed first, oldest first).
+//!
+//! Simplification (documented in docs/notes/fed.md): the `Dag` has no outlier mode, so a
+//! `send_join` answer carries the resident's whole held history in its DAG order (a superset of
+//! the state and the auth chain); the joiner runs it through its pipeline on the `JoinState`
+//! path. Its bytes are counted.
+
+mod build;
+mod keys;
+mod output;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::engine::{EventQueue, SimRng, Trace};
+use crate::matrix::event_builder::{EventDraft, EventSigner, build_pdu};
+use crate::matrix::member_keys::cosign_member_event;
+use crate::matrix::server_keys::ServerKeys;
+use crate::matrix::signing::ServerSigningKey;
+use crate::matrix::{EventId, RoomVersion};
+use crate::net::{Network, Outcome, Partition, Route, ServerId, ServerStatus};
+use crate::room::links::{KeyInvalidation, LinkTable};
+use crate::room::memo::CheckMemo;
+use crate::room::pipeline::{self, Receipt, ServerView, Verdict};
+use crate::room::policy::{ArrivalPath, RoomPolicy};
+use crate::room::room_state::{RoomState, SoftFailReason};
+use crate::scenario::{RoomActionKind, Rooms, Scenario, ServerRef};
+use crate::server::absolute_ms;
+use crate::server::key_cache::{self, Decision, Fetched, KeyCache, KeyCacheOutput, Via};
+use crate::server::memo::VerifyMemo;
+use crate::server::outcome_table::InvalidReason;
+use crate::server::policy::KeyPolicy;
+use crate::server::publisher::KeyPublisher;
+
+pub use build::policies;
+use keys::CacheKeys;
+pub use output::run_to_dir;
+
+/// Index of a room in the world.
+pub type RoomIndex = u32;
+
+/// At most this many PDUs per `/send` transaction (the spec's limit).
+pub const MAX_PDUS_PER_TRANSACTION: usize = 50;
+/// `/get_missing_events` answers at most this many events (Synapse asks for 10; fedsim walks
+/// further so that a long partition is bridged in a few rounds).
+pub const MISSING_EVENTS_LIMIT: usize = 100;
+/// A PDU whose gap is still not filled after this many `/get_missing_events` rounds is given up.
+pub const MAX_GAP_ROUNDS: u8 = 4;
+/// How long a request may take before its sender counts it as timed out.
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// First delay before retrying a failed transaction; doubles per failure up to the cap.
+pub const TRANSACTION_RETRY_FLOOR_MS: u64 = 10_000;
+pub const TRANSACTION_RETRY_CAP_MS: u64 = 3_600_000;
+/// Delay before a failed join is tried again (with the next resident).
+pub const JOIN_RETRY_MS: u64 = 30_000;
+
+/// What a request is for (the purpose column of the request counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Purpose {
+    Send,
+    MakeJoin,
+    SendJoin,
+    GetMissingEvents,
+    EventRequery,
+    KeyDirect,
+    Extremities,
+    AttackerSend,
+    Push,
+}
+
+impl Purpose {
+    pub const ALL: [Purpose; 9] = [
+        Purpose::Send,
+        Purpose::MakeJoin,
+        Purpose::SendJoin,
+        Purpose::GetMissingEvents,
+        Purpose::EventRequery,
+        Purpose::KeyDirect,
+        Purpose::Extremities,
+        Purpose::AttackerSend,
+        Purpose::Push,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Purpose::Send => "send",
+            Purpose::MakeJoin => "make_join",
+            Purpose::SendJoin => "send_join",
+            Purpose::GetMissingEvents => "get_missing_events",
+            Purpose::EventRequery => "event_requery",
+            Purpose::KeyDirect => "key_direct",
+            Purpose::Extremities => "extremities",
+            Purpose::AttackerSend => "attacker_send",
+            Purpose::Push => "push",
+        }
+    }
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Done {
+    Ok,
+    NotFound,
+    Status(u16),
+    Timeout,
+    Refused,
+}
+
+impl Done {
+    pub const LABELS: [&'static str; 5] = ["ok", "not_found", "status", "timeout", "refused"];
+
+    fn index(self) -> usize {
+        match self {
+            Done::Ok => 0,
+            Done::NotFound => 1,
+            Done::Status(_) => 2,
+            Done::Timeout => 3,
+            Done::Refused => 4,
+        }
+    }
+}
+
+/// Scheduled in the queue.
+#[derive(Debug, Clone)]
+enum Ev {
+    CreateRoom {
+        room: RoomIndex,
+    },
+    Join {
+        room: RoomIndex,
+        server: ServerId,
+        attempt: u32,
+    },
+    Message {
+        room: RoomIndex,
+    },
+    Topic {
+        room: RoomIndex,
+    },
+    Arrive {
+        request: u64,
+    },
+    Complete {
+        request: u64,
+        done: Done,
+    },
+    RetryTransaction {
+        server: ServerId,
+        destination: ServerId,
+    },
+    KeyTimer {
+        server: ServerId,
+        slot: u32,
+        generation: u32,
+    },
+    Action {
+        index: u32,
+    },
+    Exchange {
+        server: ServerId,
+    },
+}
+
+impl Ev {
+    fn trace_code(&self) -> (u32, u64) {
+        match self {
+            Ev::CreateRoom { room } => (1, u64::from(*room)),
+            Ev::Join { room, server, .. } => (2, u64::from(*room) << 32 | u64::from(*server)),
+            Ev::Message { room } => (3, u64::from(*room)),
+            Ev::Topic { room } => (4, u64::from(*room)),
+            Ev::Arrive { request } => (5, *request),
+            Ev::Complete { request, .. } => (6, *request),
+            Ev::RetryTransaction {
+                server,
+                destination,
+            } => (7, u64::from(*server) << 32 | u64::from(*destination)),
+            Ev::KeyTimer { server, slot, .. } => (8, u64::from(*server) << 32 | u64::from(*slot)),
+            Ev::Action { index } => (9, u64::from(*index)),
+            Ev::Exchange { server } => (10, u64::from(*server)),
+        }
+    }
+}
+
+/// A request's body.
+#[derive(Debug, Clone)]
+enum Body {
+    Send(Vec<Arc<Value>>),
+    MakeJoin {
+        room: RoomIndex,
+        user: u32,
+    },
+    SendJoin {
+        room: RoomIndex,
+        pdu: Arc<Value>,
+    },
+    /// fedsim's `/get_missing_events`: walk `prev_events` from `missing` (included), stopping at
+    /// `known` (the requester's forward extremities).
+    GetMissing {
+        room: RoomIndex,
+        missing: Vec<EventId>,
+        known: Vec<EventId>,
+        /// Whether the answer fills the gap of the PDU at the front of the inbound queue (else:
+        /// extremity exchange, appended at the back).
+        for_front: bool,
+    },
+    EventFetch {
+        room: RoomIndex,
+        event_id: EventId,
+    },
+    Key {
+        slot: u32,
+        epoch: u32,
+    },
+    Extremities {
+        room: RoomIndex,
+        ids: Vec<EventId>,
+    },
+    AttackerSend(Vec<Arc<Value>>),
+    Push(Vec<Arc<Value>>),
+}
+
+/// A request's answer.
+#[derive(Debug, Clone)]
+enum Reply {
+    Ack,
+    Template(Box<EventDraft>),
+    Events(Vec<Arc<Value>>),
+    Keys(Arc<str>),
+}
+
+struct Request {
+    from: ServerId,
+    to: ServerId,
+    purpose: Purpose,
+    body: Body,
+    deadline_ms: u64,
+    reply: Option<Reply>,
+}
+
+/// What a key answer's invalidation refers to: the key tracked before the answer, its clamped
+/// validity and the key object the answer carried.
+struct InvalidationContext {
+    tracked_key_id: Option<String>,
+    tracked_valid_until_ms: i64,
+    response: Option<Arc<ServerKeys>>,
+}
+
+/// A PDU waiting in a server's inbound queue for a room.
+#[derive(Debug, Clone)]
+struct Inbound {
+    json: Arc<Value>,
+    path: ArrivalPath,
+    from: ServerId,
+    key_wait_done: bool,
+    gap_rounds: u8,
+}
+
+/// Why a room's inbound queue is parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Keys(u32),
+    Gap(u64),
+}
+
+/// One room as one server holds it.
+pub struct ServerRoom {
+    pub state: RoomState,
+    pub links: LinkTable,
+    /// The join finished (the room's history arrived); until then PDUs wait.
+    pub joined: bool,
+    inbound: VecDeque<Inbound>,
+    blocked: Option<Block>,
+    /// The member keys of this server's users in the room (member-key rooms).
+    member_keys: BTreeMap<u32, ServerSigningKey>,
+    resident_memo: Option<(Arc<crate::matrix::StateMap>, Vec<ServerId>)>,
+}
+
+/// Outgoing PDUs for one destination.
+#[derive(Debug, Default)]
+struct Outbox {
+    queue: VecDeque<Arc<Value>>,
+    in_flight: usize,
+    failures: u32,
+    retry_scheduled: bool,
+}
+
+/// One homeserver.
+pub struct Homeserver {
+    pub name: String,
+    pub publisher: KeyPublisher,
+    own_keys: Arc<ServerKeys>,
+    own_body: Arc<str>,
+    pub cache: KeyCache,
+    slot_of: BTreeMap<String, u32>,
+    /// Localparts of its users.
+    pub users: Vec<String>,
+    pub rooms: BTreeMap<RoomIndex, ServerRoom>,
+    outbox: BTreeMap<ServerId, Outbox>,
+    key_waiters: BTreeMap<u32, BTreeSet<RoomIndex>>,
+    /// Member events re-signed after a rotation, served by `/event/{id}`.
+    resigned: BTreeMap<EventId, Arc<Value>>,
+    pub stats: ServerStats,
+}
+
+/// Per-server counters (servers.csv).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerStats {
+    pub requests_sent: u64,
+    pub requests_received: u64,
+    pub bytes_sent: u64,
+    pub pdus_processed: u64,
+    pub accepted: u64,
+    pub soft_failed: u64,
+    pub rejected: u64,
+    pub dropped: u64,
+    pub event_requeries_received: u64,
+}
+
+/// The plan of one room.
+pub struct RoomPlan {
+    pub room_id: Option<String>,
+    pub creator: (ServerId, u32),
+    /// One user per member server: (server, user index), the creator first.
+    pub members: Vec<(ServerId, u32)>,
+    /// (server) that join late (by a `join-late` action).
+    pub late: BTreeSet<ServerId>,
+    message_rng: SimRng,
+    topic_rng: SimRng,
+}
+
+/// Counters of the whole world (sampled into timeseries.csv).
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub messages_sent: u64,
+    pub state_events_sent: u64,
+    pub sends_skipped: u64,
+    pub pdus_processed: u64,
+    pub accepted: u64,
+    pub accepted_labelled: u64,
+    pub redacted: u64,
+    pub soft_failed_auth: u64,
+    pub soft_failed_link: u64,
+    pub soft_failed_other: u64,
+    pub rejected: u64,
+    pub dropped: u64,
+    pub already_held: u64,
+    pub missing_events: u64,
+    pub gaps_given_up: u64,
+    pub pdus_given_up_by_sender: u64,
+    pub message_deliveries: u64,
+    pub not_in_room: u64,
+    pub key_waits: u64,
+    pub link_invalidations: u64,
+    pub links_reverified: u64,
+    pub revealed: u64,
+    pub joins_completed: u64,
+    pub join_history_events: u64,
+    pub attacker_messages_sent: u64,
+    pub attacker_accepted_after_t0: u64,
+    pub attacker_labelled_after_t0: u64,
+    pub attacker_hidden_after_t0: u64,
+    pub attacker_dropped_after_t0: u64,
+    pub attacker_accepted_before_t0: u64,
+    pub key_invalidations: u64,
+    pub key_revalidations: u64,
+    /// [purpose][outcome]
+    pub requests: [[u64; 5]; 9],
+    /// Request plus answer bytes, by purpose.
+    pub bytes: [u64; 9],
+}
+
+impl Counters {
+    pub fn requests_total(&self) -> u64 {
+        self.requests.iter().flatten().sum()
+    }
+
+    pub fn bytes_total(&self) -> u64 {
+        self.bytes.iter().sum()
+    }
+}
+
+/// What the adversary holds.
+#[derive(Default)]
+pub struct Attacker {
+    /// Server -> (its signing key at the compromise, the time of the compromise (sim ms)).
+    pub servers: BTreeMap<ServerId, (ServerSigningKey, u64)>,
+    /// Compromised member keys, by (room, member ID).
+    pub member_keys: BTreeMap<(RoomIndex, String), ServerSigningKey>,
+    /// Event IDs the attacker made.
+    pub events: BTreeSet<EventId>,
+    /// The first rotation of a compromised server after its compromise (sim ms): t0.
+    pub t0_ms: Option<u64>,
+}
+
+/// A message or state event a local user sent (for coverage and divergence).
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub room: RoomIndex,
+    pub event_id: EventId,
+    pub at_ms: u64,
+    pub message: bool,
+}
+
+/// The room world.
+pub struct FedWorld {
+    pub seed: u64,
+    pub scenario: Scenario,
+    pub config: Rooms,
+    pub room_policy: RoomPolicy,
+    pub key_policy: KeyPolicy,
+    pub version: RoomVersion,
+    queue: EventQueue<Ev>,
+    pub net: Network,
+    pub servers: Vec<Homeserver>,
+    pub plans: Vec<RoomPlan>,
+    room_of_id: HashMap<String, RoomIndex>,
+    pub memo: CheckMemo,
+    pub verify_memo: VerifyMemo,
+    requests: HashMap<u64, Request>,
+    next_request: u64,
+    pub counters: Counters,
+    pub samples: Vec<(u64, Counters)>,
+    pub attacker: Attacker,
+    pub sent: Vec<Sent>,
+    pub trace: Trace,
+    pub events_processed: u64,
+    end_ms: u64,
+    window_ms: u64,
+    next_sample_ms: u64,
+    key_outputs: Vec<KeyCacheOutput>,
+    pub sign_nanos: u64,
+    pub events_signed: u64,
+    join_attempts: BTreeMap<(RoomIndex, ServerId), u32>,
+}
+
+/// The ID a user has in a room: the member key (member-key rooms) or `@localpart:server`.
+fn member_id(
+    version: &RoomVersion,
+    server_name: &str,
+    users: &[String],
+    room: &ServerRoom,
+    user: u32,
+) -> String {
+    match room.member_keys.get(&user) {
+        Some(key) if version.member_keys => {
+            crate::matrix::member_keys::member_key_user_id(&key.verifying_key())
+        }
+        _ => format!("@{}:{}", users[user as usize], server_name),
+    }
+}
+
+/// Content of a user's own membership event (with `localpart` and `domain` under member keys).
+fn membership_content(
+    version: &RoomVersion,
+    server: &Homeserver,
+    user: u32,
+    membership: &str,
+) -> Value {
+    if version.member_keys {
+        json!({"membership": membership, "localpart": server.users[user as usize], "domain": server.name})
+    } else {
+        json!({ "membership": membership })
+    }
+}
+
+/// The server index a domain name names (`hs<i>.example`).
+fn server_of_domain(domain: &str, servers: usize) -> Option<ServerId> {
+    ServerRef::Name(domain.to_owned()).index(servers as u32)
+}
+
+/// Canonical-ish size of a JSON value on the wire (serde_json's compact form).
+fn json_bytes(value: &Value) -> u64 {
+    serde_json::to_vec(value).map_or(0, |bytes| bytes.len() as u64)
+}
+
+impl FedWorld {
+    pub fn now_ms(&self) -> u64 {
+        self.queue.now_ms()
+    }
+
+    pub fn end_ms(&self) -> u64 {
+        self.end_ms
+    }
+
+    pub fn queue_len_max(&self) -> usize {
+        self.queue.len_max()
+    }
+
+    /// Processes events until the end of the run.
+    pub fn run(&mut self, mut progress: impl FnMut(u64)) {
+        while let Some(at_ms) = self.queue.peek_time_ms() {
+            if at_ms > self.end_ms {
+                break;
+            }
+            let (at_ms, _seq, event) = self.queue.pop().expect("peeked");
+            self.take_samples_until(at_ms);
+            self.events_processed += 1;
+            let (kind, entity) = event.trace_code();
+            self.trace.record(at_ms, kind, entity);
+            self.handle(event);
+            if self.events_processed % 4_096 == 0 {
+                progress(at_ms);
+            }
+        }
+        self.take_samples_until(self.end_ms);
+        progress(self.end_ms);
+    }
+
+    fn take_samples_until(&mut self, at_ms: u64) {
+        while self.next_sample_ms <= at_ms && self.next_sample_ms <= self.end_ms {
+            self.samples
+                .push((self.next_sample_ms, self.counters.clone()));
+            self.next_sample_ms += self.window_ms;
+        }
+    }
+
+    fn handle(&mut self, event: Ev) {
+        let now_ms = self.queue.now_ms();
+        match event {
+            Ev::CreateRoom { room } => self.create_room(room),
+            Ev::Join {
+                room,
+                server,
+                attempt,
+            } => self.start_join(room, server, attempt),
+            Ev::Message { room } => {
+                let plan = &mut self.plans[room as usize];
+                let rate = self.config.messages_per_room_per_hour;
+                let gap_ms = plan.message_rng.exponential(3_600_000.0 / rate) as u64;
+                let pick = plan.message_rng.below(plan.members.len() as u64) as usize;
+                let (server, user) = plan.members[pick];
+                self.queue
+                    .push(now_ms + gap_ms.max(1), Ev::Message { room });
+                let body = format!("message at {now_ms}");
+                self.send_local(
+                    server,
+                    room,
+                    user,
+                    "m.room.message",
+                    None,
+                    json!({"msgtype": "m.text", "body": body}),
+                );
+            }
+            Ev::Topic { room } => {
+                let plan = &mut self.plans[room as usize];
+                let rate = self.config.topic_changes_per_room_per_day;
+                let gap_ms = plan.topic_rng.exponential(86_400_000.0 / rate) as u64;
+                let (server, user) = plan.creator;
+                self.queue.push(now_ms + gap_ms.max(1), Ev::Topic { room });
+                self.send_local(
+                    server,
+                    room,
+                    user,
+                    "m.room.topic",
+                    Some(String::new()),
+                    json!({"topic": format!("topic at {now_ms}")}),
+                );
+            }
+            Ev::Arrive { request } => self.arrive(request),
+            Ev::Complete { request, done } => self.complete(request, done),
+            Ev::RetryTransaction {
+                server,
+                destination,
+            } => {
+                if let Some(outbox) = self.servers[server as usize].outbox.get_mut(&destination) {
+                    outbox.retry_scheduled = false;
+                }
+                self.pump(server, destination);
+            }
+            Ev::KeyTimer {
+                server,
+                slot,
+                generation,
+            } => {
+                if !self.is_up(server) {
+                    // A server that is down re-checks when it comes back.
+                    let at_ms = now_ms + 60_000;
+                    self.queue.push(
+                        at_ms,
+                        Ev::KeyTimer {
+                            server,
+                            slot,
+                            generation,
+                        },
+                    );
+                    return;
+                }
+                let mut out = std::mem::take(&mut self.key_outputs);
+                self.servers[server as usize]
+                    .cache
+                    .on_timer(now_ms, slot, generation, &mut out);
+                self.apply_key_outputs(server, &mut out, None);
+                self.key_outputs = out;
+            }
+            Ev::Action { index } => self.act(index as usize),
+            Ev::Exchange { server } => self.exchange_extremities(server),
+        }
+    }
+
+    fn is_up(&self, server: ServerId) -> bool {
+        self.net.server_status(server) == ServerStatus::Up
+    }
+
+    // ----- requests -----------------------------------------------------------------------
+
+    /// Sends a request: routed now, it arrives (and is answered) or ends with a failure.
+    fn dispatch(&mut self, from: ServerId, to: ServerId, purpose: Purpose, body: Body) -> u64 {
+        let now_ms = self.queue.now_ms();
+        let id = self.next_request;
+        self.next_request += 1;
+        let deadline_ms = now_ms + REQUEST_TIMEOUT_MS;
+        let bytes = body_bytes(&body);
+        self.counters.bytes[purpose as usize] += bytes;
+        let sender = &mut self.servers[from as usize].stats;
+        sender.requests_sent += 1;
+        sender.bytes_sent += bytes;
+        let within = |at_ms: u64| at_ms < deadline_ms;
+        let event = match self.net.route_request(from, to) {
+            Route::Deliver { latency_ms, .. } if within(now_ms + latency_ms) => {
+                (now_ms + latency_ms, Ev::Arrive { request: id })
+            }
+            Route::Answer {
+                outcome_status,
+                round_trip_ms,
+            } if within(now_ms + round_trip_ms) => {
+                let done = match outcome_status {
+                    None => Done::NotFound,
+                    Some(status) => Done::Status(status),
+                };
+                (now_ms + round_trip_ms, Ev::Complete { request: id, done })
+            }
+            Route::Refuse { round_trip_ms } if within(now_ms + round_trip_ms) => (
+                now_ms + round_trip_ms,
+                Ev::Complete {
+                    request: id,
+                    done: Done::Refused,
+                },
+            ),
+            _ => (
+                deadline_ms,
+                Ev::Complete {
+                    request: id,
+                    done: Done::Timeout,
+                },
+            ),
+        };
+        self.queue.push(event.0, event.1);
+        self.requests.insert(
+            id,
+            Request {
+                from,
+                to,
+                purpose,
+                body,
+                deadline_ms,
+                reply: None,
+            },
+        );
+        id
+    }
+
+    fn arrive(&mut self, id: u64) {
+        let now_ms = self.queue.now_ms();
+        let Some(request) = self.requests.get(&id) else {
+            return;
+        };
+        let (from, to, deadline_ms) = (request.from, request.to, request.deadline_ms);
+        if !self.is_up(to) {
+            self.queue.push(
+                deadline_ms.max(now_ms),
+                Ev::Complete {
+                    request: id,
+                    done: Done::Timeout,
+                },
+            );
+            return;
+        }
+        self.servers[to as usize].stats.requests_received += 1;
+        let body = self.requests[&id].body.clone();
+        let answer = self.answer(to, from, body);
+        let done = match &answer {
+            Ok(_) => Done::Ok,
+            Err(status) if *status == 404 => Done::NotFound,
+            Err(status) => Done::Status(*status),
+        };
+        if let Ok(reply) = answer {
+            let bytes = reply_bytes(&reply);
+            let purpose = self.requests[&id].purpose;
+            self.counters.bytes[purpose as usize] += bytes;
+            self.servers[to as usize].stats.bytes_sent += bytes;
+            if let Some(request) = self.requests.get_mut(&id) {
+                request.reply = Some(reply);
+            }
+        }
+        match self.net.route_response(to, from) {
+            Some(latency_ms) if now_ms + latency_ms < deadline_ms => {
+                self.queue
+                    .push(now_ms + latency_ms, Ev::Complete { request: id, done });
+            }
+            _ => self.queue.push(
+                deadline_ms.max(now_ms),
+                Ev::Complete {
+                    request: id,
+                    done: Done::Timeout,
+                },
+            ),
+        }
+    }
+
+    /// The server `to` answers a request from `from`: a reply, or an HTTP error status.
+    fn answer(&mut self, to: ServerId, from: ServerId, body: Body) -> Result<Reply, u16> {
+        let now_ms = self.queue.now_ms();
+        match body {
+            Body::Send(pdus) | Body::AttackerSend(pdus) => {
+                self.receive_pdus(to, from, pdus, ArrivalPath::Send);
+                Ok(Reply::Ack)
+            }
+            Body::Push(pdus) => {
+                // P6: a rotation notice carrying re-signed member events; fetch the keys now.
+                if let Some(slot) = self.servers[to as usize]
+                    .slot_of
+                    .get(&self.servers[from as usize].name)
+                    .copied()
+                {
+                    let mut out = std::mem::take(&mut self.key_outputs);
+                    self.servers[to as usize].cache.fetch_now(slot, &mut out);
+                    self.apply_key_outputs(to, &mut out, None);
+                    self.key_outputs = out;
+                }
+                self.receive_pdus(to, from, pdus, ArrivalPath::EventFetch);
+                Ok(Reply::Ack)
+            }
+            Body::MakeJoin { room, user } => {
+                let version = self.version;
+                let joiner = &self.servers[from as usize];
+                let content = membership_content(&version, joiner, user, "join");
+                let joiner_id = self.joiner_member_id(room, from, user);
+                let server = &mut self.servers[to as usize];
+                let Some(state) = server.rooms.get_mut(&room).filter(|room| room.joined) else {
+                    return Err(404);
+                };
+                let draft = state
+                    .state
+                    .draft_event(
+                        &joiner_id,
+                        "m.room.member",
+                        Some(&joiner_id),
+                        content,
+                        absolute_ms(now_ms),
+                    )
+                    .map_err(|_| 500u16)?;
+                Ok(Reply::Template(Box::new(draft)))
+            }
+            Body::SendJoin { room, pdu } => {
+                let joined = self.servers[to as usize]
+                    .rooms
+                    .get(&room)
+                    .is_some_and(|room| room.joined);
+                if !joined {
+                    return Err(404);
+                }
+                let receipt = self.process_now(to, room, &pdu, ArrivalPath::Send, from);
+                if !matches!(receipt.verdict, Verdict::Accepted { .. }) {
+                    return Err(403);
+                }
+                self.fan_out(to, room, &pdu, &[from]);
+                let history: Vec<Arc<Value>> = self.servers[to as usize].rooms[&room]
+                    .state
+                    .held_events()
+                    .map(|(pdu, _)| Arc::new(pdu.json.clone()))
+                    .collect();
+                Ok(Reply::Events(history))
+            }
+            Body::GetMissing {
+                room,
+                missing,
+                known,
+                ..
+            } => {
+                let Some(state) = self.servers[to as usize].rooms.get(&room) else {
+                    return Err(404);
+                };
+                Ok(Reply::Events(walk_missing(&state.state, &missing, &known)))
+            }
+            Body::EventFetch { room, event_id } => {
+                let server = &mut self.servers[to as usize];
+                server.stats.event_requeries_received += 1;
+                if let Some(resigned) = server.resigned.get(&event_id) {
+                    return Ok(Reply::Events(vec![Arc::clone(resigned)]));
+                }
+                let held = server
+                    .rooms
+                    .get(&room)
+                    .and_then(|room| room.state.event(&event_id))
+                    .map(|pdu| Arc::new(pdu.json.clone()));
+                held.map(|json| Reply::Events(vec![json])).ok_or(404)
+            }
+            Body::Key { .. } => {
+                let server = &mut self.servers[to as usize];
+                Ok(Reply::Keys(server.publisher.response(absolute_ms(now_ms))))
+            }
+            Body::Extremities { room, ids } => {
+                let Some(state) = self.servers[to as usize].rooms.get(&room) else {
+                    return Err(404);
+                };
+                if !state.joined {
+                    return Ok(Reply::Ack);
+                }
+                let unknown: Vec<EventId> = ids
+                    .into_iter()
+                    .filter(|id| !state.state.holds(id))
+                    .collect();
+                if !unknown.is_empty() {
+                    let known = state.state.forward_extremities();
+                    self.dispatch(
+                        to,
+                        from,
+                        Purpose::GetMissingEvents,
+                        Body::GetMissing {
+                            room,
+                            missing: unknown,
+                            known,
+                            for_front: false,
+                        },
+                    );
+                }
+                Ok(Reply::Ack)
+            }
+        }
+    }
+
+    fn complete(&mut self, id: u64, done: Done) {
+        let Some(request) = self.requests.remove(&id) else {
+            return;
+        };
+        self.counters.requests[request.purpose as usize][done.index()] += 1;
+        let reply = if done == Done::Ok {
+            request.reply
+        } else {
+            None
+        };
+        let from = request.from;
+        match request.body {
+            Body::Send(pdus) => {
+                let outbox = self.servers[from as usize]
+                    .outbox
+                    .entry(request.to)
+                    .or_default();
+                outbox.in_flight = 0;
+                if reply.is_some() {
+                    outbox.failures = 0;
+                    for _ in 0..pdus.len() {
+                        outbox.queue.pop_front();
+                    }
+                    self.pump(from, request.to);
+                } else {
+                    outbox.failures += 1;
+                    if outbox.failures > self.config.transaction_retries {
+                        // Given up: these PDUs never reach the destination by push.
+                        for _ in 0..pdus.len() {
+                            outbox.queue.pop_front();
+                        }
+                        outbox.failures = 0;
+                        self.counters.pdus_given_up_by_sender += pdus.len() as u64;
+                        self.pump(from, request.to);
+                    } else {
+                        let shift = (outbox.failures - 1).min(20);
+                        let delay_ms =
+                            (TRANSACTION_RETRY_FLOOR_MS << shift).min(TRANSACTION_RETRY_CAP_MS);
+                        outbox.retry_scheduled = true;
+                        let now_ms = self.queue.now_ms();
+                        self.queue.push(
+                            now_ms + delay_ms,
+                            Ev::RetryTransaction {
+                                server: from,
+                                destination: request.to,
+                            },
+                        );
+                    }
+                }
+            }
+            Body::MakeJoin { room, user } => match reply {
+                Some(Reply::Template(draft)) => self.finish_make_join(room, from, user, *draft),
+                _ => self.retry_join(room, from),
+            },
+            Body::SendJoin { room, .. } => match reply {
+                Some(Reply::Events(history)) => self.install_room(room, from, request.to, history),
+                _ => self.retry_join(room, from),
+            },
+            Body::GetMissing {
+                room, for_front, ..
+            } => {
+                let events = match reply {
+                    Some(Reply::Events(events)) => events,
+                    _ => Vec::new(),
+                };
+                if let Some(state) = self.servers[from as usize].rooms.get_mut(&room) {
+                    let items = events.into_iter().map(|json| Inbound {
+                        json,
+                        path: ArrivalPath::MissingEvents,
+                        from: request.to,
+                        key_wait_done: false,
+                        gap_rounds: 0,
+                    });
+                    if for_front {
+                        let items: Vec<Inbound> = items.collect();
+                        for item in items.into_iter().rev() {
+                            state.inbound.push_front(item);
+                        }
+                        if state.blocked == Some(Block::Gap(id)) {
+                            state.blocked = None;
+                        }
+                    } else {
+                        state.inbound.extend(items);
+                    }
+                    self.drain(from, room);
+                }
+            }
+            Body::EventFetch { room, .. } => {
+                if let Some(Reply::Events(events)) = reply {
+                    self.receive_into(from, request.to, room, events, ArrivalPath::EventFetch);
+                }
+            }
+            Body::Key { slot, epoch } => {
+                self.key_answer(from, request.to, slot, epoch, done, reply)
+            }
+            Body::Extremities { .. } | Body::AttackerSend(_) | Body::Push(_) => {}
+        }
+    }
+
+    // ----- keys ----------------------------------------------------------------------------
+
+    fn apply_key_outputs(
+        &mut self,
+        server: ServerId,
+        out: &mut Vec<KeyCacheOutput>,
+        context: Option<&InvalidationContext>,
+    ) {
+        for output in out.drain(..) {
+            match output {
+                KeyCacheOutput::Send { slot, .. } => {
+                    let domain = self.servers[server as usize].cache.slots()[slot as usize].domain;
+                    let epoch = self.servers[server as usize].cache.epoch;
+                    self.dispatch(
+                        server,
+                        domain,
+                        Purpose::KeyDirect,
+                        Body::Key { slot, epoch },
+                    );
+                }
+                KeyCacheOutput::SetTimer {
+                    at_ms,
+                    slot,
+                    generation,
+                } => self.queue.push(
+                    at_ms,
+                    Ev::KeyTimer {
+                        server,
+                        slot,
+                        generation,
+                    },
+                ),
+                KeyCacheOutput::Decision { slot, decision } => match decision {
+                    Decision::Invalidated(reason) => {
+                        self.counters.key_invalidations += 1;
+                        if let Some(context) = context
+                            && let Some(key_id) = &context.tracked_key_id
+                        {
+                            self.invalidate_links(
+                                server,
+                                slot,
+                                reason,
+                                key_id,
+                                context.tracked_valid_until_ms,
+                                context.response.as_deref(),
+                            );
+                        }
+                    }
+                    Decision::Revalidated => self.counters.key_revalidations += 1,
+                },
+            }
+        }
+    }
+
+    fn key_answer(
+        &mut self,
+        server: ServerId,
+        domain: ServerId,
+        slot: u32,
+        epoch: u32,
+        done: Done,
+        reply: Option<Reply>,
+    ) {
+        let now_ms = self.queue.now_ms();
+        if self.servers[server as usize].cache.epoch != epoch {
+            return;
+        }
+        let outcome = match (done, reply) {
+            (Done::Ok, Some(Reply::Keys(body))) => Outcome::Ok(body),
+            (Done::NotFound, _) => Outcome::NotFound,
+            (Done::Status(status), _) => Outcome::Status(status),
+            (Done::Refused, _) => Outcome::Refused,
+            _ => Outcome::Timeout,
+        };
+        let domain_name = self.servers[domain as usize].name.clone();
+        let fetched = key_cache::classify(
+            &outcome,
+            Via::Direct,
+            domain,
+            &domain_name,
+            &[],
+            &mut self.verify_memo,
+        );
+        let response = match &fetched {
+            Fetched::Keys(keys) => Some(Arc::clone(keys)),
+            _ => None,
+        };
+        let entry = &self.servers[server as usize].cache.slots()[slot as usize];
+        let tracked_key_id = entry.tracked_key_id().map(str::to_owned);
+        let tracked_valid_until_ms = entry.valid_until_ms();
+        let mut out = std::mem::take(&mut self.key_outputs);
+        self.servers[server as usize].cache.on_response(
+            now_ms,
+            slot,
+            Via::Direct,
+            fetched,
+            &mut out,
+        );
+        let context = InvalidationContext {
+            tracked_key_id,
+            tracked_valid_until_ms,
+            response: response.clone(),
+        };
+        self.apply_key_outputs(server, &mut out, Some(&context));
+        self.key_outputs = out;
+        // New or re-fetched keys re-verify pending and unverified links of the domain; a failed
+        // fetch turns pending links unverified.
+        let now_abs_ms = absolute_ms(now_ms);
+        let version = self.version;
+        let policy = self.room_policy.clone();
+        let hs = &mut self.servers[server as usize];
+        let usable = hs.cache.slots()[slot as usize].valid && response.is_some();
+        let rooms: Vec<RoomIndex> = hs.rooms.keys().copied().collect();
+        for room in rooms {
+            let keys = CacheKeys {
+                own_name: &hs.name,
+                own_keys: &hs.own_keys,
+                cache: &hs.cache,
+                slot_of: &hs.slot_of,
+                now_abs_ms,
+            };
+            let Some(state) = hs.rooms.get_mut(&room) else {
+                continue;
+            };
+            if !version.member_keys {
+                continue;
+            }
+            let changed = if usable {
+                match crate::room::keys::KeySource::held_keys(&keys, &domain_name) {
+                    Some(held) => {
+                        state
+                            .links
+                            .keys_available(&version, &domain_name, held, now_abs_ms)
+                    }
+                    None => Vec::new(),
+                }
+            } else {
+                state.links.keys_unavailable(&domain_name, now_abs_ms)
+            };
+            if usable && !changed.is_empty() {
+                self.counters.links_reverified += changed.len() as u64;
+                self.counters.revealed += pipeline::reveal_verified(
+                    &mut state.state,
+                    &state.links,
+                    &policy,
+                    &changed,
+                    now_abs_ms,
+                ) as u64;
+            }
+        }
+        // PDUs parked for these keys go on (verified or not).
+        let waiting = self.servers[server as usize]
+            .key_waiters
+            .remove(&slot)
+            .unwrap_or_default();
+        for room in waiting {
+            if let Some(state) = self.servers[server as usize].rooms.get_mut(&room)
+                && state.blocked == Some(Block::Keys(slot))
+            {
+                state.blocked = None;
+            }
+            self.drain(server, room);
+        }
+    }
+
+    /// The tracked key of `slot` was invalidated: the links it verified turn unverified (per
+    /// the policy's rule) and, after a key change, are re-queried from the domain.
+    fn invalidate_links(
+        &mut self,
+        server: ServerId,
+        slot: u32,
+        reason: InvalidReason,
+        key_id: &str,
+        tracked_valid_until_ms: i64,
+        response: Option<&ServerKeys>,
+    ) {
+        if !self.version.member_keys {
+            return;
+        }
+        let now_abs_ms = absolute_ms(self.queue.now_ms());
+        let domain = self.servers[server as usize].cache.slots()[slot as usize].domain;
+        let domain_name = self.servers[domain as usize].name.clone();
+        let invalidation =
+            KeyInvalidation::from_key_layer(reason, key_id, response, tracked_valid_until_ms);
+        let requery = self.room_policy.name != "P6"
+            && matches!(
+                reason,
+                InvalidReason::MovedToOld | InvalidReason::Absent | InvalidReason::DifferentBytes
+            );
+        let mut requeries = Vec::new();
+        for (room, state) in self.servers[server as usize].rooms.iter_mut() {
+            let changed =
+                state
+                    .links
+                    .key_invalidated(&domain_name, key_id, invalidation.clone(), now_abs_ms);
+            self.counters.link_invalidations += changed.len() as u64;
+            if requery {
+                for member in changed {
+                    if let Some(event) = state
+                        .links
+                        .link(&member)
+                        .and_then(|link| link.member_event.as_ref())
+                    {
+                        requeries.push((*room, event.event_id.clone()));
+                    }
+                }
+            }
+        }
+        for (room, event_id) in requeries {
+            self.dispatch(
+                server,
+                domain,
+                Purpose::EventRequery,
+                Body::EventFetch { room, event_id },
+            );
+        }
+    }
+
+    /// The key-cache slot whose keys the PDU's checks need and the server does not hold: v12,
+    /// the sender's server key for the event's `origin_server_ts`; member keys, the claimed
+    /// domain's current key for a member's own member event.
+    fn key_needed(&self, server: ServerId, json: &Value) -> Option<u32> {
+        let hs = &self.servers[server as usize];
+        let keys = CacheKeys {
+            own_name: &hs.name,
+            own_keys: &hs.own_keys,
+            cache: &hs.cache,
+            slot_of: &hs.slot_of,
+            now_abs_ms: absolute_ms(self.queue.now_ms()),
+        };
+        let sender = json.get("sender").and_then(Value::as_str)?;
+        let signatures = json.get("signatures").and_then(Value::as_object)?;
+        let (domain, usable) = if self.version.member_keys {
+            let is_own_member_event = json.get("type").and_then(Value::as_str)
+                == Some("m.room.member")
+                && json.get("state_key").and_then(Value::as_str) == Some(sender);
+            if !is_own_member_event {
+                return None;
+            }
+            let domain = json
+                .get("content")
+                .and_then(|content| content.get("domain"))
+                .and_then(Value::as_str)?;
+            let held = crate::room::keys::KeySource::held_keys(&keys, domain);
+            let usable = held.is_some_and(|held| {
+                signatures
+                    .get(domain)
+                    .and_then(Value::as_object)
+                    .is_some_and(|by_key| {
+                        by_key
+                            .keys()
+                            .any(|key_id| held.keys.verify_keys.contains_key(key_id))
+                    })
+            });
+            (domain, usable)
+        } else {
+            let domain = sender.split_once(':').map(|(_, domain)| domain)?;
+            let ts = json.get("origin_server_ts").and_then(Value::as_i64)?;
+            let held = crate::room::keys::KeySource::held_keys(&keys, domain);
+            let usable = held.is_some_and(|held| {
+                signatures
+                    .get(domain)
+                    .and_then(Value::as_object)
+                    .is_some_and(|by_key| {
+                        by_key
+                            .keys()
+                            .any(|key_id| held.key_for_event(key_id, ts).is_some())
+                    })
+            });
+            (domain, usable)
+        };
+        if usable || domain == hs.name {
+            return None;
+        }
+        hs.slot_of.get(domain).copied()
+    }
+
+    // ----- PDUs ----------------------------------------------------------------------------
+
+    /// PDUs pushed by `from` (a transaction) enter the inbound queues of their rooms.
+    fn receive_pdus(
+        &mut self,
+        to: ServerId,
+        from: ServerId,
+        pdus: Vec<Arc<Value>>,
+        path: ArrivalPath,
+    ) {
+        let mut by_room: BTreeMap<RoomIndex, Vec<Arc<Value>>> = BTreeMap::new();
+        for pdu in pdus {
+            let room = pdu
+                .get("room_id")
+                .and_then(Value::as_str)
+                .and_then(|room_id| self.room_of_id.get(room_id).copied());
+            match room {
+                Some(room) => by_room.entry(room).or_default().push(pdu),
+                None => self.counters.not_in_room += 1,
+            }
+        }
+        for (room, pdus) in by_room {
+            self.receive_into(to, from, room, pdus, path);
+        }
+    }
+
+    fn receive_into(
+        &mut self,
+        to: ServerId,
+        from: ServerId,
+        room: RoomIndex,
+        pdus: Vec<Arc<Value>>,
+        path: ArrivalPath,
+    ) {
+        let Some(state) = self.servers[to as usize].rooms.get_mut(&room) else {
+            self.counters.not_in_room += pdus.len() as u64;
+            return;
+        };
+        state.inbound.extend(pdus.into_iter().map(|json| Inbound {
+            json,
+            path,
+            from,
+            key_wait_done: false,
+            gap_rounds: 0,
+        }));
+        self.drain(to, room);
+    }
+
+    /// Processes a room's inbound queue until it is empty or parked.
+    fn drain(&mut self, server: ServerId, room: RoomIndex) {
+        loop {
+            let now_ms = self.queue.now_ms();
+            let Some(state) = self.servers[server as usize].rooms.get_mut(&room) else {
+                return;
+            };
+            if state.blocked.is_some() || !state.joined {
+                return;
+            }
+            let Some(mut item) = state.inbound.pop_front() else {
+                return;
+            };
+            if !item.key_wait_done
+                && let Some(slot) = self.key_needed(server, &item.json)
+            {
+                item.key_wait_done = true;
+                let mut out = std::mem::take(&mut self.key_outputs);
+                self.servers[server as usize]
+                    .cache
+                    .fetch_now(slot, &mut out);
+                self.apply_key_outputs(server, &mut out, None);
+                self.key_outputs = out;
+                let hs = &mut self.servers[server as usize];
+                let state = hs.rooms.get_mut(&room).expect("checked above");
+                state.inbound.push_front(item);
+                if hs.cache.slots()[slot as usize].fetch_pending() {
+                    self.counters.key_waits += 1;
+                    state.blocked = Some(Block::Keys(slot));
+                    hs.key_waiters.entry(slot).or_default().insert(room);
+                    return;
+                }
+                continue;
+            }
+            let receipt = self.process_now(server, room, &item.json, item.path, item.from);
+            if let Verdict::MissingEvents {
+                prev_events,
+                auth_events,
+            } = &receipt.verdict
+            {
+                if item.gap_rounds < MAX_GAP_ROUNDS && item.from != server {
+                    let mut missing = prev_events.clone();
+                    missing.extend(auth_events.iter().cloned());
+                    let state = self.servers[server as usize]
+                        .rooms
+                        .get_mut(&room)
+                        .expect("checked above");
+                    let known = state.state.forward_extremities();
+                    let target = item.from;
+                    item.gap_rounds += 1;
+                    state.inbound.push_front(item);
+                    let id = self.dispatch(
+                        server,
+                        target,
+                        Purpose::GetMissingEvents,
+                        Body::GetMissing {
+                            room,
+                            missing,
+                            known,
+                            for_front: true,
+                        },
+                    );
+                    let state = self.servers[server as usize]
+                        .rooms
+                        .get_mut(&room)
+                        .expect("checked above");
+                    state.blocked = Some(Block::Gap(id));
+                    return;
+                }
+                self.counters.gaps_given_up += 1;
+            }
+            let _ = now_ms;
+        }
+    }
+
+    /// Runs one PDU through the server's pipeline now and counts the outcome.
+    fn process_now(
+        &mut self,
+        server: ServerId,
+        room: RoomIndex,
+        json: &Arc<Value>,
+        path: ArrivalPath,
+        _from: ServerId,
+    ) -> Receipt {
+        let now_abs_ms = absolute_ms(self.queue.now_ms());
+        let hs = &mut self.servers[server as usize];
+        let keys = CacheKeys {
+            own_name: &hs.name,
+            own_keys: &hs.own_keys,
+            cache: &hs.cache,
+            slot_of: &hs.slot_of,
+            now_abs_ms,
+        };
+        let state = hs.rooms.get_mut(&room).expect("the room is held");
+        let mut view = ServerView {
+            keys: &keys,
+            links: &mut state.links,
+            policy: &self.room_policy,
+        };
+        let receipt = pipeline::receive_pdu_shared(
+            &mut state.state,
+            &mut view,
+            &mut self.memo,
+            (**json).clone(),
+            path,
+            now_abs_ms,
+        );
+        self.account(server, &receipt, json);
+        receipt
+    }
+
+    fn account(&mut self, server: ServerId, receipt: &Receipt, json: &Value) {
+        let counters = &mut self.counters;
+        let stats = &mut self.servers[server as usize].stats;
+        counters.pdus_processed += 1;
+        stats.pdus_processed += 1;
+        let is_message = json.get("type").and_then(Value::as_str) == Some("m.room.message");
+        match &receipt.verdict {
+            Verdict::Accepted { labelled } => {
+                counters.accepted += 1;
+                stats.accepted += 1;
+                if *labelled {
+                    counters.accepted_labelled += 1;
+                }
+                if receipt.outcome() == pipeline::Outcome::Redacted {
+                    counters.redacted += 1;
+                }
+                if is_message && receipt.path != ArrivalPath::Local {
+                    counters.message_deliveries += 1;
+                }
+            }
+            Verdict::SoftFailed(reason) => {
+                stats.soft_failed += 1;
+                match reason {
+                    SoftFailReason::CurrentState(_) => counters.soft_failed_auth += 1,
+                    SoftFailReason::Link(_) => counters.soft_failed_link += 1,
+                    SoftFailReason::StateUnresolvable(_) => counters.soft_failed_other += 1,
+                }
+            }
+            Verdict::Rejected { .. } => {
+                counters.rejected += 1;
+                stats.rejected += 1;
+            }
+            Verdict::Dropped(_) => {
+                counters.dropped += 1;
+                stats.dropped += 1;
+            }
+            Verdict::AlreadyHeld => counters.already_held += 1,
+            Verdict::MissingEvents { .. } => counters.missing_events += 1,
+        }
+        let Some(event_id) = &receipt.event_id else {
+            return;
+        };
+        if !self.attacker.events.contains(event_id) {
+            return;
+        }
+        let after_t0 = self
+            .attacker
+            .t0_ms
+            .is_some_and(|t0_ms| self.queue.now_ms() >= t0_ms);
+        match &receipt.verdict {
+            Verdict::Accepted { labelled: false } if after_t0 => {
+                counters.attacker_accepted_after_t0 += 1
+            }
+            Verdict::Accepted { labelled: false } => counters.attacker_accepted_before_t0 += 1,
+            Verdict::Accepted { labelled: true } if after_t0 => {
+                counters.attacker_labelled_after_t0 += 1
+            }
+            Verdict::SoftFailed(_) | Verdict::Rejected { .. } if after_t0 => {
+                counters.attacker_hidden_after_t0 += 1
+            }
+            Verdict::Dropped(_) if after_t0 => counters.attacker_dropped_after_t0 += 1,
+            _ => {}
+        }
+    }
+
+    /// The servers with a joined member in `server`'s current state of `room` (by the member
+    /// event's `content.domain` under member keys, the user ID's server otherwise).
+    fn residents(&mut self, server: ServerId, room: RoomIndex) -> Vec<ServerId> {
+        let count = self.servers.len();
+        let version = self.version;
+        let Some(state) = self.servers[server as usize].rooms.get_mut(&room) else {
+            return Vec::new();
+        };
+        let Ok(current) = state.state.current_state() else {
+            return Vec::new();
+        };
+        if let Some((memo_state, residents)) = &state.resident_memo
+            && Arc::ptr_eq(memo_state, &current)
+        {
+            return residents.clone();
+        }
+        let mut residents = BTreeSet::new();
+        for ((event_type, state_key), event_id) in current.iter() {
+            if event_type != "m.room.member" {
+                continue;
+            }
+            let Some(pdu) = state.state.event(event_id) else {
+                continue;
+            };
+            if pdu.membership() != Some("join") {
+                continue;
+            }
+            let domain = if version.member_keys {
+                pdu.content.get("domain").and_then(Value::as_str)
+            } else {
+                state_key.split_once(':').map(|(_, domain)| domain)
+            };
+            if let Some(resident) = domain.and_then(|domain| server_of_domain(domain, count)) {
+                residents.insert(resident);
+            }
+        }
+        let residents: Vec<ServerId> = residents.into_iter().collect();
+        state.resident_memo = Some((current, residents.clone()));
+        residents
+    }
+
+    /// Queues `pdu` to every other resident server of `room` (as `server` sees it), except
+    /// `exclude`.
+    fn fan_out(
+        &mut self,
+        server: ServerId,
+        room: RoomIndex,
+        pdu: &Arc<Value>,
+        exclude: &[ServerId],
+    ) {
+        for destination in self.residents(server, room) {
+            if destination == server || exclude.contains(&destination) {
+                continue;
+            }
+            self.servers[server as usize]
+                .outbox
+                .entry(destination)
+                .or_default()
+                .queue
+                .push_back(Arc::clone(pdu));
+            self.pump(server, destination);
+        }
+    }
+
+    /// Sends the next transaction to `destination` if none is in flight or waiting to retry.
+    fn pump(&mut self, server: ServerId, destination: ServerId) {
+        let Some(outbox) = self.servers[server as usize].outbox.get_mut(&destination) else {
+            return;
+        };
+        if outbox.in_flight > 0 || outbox.retry_scheduled || outbox.queue.is_empty() {
+            return;
+        }
+        let count = outbox.queue.len().min(MAX_PDUS_PER_TRANSACTION);
+        outbox.in_flight = count;
+        let pdus: Vec<Arc<Value>> = outbox.queue.iter().take(count).cloned().collect();
+        self.dispatch(server, destination, Purpose::Send, Body::Send(pdus));
+    }
+
+    /// Signs `draft` as `user` of `server` would: the server key (v12), or the member key with
+    /// the server's co-signature on the user's own member events (member keys).
+    fn sign(
+        &mut self,
+        server: ServerId,
+        room: RoomIndex,
+        user: u32,
+        draft: EventDraft,
+    ) -> Option<Arc<Value>> {
+        let version = self.version;
+        let hs = &self.servers[server as usize];
+        let key = hs.publisher.current_key();
+        let signer = if version.member_keys {
+            let member_key = hs.rooms.get(&room)?.member_keys.get(&user)?;
+            let own_member_event = draft.event_type == "m.room.member"
+                && draft.state_key.as_deref() == Some(draft.sender.as_str());
+            EventSigner::Member {
+                member_key,
+                cosigner: own_member_event.then_some((hs.name.as_str(), key)),
+            }
+        } else {
+            EventSigner::Server {
+                server_name: &hs.name,
+                key,
+            }
+        };
+        let started = std::time::Instant::now();
+        let pdu = build_pdu(draft, &version, signer).ok()?;
+        self.sign_nanos += started.elapsed().as_nanos() as u64;
+        self.events_signed += 1;
+        Some(Arc::new(pdu.json))
+    }
+
+    /// A local user sends an event: drafted on the server's view, signed, run through its own
+    /// pipeline, and queued to every other resident server.
+    fn send_local(
+        &mut self,
+        server: ServerId,
+        room: RoomIndex,
+        user: u32,
+        event_type: &str,
+        state_key: Option<String>,
+        content: Value,
+    ) -> Option<EventId> {
+        let now_ms = self.queue.now_ms();
+        if !self.is_up(server) {
+            self.counters.sends_skipped += 1;
+            return None;
+        }
+        self.refresh_own_keys(server);
+        let version = self.version;
+        let hs = &mut self.servers[server as usize];
+        let Some(state) = hs.rooms.get(&room).filter(|room| room.joined) else {
+            self.counters.sends_skipped += 1;
+            return None;
+        };
+        let sender = member_id(&version, &hs.name, &hs.users, state, user);
+        let state_key = state_key.map(|key| if key == "@self" { sender.clone() } else { key });
+        let state = hs.rooms.get_mut(&room).expect("checked");
+        let Ok(draft) = state.state.draft_event(
+            &sender,
+            event_type,
+            state_key.as_deref(),
+            content,
+            absolute_ms(now_ms),
+        ) else {
+            self.counters.sends_skipped += 1;
+            return None;
+        };
+        let pdu = self.sign(server, room, user, draft)?;
+        let receipt = self.process_now(server, room, &pdu, ArrivalPath::Local, server);
+        if !matches!(receipt.verdict, Verdict::Accepted { .. }) {
+            // The user may not send this (not joined any more, banned): nothing goes out.
+            self.counters.sends_skipped += 1;
+            return None;
+        }
+        let event_id = receipt.event_id.clone()?;
+        let message = event_type == "m.room.message";
+        if message {
+            self.counters.messages_sent += 1;
+        } else {
+            self.counters.state_events_sent += 1;
+        }
+        self.sent.push(Sent {
+            room,
+            event_id: event_id.clone(),
+            at_ms: now_ms,
+            message,
+        });
+        self.fan_out(server, room, &pdu, &[]);
+        Some(event_id)
+    }
+
+    /// Re-reads the server's own key response if the publisher re-signed it.
+    fn refresh_own_keys(&mut self, server: ServerId) {
+        let now_abs_ms = absolute_ms(self.queue.now_ms());
+        let hs = &mut self.servers[server as usize];
+        let body = hs.publisher.response(now_abs_ms);
+        if Arc::ptr_eq(&body, &hs.own_body) {
+            return;
+        }
+        if let Ok(Some(keys)) = self.verify_memo.check_direct(server, &hs.name, &body) {
+            hs.own_keys = keys;
+            hs.own_body = body;
+        }
+    }
+
+    // ----- rooms and joins -----------------------------------------------------------------
+
+    fn new_server_room(&self, room: RoomIndex, server: ServerId, room_id: &str) -> ServerRoom {
+        let plan = &self.plans[room as usize];
+        let mut member_keys = BTreeMap::new();
+        if self.version.member_keys {
+            for &(member_server, user) in &plan.members {
+                if member_server == server {
+                    member_keys.insert(user, build::member_key(self.seed, room, server, user));
+                }
+            }
+        }
+        ServerRoom {
+            state: RoomState::new(self.version, room_id),
+            links: LinkTable::new(self.room_policy.invalidation),
+            joined: false,
+            inbound: VecDeque::new(),
+            blocked: None,
+            member_keys,
+            resident_memo: None,
+        }
+    }
+
+    /// The member ID `user` of `server` will have in `room` (its member key's ID under member
+    /// keys).
+    fn joiner_member_id(&self, room: RoomIndex, server: ServerId, user: u32) -> String {
+        if self.version.member_keys {
+            let key = build::member_key(self.seed, room, server, user);
+            crate::matrix::member_keys::member_key_user_id(&key.verifying_key())
+        } else {
+            format!(
+                "@{}:{}",
+                self.servers[server as usize].users[user as usize],
+                self.servers[server as usize].name
+            )
+        }
+    }
+
+    fn create_room(&mut self, room: RoomIndex) {
+        let now_ms = self.queue.now_ms();
+        let (server, user) = self.plans[room as usize].creator;
+        let version = self.version;
+        let creator_id = self.joiner_member_id(room, server, user);
+        let draft = crate::room::room_state::create_event_draft(
+            &version,
+            &creator_id,
+            None,
+            absolute_ms(now_ms),
+        );
+        // The room ID derives from the create event (v12+), so the server room is made after.
+        let hs = &self.servers[server as usize];
+        let member_key = version
+            .member_keys
+            .then(|| build::member_key(self.seed, room, server, user));
+        let signer = match &member_key {
+            Some(member_key) => EventSigner::Member {
+                member_key,
+                cosigner: None,
+            },
+            None => EventSigner::Server {
+                server_name: &hs.name,
+                key: hs.publisher.current_key(),
+            },
+        };
+        let Ok(create) = build_pdu(draft, &version, signer) else {
+            return;
+        };
+        self.events_signed += 1;
+        let room_id = crate::matrix::hashes::room_id_from_create_event_id(&create.event_id);
+        self.plans[room as usize].room_id = Some(room_id.clone());
+        self.room_of_id.insert(room_id.clone(), room);
+        let mut server_room = self.new_server_room(room, server, &room_id);
+        server_room.joined = true;
+        self.servers[server as usize]
+            .rooms
+            .insert(room, server_room);
+        self.refresh_own_keys(server);
+        let create = Arc::new(create.json);
+        self.process_now(server, room, &create, ArrivalPath::Local, server);
+        let content = membership_content(&version, &self.servers[server as usize], user, "join");
+        self.send_local(
+            server,
+            room,
+            user,
+            "m.room.member",
+            Some("@self".into()),
+            content,
+        );
+        self.send_local(
+            server,
+            room,
+            user,
+            "m.room.join_rules",
+            Some(String::new()),
+            json!({"join_rule": "public"}),
+        );
+        // Members join over the join window; the workload starts.
+        let window_ms = self.config.join_window.ms().max(1);
+        let plan = &mut self.plans[room as usize];
+        let members: Vec<(ServerId, u32)> = plan.members.clone();
+        for &(member, _) in members.iter().skip(1) {
+            if plan.late.contains(&member) {
+                continue;
+            }
+            let delay_ms = plan.message_rng.below(window_ms);
+            self.queue.push(
+                now_ms + delay_ms,
+                Ev::Join {
+                    room,
+                    server: member,
+                    attempt: 0,
+                },
+            );
+        }
+        let plan = &mut self.plans[room as usize];
+        if self.config.messages_per_room_per_hour > 0.0 {
+            let gap_ms = plan
+                .message_rng
+                .exponential(3_600_000.0 / self.config.messages_per_room_per_hour)
+                as u64;
+            self.queue
+                .push(now_ms + gap_ms.max(1), Ev::Message { room });
+        }
+        if self.config.topic_changes_per_room_per_day > 0.0 {
+            let gap_ms = plan
+                .topic_rng
+                .exponential(86_400_000.0 / self.config.topic_changes_per_room_per_day)
+                as u64;
+            self.queue.push(now_ms + gap_ms.max(1), Ev::Topic { room });
+        }
+    }
+
+    /// `server` starts joining `room` through a resident (the creator's server first, then the
+    /// other planned members in turn on each retry).
+    fn start_join(&mut self, room: RoomIndex, server: ServerId, attempt: u32) {
+        let Some(room_id) = self.plans[room as usize].room_id.clone() else {
+            return;
+        };
+        if self.servers[server as usize]
+            .rooms
+            .get(&room)
+            .is_some_and(|room| room.joined)
+        {
+            return;
+        }
+        let plan = &self.plans[room as usize];
+        let Some(&(_, user)) = plan.members.iter().find(|(member, _)| *member == server) else {
+            return;
+        };
+        let candidates: Vec<ServerId> = plan
+            .members
+            .iter()
+            .map(|(member, _)| *member)
+            .filter(|member| *member != server)
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let target = candidates[attempt as usize % candidates.len()];
+        if !self.servers[server as usize].rooms.contains_key(&room) {
+            let server_room = self.new_server_room(room, server, &room_id);
+            self.servers[server as usize]
+                .rooms
+                .insert(room, server_room);
+        }
+        self.join_attempts.insert((room, server), attempt);
+        self.dispatch(
+            server,
+            target,
+            Purpose::MakeJoin,
+            Body::MakeJoin { room, user },
+        );
+    }
+
+    fn retry_join(&mut self, room: RoomIndex, server: ServerId) {
+        let attempt = self
+            .join_attempts
+            .get(&(room, server))
+            .copied()
+            .unwrap_or(0);
+        let now_ms = self.queue.now_ms();
+        self.queue.push(
+            now_ms + JOIN_RETRY_MS,
+            Ev::Join {
+                room,
+                server,
+                attempt: attempt + 1,
+            },
+        );
+    }
+
+    fn finish_make_join(
+        &mut self,
+        room: RoomIndex,
+        server: ServerId,
+        user: u32,
+        mut draft: EventDraft,
+    ) {
+        let now_ms = self.queue.now_ms();
+        let expected = self.joiner_member_id(room, server, user);
+        // The joining server checks the template (type, sender, state_key) before signing.
+        if draft.event_type != "m.room.member"
+            || draft.sender != expected
+            || draft.state_key.as_deref() != Some(expected.as_str())
+        {
+            self.retry_join(room, server);
+            return;
+        }
+        draft.origin_server_ts_ms = absolute_ms(now_ms);
+        self.refresh_own_keys(server);
+        let Some(pdu) = self.sign(server, room, user, draft) else {
+            self.retry_join(room, server);
+            return;
+        };
+        let attempt = self
+            .join_attempts
+            .get(&(room, server))
+            .copied()
+            .unwrap_or(0);
+        let plan = &self.plans[room as usize];
+        let candidates: Vec<ServerId> = plan
+            .members
+            .iter()
+            .map(|(member, _)| *member)
+            .filter(|member| *member != server)
+            .collect();
+        let target = candidates[attempt as usize % candidates.len()];
+        self.dispatch(
+            server,
+            target,
+            Purpose::SendJoin,
+            Body::SendJoin { room, pdu },
+        );
+    }
+
+    /// The `send_join` answer arrived: the joiner takes the resident's history (JoinState path).
+    fn install_room(
+        &mut self,
+        room: RoomIndex,
+        server: ServerId,
+        resident: ServerId,
+        history: Vec<Arc<Value>>,
+    ) {
+        let Some(state) = self.servers[server as usize].rooms.get_mut(&room) else {
+            return;
+        };
+        if state.joined {
+            return;
+        }
+        state.joined = true;
+        self.counters.joins_completed += 1;
+        self.counters.join_history_events += history.len() as u64;
+        let earlier: Vec<Inbound> = state.inbound.drain(..).collect();
+        state
+            .inbound
+            .extend(history.into_iter().map(|json| Inbound {
+                json,
+                path: ArrivalPath::JoinState,
+                from: resident,
+                key_wait_done: false,
+                gap_rounds: 0,
+            }));
+        state.inbound.extend(earlier);
+        self.drain(server, room);
+    }
+
+    // ----- extremity exchange --------------------------------------------------------------
+
+    fn exchange_extremities(&mut self, server: ServerId) {
+        let now_ms = self.queue.now_ms();
+        if let Some(interval) = self.config.extremity_exchange_interval {
+            self.queue
+                .push(now_ms + interval.ms(), Ev::Exchange { server });
+        }
+        if !self.is_up(server) {
+            return;
+        }
+        let rooms: Vec<RoomIndex> = self.servers[server as usize]
+            .rooms
+            .iter()
+            .filter(|(_, room)| room.joined)
+            .map(|(room, _)| *room)
+            .collect();
+        for room in rooms {
+            let ids = self.servers[server as usize].rooms[&room]
+                .state
+                .forward_extremities();
+            for destination in self.residents(server, room) {
+                if destination != server {
+                    self.dispatch(
+                        server,
+                        destination,
+                        Purpose::Extremities,
+                        Body::Extremities {
+                            room,
+                            ids: ids.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    // ----- scripted actions ----------------------------------------------------------------
+
+    fn servers_of(&self, refs: &[ServerRef]) -> Vec<ServerId> {
+        let count = self.servers.len() as u32;
+        refs.iter().filter_map(|r| r.index(count)).collect()
+    }
+
+    fn act(&mut self, index: usize) {
+        let now_ms = self.queue.now_ms();
+        let action = self.config.actions[index].clone();
+        let targets = self.servers_of(&action.servers);
+        match action.kind {
+            RoomActionKind::Partition => {
+                let a = self.servers_of(&action.a);
+                let b = self.servers_of(&action.b);
+                let kind = action
+                    .partition
+                    .unwrap_or(crate::scenario::PartitionKind::Symmetric);
+                let b = (!b.is_empty()).then_some(b.as_slice());
+                self.net
+                    .partition(Partition::new(kind, self.servers.len(), &a, b));
+            }
+            RoomActionKind::Heal => {
+                self.net.heal();
+                // Destinations waiting out a backoff are retried now (Synapse wakes a
+                // destination when it hears from it).
+                for server in 0..self.servers.len() as ServerId {
+                    let destinations: Vec<ServerId> = self.servers[server as usize]
+                        .outbox
+                        .keys()
+                        .copied()
+                        .collect();
+                    for destination in destinations {
+                        self.pump(server, destination);
+                    }
+                }
+            }
+            RoomActionKind::TakeOffline => {
+                for server in targets {
+                    self.net.set_server_status(server, ServerStatus::Crashed);
+                }
+            }
+            RoomActionKind::BringOnline => {
+                for server in targets {
+                    self.net.set_server_status(server, ServerStatus::Up);
+                    let destinations: Vec<ServerId> = self.servers[server as usize]
+                        .outbox
+                        .keys()
+                        .copied()
+                        .collect();
+                    for destination in destinations {
+                        self.pump(server, destination);
+                    }
+                }
+            }
+            RoomActionKind::RotateKey => {
+                for server in targets {
+                    self.rotate(server, action.resign.unwrap_or(true));
+                }
+            }
+            RoomActionKind::Compromise => {
+                for server in targets {
+                    self.compromise(server);
+                }
+            }
+            RoomActionKind::AttackerSend => {
+                for server in targets {
+                    self.attacker_send(
+                        server,
+                        action.room,
+                        action.count.unwrap_or(1),
+                        action.pin_timestamp,
+                    );
+                }
+            }
+            RoomActionKind::JoinLate => {
+                for server in targets {
+                    for room in 0..self.plans.len() as RoomIndex {
+                        if action.room.is_some_and(|only| only != room) {
+                            continue;
+                        }
+                        if self.plans[room as usize].late.contains(&server) {
+                            self.queue.push(
+                                now_ms,
+                                Ev::Join {
+                                    room,
+                                    server,
+                                    attempt: 0,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            RoomActionKind::Ban | RoomActionKind::Leave | RoomActionKind::Send => {
+                let room = action.room.expect("validated");
+                for server in targets {
+                    let Some(&(_, user)) = self.plans[room as usize]
+                        .members
+                        .iter()
+                        .find(|(member, _)| *member == server)
+                    else {
+                        continue;
+                    };
+                    match action.kind {
+                        RoomActionKind::Ban => {
+                            let (creator, creator_user) = self.plans[room as usize].creator;
+                            let target = self.joiner_member_id(room, server, user);
+                            self.send_local(
+                                creator,
+                                room,
+                                creator_user,
+                                "m.room.member",
+                                Some(target),
+                                json!({"membership": "ban"}),
+                            );
+                        }
+                        RoomActionKind::Leave => {
+                            let content = membership_content(
+                                &self.version,
+                                &self.servers[server as usize],
+                                user,
+                                "leave",
+                            );
+                            self.send_local(
+                                server,
+                                room,
+                                user,
+                                "m.room.member",
+                                Some("@self".into()),
+                                content,
+                            );
+                        }
+                        _ => {
+                            for n in 0..action.count.unwrap_or(1) {
+                                self.send_local(
+                                    server,
+                                    room,
+                                    user,
+                                    "m.room.message",
+                                    None,
+                                    json!({"msgtype": "m.text", "body": format!("scripted {n} at {now_ms}")}),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The server rotates its key; it re-signs its users' current member events (except
+    /// compromised member keys) for the directed re-query, or pushes them (P6).
+    fn rotate(&mut self, server: ServerId, resign: bool) {
+        let now_ms = self.queue.now_ms();
+        let version = self.version;
+        if self.attacker.servers.contains_key(&server) && self.attacker.t0_ms.is_none() {
+            self.attacker.t0_ms = Some(now_ms);
+        }
+        self.servers[server as usize]
+            .publisher
+            .rotate(absolute_ms(now_ms));
+        self.refresh_own_keys(server);
+        if !version.member_keys || !resign {
+            return;
+        }
+        let hs = &mut self.servers[server as usize];
+        let name = hs.name.clone();
+        let key = hs.publisher.current_key().clone();
+        let mut pushes: Vec<(RoomIndex, Arc<Value>)> = Vec::new();
+        let rooms: Vec<RoomIndex> = hs.rooms.keys().copied().collect();
+        for room in rooms {
+            let users: Vec<u32> = hs.rooms[&room].member_keys.keys().copied().collect();
+            for user in users {
+                let state = hs.rooms.get_mut(&room).expect("listed");
+                let member = member_id(&version, &name, &hs.users, state, user);
+                if self
+                    .attacker
+                    .member_keys
+                    .contains_key(&(room, member.clone()))
+                {
+                    continue;
+                }
+                let Ok(Some(event)) = state.state.current_state_event("m.room.member", &member)
+                else {
+                    continue;
+                };
+                let mut json = event.json.clone();
+                if cosign_member_event(&version, &mut json, &name, &key).is_ok() {
+                    let json = Arc::new(json);
+                    hs.resigned
+                        .insert(event.event_id.clone(), Arc::clone(&json));
+                    pushes.push((room, json));
+                }
+            }
+        }
+        if self.room_policy.name == "P6" {
+            for (room, json) in pushes {
+                for destination in self.residents(server, room) {
+                    if destination != server {
+                        self.dispatch(
+                            server,
+                            destination,
+                            Purpose::Push,
+                            Body::Push(vec![Arc::clone(&json)]),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn compromise(&mut self, server: ServerId) {
+        let now_ms = self.queue.now_ms();
+        let version = self.version;
+        let hs = &self.servers[server as usize];
+        self.attacker
+            .servers
+            .entry(server)
+            .or_insert((hs.publisher.current_key().clone(), now_ms));
+        for (room, state) in &hs.rooms {
+            for (user, key) in &state.member_keys {
+                let member = member_id(&version, &hs.name, &hs.users, state, *user);
+                self.attacker
+                    .member_keys
+                    .insert((*room, member), key.clone());
+            }
+        }
+    }
+
+    /// The attacker sends `count` messages as the compromised server's user in each room
+    /// (built on that server's view of the room, sent straight to the other residents).
+    fn attacker_send(
+        &mut self,
+        server: ServerId,
+        only_room: Option<RoomIndex>,
+        count: u32,
+        pin: bool,
+    ) {
+        let now_ms = self.queue.now_ms();
+        let Some((server_key, compromised_at_ms)) = self.attacker.servers.get(&server).cloned()
+        else {
+            return;
+        };
+        let ts_ms = if pin {
+            absolute_ms(compromised_at_ms)
+        } else {
+            absolute_ms(now_ms)
+        };
+        let rooms: Vec<RoomIndex> = self.servers[server as usize]
+            .rooms
+            .iter()
+            .filter(|(room, state)| state.joined && only_room.is_none_or(|only| only == **room))
+            .map(|(room, _)| *room)
+            .collect();
+        for room in rooms {
+            let user = self.plans[room as usize]
+                .members
+                .iter()
+                .find(|(member, _)| *member == server)
+                .map(|(_, user)| *user);
+            if let Some(user) = user {
+                self.attacker_messages(server, room, user, count, ts_ms, &server_key);
+            }
+        }
+    }
+
+    fn attacker_messages(
+        &mut self,
+        server: ServerId,
+        room: RoomIndex,
+        user: u32,
+        count: u32,
+        ts_ms: i64,
+        server_key: &ServerSigningKey,
+    ) {
+        let version = self.version;
+        let mut pdus = Vec::new();
+        for n in 0..count {
+            let hs = &mut self.servers[server as usize];
+            let state = hs.rooms.get_mut(&room).expect("listed");
+            let sender = member_id(&version, &hs.name, &hs.users, state, user);
+            let Ok(draft) = state.state.draft_event(
+                &sender,
+                "m.room.message",
+                None,
+                json!({"msgtype": "m.text", "body": format!("attacker {n} at {ts_ms}")}),
+                ts_ms,
+            ) else {
+                continue;
+            };
+            let member_key = self
+                .attacker
+                .member_keys
+                .get(&(room, sender.clone()))
+                .cloned();
+            let signer = match &member_key {
+                Some(member_key) if version.member_keys => EventSigner::Member {
+                    member_key,
+                    cosigner: None,
+                },
+                _ => EventSigner::Server {
+                    server_name: &self.servers[server as usize].name,
+                    key: server_key,
+                },
+            };
+            let Ok(pdu) = build_pdu(draft, &version, signer) else {
+                continue;
+            };
+            self.events_signed += 1;
+            self.attacker.events.insert(pdu.event_id.clone());
+            self.counters.attacker_messages_sent += 1;
+            pdus.push(Arc::new(pdu.json));
+        }
+        if pdus.is_empty() {
+            return;
+        }
+        for destination in self.residents(server, room) {
+            if destination != server {
+                self.dispatch(
+                    server,
+                    destination,
+                    Purpose::AttackerSend,
+                    Body::AttackerSend(pdus.clone()),
+                );
+            }
+        }
+    }
+}
+
+/// fedsim's `/get_missing_events` walk: from the `missing` events (included) back along
+/// `prev_events`, not past `known`, at most [`MISSING_EVENTS_LIMIT`] events, in the responder's
+/// DAG order (parents first).
+fn walk_missing(state: &RoomState, missing: &[EventId], known: &[EventId]) -> Vec<Arc<Value>> {
+    let known: BTreeSet<&str> = known.iter().map(String::as_str).collect();
+    let dag = state.dag();
+    let mut found: BTreeSet<u32> = BTreeSet::new();
+    let mut queue: VecDeque<&str> = missing.iter().map(String::as_str).collect();
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    while let Some(id) = queue.pop_front() {
+        if found.len() >= MISSING_EVENTS_LIMIT {
+            break;
+        }
+        if known.contains(id) || !seen.insert(id) {
+            continue;
+        }
+        let Some(index) = dag.index(id) else {
+            continue;
+        };
+        found.insert(index);
+        for prev in &dag.event(index).prev_events {
+            queue.push_back(prev);
+        }
+    }
+    found
+        .into_iter()
+        .map(|index| Arc::new(dag.event(index).json.clone()))
+        .collect()
+}
+
+fn body_bytes(body: &Body) -> u64 {
+    match body {
+        Body::Send(pdus) | Body::AttackerSend(pdus) | Body::Push(pdus) => {
+            pdus.iter().map(|pdu| json_bytes(pdu)).sum::<u64>() + 64
+        }
+        Body::SendJoin { pdu, .. } => json_bytes(pdu) + 64,
+        Body::GetMissing { missing, known, .. } => {
+            missing
+                .iter()
+                .chain(known)
+                .map(|id| id.len() as u64 + 3)
+                .sum::<u64>()
+                + 64
+        }
+        Body::Extremities { ids, .. } => ids.iter().map(|id| id.len() as u64 + 3).sum::<u64>() + 64,
+        Body::MakeJoin { .. } | Body::EventFetch { .. } | Body::Key { .. } => 128,
+    }
+}
+
+fn reply_bytes(reply: &Reply) -> u64 {
+    match reply {
+        Reply::Ack => 16,
+        Reply::Template(draft) => {
+            let ids: u64 = draft
+                .prev_events
+                .iter()
+                .chain(&draft.auth_events)
+                .map(|id| id.len() as u64 + 3)
+                .sum();
+            ids + json_bytes(&draft.content) + 256
+        }
+        Reply::Events(events) => events.iter().map(|event| json_bytes(event)).sum::<u64>() + 32,
+        Reply::Keys(body) => body.len() as u64,
+    }
+}

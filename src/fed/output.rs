@@ -1,0 +1,487 @@
+//! Running a room-world scenario into a results directory: summary.json (flat `metrics`,
+//! `checks`), timeseries.csv, servers.csv and run-info.json (the only file allowed to differ
+//! between identical runs), written atomically.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Instant;
+
+use serde_json::{Map, Value, json};
+
+use crate::engine::Trace;
+use crate::metrics::{CsvTable, fixed, rounded, write_json};
+use crate::room::properties;
+use crate::room::room_state::Fate;
+use crate::scenario::Scenario;
+use crate::world::{Progress, RunError, RunOutcome, peak_memory_kib};
+
+use super::{Counters, Done, FedWorld, Purpose, RoomIndex};
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> RunError + '_ {
+    move |error| RunError::Io {
+        path: path.display().to_string(),
+        message: error.to_string(),
+    }
+}
+
+/// Runs the room-world `scenario` with `seed` and writes its results into `out_dir`.
+pub fn run_to_dir(
+    scenario: &Scenario,
+    seed: u64,
+    out_dir: &Path,
+    show_progress: bool,
+) -> Result<RunOutcome, RunError> {
+    std::fs::create_dir_all(out_dir).map_err(io_error(out_dir))?;
+    let started = Instant::now();
+    let mut world = FedWorld::build(scenario, seed, Trace::default());
+    let mut progress = Progress::new(show_progress, world.end_ms());
+    world.run(|now_ms| progress.update(now_ms));
+    progress.finish();
+    let run_seconds = started.elapsed().as_secs_f64();
+    write_results(&mut world, out_dir, run_seconds, started)
+}
+
+/// Messages sent this close to the end may still be in flight; coverage ignores them.
+pub const COVERAGE_GRACE_MS: u64 = 60_000;
+
+fn write_results(
+    world: &mut FedWorld,
+    out_dir: &Path,
+    run_seconds: f64,
+    started: Instant,
+) -> Result<RunOutcome, RunError> {
+    let metrics = headline_metrics(world);
+    let checks = run_checks(world);
+    let failed_checks: Vec<(String, String)> = checks
+        .iter()
+        .filter(|(_, passed, _)| !passed)
+        .map(|(name, _, detail)| (name.clone(), detail.clone()))
+        .collect();
+    let summary = json!({
+        "scenario": world.scenario.name,
+        "seed": world.seed,
+        "fedsim_version": env!("CARGO_PKG_VERSION"),
+        "parameters": {
+            "scenario": serde_json::to_value(&world.scenario).unwrap_or(Value::Null),
+            "room_policy": world.room_policy.describe().into_iter()
+                .map(|(knob, value)| (knob.to_owned(), Value::String(value)))
+                .collect::<Map<String, Value>>(),
+            "key_policy": serde_json::to_value(&world.key_policy).unwrap_or(Value::Null),
+        },
+        "metrics": Value::Object(metrics.clone()),
+        "checks": checks.iter().map(|(name, passed, detail)| json!({
+            "name": name, "passed": passed, "detail": detail,
+        })).collect::<Vec<_>>(),
+        "event_hash": world.trace.hash_hex(),
+    });
+    let summary_path = out_dir.join("summary.json");
+    write_json(&summary_path, &summary).map_err(io_error(&summary_path))?;
+    write_timeseries(world, out_dir)?;
+    write_servers(world, out_dir)?;
+    let wall_seconds = started.elapsed().as_secs_f64();
+    let run_info = json!({
+        "wall_seconds": rounded(wall_seconds),
+        "run_seconds": rounded(run_seconds),
+        "events_processed": world.events_processed,
+        "events_per_second": rounded(world.events_processed as f64 / run_seconds.max(1e-9)),
+        "queue_len_max": world.queue_len_max(),
+        "peak_memory_kib": peak_memory_kib(),
+        "events_signed": world.events_signed,
+        "sign_seconds": rounded(world.sign_nanos as f64 / 1e9),
+        "check_memo_entries": world.memo.len(),
+    });
+    let run_info_path = out_dir.join("run-info.json");
+    write_json(&run_info_path, &run_info).map_err(io_error(&run_info_path))?;
+    Ok(RunOutcome {
+        out_dir: out_dir.to_owned(),
+        metrics,
+        failed_checks,
+        events_processed: world.events_processed,
+        wall_seconds,
+        event_hash: world.trace.hash_hex(),
+    })
+}
+
+/// The counters as `(name, value)` in a stable order (summary metrics and CSV columns).
+fn counter_fields(counters: &Counters) -> Vec<(String, u64)> {
+    let mut fields: Vec<(String, u64)> = vec![
+        ("messages_sent".into(), counters.messages_sent),
+        ("state_events_sent".into(), counters.state_events_sent),
+        ("sends_skipped".into(), counters.sends_skipped),
+        ("pdus_processed".into(), counters.pdus_processed),
+        ("accepted".into(), counters.accepted),
+        ("accepted_labelled".into(), counters.accepted_labelled),
+        ("redacted".into(), counters.redacted),
+        ("soft_failed_auth".into(), counters.soft_failed_auth),
+        ("soft_failed_link".into(), counters.soft_failed_link),
+        ("soft_failed_other".into(), counters.soft_failed_other),
+        ("rejected".into(), counters.rejected),
+        ("dropped".into(), counters.dropped),
+        ("already_held".into(), counters.already_held),
+        ("missing_events_verdicts".into(), counters.missing_events),
+        ("gaps_given_up".into(), counters.gaps_given_up),
+        (
+            "pdus_given_up_by_sender".into(),
+            counters.pdus_given_up_by_sender,
+        ),
+        ("message_deliveries".into(), counters.message_deliveries),
+        ("pdus_not_in_room".into(), counters.not_in_room),
+        ("key_waits".into(), counters.key_waits),
+        ("key_invalidations".into(), counters.key_invalidations),
+        ("key_revalidations".into(), counters.key_revalidations),
+        ("link_invalidations".into(), counters.link_invalidations),
+        ("links_reverified".into(), counters.links_reverified),
+        ("revealed".into(), counters.revealed),
+        ("joins_completed".into(), counters.joins_completed),
+        ("join_history_events".into(), counters.join_history_events),
+        (
+            "attacker_messages_sent".into(),
+            counters.attacker_messages_sent,
+        ),
+        (
+            "attacker_accepted_before_t0".into(),
+            counters.attacker_accepted_before_t0,
+        ),
+        (
+            "attacker_accepted_after_t0".into(),
+            counters.attacker_accepted_after_t0,
+        ),
+        (
+            "attacker_labelled_after_t0".into(),
+            counters.attacker_labelled_after_t0,
+        ),
+        (
+            "attacker_hidden_after_t0".into(),
+            counters.attacker_hidden_after_t0,
+        ),
+        (
+            "attacker_dropped_after_t0".into(),
+            counters.attacker_dropped_after_t0,
+        ),
+    ];
+    for purpose in Purpose::ALL {
+        for (index, label) in Done::LABELS.iter().enumerate() {
+            fields.push((
+                format!("requests_{}_{label}", purpose.name()),
+                counters.requests[purpose as usize][index],
+            ));
+        }
+        fields.push((
+            format!("bytes_{}", purpose.name()),
+            counters.bytes[purpose as usize],
+        ));
+    }
+    fields.push(("requests_total".into(), counters.requests_total()));
+    fields.push(("bytes_total".into(), counters.bytes_total()));
+    fields
+}
+
+/// Per room: each resident server's set of client-visible message event IDs.
+pub(crate) fn visible_messages(world: &FedWorld, room: RoomIndex) -> Vec<BTreeSet<String>> {
+    world
+        .servers
+        .iter()
+        .filter_map(|server| server.rooms.get(&room).filter(|state| state.joined))
+        .map(|state| {
+            state
+                .state
+                .timeline()
+                .iter()
+                .filter(|entry| entry.is_visible() && entry.event_type == "m.room.message")
+                .map(|entry| entry.event_id.clone())
+                .collect()
+        })
+        .collect()
+}
+
+fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
+    let mut metrics = Map::new();
+    let users: usize = world.servers.iter().map(|server| server.users.len()).sum();
+    let planned: usize = world.plans.iter().map(|plan| plan.members.len()).sum();
+    metrics.insert("servers".into(), json!(world.servers.len()));
+    metrics.insert("rooms".into(), json!(world.plans.len()));
+    metrics.insert("users".into(), json!(users));
+    metrics.insert("room_memberships_planned".into(), json!(planned));
+    metrics.insert(
+        "largest_room_servers".into(),
+        json!(
+            world
+                .plans
+                .iter()
+                .map(|plan| plan.members.len())
+                .max()
+                .unwrap_or(0)
+        ),
+    );
+    for (name, value) in counter_fields(&world.counters) {
+        metrics.insert(name, json!(value));
+    }
+    // Coverage: of the (message, server joined at the end) pairs, the share where the server
+    // holds the message accepted (messages sent in the last minute are excluded).
+    let cutoff_ms = world.end_ms().saturating_sub(COVERAGE_GRACE_MS);
+    let mut pairs = 0u64;
+    let mut accepted = 0u64;
+    let mut visible = 0u64;
+    for sent in world
+        .sent
+        .iter()
+        .filter(|sent| sent.message && sent.at_ms < cutoff_ms)
+    {
+        for server in &world.servers {
+            let Some(state) = server.rooms.get(&sent.room).filter(|state| state.joined) else {
+                continue;
+            };
+            pairs += 1;
+            if let Some(held) = state.state.held(&sent.event_id) {
+                if matches!(held.fate, Fate::Accepted { .. }) {
+                    accepted += 1;
+                }
+                if matches!(held.fate, Fate::Accepted { labelled: false }) {
+                    visible += 1;
+                }
+            }
+        }
+    }
+    let share = |part: u64, whole: u64| {
+        if whole == 0 {
+            json!(1.0)
+        } else {
+            rounded(part as f64 / whole as f64)
+        }
+    };
+    metrics.insert("message_server_pairs".into(), json!(pairs));
+    metrics.insert("message_coverage".into(), share(accepted, pairs));
+    metrics.insert("message_unlabelled_share".into(), share(visible, pairs));
+    // Divergence of client-visible message sets, per room, averaged over room pairs of servers.
+    let mut divergence_sum = 0.0;
+    let mut divergence_pairs = 0u64;
+    let mut somewhere_hidden_elsewhere = 0u64;
+    let mut visible_anywhere = 0u64;
+    for room in 0..world.plans.len() as RoomIndex {
+        let sets = visible_messages(world, room);
+        for i in 0..sets.len() {
+            for j in i + 1..sets.len() {
+                let union = sets[i].union(&sets[j]).count();
+                if union > 0 {
+                    let difference = sets[i].symmetric_difference(&sets[j]).count();
+                    divergence_sum += difference as f64 / union as f64;
+                }
+                divergence_pairs += 1;
+            }
+        }
+        let all: BTreeSet<&String> = sets.iter().flatten().collect();
+        visible_anywhere += all.len() as u64;
+        somewhere_hidden_elsewhere += all
+            .iter()
+            .filter(|id| sets.iter().any(|set| !set.contains(**id)))
+            .count() as u64;
+    }
+    metrics.insert(
+        "divergence_mean".into(),
+        if divergence_pairs == 0 {
+            json!(0.0)
+        } else {
+            rounded(divergence_sum / divergence_pairs as f64)
+        },
+    );
+    metrics.insert(
+        "visible_somewhere_hidden_elsewhere".into(),
+        if visible_anywhere == 0 {
+            json!(0.0)
+        } else {
+            rounded(somewhere_hidden_elsewhere as f64 / visible_anywhere as f64)
+        },
+    );
+    metrics.insert(
+        "events_held_total".into(),
+        json!(
+            world
+                .servers
+                .iter()
+                .flat_map(|server| server.rooms.values())
+                .map(|state| state.state.held_events().count())
+                .sum::<usize>()
+        ),
+    );
+    metrics.insert("events_signed".into(), json!(world.events_signed));
+    metrics
+}
+
+fn run_checks(world: &mut FedWorld) -> Vec<(String, bool, String)> {
+    let mut checks = Vec::new();
+    let end_ms = world.end_ms();
+    let stuck = world
+        .requests
+        .values()
+        .filter(|request| request.deadline_ms < end_ms)
+        .count();
+    checks.push((
+        "every request ends in one outcome".to_owned(),
+        stuck == 0,
+        format!("{stuck} requests past their deadline without an outcome"),
+    ));
+    let mut rejected_shown = Vec::new();
+    let mut disagreements = Vec::new();
+    let mut extremity_violations = Vec::new();
+    let mut same_events_violations = Vec::new();
+    for room in 0..world.plans.len() as RoomIndex {
+        let names: Vec<String> = world
+            .servers
+            .iter()
+            .filter(|server| server.rooms.contains_key(&room))
+            .map(|server| server.name.clone())
+            .collect();
+        let views: Vec<(&str, &crate::room::room_state::RoomState)> = world
+            .servers
+            .iter()
+            .filter_map(|server| {
+                server
+                    .rooms
+                    .get(&room)
+                    .map(|state| (server.name.as_str(), &state.state))
+            })
+            .collect();
+        for (name, view) in &views {
+            rejected_shown.extend(properties::no_rejected_event_shown(name, view));
+        }
+        disagreements.extend(properties::checks_agree(&views, false));
+        let mut mutable: Vec<(&str, &mut crate::room::room_state::RoomState)> = world
+            .servers
+            .iter_mut()
+            .filter_map(|server| {
+                let name = server.name.as_str();
+                server
+                    .rooms
+                    .get_mut(&room)
+                    .map(|state| (name, &mut state.state))
+            })
+            .collect();
+        extremity_violations.extend(properties::same_extremities_same_state(&mut mutable));
+        // Servers that hold the same events have the same state.
+        let mut by_events: BTreeMap<Vec<String>, Vec<usize>> = BTreeMap::new();
+        for (position, (_, view)) in mutable.iter().enumerate() {
+            let mut held: Vec<String> = view
+                .held_events()
+                .map(|(pdu, _)| pdu.event_id.clone())
+                .collect();
+            held.sort();
+            by_events.entry(held).or_default().push(position);
+        }
+        for positions in by_events.values() {
+            let first = mutable[positions[0]].1.current_state().ok();
+            for &position in &positions[1..] {
+                let state = mutable[position].1.current_state().ok();
+                if state != first {
+                    same_events_violations.push(format!(
+                        "{} and {} hold the same events but not the same state",
+                        names[positions[0]], names[position]
+                    ));
+                }
+            }
+        }
+    }
+    let describe = |violations: &[properties::Violation]| {
+        violations
+            .first()
+            .map(|violation| {
+                format!(
+                    "{} violations; first: {}",
+                    violations.len(),
+                    violation.detail
+                )
+            })
+            .unwrap_or_else(|| "none".to_owned())
+    };
+    checks.push((
+        "no client is shown a rejected event".to_owned(),
+        rejected_shown.is_empty(),
+        describe(&rejected_shown),
+    ));
+    checks.push((
+        "checks 4-5 agree on every server holding an event".to_owned(),
+        disagreements.is_empty(),
+        describe(&disagreements),
+    ));
+    checks.push((
+        "servers with the same extremities have the same state".to_owned(),
+        extremity_violations.is_empty(),
+        describe(&extremity_violations),
+    ));
+    checks.push((
+        "servers holding the same events have the same state".to_owned(),
+        same_events_violations.is_empty(),
+        same_events_violations
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "none".to_owned()),
+    ));
+    checks
+}
+
+fn write_timeseries(world: &FedWorld, out_dir: &Path) -> Result<(), RunError> {
+    let names: Vec<String> = counter_fields(&Counters::default())
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let mut header = vec!["t_s".to_owned()];
+    header.extend(names);
+    let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut table = CsvTable::new(&header_refs);
+    for (at_ms, counters) in &world.samples {
+        let mut row = vec![fixed(*at_ms as f64 / 1000.0, 0)];
+        row.extend(
+            counter_fields(counters)
+                .into_iter()
+                .map(|(_, value)| value.to_string()),
+        );
+        table.row(&row);
+    }
+    let path = out_dir.join("timeseries.csv");
+    table.write(&path).map_err(io_error(&path))
+}
+
+fn write_servers(world: &FedWorld, out_dir: &Path) -> Result<(), RunError> {
+    let mut table = CsvTable::new(&[
+        "server",
+        "users",
+        "rooms_joined",
+        "events_held",
+        "pdus_processed",
+        "accepted",
+        "soft_failed",
+        "rejected",
+        "dropped",
+        "requests_sent",
+        "requests_received",
+        "bytes_sent",
+        "event_requeries_received",
+        "key_requests",
+    ]);
+    for server in &world.servers {
+        let stats = &server.stats;
+        let joined = server.rooms.values().filter(|room| room.joined).count();
+        let held: usize = server
+            .rooms
+            .values()
+            .map(|room| room.state.held_events().count())
+            .sum();
+        table.row(&[
+            server.name.clone(),
+            server.users.len().to_string(),
+            joined.to_string(),
+            held.to_string(),
+            stats.pdus_processed.to_string(),
+            stats.accepted.to_string(),
+            stats.soft_failed.to_string(),
+            stats.rejected.to_string(),
+            stats.dropped.to_string(),
+            stats.requests_sent.to_string(),
+            stats.requests_received.to_string(),
+            stats.bytes_sent.to_string(),
+            stats.event_requeries_received.to_string(),
+            server.cache.stats.requests().to_string(),
+        ]);
+    }
+    let path = out_dir.join("servers.csv");
+    table.write(&path).map_err(io_error(&path))
+}
