@@ -421,3 +421,71 @@ chart = "none"
     let lost = number(&metrics, "group.amnesiac.false_invalid_domain_hours").unwrap();
     assert!(lost > 0.0 && lost < 20.0 * 0.01, "{lost}");
 }
+
+#[test]
+fn runs_write_the_per_question_charts_and_csvs() {
+    let base = std::env::temp_dir().join(format!("fedsim-key-rq-charts-{}", std::process::id()));
+    let scenario_text = |chart: &str| {
+        format!(
+            r#"
+name = "charts"
+duration = "2d"
+[federation]
+domain_groups = [{{ name = "o", count = 20, key_lifetime = "6h" }}]
+[[observers]]
+name = "P1, cut 6h"
+domains = "o"
+known_domains = [10, 20]
+policy = {{ preset = "P1" }}
+[[observers]]
+name = "P2, cut 6h"
+domains = "o"
+known_domains = [10, 20]
+policy = {{ preset = "P2" }}
+[[phases]]
+name = "events"
+at = "6h"
+actions = [
+  {{ kind = "partition", partition = "symmetric", duration = "6h", a = {{ group = "o" }}, b = {{ group = "P2, cut 6h" }} }},
+  {{ kind = "partition", partition = "symmetric", duration = "6h", a = {{ group = "o" }}, b = {{ group = "P1, cut 6h" }} }},
+  {{ kind = "rotate-key", label = "rot", targets = {{ group = "o", count = 5 }} }},
+]
+[metrics]
+wakeup_budget_per_hour = 1.0
+[outputs]
+chart = "{chart}"
+"#
+        )
+    };
+    for (chart, files) in [
+        (
+            "rq2-containment",
+            &["containment-rot.svg", "containment-rot.png"][..],
+        ),
+        (
+            "rq6-link-hours-lost",
+            &["link-hours-lost.svg", "link-hours-lost.png"][..],
+        ),
+        ("rq12-wakeups", &["wakeups.svg", "wakeups.png"][..]),
+    ] {
+        let directory = base.join(chart);
+        fedsim::world::run_to_dir(&scenario(&scenario_text(chart)), 1, &directory, false).unwrap();
+        for file in files {
+            let bytes = std::fs::read(directory.join(file)).unwrap();
+            assert!(
+                bytes.len() > 1000,
+                "{chart}: {file} is {} bytes",
+                bytes.len()
+            );
+        }
+        let containment = std::fs::read_to_string(directory.join("containment.csv")).unwrap();
+        // 5 rotated domains x 4 observers, plus the header.
+        assert_eq!(containment.lines().count(), 1 + 5 * 4, "{containment}");
+        let transitions = std::fs::read_to_string(directory.join("transitions.csv")).unwrap();
+        assert!(transitions.contains("moved_to_old"), "{transitions}");
+    }
+    let svg =
+        std::fs::read_to_string(base.join("rq6-link-hours-lost/link-hours-lost.svg")).unwrap();
+    assert!(svg.contains("P2") && svg.contains("partition length"));
+    std::fs::remove_dir_all(base).unwrap();
+}
