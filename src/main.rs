@@ -38,6 +38,8 @@ enum Command {
     /// Run the standard benchmark scenarios (small, medium, federation) and print wall time,
     /// events per second, peak memory and the crypto floor ratio.
     Bench(fedsim::cli::bench::Args),
+    /// Run a scripted reproduction (scenarios/repro/*.toml): checks, summary, timelines, DAG.
+    Repro(fedsim::cli::repro::Args),
 }
 
 fn main() {
@@ -56,6 +58,7 @@ fn main() {
         Command::Check(args) => fedsim::cli::check::run(&args),
         Command::Policies(args) => fedsim::cli::policies::run(&args),
         Command::Bench(args) => fedsim::cli::bench::run(&args),
+        Command::Repro(args) => fedsim::cli::repro::run(&args),
     };
     if let Err(error) = result {
         eprintln!("fedsim: {error}");

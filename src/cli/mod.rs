@@ -59,4 +59,5 @@ pub mod bench;
 pub mod check;
 pub mod pdu;
 pub mod policies;
+pub mod repro;
 pub mod run;

@@ -283,6 +283,45 @@ impl Dag {
             (None, Some(key)) => Arc::new(state_before.with(key, pdu.event_id.clone())),
             _ => Arc::clone(&state_before),
         };
+        let evaluation = Evaluation {
+            rejection,
+            state_before,
+            state_after,
+        };
+        Ok(self.add_node(pdu, is_create, prev, auth, evaluation))
+    }
+
+    /// Inserts an event whose prev and auth events are all present with an evaluation computed
+    /// elsewhere: by another DAG of the same room that holds the same copies of the event and of
+    /// all its ancestors, each inserted with [`Dag::insert`] (then checks 4 and 5 and the states
+    /// are the same, see `room::shared`). Skips resolving the state before and the checks;
+    /// refuses what [`Dag::insert`] refuses.
+    pub fn insert_evaluated(
+        &mut self,
+        pdu: Arc<Pdu>,
+        evaluation: Evaluation,
+    ) -> Result<EventIndex, DagError> {
+        if self.index_of.contains_key(&pdu.event_id) {
+            return Err(DagError::DuplicateEventId(pdu.event_id.clone()));
+        }
+        let is_create = pdu.event_type == "m.room.create" && pdu.state_key.as_deref() == Some("");
+        if is_create && self.create.is_some() {
+            return Err(DagError::SecondCreate(pdu.event_id.clone()));
+        }
+        let prev = self.resolve_references(&pdu, EdgeKind::Prev, true)?;
+        let auth = self.resolve_references(&pdu, EdgeKind::Auth, true)?;
+        Ok(self.add_node(pdu, is_create, prev, auth, evaluation))
+    }
+
+    /// Adds an evaluated event with its edges; returns its index.
+    fn add_node(
+        &mut self,
+        pdu: Arc<Pdu>,
+        is_create: bool,
+        prev: Vec<EventIndex>,
+        auth: Vec<EventIndex>,
+        evaluation: Evaluation,
+    ) -> EventIndex {
         let index = self.nodes.len() as EventIndex;
         let node = self.graph.add_node(index);
         debug_assert_eq!(node.index(), index as usize);
@@ -303,13 +342,9 @@ impl Dag {
             prev,
             auth,
             auth_chain: OnceLock::new(),
-            evaluation: Evaluation {
-                rejection,
-                state_before,
-                state_after,
-            },
+            evaluation,
         });
-        Ok(index)
+        index
     }
 
     /// The indices of the events `pdu` references by `kind`; an unknown one is an error if

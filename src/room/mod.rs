@@ -14,6 +14,8 @@
 //! - [`keys`]: the server keys the room layer reads.
 //! - [`memo`]: checks 1–3 computed once per distinct event copy and shared across servers.
 //! - [`metrics`]: divergence, hidden shares, orphans, containment and bitrot over servers' views.
+//! - [`shared`]: checks 4–5, the states at each event and current states computed once per
+//!   event (extremity set) and shared across servers.
 //! - [`policy`]: the room-layer knobs and the P0–P9 presets.
 //! - [`properties`]: always-properties over several servers' views (for scenario checks).
 //! - [`testbed`]: a hand-fed federation of a few servers for tests and scripted reproductions.
@@ -28,4 +30,6 @@ pub mod pipeline;
 pub mod policy;
 pub mod properties;
 pub mod room_state;
+pub mod script;
+pub mod shared;
 pub mod testbed;

@@ -251,14 +251,14 @@ fn receive<K: KeySource>(
     }
     // 4 and 5. The DAG evaluates them on insertion (once per event).
     let state_given = state_before.is_some();
-    let (index, rejection) = match room.insert(Arc::clone(&pdu), state_before) {
+    let redacted = hash_check != ContentHashCheck::Valid;
+    let (index, rejection) = match room.insert(Arc::clone(&pdu), state_before, redacted) {
         Ok(inserted) => inserted,
         Err(error) => {
             receipt.verdict = Verdict::Dropped(DropReason::Dag(error));
             return receipt;
         }
     };
-    let redacted = hash_check != ContentHashCheck::Valid;
     let mut held = HeldEvent {
         fate: Fate::Accepted { labelled: false },
         redacted,

@@ -10,19 +10,24 @@
 //! - The current state is the resolution of the states after the forward extremities; it is
 //!   memoised by the extremity set (a switch turns the memo off; results must not change).
 //! - Nothing here reads a clock: times come in as arguments.
+//! - With [`SharedEventFacts`] (see [`super::shared`]), the evaluation of every *clean* event
+//!   (held intact, state before resolved from its prev events, all parents and the create event
+//!   clean) and the current state of an extremity set of clean events are computed once for all
+//!   servers; everything else is computed locally. Results are identical either way.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
 use super::links::{LinkTable, LinkVerdict};
 use super::policy::ArrivalPath;
+use super::shared::{Count, RoomFacts, SharedEventFacts, lock};
 use crate::matrix::auth::{AuthState, Rejection, Rule, auth_types_for_event, authorize};
 use crate::matrix::canonical_json::MAX_SAFE_INTEGER;
 use crate::matrix::dag::{Dag, DagError, EventIndex, LayeredState, RejectionCheck, StateMapView};
 use crate::matrix::event_builder::{EventDraft, MAX_PREV_EVENTS};
-use crate::matrix::state_res::ResolveError;
+use crate::matrix::state_res::{EventSource, ResolveError};
 use crate::matrix::{EventId, Pdu, RoomVersion, StateMap};
 
 /// Which check rejected an event.
@@ -128,6 +133,12 @@ pub struct RoomState {
     children_of_missing: BTreeMap<EventId, u32>,
     memo: Option<BTreeMap<Vec<EventIndex>, Arc<StateMap>>>,
     timeline: Vec<TimelineEntry>,
+    /// Per event: clean in the sense of [`super::shared`] (its evaluation may be shared).
+    clean: Vec<bool>,
+    /// Facts shared with other servers, if sharing is on.
+    shared: Option<SharedEventFacts>,
+    /// This room's entry in `shared`, once the create event is held and clean.
+    room_facts: Option<Arc<Mutex<RoomFacts>>>,
 }
 
 impl RoomState {
@@ -142,7 +153,75 @@ impl RoomState {
             children_of_missing: BTreeMap::new(),
             memo: Some(BTreeMap::new()),
             timeline: Vec::new(),
+            clean: Vec::new(),
+            shared: None,
+            room_facts: None,
         }
+    }
+
+    /// As [`RoomState::new`], sharing the evaluation of events and current states with every
+    /// other room state created with (a clone of) `facts` — see [`super::shared`]. Results are
+    /// the same as without sharing.
+    pub fn with_shared_facts(
+        version: RoomVersion,
+        room_id: &str,
+        facts: &SharedEventFacts,
+    ) -> RoomState {
+        let mut room = RoomState::new(version, room_id);
+        room.shared = Some(facts.clone());
+        room
+    }
+
+    /// Starts (`Some`) or stops (`None`) sharing facts with other servers; allowed at any time
+    /// (events held already keep their evaluations and count as clean or not as before).
+    pub fn set_shared_facts(&mut self, facts: Option<SharedEventFacts>) {
+        self.shared = facts;
+        self.room_facts = None;
+    }
+
+    /// Whether the held event is clean (its evaluation is the same on every server where it is
+    /// clean; see [`super::shared`]).
+    pub fn is_clean(&self, event_id: &str) -> bool {
+        self.dag
+            .index(event_id)
+            .is_some_and(|index| self.clean[index as usize])
+    }
+
+    /// This room's shared facts, if sharing is on and the create event is held and clean.
+    fn room_facts(&mut self) -> Option<Arc<Mutex<RoomFacts>>> {
+        if self.room_facts.is_none() {
+            let shared = self.shared.as_ref()?;
+            let create = self.dag.create_index()?;
+            if !self.clean[create as usize] {
+                return None;
+            }
+            let create_id = &self.dag.event(create).event_id;
+            self.room_facts = Some(shared.room(self.dag.version().id, create_id));
+        }
+        self.room_facts.clone()
+    }
+
+    /// Whether an event about to be inserted is clean: intact, no state given, and its prev
+    /// events, auth events and the create event held and clean (the create event itself: intact
+    /// and no state given).
+    fn clean_on_insert(&self, pdu: &Pdu, state_given: bool, redacted: bool) -> bool {
+        if state_given || redacted {
+            return false;
+        }
+        let held_clean = |id: &EventId| {
+            self.dag
+                .index(id)
+                .is_some_and(|index| self.clean[index as usize])
+        };
+        let is_create = pdu.event_type == "m.room.create" && pdu.state_key.as_deref() == Some("");
+        if is_create {
+            return true;
+        }
+        self.dag
+            .create_index()
+            .is_some_and(|create| self.clean[create as usize])
+            && pdu.prev_events.iter().all(held_clean)
+            && pdu.auth_events.iter().all(held_clean)
     }
 
     /// Turns the current-state memo on or off (results are identical; only speed differs).
@@ -222,7 +301,7 @@ impl RoomState {
         }
         let state = match extremities.as_slice() {
             [only] => Arc::new(self.dag.evaluation(*only).state_after.to_map()),
-            _ => Arc::new(self.dag.resolve_states_after(&extremities)?),
+            _ => self.resolve_extremities(&extremities)?,
         };
         if let Some(memo) = &mut self.memo {
             if memo.len() >= MEMO_CAPACITY {
@@ -230,6 +309,33 @@ impl RoomState {
             }
             memo.insert(extremities, Arc::clone(&state));
         }
+        Ok(state)
+    }
+
+    /// The resolution of the states after `extremities` (more than one), shared across servers
+    /// when every extremity is clean.
+    fn resolve_extremities(
+        &mut self,
+        extremities: &[EventIndex],
+    ) -> Result<Arc<StateMap>, ResolveError> {
+        let all_clean = extremities.iter().all(|&index| self.clean[index as usize]);
+        let facts = if all_clean { self.room_facts() } else { None };
+        let Some(facts) = facts else {
+            return Ok(Arc::new(self.dag.resolve_states_after(extremities)?));
+        };
+        let mut key: Vec<EventId> = extremities
+            .iter()
+            .map(|&index| self.dag.event(index).event_id.clone())
+            .collect();
+        key.sort_unstable();
+        let shared = self.shared.as_ref().expect("facts come from a store");
+        if let Some(state) = lock(&facts).current_state(&key) {
+            shared.count(Count::CurrentStateReused);
+            return Ok(Arc::clone(state));
+        }
+        let state = Arc::new(self.dag.resolve_states_after(extremities)?);
+        shared.count(Count::CurrentStateComputed);
+        lock(&facts).store_current_state(key, Arc::clone(&state));
         Ok(state)
     }
 
@@ -270,20 +376,37 @@ impl RoomState {
 
     /// Inserts an event whose auth events are held: with its prev events held too (the state
     /// before it is resolved from theirs), or with `state_before` given (a gap, or a join's
-    /// first event). The DAG runs checks 4 and 5. The caller records the fate with
-    /// [`RoomState::record`].
+    /// first event). The DAG runs checks 4 and 5, or takes another server's evaluation when the
+    /// event is clean and sharing is on. `redacted`: the copy is check 3's redacted form. The
+    /// caller records the fate with [`RoomState::record`].
     pub(crate) fn insert(
         &mut self,
         pdu: Arc<Pdu>,
         state_before: Option<Arc<StateMap>>,
+        redacted: bool,
     ) -> Result<(EventIndex, Option<(RejectedAt, Rejection)>), DagError> {
-        let index = match state_before {
-            None => self.dag.insert(pdu)?,
-            Some(state) => self.dag.insert_with_state_before(
+        let clean = self.clean_on_insert(&pdu, state_before.is_some(), redacted);
+        let is_create = pdu.event_type == "m.room.create" && pdu.state_key.as_deref() == Some("");
+        let facts = if clean && !is_create {
+            self.room_facts()
+        } else {
+            None
+        };
+        let index = match (state_before, facts) {
+            (Some(state), _) => self.dag.insert_with_state_before(
                 pdu,
                 Arc::new(LayeredState::from_map((*state).clone())),
             )?,
+            (None, None) => {
+                if let Some(shared) = &self.shared {
+                    shared.count(Count::EvaluationUnshareable);
+                }
+                self.dag.insert(pdu)?
+            }
+            (None, Some(facts)) => self.insert_shared(pdu, &facts)?,
         };
+        debug_assert_eq!(index as usize, self.clean.len());
+        self.clean.push(clean);
         let rejection = self
             .dag
             .evaluation(index)
@@ -297,6 +420,43 @@ impl RoomState {
                 (check, rejection.clone())
             });
         Ok((index, rejection))
+    }
+
+    /// Inserts a clean event, reusing the evaluation another server stored, else evaluating it and
+    /// storing the result.
+    fn insert_shared(
+        &mut self,
+        pdu: Arc<Pdu>,
+        facts: &Arc<Mutex<RoomFacts>>,
+    ) -> Result<EventIndex, DagError> {
+        let shared = self.shared.clone().expect("facts come from a store");
+        let found = lock(facts).evaluation(&pdu.event_id).cloned();
+        match found {
+            Some(evaluation) if !shared.verifies() => {
+                shared.count(Count::EvaluationReused);
+                self.dag.insert_evaluated(pdu, evaluation)
+            }
+            Some(evaluation) => {
+                let event_id = pdu.event_id.clone();
+                let index = self.dag.insert(pdu)?;
+                let local = self.dag.evaluation(index);
+                assert!(
+                    local.rejection == evaluation.rejection
+                        && local.state_before.to_map() == evaluation.state_before.to_map()
+                        && local.state_after.to_map() == evaluation.state_after.to_map(),
+                    "the shared evaluation of {event_id} differs from this server's"
+                );
+                shared.count(Count::EvaluationReused);
+                Ok(index)
+            }
+            None => {
+                let index = self.dag.insert(Arc::clone(&pdu))?;
+                shared.count(Count::EvaluationComputed);
+                lock(facts)
+                    .store_evaluation(pdu.event_id.clone(), self.dag.evaluation(index).clone());
+                Ok(index)
+            }
+        }
     }
 
     /// Checks `pdu` against the auth rules over the current state (check 6); on success, the

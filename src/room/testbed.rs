@@ -13,6 +13,7 @@ use super::memo::CheckMemo;
 use super::pipeline::{self, Receipt, ServerView, Verdict};
 use super::policy::{ArrivalPath, RoomPolicy};
 use super::room_state::{RoomState, create_event_draft};
+use super::shared::SharedEventFacts;
 use crate::matrix::event_builder::{BuildError, EventDraft, EventSigner, build_pdu};
 use crate::matrix::hashes;
 use crate::matrix::member_keys::{member_key_user_id, member_signing_key};
@@ -242,6 +243,14 @@ impl Federation {
         self.memo = Some(CheckMemo::new());
     }
 
+    /// Makes every server share checks 4–5 and the states at each event through `facts` from now
+    /// on (results are unchanged; see [`super::shared`]).
+    pub fn share_facts(&mut self, facts: &SharedEventFacts) {
+        for server in &mut self.servers {
+            server.room.set_shared_facts(Some(facts.clone()));
+        }
+    }
+
     /// Delivers `pdu` to the server called `name` by `path`, through the shared memo if any.
     pub fn deliver_one(
         &mut self,
@@ -312,6 +321,18 @@ pub fn public_room(
     creator: &User,
     members: &[&User],
 ) -> (Federation, String) {
+    public_room_sharing(names, policy, creator, members, None)
+}
+
+/// As [`public_room`], with every server sharing checks 4–5 and the states at each event through
+/// `facts` (if given) from the create event on.
+pub fn public_room_sharing(
+    names: &[&str],
+    policy: &RoomPolicy,
+    creator: &User,
+    members: &[&User],
+    facts: Option<&SharedEventFacts>,
+) -> (Federation, String) {
     let creator_seed = names
         .iter()
         .position(|name| *name == creator.server)
@@ -325,6 +346,9 @@ pub fn public_room(
     let (create, room_id) =
         create_room(&version, creator, &creator_key, 1).expect("the create event builds");
     let mut federation = Federation::new(names, policy, &room_id);
+    if let Some(facts) = facts {
+        federation.share_facts(facts);
+    }
     let all: Vec<String> = names.iter().map(|name| name.to_string()).collect();
     for name in &all {
         let path = if *name == creator.server {

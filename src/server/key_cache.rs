@@ -218,18 +218,6 @@ impl Slot {
         self.valid_until_ms
     }
 
-    /// The key K links would be signed with (its ID and bytes), valid or not.
-    pub fn tracked(&self) -> Option<(&str, &VerifyingKey)> {
-        self.tracked
-            .as_ref()
-            .map(|(key_id, key)| (key_id.as_str(), key))
-    }
-
-    /// Whether this slot holds `key_id` with these bytes as its valid current key.
-    pub fn holds_valid(&self, key_id: &str, key: &VerifyingKey) -> bool {
-        self.valid && self.tracked() == Some((key_id, key))
-    }
-
     /// When the cached response was fetched (absolute ms; `i64::MIN` if never).
     pub fn fetched_at_ms(&self) -> i64 {
         self.fetched_at_ms
@@ -243,6 +231,18 @@ impl Slot {
     /// Whether a fetch for this domain is in flight or queued.
     pub fn fetch_pending(&self) -> bool {
         self.in_flight > 0 || self.waiting
+    }
+
+    /// The key K links would be signed with (its ID and bytes), valid or not.
+    pub fn tracked(&self) -> Option<(&str, &VerifyingKey)> {
+        self.tracked
+            .as_ref()
+            .map(|(key_id, key)| (key_id.as_str(), key))
+    }
+
+    /// Whether this slot holds `key_id` with these bytes as its valid current key.
+    pub fn holds_valid(&self, key_id: &str, key: &VerifyingKey) -> bool {
+        self.valid && self.tracked() == Some((key_id, key))
     }
 }
 
