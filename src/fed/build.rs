@@ -93,6 +93,9 @@ impl FedWorld {
                 let user = rng.below(users[server as usize].len() as u64) as u32;
                 members.push((server, user));
             }
+            // The member with the smallest server index creates the room (scenario authors can
+            // tell which server holds the power).
+            members.sort_unstable();
             plans.push(RoomPlan {
                 room_id: None,
                 creator: members[0],
@@ -260,6 +263,8 @@ impl FedWorld {
             next_request: 0,
             counters: Counters::default(),
             samples: Vec::new(),
+            rooms_disagreeing: Vec::new(),
+            last_heal_ms: None,
             attacker: Default::default(),
             sent: Vec::new(),
             trace,

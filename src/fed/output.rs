@@ -304,7 +304,127 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
         ),
     );
     metrics.insert("events_signed".into(), json!(world.events_signed));
+    containment(world, &mut metrics);
+    // RQ13 (c): state agreement at the end and the time it took after the last heal.
+    let disagreeing_at_end = world.rooms_disagreeing_now();
+    metrics.insert("rooms_disagreeing_at_end".into(), json!(disagreeing_at_end));
+    let last_disagreement_ms = world
+        .samples
+        .iter()
+        .zip(&world.rooms_disagreeing)
+        .rfind(|(_, disagreeing)| **disagreeing > 0)
+        .map(|((at_ms, _), _)| *at_ms);
+    let converged = match (world.last_heal_ms, disagreeing_at_end) {
+        (Some(_), 0) => {
+            let heal_ms = world.last_heal_ms.unwrap_or(0);
+            let after_ms = last_disagreement_ms
+                .filter(|at_ms| *at_ms >= heal_ms)
+                .map_or(0, |at_ms| at_ms + world.window_ms - heal_ms);
+            rounded(after_ms as f64 / 1000.0)
+        }
+        _ => Value::Null,
+    };
+    metrics.insert("state_converged_after_heal_s".into(), converged);
     metrics
+}
+
+/// Nearest-rank percentile of times where `None` (never) counts as infinite; `null` if the rank
+/// falls on a never.
+fn percentile_or_never(sorted: &[Option<u64>], percentile: f64) -> Value {
+    if sorted.is_empty() {
+        return Value::Null;
+    }
+    let rank = ((percentile / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    match sorted[rank.min(sorted.len()) - 1] {
+        Some(ms) => rounded(ms as f64 / 1000.0),
+        None => Value::Null,
+    }
+}
+
+/// RQ2 containment after the rotation at t0: per observer (a server other than the compromised
+/// ones that shares a room with them), the time until every compromised member link it holds is
+/// unverified, and until its key cache invalidated the compromised key; 50/95/100th percentiles
+/// in seconds (`null` = some observers never did).
+fn containment(world: &FedWorld, metrics: &mut Map<String, Value>) {
+    let t0_ms = world.attacker.t0_ms;
+    let mut link_times: Vec<Option<u64>> = Vec::new();
+    let mut key_times: Vec<Option<u64>> = Vec::new();
+    if let Some(t0_ms) = t0_ms {
+        let t0_abs_ms = crate::server::absolute_ms(t0_ms);
+        for (index, server) in world.servers.iter().enumerate() {
+            let index = index as u32;
+            if world.attacker.servers.contains_key(&index) {
+                continue;
+            }
+            let mut observes = false;
+            let mut all_links: Option<u64> = Some(0);
+            for (room, member) in world.attacker.member_keys.keys() {
+                let Some(state) = server.rooms.get(room).filter(|state| state.joined) else {
+                    continue;
+                };
+                observes = true;
+                let unverified_at = state.links.link(member).and_then(|link| {
+                    link.transitions
+                        .iter()
+                        .find(|transition| {
+                            transition.at_ms >= t0_abs_ms
+                                && transition.to == crate::room::links::LinkStatus::Unverified
+                        })
+                        .map(|transition| (transition.at_ms - t0_abs_ms) as u64)
+                });
+                all_links = match (all_links, unverified_at) {
+                    (Some(so_far), Some(at)) => Some(so_far.max(at)),
+                    _ => None,
+                };
+            }
+            for domain in world.attacker.servers.keys() {
+                let shares_room = world.plans.iter().any(|plan| {
+                    plan.members.iter().any(|(member, _)| member == domain)
+                        && plan.members.iter().any(|(member, _)| *member == index)
+                });
+                if shares_room {
+                    key_times.push(
+                        world
+                            .attacker
+                            .key_invalidated_at
+                            .get(&(index, *domain))
+                            .map(|at| at - t0_ms),
+                    );
+                }
+            }
+            if observes && world.version.member_keys {
+                link_times.push(all_links);
+            }
+        }
+    }
+    let order = |times: &mut Vec<Option<u64>>| times.sort_by_key(|time| time.unwrap_or(u64::MAX));
+    order(&mut link_times);
+    order(&mut key_times);
+    let share = |times: &[Option<u64>]| {
+        if times.is_empty() {
+            Value::Null
+        } else {
+            rounded(times.iter().filter(|time| time.is_some()).count() as f64 / times.len() as f64)
+        }
+    };
+    metrics.insert(
+        "t0_s".into(),
+        t0_ms.map_or(Value::Null, |ms| rounded(ms as f64 / 1000.0)),
+    );
+    metrics.insert("containment_link_observers".into(), json!(link_times.len()));
+    metrics.insert("containment_links_share".into(), share(&link_times));
+    metrics.insert("containment_key_observers".into(), json!(key_times.len()));
+    metrics.insert("containment_keys_share".into(), share(&key_times));
+    for (label, percentile) in [("p50", 50.0), ("p95", 95.0), ("p100", 100.0)] {
+        metrics.insert(
+            format!("containment_links_s_{label}"),
+            percentile_or_never(&link_times, percentile),
+        );
+        metrics.insert(
+            format!("containment_keys_s_{label}"),
+            percentile_or_never(&key_times, percentile),
+        );
+    }
 }
 
 fn run_checks(world: &mut FedWorld) -> Vec<(String, bool, String)> {
@@ -423,12 +543,12 @@ fn write_timeseries(world: &FedWorld, out_dir: &Path) -> Result<(), RunError> {
         .into_iter()
         .map(|(name, _)| name)
         .collect();
-    let mut header = vec!["t_s".to_owned()];
+    let mut header = vec!["t_s".to_owned(), "rooms_disagreeing".to_owned()];
     header.extend(names);
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut table = CsvTable::new(&header_refs);
-    for (at_ms, counters) in &world.samples {
-        let mut row = vec![fixed(*at_ms as f64 / 1000.0, 0)];
+    for ((at_ms, counters), disagreeing) in world.samples.iter().zip(&world.rooms_disagreeing) {
+        let mut row = vec![fixed(*at_ms as f64 / 1000.0, 0), disagreeing.to_string()];
         row.extend(
             counter_fields(counters)
                 .into_iter()

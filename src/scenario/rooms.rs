@@ -23,7 +23,8 @@ pub struct Rooms {
     pub users_per_server: CountSpec,
     /// Rooms in the world.
     pub rooms: u32,
-    /// Servers per room (heavy-tailed with an `exponent`).
+    /// Servers per room (heavy-tailed with an `exponent`), drawn at random; the member with the
+    /// smallest server index creates the room and holds its power.
     pub servers_per_room: CountSpec,
     /// A policy preset (P0..P9): P0 = room version 12 with user-ID senders and on-demand key
     /// fetches; the others = the MSC4430 room version with member keys.
