@@ -339,6 +339,15 @@ pub fn plot_sweep_dir(
     for (stem, chart) in charts {
         written.extend(chart.write(&chart_dir.join(stem))?);
     }
+    // Key-world sweeps: containment CDFs pooled over seeds, from the runs' containment.csv.
+    let wants_cdfs = metric_filters.is_empty()
+        || metric_filters
+            .iter()
+            .any(|filter| filter.contains("containment") || filter.contains("cdf"));
+    if wants_cdfs {
+        let cdfs = super::containment_cdf::pooled_cdf_charts(sweep_dir, &table, &prefix)?;
+        written.extend(super::containment_cdf::write_all(&cdfs, chart_dir)?);
+    }
     Ok(written)
 }
 
