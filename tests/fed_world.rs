@@ -128,3 +128,117 @@ fn the_world_holds_real_events_and_every_member_joined() {
         assert!(!first.is_empty());
     }
 }
+
+fn load(file: &str, sets: &[&str]) -> Scenario {
+    let sets: Vec<String> = sets.iter().map(|set| set.to_string()).collect();
+    fedsim::scenario::load(Some(std::path::Path::new(file)), &sets).unwrap()
+}
+
+#[test]
+fn a_partition_heals_into_one_state_with_extremity_exchange_and_not_without() {
+    let file = "scenarios/rq13-convergence.toml";
+    let (off_dir, off) = run(&load(file, &[]), 1, "rq13-off");
+    let (on_dir, on) = run(
+        &load(file, &["rooms.extremity_exchange_interval=5m"]),
+        1,
+        "rq13-on",
+    );
+    all_checks_pass(&off);
+    all_checks_pass(&on);
+    assert!(
+        metric(&off, "pdus_given_up_by_sender") > 0.0,
+        "the cut loses pushes"
+    );
+    assert_eq!(
+        metric(&off, "rooms_disagreeing_at_end"),
+        1.0,
+        "quiet room: no convergence"
+    );
+    assert!(off["metrics"]["state_converged_after_heal_s"].is_null());
+    assert_eq!(metric(&on, "rooms_disagreeing_at_end"), 0.0);
+    assert!(metric(&on, "state_converged_after_heal_s") <= 600.0);
+    assert!(metric(&on, "requests_get_missing_events_ok") > 0.0);
+    assert!(metric(&on, "message_coverage") > metric(&off, "message_coverage"));
+    for dir in [off_dir, on_dir] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn after_the_rotation_p1_hides_the_compromised_members_messages_and_p0_keeps_showing_pinned_ones() {
+    let file = "scenarios/rq2-containment.toml";
+    let mut summaries = Vec::new();
+    for policy in ["P0", "P1", "P6"] {
+        let (dir, summary) = run(
+            &load(
+                file,
+                &[
+                    &format!("rooms.policy={policy}"),
+                    "rooms.servers=6",
+                    "rooms.servers_per_room.max=6",
+                ],
+            ),
+            1,
+            &format!("rq2-{policy}"),
+        );
+        all_checks_pass(&summary);
+        assert!(metric(&summary, "attacker_messages_sent") > 0.0);
+        let _ = std::fs::remove_dir_all(dir);
+        summaries.push(summary);
+    }
+    let (p0, p1, p6) = (&summaries[0], &summaries[1], &summaries[2]);
+    // P0: events stamped inside the old key's validity pass check 2 forever; honest timestamps
+    // after t0 are dropped once the observer fetched the rotated keys.
+    assert!(metric(p0, "attacker_accepted_after_t0") > 0.0);
+    assert!(metric(p0, "attacker_dropped_after_t0") > 0.0);
+    assert_eq!(metric(p0, "attacker_hidden_after_t0"), 0.0);
+    // P1: every observer unverifies the links at its re-check (within one key lifetime) and
+    // soft-fails what comes after; nothing is re-verified (compromised keys are not re-signed).
+    assert_eq!(metric(p1, "containment_links_share"), 1.0);
+    assert!(metric(p1, "containment_links_s_p100") <= 86_400.0);
+    assert!(metric(p1, "attacker_hidden_after_t0") > 0.0);
+    assert!(metric(p1, "attacker_accepted_after_t0") < metric(p0, "attacker_accepted_after_t0"));
+    // P6: the rotation is pushed, so nothing the attacker sends after t0 is shown.
+    assert_eq!(metric(p6, "attacker_accepted_after_t0"), 0.0);
+    assert!(metric(p6, "containment_links_s_p100") < 5.0);
+}
+
+#[test]
+fn p1_hides_what_p5_labels_and_room_state_agrees_either_way() {
+    let file = "scenarios/rq5-divergence.toml";
+    let (p1_dir, p1) = run(&load(file, &[]), 1, "rq5-p1");
+    let (p5_dir, p5) = run(&load(file, &["rooms.policy=P5"]), 1, "rq5-p5");
+    all_checks_pass(&p1);
+    all_checks_pass(&p5);
+    assert!(metric(&p1, "divergence_mean") > 0.0);
+    assert!(metric(&p1, "soft_failed_link") > 0.0);
+    assert_eq!(metric(&p5, "divergence_mean"), 0.0);
+    assert_eq!(metric(&p5, "soft_failed_link"), 0.0);
+    assert!(metric(&p5, "accepted_labelled") >= metric(&p1, "soft_failed_link"));
+    for dir in [p1_dir, p5_dir] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn sharing_event_facts_across_servers_changes_no_result() {
+    let file = "scenarios/rq5-divergence.toml";
+    let (on_dir, _) = run(&load(file, &[]), 2, "share-on");
+    let (off_dir, _) = run(&load(file, &["rooms.share_facts=false"]), 2, "share-off");
+    for file in ["timeseries.csv", "servers.csv"] {
+        assert!(
+            std::fs::read(on_dir.join(file)).unwrap() == std::fs::read(off_dir.join(file)).unwrap(),
+            "{file} differs with sharing on and off"
+        );
+    }
+    let metrics = |dir: &PathBuf| {
+        let summary: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                .unwrap();
+        summary["metrics"].clone()
+    };
+    assert_eq!(metrics(&on_dir), metrics(&off_dir));
+    for dir in [on_dir, off_dir] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

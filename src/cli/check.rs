@@ -18,6 +18,19 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<(), CliError> {
     let scenario =
         crate::scenario::load(Some(&args.scenario), &args.sets).map_err(CliError::input)?;
+    if let Some(rooms) = &scenario.rooms {
+        println!(
+            "{}: ok: scenario {:?}, {} simulated, room world: {} servers, {} rooms, policy {}, {} action(s)",
+            args.scenario.display(),
+            scenario.name,
+            crate::engine::format_duration_ms(scenario.duration.ms()),
+            rooms.servers,
+            rooms.rooms,
+            rooms.policy,
+            rooms.actions.len()
+        );
+        return Ok(());
+    }
     let observers: usize = scenario
         .observers
         .iter()

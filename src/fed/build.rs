@@ -93,10 +93,14 @@ impl FedWorld {
                 let user = rng.below(users[server as usize].len() as u64) as u32;
                 members.push((server, user));
             }
+            // The member with the smallest server index creates the room (scenario authors can
+            // tell which server holds the power).
+            members.sort_unstable();
             plans.push(RoomPlan {
                 room_id: None,
                 creator: members[0],
                 members,
+                member_ids: Vec::new(),
                 late: BTreeSet::new(),
                 message_rng: SimRng::stream(seed, "room-messages", u64::from(room)),
                 topic_rng: SimRng::stream(seed, "room-topics", u64::from(room)),
@@ -122,6 +126,24 @@ impl FedWorld {
                     }
                 }
             }
+        }
+        for (room, plan) in plans.iter_mut().enumerate() {
+            plan.member_ids = plan
+                .members
+                .iter()
+                .map(|&(server, user)| {
+                    if version.member_keys {
+                        let key = member_key(seed, room as RoomIndex, server, user);
+                        crate::matrix::member_keys::member_key_user_id(&key.verifying_key())
+                    } else {
+                        format!(
+                            "@{}:{}",
+                            users[server as usize][user as usize],
+                            server_name(server)
+                        )
+                    }
+                })
+                .collect();
         }
         // The domains each server shares a room with (its key-cache slots).
         let mut shared: Vec<BTreeSet<ServerId>> = vec![BTreeSet::new(); server_count as usize];
@@ -242,6 +264,9 @@ impl FedWorld {
             }
         }
         let window_ms = scenario.metrics.sample_interval.ms();
+        let shared_facts = config
+            .share_facts
+            .then(crate::room::shared::SharedEventFacts::new);
         FedWorld {
             seed,
             scenario: scenario.clone(),
@@ -255,11 +280,14 @@ impl FedWorld {
             plans,
             room_of_id: HashMap::new(),
             memo: CheckMemo::new(),
+            shared_facts,
             verify_memo,
             requests: HashMap::new(),
             next_request: 0,
             counters: Counters::default(),
             samples: Vec::new(),
+            rooms_disagreeing: Vec::new(),
+            last_heal_ms: None,
             attacker: Default::default(),
             sent: Vec::new(),
             trace,

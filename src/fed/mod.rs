@@ -337,6 +337,9 @@ pub struct RoomPlan {
     pub creator: (ServerId, u32),
     /// One user per member server: (server, user index), the creator first.
     pub members: Vec<(ServerId, u32)>,
+    /// The ID each planned member has in the room (parallel to `members`; deriving a member
+    /// key is a scalar multiplication, so it is done once).
+    pub member_ids: Vec<String>,
     /// (server) that join late (by a `join-late` action).
     pub late: BTreeSet<ServerId>,
     message_rng: SimRng,
@@ -405,6 +408,9 @@ pub struct Attacker {
     pub events: BTreeSet<EventId>,
     /// The first rotation of a compromised server after its compromise (sim ms): t0.
     pub t0_ms: Option<u64>,
+    /// (observer, compromised domain) -> when the observer's key cache first invalidated the
+    /// domain's key at or after t0 (sim ms).
+    pub key_invalidated_at: BTreeMap<(ServerId, ServerId), u64>,
 }
 
 /// A message or state event a local user sent (for coverage and divergence).
@@ -430,11 +436,18 @@ pub struct FedWorld {
     pub plans: Vec<RoomPlan>,
     room_of_id: HashMap<String, RoomIndex>,
     pub memo: CheckMemo,
+    /// Evaluations and current states shared across servers (`rooms.share_facts`).
+    pub shared_facts: Option<crate::room::shared::SharedEventFacts>,
     pub verify_memo: VerifyMemo,
     requests: HashMap<u64, Request>,
     next_request: u64,
     pub counters: Counters,
     pub samples: Vec<(u64, Counters)>,
+    /// Per sample: the number of rooms whose joined servers do not all have the same current
+    /// state.
+    pub rooms_disagreeing: Vec<u32>,
+    /// When the last `heal` action ran (sim ms).
+    pub last_heal_ms: Option<u64>,
     pub attacker: Attacker,
     pub sent: Vec<Sent>,
     pub trace: Trace,
@@ -525,8 +538,58 @@ impl FedWorld {
         while self.next_sample_ms <= at_ms && self.next_sample_ms <= self.end_ms {
             self.samples
                 .push((self.next_sample_ms, self.counters.clone()));
+            let disagreeing = self.rooms_disagreeing_now();
+            self.rooms_disagreeing.push(disagreeing);
             self.next_sample_ms += self.window_ms;
         }
+    }
+
+    /// Rooms whose resident servers (joined, and whose own member is joined in their own current
+    /// state: a server that left or was banned is not expected to follow) do not all have the
+    /// same current state now.
+    pub fn rooms_disagreeing_now(&mut self) -> u32 {
+        let mut disagreeing = 0;
+        for room in 0..self.plans.len() as RoomIndex {
+            let members: Vec<(ServerId, String)> = self.plans[room as usize]
+                .members
+                .iter()
+                .map(|&(server, user)| (server, self.joiner_member_id(room, server, user)))
+                .collect();
+            let mut first: Option<Arc<crate::matrix::StateMap>> = None;
+            let mut agree = true;
+            for (server, member) in members {
+                let Some(state) = self.servers[server as usize]
+                    .rooms
+                    .get_mut(&room)
+                    .filter(|state| state.joined)
+                else {
+                    continue;
+                };
+                let Ok(current) = state.state.current_state() else {
+                    agree = false;
+                    break;
+                };
+                let own_membership = current
+                    .get(&("m.room.member".to_owned(), member))
+                    .and_then(|id| state.state.event(id))
+                    .and_then(|pdu| pdu.membership().map(str::to_owned));
+                if own_membership.as_deref() != Some("join") {
+                    continue;
+                }
+                match &first {
+                    None => first = Some(current),
+                    Some(first) if Arc::ptr_eq(first, &current) || **first == *current => {}
+                    Some(_) => {
+                        agree = false;
+                        break;
+                    }
+                }
+            }
+            if !agree {
+                disagreeing += 1;
+            }
+        }
+        disagreeing
     }
 
     fn handle(&mut self, event: Ev) {
@@ -978,6 +1041,17 @@ impl FedWorld {
                 KeyCacheOutput::Decision { slot, decision } => match decision {
                     Decision::Invalidated(reason) => {
                         self.counters.key_invalidations += 1;
+                        let domain =
+                            self.servers[server as usize].cache.slots()[slot as usize].domain;
+                        let now_ms = self.queue.now_ms();
+                        if self.attacker.servers.contains_key(&domain)
+                            && self.attacker.t0_ms.is_some_and(|t0_ms| now_ms >= t0_ms)
+                        {
+                            self.attacker
+                                .key_invalidated_at
+                                .entry((server, domain))
+                                .or_insert(now_ms);
+                        }
                         if let Some(context) = context
                             && let Some(key_id) = &context.tracked_key_id
                         {
@@ -1367,11 +1441,11 @@ impl FedWorld {
             links: &mut state.links,
             policy: &self.room_policy,
         };
-        let receipt = pipeline::receive_pdu_shared(
+        let receipt = pipeline::receive_arc_shared(
             &mut state.state,
             &mut view,
             &mut self.memo,
-            (**json).clone(),
+            json,
             path,
             now_abs_ms,
         );
@@ -1498,14 +1572,19 @@ impl FedWorld {
             if destination == server || exclude.contains(&destination) {
                 continue;
             }
-            self.servers[server as usize]
-                .outbox
-                .entry(destination)
-                .or_default()
-                .queue
-                .push_back(Arc::clone(pdu));
-            self.pump(server, destination);
+            self.queue_pdu(server, destination, pdu);
         }
+    }
+
+    /// Queues `pdu` for `destination` and sends a transaction if none is pending.
+    fn queue_pdu(&mut self, server: ServerId, destination: ServerId, pdu: &Arc<Value>) {
+        self.servers[server as usize]
+            .outbox
+            .entry(destination)
+            .or_default()
+            .queue
+            .push_back(Arc::clone(pdu));
+        self.pump(server, destination);
     }
 
     /// Sends the next transaction to `destination` if none is in flight or waiting to retry.
@@ -1591,7 +1670,12 @@ impl FedWorld {
             self.counters.sends_skipped += 1;
             return None;
         };
-        let pdu = self.sign(server, room, user, draft)?;
+        let Some(pdu) = self.sign(server, room, user, draft) else {
+            self.counters.sends_skipped += 1;
+            return None;
+        };
+        // Residents before the event too: a kicked, banned or leaving member's server gets it.
+        let residents_before = self.residents(server, room);
         let receipt = self.process_now(server, room, &pdu, ArrivalPath::Local, server);
         if !matches!(receipt.verdict, Verdict::Accepted { .. }) {
             // The user may not send this (not joined any more, banned): nothing goes out.
@@ -1612,6 +1696,12 @@ impl FedWorld {
             message,
         });
         self.fan_out(server, room, &pdu, &[]);
+        let residents_after = self.residents(server, room);
+        for destination in residents_before {
+            if destination != server && !residents_after.contains(&destination) {
+                self.queue_pdu(server, destination, &pdu);
+            }
+        }
         Some(event_id)
     }
 
@@ -1641,9 +1731,15 @@ impl FedWorld {
                 }
             }
         }
+        let state = match &self.shared_facts {
+            Some(facts) => RoomState::with_shared_facts(self.version, room_id, facts),
+            None => RoomState::new(self.version, room_id),
+        };
+        let mut links = LinkTable::new(self.room_policy.invalidation);
+        links.set_shared_facts(self.shared_facts.clone());
         ServerRoom {
-            state: RoomState::new(self.version, room_id),
-            links: LinkTable::new(self.room_policy.invalidation),
+            state,
+            links,
             joined: false,
             inbound: VecDeque::new(),
             blocked: None,
@@ -1655,6 +1751,14 @@ impl FedWorld {
     /// The member ID `user` of `server` will have in `room` (its member key's ID under member
     /// keys).
     fn joiner_member_id(&self, room: RoomIndex, server: ServerId, user: u32) -> String {
+        let plan = &self.plans[room as usize];
+        if let Some(position) = plan
+            .members
+            .iter()
+            .position(|member| *member == (server, user))
+        {
+            return plan.member_ids[position].clone();
+        }
         if self.version.member_keys {
             let key = build::member_key(self.seed, room, server, user);
             crate::matrix::member_keys::member_key_user_id(&key.verifying_key())
@@ -1956,6 +2060,7 @@ impl FedWorld {
             }
             RoomActionKind::Heal => {
                 self.net.heal();
+                self.last_heal_ms = Some(now_ms);
                 // Destinations waiting out a backoff are retried now (Synapse wakes a
                 // destination when it hears from it).
                 for server in 0..self.servers.len() as ServerId {
@@ -2095,51 +2200,63 @@ impl FedWorld {
             .publisher
             .rotate(absolute_ms(now_ms));
         self.refresh_own_keys(server);
-        if !version.member_keys || !resign {
-            return;
-        }
-        let hs = &mut self.servers[server as usize];
-        let name = hs.name.clone();
-        let key = hs.publisher.current_key().clone();
-        let mut pushes: Vec<(RoomIndex, Arc<Value>)> = Vec::new();
-        let rooms: Vec<RoomIndex> = hs.rooms.keys().copied().collect();
-        for room in rooms {
-            let users: Vec<u32> = hs.rooms[&room].member_keys.keys().copied().collect();
-            for user in users {
-                let state = hs.rooms.get_mut(&room).expect("listed");
-                let member = member_id(&version, &name, &hs.users, state, user);
-                if self
-                    .attacker
-                    .member_keys
-                    .contains_key(&(room, member.clone()))
-                {
-                    continue;
-                }
-                let Ok(Some(event)) = state.state.current_state_event("m.room.member", &member)
-                else {
-                    continue;
-                };
-                let mut json = event.json.clone();
-                if cosign_member_event(&version, &mut json, &name, &key).is_ok() {
-                    let json = Arc::new(json);
-                    hs.resigned
-                        .insert(event.event_id.clone(), Arc::clone(&json));
-                    pushes.push((room, json));
+        let mut resigned: Vec<(RoomIndex, Arc<Value>)> = Vec::new();
+        if version.member_keys && resign {
+            let hs = &mut self.servers[server as usize];
+            let name = hs.name.clone();
+            let key = hs.publisher.current_key().clone();
+            let rooms: Vec<RoomIndex> = hs.rooms.keys().copied().collect();
+            for room in rooms {
+                let users: Vec<u32> = hs.rooms[&room].member_keys.keys().copied().collect();
+                for user in users {
+                    let state = hs.rooms.get_mut(&room).expect("listed");
+                    let member = member_id(&version, &name, &hs.users, state, user);
+                    if self
+                        .attacker
+                        .member_keys
+                        .contains_key(&(room, member.clone()))
+                    {
+                        continue;
+                    }
+                    let Ok(Some(event)) = state.state.current_state_event("m.room.member", &member)
+                    else {
+                        continue;
+                    };
+                    let mut json = event.json.clone();
+                    if cosign_member_event(&version, &mut json, &name, &key).is_ok() {
+                        let json = Arc::new(json);
+                        hs.resigned
+                            .insert(event.event_id.clone(), Arc::clone(&json));
+                        resigned.push((room, json));
+                    }
                 }
             }
         }
+        // P6: the rotating server notifies every server it shares a room with, carrying the
+        // re-signed member events of that room; receivers re-fetch its keys at once.
         if self.room_policy.name == "P6" {
-            for (room, json) in pushes {
+            let mut notices: BTreeMap<ServerId, Vec<Arc<Value>>> = BTreeMap::new();
+            let rooms: Vec<RoomIndex> = self.servers[server as usize]
+                .rooms
+                .keys()
+                .copied()
+                .collect();
+            for room in rooms {
                 for destination in self.residents(server, room) {
-                    if destination != server {
-                        self.dispatch(
-                            server,
-                            destination,
-                            Purpose::Push,
-                            Body::Push(vec![Arc::clone(&json)]),
-                        );
+                    if destination == server {
+                        continue;
                     }
+                    let entry = notices.entry(destination).or_default();
+                    entry.extend(
+                        resigned
+                            .iter()
+                            .filter(|(resigned_room, _)| *resigned_room == room)
+                            .map(|(_, json)| Arc::clone(json)),
+                    );
                 }
+            }
+            for (destination, pdus) in notices {
+                self.dispatch(server, destination, Purpose::Push, Body::Push(pdus));
             }
         }
     }

@@ -2,7 +2,7 @@
 //! `checks`), timeseries.csv, servers.csv and run-info.json (the only file allowed to differ
 //! between identical runs), written atomically.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 
 use crate::engine::Trace;
 use crate::metrics::{CsvTable, fixed, rounded, write_json};
+use crate::room::metrics::{self as room_metrics, MessageView};
 use crate::room::properties;
 use crate::room::room_state::Fate;
 use crate::scenario::Scenario;
@@ -79,6 +80,7 @@ fn write_results(
     write_timeseries(world, out_dir)?;
     write_servers(world, out_dir)?;
     let wall_seconds = started.elapsed().as_secs_f64();
+    let (raw_sign_s, raw_verify_s) = raw_crypto_seconds();
     let run_info = json!({
         "wall_seconds": rounded(wall_seconds),
         "run_seconds": rounded(run_seconds),
@@ -89,6 +91,19 @@ fn write_results(
         "events_signed": world.events_signed,
         "sign_seconds": rounded(world.sign_nanos as f64 / 1e9),
         "check_memo_entries": world.memo.len(),
+        "raw_sign_us": rounded(raw_sign_s * 1e6),
+        "raw_verify_us": rounded(raw_verify_s * 1e6),
+        // The crypto floor (issue 5): events signed x one raw ed25519 signature + distinct
+        // received copies checked (CheckMemo entries, one signature check each) x one raw
+        // verification, single core. Link co-signature checks per server are not counted.
+        "crypto_floor_seconds": rounded(
+            world.events_signed as f64 * raw_sign_s + world.memo.len() as f64 * raw_verify_s
+        ),
+        "wall_over_crypto_floor": rounded(
+            run_seconds
+                / (world.events_signed as f64 * raw_sign_s + world.memo.len() as f64 * raw_verify_s)
+                    .max(1e-9)
+        ),
     });
     let run_info_path = out_dir.join("run-info.json");
     write_json(&run_info_path, &run_info).map_err(io_error(&run_info_path))?;
@@ -100,6 +115,28 @@ fn write_results(
         wall_seconds,
         event_hash: world.trace.hash_hex(),
     })
+}
+
+/// One raw ed25519 signature and one strict verification of a 600-byte message, in seconds
+/// (the mean of 200 each, measured now: run-info.json only).
+fn raw_crypto_seconds() -> (f64, f64) {
+    use ed25519_dalek::{Signer, SigningKey};
+    const ROUNDS: u32 = 200;
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let message = vec![b'x'; 600];
+    let started = Instant::now();
+    let mut signature = key.sign(&message);
+    for _ in 0..ROUNDS {
+        signature = key.sign(std::hint::black_box(&message));
+    }
+    let sign_s = started.elapsed().as_secs_f64() / f64::from(ROUNDS + 1);
+    let verifying = key.verifying_key();
+    let started = Instant::now();
+    for _ in 0..ROUNDS {
+        let _ = std::hint::black_box(verifying.verify_strict(&message, &signature));
+    }
+    let verify_s = started.elapsed().as_secs_f64() / f64::from(ROUNDS);
+    (sign_s, verify_s)
 }
 
 /// The counters as `(name, value)` in a stable order (summary metrics and CSV columns).
@@ -176,20 +213,17 @@ fn counter_fields(counters: &Counters) -> Vec<(String, u64)> {
     fields
 }
 
-/// Per room: each resident server's set of client-visible message event IDs.
-pub(crate) fn visible_messages(world: &FedWorld, room: RoomIndex) -> Vec<BTreeSet<String>> {
+/// Per room: the message view (room::metrics) of each server that joined it.
+pub(crate) fn message_views(world: &FedWorld, room: RoomIndex) -> Vec<MessageView> {
     world
         .servers
         .iter()
-        .filter_map(|server| server.rooms.get(&room).filter(|state| state.joined))
-        .map(|state| {
-            state
-                .state
-                .timeline()
-                .iter()
-                .filter(|entry| entry.is_visible() && entry.event_type == "m.room.message")
-                .map(|entry| entry.event_id.clone())
-                .collect()
+        .filter_map(|server| {
+            server
+                .rooms
+                .get(&room)
+                .filter(|state| state.joined)
+                .map(|state| MessageView::from_room(&server.name, &state.state))
         })
         .collect()
 }
@@ -252,46 +286,51 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
     metrics.insert("message_server_pairs".into(), json!(pairs));
     metrics.insert("message_coverage".into(), share(accepted, pairs));
     metrics.insert("message_unlabelled_share".into(), share(visible, pairs));
-    // Divergence of client-visible message sets, per room, averaged over room pairs of servers.
+    // RQ5: divergence of client-visible message sets (room::metrics), per room over its joined
+    // servers, then averaged over rooms with at least two of them.
     let mut divergence_sum = 0.0;
-    let mut divergence_pairs = 0u64;
-    let mut somewhere_hidden_elsewhere = 0u64;
-    let mut visible_anywhere = 0u64;
+    let mut divergence_max: f64 = 0.0;
+    let mut split_sum = 0.0;
+    let mut hidden_sum = 0.0;
+    let mut orphan_sum = 0.0;
+    let mut server_rooms = 0u64;
+    let mut rooms_compared = 0u64;
     for room in 0..world.plans.len() as RoomIndex {
-        let sets = visible_messages(world, room);
-        for i in 0..sets.len() {
-            for j in i + 1..sets.len() {
-                let union = sets[i].union(&sets[j]).count();
-                if union > 0 {
-                    let difference = sets[i].symmetric_difference(&sets[j]).count();
-                    divergence_sum += difference as f64 / union as f64;
-                }
-                divergence_pairs += 1;
-            }
+        let views = message_views(world, room);
+        for view in &views {
+            orphan_sum += room_metrics::orphans(view).orphan_ratio;
         }
-        let all: BTreeSet<&String> = sets.iter().flatten().collect();
-        visible_anywhere += all.len() as u64;
-        somewhere_hidden_elsewhere += all
-            .iter()
-            .filter(|id| sets.iter().any(|set| !set.contains(**id)))
-            .count() as u64;
+        for share in room_metrics::hidden_shares(&views) {
+            hidden_sum += share.hidden_share;
+        }
+        server_rooms += views.len() as u64;
+        if views.len() < 2 {
+            continue;
+        }
+        let matrix = room_metrics::divergence_matrix(&views);
+        divergence_sum += matrix.mean;
+        divergence_max = divergence_max.max(matrix.max);
+        split_sum += room_metrics::visible_somewhere_hidden_elsewhere(&views);
+        rooms_compared += 1;
     }
+    let mean = |sum: f64, count: u64| {
+        if count == 0 {
+            json!(0.0)
+        } else {
+            rounded(sum / count as f64)
+        }
+    };
     metrics.insert(
         "divergence_mean".into(),
-        if divergence_pairs == 0 {
-            json!(0.0)
-        } else {
-            rounded(divergence_sum / divergence_pairs as f64)
-        },
+        mean(divergence_sum, rooms_compared),
     );
+    metrics.insert("divergence_max".into(), rounded(divergence_max));
     metrics.insert(
         "visible_somewhere_hidden_elsewhere".into(),
-        if visible_anywhere == 0 {
-            json!(0.0)
-        } else {
-            rounded(somewhere_hidden_elsewhere as f64 / visible_anywhere as f64)
-        },
+        mean(split_sum, rooms_compared),
     );
+    metrics.insert("hidden_share_mean".into(), mean(hidden_sum, server_rooms));
+    metrics.insert("orphan_ratio_mean".into(), mean(orphan_sum, server_rooms));
     metrics.insert(
         "events_held_total".into(),
         json!(
@@ -304,7 +343,112 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
         ),
     );
     metrics.insert("events_signed".into(), json!(world.events_signed));
+    containment(world, &mut metrics);
+    // RQ13 (c): state agreement at the end and the time it took after the last heal.
+    let disagreeing_at_end = world.rooms_disagreeing_now();
+    metrics.insert("rooms_disagreeing_at_end".into(), json!(disagreeing_at_end));
+    let last_disagreement_ms = world
+        .samples
+        .iter()
+        .zip(&world.rooms_disagreeing)
+        .rfind(|(_, disagreeing)| **disagreeing > 0)
+        .map(|((at_ms, _), _)| *at_ms);
+    let converged = match (world.last_heal_ms, disagreeing_at_end) {
+        (Some(_), 0) => {
+            let heal_ms = world.last_heal_ms.unwrap_or(0);
+            let after_ms = last_disagreement_ms
+                .filter(|at_ms| *at_ms >= heal_ms)
+                .map_or(0, |at_ms| at_ms + world.window_ms - heal_ms);
+            rounded(after_ms as f64 / 1000.0)
+        }
+        _ => Value::Null,
+    };
+    metrics.insert("state_converged_after_heal_s".into(), converged);
     metrics
+}
+
+/// RQ2 containment after the rotation at t0: per observer (a server other than the compromised
+/// ones that shares a room with them), the time until every compromised member link it holds is
+/// unverified, and until its key cache invalidated the compromised key; 50/95/100th percentiles
+/// in seconds after t0 (room::metrics::containment; `null` = that share never was reached).
+fn containment(world: &FedWorld, metrics: &mut Map<String, Value>) {
+    let t0_ms = world.attacker.t0_ms;
+    let t0_abs_ms = crate::server::absolute_ms(t0_ms.unwrap_or(0));
+    let mut link_times: Vec<Option<i64>> = Vec::new();
+    let mut key_times: Vec<Option<i64>> = Vec::new();
+    if t0_ms.is_some() {
+        for (index, server) in world.servers.iter().enumerate() {
+            let index = index as u32;
+            if world.attacker.servers.contains_key(&index) {
+                continue;
+            }
+            let mut observes = false;
+            let mut all_links: Option<i64> = Some(t0_abs_ms);
+            for (room, member) in world.attacker.member_keys.keys() {
+                let Some(state) = server.rooms.get(room).filter(|state| state.joined) else {
+                    continue;
+                };
+                observes = true;
+                let at = room_metrics::unverified_since(&state.links, member, t0_abs_ms);
+                all_links = match (all_links, at) {
+                    (Some(so_far), Some(at)) => Some(so_far.max(at)),
+                    _ => None,
+                };
+            }
+            if observes && world.version.member_keys {
+                link_times.push(all_links);
+            }
+            for domain in world.attacker.servers.keys() {
+                let shares_room = world.plans.iter().any(|plan| {
+                    plan.members.iter().any(|(member, _)| member == domain)
+                        && plan.members.iter().any(|(member, _)| *member == index)
+                });
+                if shares_room {
+                    key_times.push(
+                        world
+                            .attacker
+                            .key_invalidated_at
+                            .get(&(index, *domain))
+                            .map(|at_ms| crate::server::absolute_ms(*at_ms)),
+                    );
+                }
+            }
+        }
+    }
+    let share = |times: &[Option<i64>]| {
+        if times.is_empty() {
+            Value::Null
+        } else {
+            rounded(times.iter().filter(|time| time.is_some()).count() as f64 / times.len() as f64)
+        }
+    };
+    metrics.insert(
+        "t0_s".into(),
+        t0_ms.map_or(Value::Null, |ms| rounded(ms as f64 / 1000.0)),
+    );
+    metrics.insert("containment_link_observers".into(), json!(link_times.len()));
+    metrics.insert("containment_links_share".into(), share(&link_times));
+    metrics.insert("containment_key_observers".into(), json!(key_times.len()));
+    metrics.insert("containment_keys_share".into(), share(&key_times));
+    let seconds = |ms: Option<i64>| ms.map_or(Value::Null, |ms| rounded(ms as f64 / 1000.0));
+    let links = room_metrics::containment(&link_times, t0_abs_ms);
+    let keys = room_metrics::containment(&key_times, t0_abs_ms);
+    let empty =
+        |times: &[Option<i64>], value: Value| if times.is_empty() { Value::Null } else { value };
+    for (label, link_ms, key_ms) in [
+        ("p50", links.p50_ms, keys.p50_ms),
+        ("p95", links.p95_ms, keys.p95_ms),
+        ("p100", links.p100_ms, keys.p100_ms),
+    ] {
+        metrics.insert(
+            format!("containment_links_s_{label}"),
+            empty(&link_times, seconds(link_ms)),
+        );
+        metrics.insert(
+            format!("containment_keys_s_{label}"),
+            empty(&key_times, seconds(key_ms)),
+        );
+    }
 }
 
 fn run_checks(world: &mut FedWorld) -> Vec<(String, bool, String)> {
@@ -423,12 +567,12 @@ fn write_timeseries(world: &FedWorld, out_dir: &Path) -> Result<(), RunError> {
         .into_iter()
         .map(|(name, _)| name)
         .collect();
-    let mut header = vec!["t_s".to_owned()];
+    let mut header = vec!["t_s".to_owned(), "rooms_disagreeing".to_owned()];
     header.extend(names);
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut table = CsvTable::new(&header_refs);
-    for (at_ms, counters) in &world.samples {
-        let mut row = vec![fixed(*at_ms as f64 / 1000.0, 0)];
+    for ((at_ms, counters), disagreeing) in world.samples.iter().zip(&world.rooms_disagreeing) {
+        let mut row = vec![fixed(*at_ms as f64 / 1000.0, 0), disagreeing.to_string()];
         row.extend(
             counter_fields(counters)
                 .into_iter()

@@ -23,7 +23,8 @@ pub struct Rooms {
     pub users_per_server: CountSpec,
     /// Rooms in the world.
     pub rooms: u32,
-    /// Servers per room (heavy-tailed with an `exponent`).
+    /// Servers per room (heavy-tailed with an `exponent`), drawn at random; the member with the
+    /// smallest server index creates the room and holds its power.
     pub servers_per_room: CountSpec,
     /// A policy preset (P0..P9): P0 = room version 12 with user-ID senders and on-demand key
     /// fetches; the others = the MSC4430 room version with member keys.
@@ -51,9 +52,17 @@ pub struct Rooms {
     /// How often a failed `/send` transaction is retried before its PDUs are given up.
     #[serde(default = "default_transaction_retries")]
     pub transaction_retries: u32,
+    /// Share the evaluation of events (checks 4-5, states) and current states across servers
+    /// (`room::shared`); results are identical either way, only speed differs.
+    #[serde(default = "yes")]
+    pub share_facts: bool,
     /// Scripted actions.
     #[serde(default)]
     pub actions: Vec<RoomAction>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one_user() -> CountSpec {
