@@ -5,7 +5,7 @@
 # docs/figures/<figure>.{svg,png}. Runs take from under a second to about two minutes (RQ1).
 #
 #   scripts/reproduce.sh            # every figure
-#   scripts/reproduce.sh rq2 rq12   # only figures whose name starts with one of these
+#   scripts/reproduce.sh rq2 rq12   # only these figures (a name, or its part before a '-')
 #
 # The binary is FEDSIM_BIN, or target/release/fedsim built with `cargo build --release`.
 set -euo pipefail
@@ -33,7 +33,7 @@ wanted() {
     local figure=$1
     shift
     for prefix in "${selected[@]}"; do
-        [[ $figure == "$prefix"* ]] && return 0
+        [[ $figure == "$prefix" || $figure == "$prefix"-* ]] && return 0
     done
     return 1
 }

@@ -363,3 +363,129 @@ chart = "none"
         Some(2000.0)
     );
 }
+
+#[test]
+fn a_push_lost_behind_a_partition_is_never_repeated_and_a_database_loss_is_logged() {
+    let text = r#"
+name = "push"
+duration = "3d"
+[federation]
+domain_groups = [{ name = "o", count = 20, key_lifetime = "1d" }]
+[[observers]]
+name = "reached"
+domains = "o"
+known_domains = [20]
+policy = { preset = "P6" }
+[[observers]]
+name = "cut off"
+domains = "o"
+known_domains = [20]
+policy = { preset = "P6" }
+[[observers]]
+name = "amnesiac"
+domains = "o"
+known_domains = [20]
+policy = { preset = "P1" }
+[[phases]]
+name = "rotation"
+at = "12h"
+actions = [
+  { kind = "partition", partition = "symmetric", duration = "1h", a = { group = "o" }, b = { group = "cut off" } },
+  { at = "10m", kind = "rotate-key", label = "rot", targets = { group = "o" } },
+  { at = "1d", kind = "lose-database", targets = { group = "amnesiac" } },
+]
+[outputs]
+chart = "none"
+"#;
+    let (world, metrics) = run(text);
+    assert_eq!(number(&metrics, "pushes_sent_total"), Some(40.0));
+    assert!(number(&metrics, "containment.rot.reached.t100_s").unwrap() < 5.0);
+    // The partition healed 50 minutes later, but a push is sent once and P6 never polls.
+    assert_eq!(
+        number(&metrics, "containment.rot.cut-off.never_dropped_share"),
+        Some(1.0)
+    );
+    let pushed = number(&metrics, "reached.n20.fetches_per_h.push").unwrap();
+    assert!((pushed - 20.0 / 72.0).abs() < 1e-6, "{pushed}");
+    // The database loss: every slot is logged as forgotten, then revalidated by the re-fetch.
+    let amnesiac = &world.observers[2];
+    let forgotten = amnesiac
+        .transitions
+        .iter()
+        .filter(|transition| transition.change == fedsim::world::Change::Forgotten)
+        .count();
+    assert_eq!(forgotten, 20);
+    let last = amnesiac.transitions.last().unwrap();
+    assert_eq!(last.change, fedsim::world::Change::Revalidated);
+    // Forgetting an honest domain's key is lost link time (a few seconds per domain here).
+    let lost = number(&metrics, "group.amnesiac.false_invalid_domain_hours").unwrap();
+    assert!(lost > 0.0 && lost < 20.0 * 0.01, "{lost}");
+}
+
+#[test]
+fn runs_write_the_per_question_charts_and_csvs() {
+    let base = std::env::temp_dir().join(format!("fedsim-key-rq-charts-{}", std::process::id()));
+    let scenario_text = |chart: &str| {
+        format!(
+            r#"
+name = "charts"
+duration = "2d"
+[federation]
+domain_groups = [{{ name = "o", count = 20, key_lifetime = "6h" }}]
+[[observers]]
+name = "P1, cut 6h"
+domains = "o"
+known_domains = [10, 20]
+policy = {{ preset = "P1" }}
+[[observers]]
+name = "P2, cut 6h"
+domains = "o"
+known_domains = [10, 20]
+policy = {{ preset = "P2" }}
+[[phases]]
+name = "events"
+at = "6h"
+actions = [
+  {{ kind = "partition", partition = "symmetric", duration = "6h", a = {{ group = "o" }}, b = {{ group = "P2, cut 6h" }} }},
+  {{ kind = "partition", partition = "symmetric", duration = "6h", a = {{ group = "o" }}, b = {{ group = "P1, cut 6h" }} }},
+  {{ kind = "rotate-key", label = "rot", targets = {{ group = "o", count = 5 }} }},
+]
+[metrics]
+wakeup_budget_per_hour = 1.0
+[outputs]
+chart = "{chart}"
+"#
+        )
+    };
+    for (chart, files) in [
+        (
+            "rq2-containment",
+            &["containment-rot.svg", "containment-rot.png"][..],
+        ),
+        (
+            "rq6-link-hours-lost",
+            &["link-hours-lost.svg", "link-hours-lost.png"][..],
+        ),
+        ("rq12-wakeups", &["wakeups.svg", "wakeups.png"][..]),
+    ] {
+        let directory = base.join(chart);
+        fedsim::world::run_to_dir(&scenario(&scenario_text(chart)), 1, &directory, false).unwrap();
+        for file in files {
+            let bytes = std::fs::read(directory.join(file)).unwrap();
+            assert!(
+                bytes.len() > 1000,
+                "{chart}: {file} is {} bytes",
+                bytes.len()
+            );
+        }
+        let containment = std::fs::read_to_string(directory.join("containment.csv")).unwrap();
+        // 5 rotated domains x 4 observers, plus the header.
+        assert_eq!(containment.lines().count(), 1 + 5 * 4, "{containment}");
+        let transitions = std::fs::read_to_string(directory.join("transitions.csv")).unwrap();
+        assert!(transitions.contains("moved_to_old"), "{transitions}");
+    }
+    let svg =
+        std::fs::read_to_string(base.join("rq6-link-hours-lost/link-hours-lost.svg")).unwrap();
+    assert!(svg.contains("P2") && svg.contains("partition length"));
+    std::fs::remove_dir_all(base).unwrap();
+}

@@ -150,11 +150,28 @@ fn the_partition_ban_needs_extremity_exchange() {
 }
 
 #[test]
+fn with_the_sender_retrying_the_ban_arrives_without_extremity_exchange() {
+    let (_, summary) = run_scenario("partition-ban-retry");
+    assert_eq!(
+        outcomes(&summary),
+        pairs(&[("pass", "pass"), ("pass", "pass"), ("pass", "pass")])
+    );
+    let exchanges = summary["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|step| step["action"] == "exchange-extremities")
+        .count();
+    assert_eq!(exchanges, 0);
+}
+
+#[test]
 fn the_late_joiner_hides_what_older_members_show() {
     let (out, summary) = run_scenario("late-joiner");
     assert_eq!(
         outcomes(&summary),
         pairs(&[
+            ("pass", "pass"),
             ("pass", "pass"),
             ("pass", "pass"),
             ("pass", "pass"),
@@ -174,6 +191,18 @@ fn the_late_joiner_hides_what_older_members_show() {
     );
     assert_eq!(metrics["orphans"]["d.example"]["orphan_ratio"], 1.0);
     assert_eq!(metrics["visible_somewhere_hidden_elsewhere"], 0.5);
+    // Bitrot of the late joiners: d.example verifies carol's and alice's links, not bob's, and
+    // shows 2 of the 4 historical messages; e.example also saw dave's join (verified) and shows
+    // all 4 messages (labelled).
+    let bitrot = |server: &str| summary["servers"][server]["late_joiner_bitrot"].clone();
+    assert_eq!(bitrot("d.example")["historical_links"], 3);
+    assert_eq!(bitrot("d.example")["historical_links_verified"], 2);
+    assert_eq!(bitrot("d.example")["historical_messages"], 4);
+    assert_eq!(bitrot("d.example")["historical_messages_visible"], 2);
+    assert_eq!(bitrot("e.example")["historical_links"], 4);
+    assert_eq!(bitrot("e.example")["historical_links_verified"], 3);
+    assert_eq!(bitrot("e.example")["historical_messages_visible"], 4);
+    assert_eq!(bitrot("c.example"), Value::Null);
     let (nodes, _) = dot_graph(&out.join("dag.dot"));
     assert_eq!(nodes, held_events(&out));
 }
@@ -191,10 +220,41 @@ fn a_compromised_key_is_shown_under_fail_open_and_hidden_under_fail_closed() {
         })
         .collect();
     assert_eq!(outcomes(&summary), pairs(&expected));
+    // Containment of bob's link after the compromise at 6 s: only d.example (fail-closed, at
+    // the 12 s step) of the three observers ever unverifies it.
+    let containment = &summary["metrics"]["containment"]["bob"];
+    assert_eq!(containment["compromised_at_ms"], 6000);
+    assert_eq!(containment["observers"], 3);
+    assert_eq!(containment["unverified_at_ms"]["d.example"], 12000);
+    assert_eq!(containment["unverified_at_ms"]["a.example"], Value::Null);
+    assert_eq!(containment["p50_ms"], Value::Null);
+    assert_eq!(containment["p100_ms"], Value::Null);
     let dot = std::fs::read_to_string(out.join("dag.dot")).unwrap();
     assert_eq!(dot.matches("(attacker)").count(), 3);
     let (nodes, _) = dot_graph(&out.join("dag.dot"));
     assert_eq!(nodes, held_events(&out));
+}
+
+#[test]
+fn two_member_keys_claiming_one_user_id_collide_on_every_observer() {
+    let (_, summary) = run_scenario("duplicate-identity");
+    assert_eq!(
+        outcomes(&summary),
+        pairs(&[
+            ("pass", "pass"),
+            ("pass", "pass"),
+            ("fail", "fail"),
+            ("fail", "fail"),
+            ("pass", "pass"),
+            ("pass", "pass"),
+            ("pass", "pass"),
+        ])
+    );
+    for server in ["a.example", "b.example", "c.example"] {
+        let view = &summary["servers"][server];
+        assert_eq!(view["member_info"]["bob2"], "@bob:b.example", "{server}");
+        assert_eq!(view["identity_collisions"][0], "@bob:b.example", "{server}");
+    }
 }
 
 /// A three-server P0 script: alice creates and says hello; b.example receives it.
@@ -281,6 +341,14 @@ fn bad_scripts_give_one_line_errors_with_exit_2() {
             "steps[1].name: invalid type: integer `5`, expected a string",
         ),
         (
+            "localpart-without-member-keys",
+            BASE.replace(
+                "name = \"alice\"\nserver = \"a.example\"",
+                "name = \"alice\"\nserver = \"a.example\"\nlocalpart = \"al\"",
+            ),
+            "users[0].localpart: only member-key rooms separate a user from its localpart (P0 is room version 12)",
+        ),
+        (
             // A step that cannot happen is found while running, and named the same way.
             "offline-sender",
             BASE.replace(
@@ -310,4 +378,30 @@ fn bad_scripts_give_one_line_errors_with_exit_2() {
         text(&output.stderr)
             .starts_with("fedsim: scenarios/repro/no-such-file.toml: -: cannot read:")
     );
+}
+
+#[test]
+fn the_default_output_is_results_repro_name_under_the_working_directory() {
+    let directory = scratch("default-out");
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scenarios/repro/partition-ban.toml"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_fedsim"))
+        .args(["repro", file])
+        .current_dir(&directory)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let out = directory.join("results/repro/partition-ban");
+    for name in ["summary.json", "timeline.csv", "dag.dot", "dag-healed.dot"] {
+        assert!(out.join(name).is_file(), "{name}");
+    }
+    // Nothing half-written is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".tmp"))
+        .collect();
+    assert_eq!(leftovers, Vec::<String>::new());
 }

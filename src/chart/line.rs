@@ -76,8 +76,16 @@ impl LineChart {
     /// Writes `<stem>.svg` and `<stem>.png`; returns their paths.
     pub fn write(&self, stem: &Path) -> Result<Vec<PathBuf>, String> {
         register_fonts();
-        let svg = stem.with_extension("svg");
-        let png = stem.with_extension("png");
+        // Appended, not `with_extension`: metric names contain dots ("p1.n100.rate") and
+        // `with_extension` would cut their last part, making charts overwrite each other.
+        let with = |extension: &str| {
+            let mut name = stem.as_os_str().to_owned();
+            name.push(".");
+            name.push(extension);
+            PathBuf::from(name)
+        };
+        let svg = with("svg");
+        let png = with("png");
         self.draw(SVGBackend::new(&svg, CHART_SIZE).into_drawing_area())
             .map_err(|error| format!("{}: {error}", svg.display()))?;
         self.draw(BitMapBackend::new(&png, CHART_SIZE).into_drawing_area())

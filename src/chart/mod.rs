@@ -11,12 +11,14 @@ use plotters::prelude::*;
 
 const DEJAVU_SANS: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 
+/// Key-level research-question charts (keyrq branch): containment CDFs of a sweep pooled over
+/// seeds, and a plain x-y chart with step lines.
+pub mod containment_cdf;
 /// Sweep charts (added by the sweep branch): a generic line chart of means with 95% CIs, and
 /// the charts of a sweep directory that `fedsim plot DIR` draws from `runs.csv`.
 pub mod line;
 pub mod stats;
 pub mod sweep_charts;
-/// Key-level research-question charts (keyrq branch): a plain x-y chart with step lines.
 pub mod xy;
 
 /// The font family name the embedded font is registered under.

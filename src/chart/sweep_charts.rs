@@ -184,6 +184,85 @@ pub fn charts_for(table: &SweepTable, title_prefix: &str) -> Vec<(String, LineCh
     charts
 }
 
+/// Which family a metric belongs to, and its member name: metrics that differ only in the
+/// observer group are drawn together, one line per group (keyrq's key-RQ metrics):
+/// `containment.<label>.<group>.<stat>` -> (`containment.<label>.<stat>`, group) and
+/// `group.<group>.<stat>` -> (`group.<stat>`, group).
+pub fn family_of(metric: &str) -> Option<(String, String)> {
+    let parts: Vec<&str> = metric.split('.').collect();
+    match parts.as_slice() {
+        ["containment", label, group, stat] => {
+            Some((format!("containment.{label}.{stat}"), (*group).to_owned()))
+        }
+        ["group", group, stat] => Some((format!("group.{stat}"), (*group).to_owned())),
+        _ => None,
+    }
+}
+
+/// One chart per metric family (see [`family_of`]) with a line per observer group (and per
+/// combination of the other swept parameters). A run where the metric is `null` (e.g. a
+/// containment time never reached) does not enter the mean; the title says so.
+pub fn family_charts(table: &SweepTable, title_prefix: &str) -> Vec<(String, LineChart)> {
+    let mut families: Vec<(String, Vec<(String, usize)>)> = Vec::new();
+    for (index, metric) in table.metric_names.iter().enumerate() {
+        let Some((family, member)) = family_of(metric) else {
+            continue;
+        };
+        match families.iter_mut().find(|(name, _)| *name == family) {
+            Some((_, members)) => members.push((member, index)),
+            None => families.push((family, vec![(member, index)])),
+        }
+    }
+    let mut charts = Vec::new();
+    for (family, members) in families {
+        if members.len() < 2 {
+            continue;
+        }
+        let mut merged: Option<LineChart> = None;
+        for (member, index) in members {
+            let single = SweepTable {
+                param_paths: table.param_paths.clone(),
+                metric_names: vec![table.metric_names[index].clone()],
+                rows: table
+                    .rows
+                    .iter()
+                    .map(|row| TableRow {
+                        params: row.params.clone(),
+                        seed: row.seed,
+                        ok: row.ok,
+                        metrics: vec![row.metrics[index]],
+                    })
+                    .collect(),
+            };
+            let Some((_, mut chart)) = charts_for(&single, title_prefix).into_iter().next() else {
+                continue;
+            };
+            let series = std::mem::take(&mut chart.series);
+            let renamed = series.into_iter().map(|mut series| {
+                series.name = if series.name.is_empty() {
+                    member.clone()
+                } else {
+                    format!("{member}, {}", series.name)
+                };
+                series
+            });
+            match &mut merged {
+                Some(existing) => existing.series.extend(renamed),
+                None => {
+                    chart.series.extend(renamed);
+                    merged = Some(chart);
+                }
+            }
+        }
+        if let Some(mut chart) = merged {
+            chart.title = format!("{title_prefix}{family} per observer group (null runs left out)");
+            chart.y_label = family.clone();
+            charts.push((file_stem(&format!("family.{family}")), chart));
+        }
+    }
+    charts
+}
+
 fn file_stem(metric: &str) -> String {
     metric
         .chars()
@@ -246,7 +325,8 @@ pub fn plot_sweep_dir(
         .file_name()
         .map(|name| format!("{}: ", name.to_string_lossy()))
         .unwrap_or_default();
-    let charts = charts_for(&table, &prefix);
+    let mut charts = charts_for(&table, &prefix);
+    charts.extend(family_charts(&table, &prefix));
     if charts.is_empty() {
         return Err(format!(
             "{}: no complete run with a numeric metric to plot",
@@ -259,7 +339,57 @@ pub fn plot_sweep_dir(
     for (stem, chart) in charts {
         written.extend(chart.write(&chart_dir.join(stem))?);
     }
+    // Key-world sweeps: containment CDFs pooled over seeds, from the runs' containment.csv.
+    let wants_cdfs = metric_filters.is_empty()
+        || metric_filters
+            .iter()
+            .any(|filter| filter.contains("containment") || filter.contains("cdf"));
+    if wants_cdfs {
+        let cdfs = super::containment_cdf::pooled_cdf_charts(sweep_dir, &table, &prefix)?;
+        written.extend(super::containment_cdf::write_all(&cdfs, chart_dir)?);
+    }
     Ok(written)
+}
+
+#[cfg(test)]
+mod family_tests {
+    use super::*;
+
+    #[test]
+    fn metrics_that_differ_only_in_the_group_form_one_chart() {
+        assert_eq!(
+            family_of("containment.rot.p1.t50_s"),
+            Some(("containment.rot.t50_s".into(), "p1".into()))
+        );
+        assert_eq!(family_of("p1.n10.wakeups_per_h"), None);
+        let row = |lifetime: &str, seed, a, b| TableRow {
+            params: vec![lifetime.into()],
+            seed,
+            ok: true,
+            metrics: vec![Some(a), b],
+        };
+        let table = SweepTable {
+            param_paths: vec!["key_lifetime".into()],
+            metric_names: vec![
+                "group.p1.false_invalid_domain_hours".into(),
+                "group.p2.false_invalid_domain_hours".into(),
+            ],
+            rows: vec![
+                row("1", 1, 0.0, Some(5.0)),
+                row("1", 2, 0.0, Some(7.0)),
+                row("7", 1, 0.0, None),
+            ],
+        };
+        let charts = family_charts(&table, "");
+        assert_eq!(charts.len(), 1);
+        let (stem, chart) = &charts[0];
+        assert_eq!(stem, "family.group.false_invalid_domain_hours");
+        let names: Vec<&str> = chart.series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["p1", "p2"]);
+        // p2 at x = 7 has no number: only x = 1 (mean of 5 and 7).
+        assert_eq!(chart.series[1].points.len(), 1);
+        assert_eq!(chart.series[1].points[0].summary.mean, 6.0);
+    }
 }
 
 #[cfg(test)]

@@ -213,7 +213,7 @@ impl XyChart {
                     PathElement::new(vec![(x, y), (x + 20, y)], legend_style)
                 }
             });
-            if !line.step {
+            if !line.step && !line.dashed {
                 chart
                     .draw_series(
                         points

@@ -1,6 +1,6 @@
 //! Pure room metrics over what servers show their clients (issue 5 item 8; questions.md RQ2,
-//! RQ4, RQ5): timeline divergence, hidden shares, orphan replies, link containment times and
-//! bitrot for a late joiner.
+//! RQ4, RQ5, RQ14): timeline divergence, hidden shares, orphan replies, link containment times,
+//! bitrot for a late joiner and identity collisions.
 //!
 //! Everything here is a function of its arguments: no clock, no randomness, ordered maps only,
 //! so a world with one [`RoomState`] per server per room can call these at any time and get the
@@ -565,6 +565,25 @@ pub fn bitrot(
     buckets
 }
 
+/// RQ14's client-visible identity collisions in one server's `member_info` (member key → the
+/// verified user ID shown, or `None`): every user ID shown for two or more member keys, with
+/// those member keys (sorted).
+pub fn identity_collisions(
+    member_info: &BTreeMap<String, Option<String>>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut by_user_id: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (member_key, user_id) in member_info {
+        if let Some(user_id) = user_id {
+            by_user_id
+                .entry(user_id.clone())
+                .or_default()
+                .push(member_key.clone());
+        }
+    }
+    by_user_id.retain(|_, member_keys| member_keys.len() > 1);
+    by_user_id
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -764,6 +783,28 @@ mod tests {
         assert_eq!(bucket_of(99, &edges), 1);
         assert_eq!(bucket_of(100, &edges), 2);
         assert_eq!(bucket_of(5, &[]), 0);
+    }
+
+    #[test]
+    fn identity_collisions_are_user_ids_shown_for_several_member_keys() {
+        let info: BTreeMap<String, Option<String>> = [
+            ("@k1", Some("@bob:b")),
+            ("@k2", Some("@bob:b")),
+            ("@k3", Some("@carol:c")),
+            ("@k4", None),
+            ("@k5", None),
+        ]
+        .into_iter()
+        .map(|(key, id)| (key.to_owned(), id.map(str::to_owned)))
+        .collect();
+        assert_eq!(
+            identity_collisions(&info),
+            BTreeMap::from([(
+                "@bob:b".to_owned(),
+                vec!["@k1".to_owned(), "@k2".to_owned()]
+            )])
+        );
+        assert!(identity_collisions(&BTreeMap::new()).is_empty());
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! - [`policy`]: the room-layer knobs and the P0–P9 presets.
 //! - [`properties`]: always-properties over several servers' views (for scenario checks).
 //! - [`testbed`]: a hand-fed federation of a few servers for tests and scripted reproductions.
+//! - [`script`]: scripted reproductions over the testbed (`fedsim repro`): language, runner, outputs.
 
 pub mod acl;
 pub mod checks;

@@ -307,10 +307,7 @@ impl RoomState {
         if let Some(state) = self.memo.as_ref().and_then(|memo| memo.get(&extremities)) {
             return Ok(Arc::clone(state));
         }
-        let state = match extremities.as_slice() {
-            [only] => Arc::new(self.dag.evaluation(*only).state_after.to_map()),
-            _ => self.resolve_extremities(&extremities)?,
-        };
+        let state = self.resolve_extremities(&extremities)?;
         if let Some(memo) = &mut self.memo {
             if memo.len() >= MEMO_CAPACITY {
                 memo.clear();
@@ -320,8 +317,8 @@ impl RoomState {
         Ok(state)
     }
 
-    /// The resolution of the states after `extremities` (more than one), shared across servers
-    /// when every extremity is clean.
+    /// The state after the only extremity as one map, or the resolution of the states after
+    /// several, shared across servers when every extremity is clean.
     fn resolve_extremities(
         &mut self,
         extremities: &[EventIndex],
@@ -332,15 +329,27 @@ impl RoomState {
         } else {
             None
         };
+        let compute = |dag: &Dag| match extremities {
+            [only] => Ok(Arc::new(dag.evaluation(*only).state_after.to_map())),
+            _ => dag.resolve_states_after(extremities).map(Arc::new),
+        };
         let (Some(key), Some(facts)) = (key, facts) else {
-            return Ok(Arc::new(self.dag.resolve_states_after(extremities)?));
+            return compute(&self.dag);
         };
         let shared = self.shared.as_ref().expect("facts come from a store");
-        if let Some(state) = lock(&facts).current_state(&key) {
+        let found = lock(&facts).current_state(&key).cloned();
+        if let Some(state) = found {
+            if shared.verifies() {
+                assert_eq!(
+                    *state,
+                    *compute(&self.dag)?,
+                    "the shared current state differs from this server's"
+                );
+            }
             shared.count(Count::CurrentStateReused);
-            return Ok(Arc::clone(state));
+            return Ok(state);
         }
-        let state = Arc::new(self.dag.resolve_states_after(extremities)?);
+        let state = compute(&self.dag)?;
         shared.count(Count::CurrentStateComputed);
         lock(&facts).store_current_state(key, Arc::clone(&state));
         Ok(state)
@@ -565,7 +574,37 @@ impl RoomState {
 
     /// The rule that allowed a held, not rejected event against the state before it (check 5's
     /// deciding rule; the DAG keeps only rejections).
-    pub(crate) fn allowing_rule_before(&self, index: EventIndex) -> Option<Rule> {
+    /// Shared across servers for clean events (a pure function of the event's copy and its
+    /// state before, both fixed by the event ID then).
+    pub(crate) fn allowing_rule_before(&mut self, index: EventIndex) -> Option<Rule> {
+        let id = self.shared_ids[index as usize];
+        let facts = if id == NO_SHARED_ID {
+            None
+        } else {
+            self.room_facts()
+        };
+        let Some(facts) = facts else {
+            return self.allowing_rule_before_locally(index);
+        };
+        let shared = self.shared.clone().expect("facts come from a store");
+        let found = lock(&facts).rule_before(id);
+        if let Some(rule) = found {
+            if shared.verifies() {
+                assert_eq!(
+                    rule,
+                    self.allowing_rule_before_locally(index),
+                    "the shared allowing rule differs from this server's"
+                );
+            }
+            return rule;
+        }
+        let rule = self.allowing_rule_before_locally(index);
+        lock(&facts).store_rule_before(id, rule);
+        rule
+    }
+
+    /// The allowing rule against the state before, computed on this server.
+    fn allowing_rule_before_locally(&self, index: EventIndex) -> Option<Rule> {
         let view = StateMapView {
             state: &self.dag.evaluation(index).state_before,
             dag: &self.dag,

@@ -88,8 +88,10 @@ use crate::matrix::server_keys::{
 };
 use crate::matrix::{EventId, Pdu, RoomVersion, StateMap};
 
-/// Current states kept per room, at most (the table is cleared when full).
-const CURRENT_STATES_CAPACITY: usize = 4096;
+/// Current states kept per room, at most (the table is cleared when full; servers ask for the
+/// same extremity sets at about the same time, so a small table suffices, and each state is a
+/// whole room state).
+const CURRENT_STATES_CAPACITY: usize = 128;
 
 /// Check-6 verdicts kept per room, at most (the table is cleared when full).
 const CURRENT_STATE_CHECKS_CAPACITY: usize = 1 << 16;
@@ -119,6 +121,8 @@ pub(crate) struct RoomFacts {
     checks_on_one: HashMap<(SharedId, SharedId), CurrentStateCheck>,
     /// By (event, its server's forward extremities).
     checks_on_many: HashMap<(SharedId, Vec<SharedId>), CurrentStateCheck>,
+    /// The rule that allowed a not rejected event against the state before it, by event.
+    rules_before: HashMap<SharedId, Option<Rule>>,
 }
 
 impl RoomFacts {
@@ -137,6 +141,15 @@ impl RoomFacts {
         self.evaluations
             .insert(event_id, SharedEvaluation { id, evaluation });
         id
+    }
+
+    /// The allowing rule against the state before `event`, if known (`Some(None)`: none).
+    pub(crate) fn rule_before(&self, event: SharedId) -> Option<Option<Rule>> {
+        self.rules_before.get(&event).copied()
+    }
+
+    pub(crate) fn store_rule_before(&mut self, event: SharedId, rule: Option<Rule>) {
+        self.rules_before.insert(event, rule);
     }
 
     pub(crate) fn current_state(&self, extremities: &[SharedId]) -> Option<&Arc<StateMap>> {

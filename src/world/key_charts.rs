@@ -249,6 +249,33 @@ pub fn wakeups_chart(world: &World, out_dir: &Path) -> Result<Written, ChartErro
             colour: group_index,
         });
     }
+    // The analytic N/L lines (one wake-up per re-check) for each key lifetime known.
+    let xs: Vec<f64> = lines
+        .iter()
+        .flat_map(|line| line.points.iter().map(|point| point.0))
+        .collect();
+    let mut lifetimes_ms: Vec<u64> = world
+        .observers
+        .iter()
+        .map(|state| state.key_lifetime_ms.min(7 * 86_400_000))
+        .collect();
+    lifetimes_ms.sort_unstable();
+    lifetimes_ms.dedup();
+    if let (Some(min), Some(max)) = (
+        xs.iter().copied().reduce(f64::min),
+        xs.iter().copied().reduce(f64::max),
+    ) {
+        for (index, lifetime_ms) in lifetimes_ms.iter().enumerate() {
+            let per_hour = |n: f64| n * HOUR_MS / *lifetime_ms as f64;
+            lines.push(XyLine {
+                label: format!("analytic N/L, L={}", format_duration_ms(*lifetime_ms)),
+                points: vec![(min, per_hour(min)), (max, per_hour(max))],
+                step: false,
+                dashed: true,
+                colour: 6 + index,
+            });
+        }
+    }
     let budget = world.scenario.metrics.wakeup_budget_per_hour;
     let chart = XyChart {
         title: format!(

@@ -133,6 +133,22 @@ pub fn add_metrics(world: &World, metrics: &mut Map<String, Value>) {
                 format!("{group_key}.max_domains_within_wakeup_budget"),
                 within.map(Value::from).unwrap_or(Value::Null),
             );
+            // At expiry, one re-check (and wake-up) per domain per lifetime: N/L <= budget.
+            let policy = group.policy.resolve().expect("validated");
+            let lifetime_ms = world
+                .observers
+                .iter()
+                .find(|state| state.group == group_index)
+                .map(|state| state.key_lifetime_ms.min(7 * 86_400_000));
+            if policy.recheck == crate::server::policy::Recheck::AtExpiry
+                && policy.timer_granularity_ms == 0
+                && let Some(lifetime_ms) = lifetime_ms
+            {
+                metrics.insert(
+                    format!("{group_key}.analytic_max_domains_within_wakeup_budget"),
+                    ((budget * lifetime_ms as f64 / HOUR_MS).floor() as u64).into(),
+                );
+            }
         }
     }
     if world.pushes_sent > 0 {

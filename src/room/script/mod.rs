@@ -56,10 +56,14 @@
 //! - `checkpoint {name}`: checks with `at = NAME` are evaluated here.
 //!
 //! Checks (`kind`, then fields): `state-has-membership {server, user, membership}`,
-//! `visible {server, event}`, `hidden {server, event, reason?}`, `held {server, event}`,
+//! `visible {server, event}` (shown, labelled or not), `labelled {server, event}` (shown with an
+//! "invalid handle" label), `hidden {server, event, reason?}`, `held {server, event}`,
 //! `link-status {server, user, status}`, `same-state {servers}`,
 //! `divergence-at-most {servers?, value}`, `orphans-at-most {server, value}`,
-//! `always-properties {servers?}`; `servers` defaults to every server.
+//! `always-properties {servers?}`, `verified-as {server, user, user_id}` (the user's member key
+//! is shown as that verified user ID), `identity-collisions-at-most {server, count}` (user IDs
+//! shown for two or more member keys); `servers` defaults to every server. A user may set
+//! `localpart` (default its name) so that two member keys claim one user ID (RQ14).
 //!
 //! Errors name the file, the step or check (`steps[3].user`) and the problem, on one line.
 
@@ -125,6 +129,7 @@ struct ServerSpec {
 struct UserSpec {
     name: String,
     server: String,
+    localpart: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +166,8 @@ struct CheckSpec {
     reason: Option<String>,
     status: Option<String>,
     value: Option<f64>,
+    user_id: Option<String>,
+    count: Option<u64>,
 }
 
 /// One server of a script.
@@ -180,6 +187,9 @@ pub struct UserDef {
     pub name: String,
     /// Index into [`Script::servers`].
     pub server: usize,
+    /// The localpart its member events claim (default: the name). Two users with the same
+    /// localpart on one server are two member keys claiming one user ID (RQ14).
+    pub localpart: String,
 }
 
 /// What a step does (indices into [`Script::servers`] / [`Script::users`]).
@@ -268,6 +278,10 @@ pub enum CheckKind {
         server: usize,
         event: String,
     },
+    Labelled {
+        server: usize,
+        event: String,
+    },
     LinkStatus {
         server: usize,
         user: usize,
@@ -286,6 +300,15 @@ pub enum CheckKind {
     },
     AlwaysProperties {
         servers: Vec<usize>,
+    },
+    VerifiedAs {
+        server: usize,
+        user: usize,
+        user_id: String,
+    },
+    IdentityCollisionsAtMost {
+        server: usize,
+        count: u64,
     },
 }
 
@@ -345,16 +368,19 @@ const STEP_KEYWORDS: [&str; 15] = [
     "checkpoint",
 ];
 
-const CHECK_KEYWORDS: [&str; 9] = [
+const CHECK_KEYWORDS: [&str; 12] = [
     "state-has-membership",
     "visible",
     "hidden",
     "held",
+    "labelled",
     "link-status",
     "same-state",
     "divergence-at-most",
     "orphans-at-most",
     "always-properties",
+    "verified-as",
+    "identity-collisions-at-most",
 ];
 
 const MEMBERSHIPS: [&str; 5] = ["join", "leave", "ban", "invite", "knock"];
@@ -368,6 +394,9 @@ const HIDDEN_REASONS: [&str; 6] = [
     "soft-failed-link-unverified",
     "soft-failed-state-unresolvable",
 ];
+
+/// The most servers a script may declare.
+pub const MAX_SERVERS: usize = 100;
 
 /// The first step's default time and the default gap between steps (ms).
 pub const DEFAULT_STEP_MS: i64 = 1_000;
@@ -447,6 +476,15 @@ fn validate(file: &str, name: String, spec: ScriptSpec) -> Result<Script, Invali
     if spec.servers.is_empty() {
         return Err(("servers".to_owned(), "at least one server is needed".into()));
     }
+    if spec.servers.len() > MAX_SERVERS {
+        return Err((
+            "servers".to_owned(),
+            format!(
+                "{} servers; a reproduction has at most {MAX_SERVERS} (their keys derive from one byte)",
+                spec.servers.len()
+            ),
+        ));
+    }
     let mut servers = Vec::new();
     for (index, server) in spec.servers.iter().enumerate() {
         let path = format!("servers[{index}]");
@@ -513,9 +551,30 @@ fn validate(file: &str, name: String, spec: ScriptSpec) -> Result<Script, Invali
                 format!("user {:?} is declared twice", user.name),
             ));
         }
+        let localpart = user.localpart.clone().unwrap_or_else(|| user.name.clone());
+        if localpart.is_empty()
+            || localpart
+                .chars()
+                .any(|c| !c.is_ascii_lowercase() && !c.is_ascii_digit() && c != '_')
+        {
+            return Err((
+                format!("{path}.localpart"),
+                format!("{localpart:?} is not a localpart (a-z, 0-9, _)"),
+            ));
+        }
+        if user.localpart.is_some() && !room_policy.room_version.member_keys {
+            return Err((
+                format!("{path}.localpart"),
+                format!(
+                    "only member-key rooms separate a user from its localpart ({} is room version {})",
+                    room_policy.name, room_policy.room_version.id
+                ),
+            ));
+        }
         users.push(UserDef {
             name: user.name.clone(),
             server: server_index(format!("{path}.server"), &user.server)?,
+            localpart,
         });
     }
     let user_index = |path: String, name: &str| -> Result<usize, Invalid> {
@@ -659,12 +718,6 @@ fn validate(file: &str, name: String, spec: ScriptSpec) -> Result<Script, Invali
             },
             "join" | "leave" => {
                 let user = user(&step.user, "user")?;
-                if servers[users[user].server].late && keyword == "join" {
-                    return Err((
-                        field("user"),
-                        format!("{} is on a late server: use `late-join`", users[user].name),
-                    ));
-                }
                 if keyword == "join" {
                     Action::Join { user }
                 } else {
@@ -808,11 +861,13 @@ fn validate(file: &str, name: String, spec: ScriptSpec) -> Result<Script, Invali
             })?;
         let allowed: &[&str] = match keyword {
             "state-has-membership" => &["server", "user", "membership"],
-            "visible" | "held" => &["server", "event"],
+            "visible" | "held" | "labelled" => &["server", "event"],
             "hidden" => &["server", "event", "reason"],
             "link-status" => &["server", "user", "status"],
             "same-state" | "always-properties" => &["servers"],
             "divergence-at-most" => &["servers", "value"],
+            "verified-as" => &["server", "user", "user_id"],
+            "identity-collisions-at-most" => &["server", "count"],
             _ => &["server", "value"],
         };
         let present = [
@@ -824,6 +879,8 @@ fn validate(file: &str, name: String, spec: ScriptSpec) -> Result<Script, Invali
             ("reason", check.reason.is_some()),
             ("status", check.status.is_some()),
             ("value", check.value.is_some()),
+            ("user_id", check.user_id.is_some()),
+            ("count", check.count.is_some()),
         ];
         for (name, is_present) in present {
             if is_present && !allowed.contains(&name) {
@@ -848,6 +905,9 @@ fn validate(file: &str, name: String, spec: ScriptSpec) -> Result<Script, Invali
         let servers_field = || -> Result<Vec<usize>, Invalid> {
             match &check.servers {
                 None => Ok((0..servers.len()).collect()),
+                Some(names) if names.is_empty() => {
+                    Err((field("servers"), "name at least one server".to_owned()))
+                }
                 Some(names) => names
                     .iter()
                     .enumerate()
@@ -888,6 +948,10 @@ fn validate(file: &str, name: String, spec: ScriptSpec) -> Result<Script, Invali
                 event: event()?,
             },
             "held" => CheckKind::Held {
+                server: server()?,
+                event: event()?,
+            },
+            "labelled" => CheckKind::Labelled {
                 server: server()?,
                 event: event()?,
             },
@@ -939,6 +1003,17 @@ fn validate(file: &str, name: String, spec: ScriptSpec) -> Result<Script, Invali
             "divergence-at-most" => CheckKind::DivergenceAtMost {
                 servers: servers_field()?,
                 value: value()?,
+            },
+            "verified-as" => CheckKind::VerifiedAs {
+                server: server()?,
+                user: user()?,
+                user_id: required("user_id", &check.user_id)?,
+            },
+            "identity-collisions-at-most" => CheckKind::IdentityCollisionsAtMost {
+                server: server()?,
+                count: check
+                    .count
+                    .ok_or_else(|| (field("count"), format!("`{keyword}` needs `count`")))?,
             },
             _ => CheckKind::OrphansAtMost {
                 server: server()?,
@@ -1111,6 +1186,14 @@ expect = "fail"
         assert_eq!(
             error(&attacker),
             "t.toml: steps[1].attacker: alice was not compromised by an earlier step"
+        );
+        let no_servers = MINIMAL.replace(
+            "event = \"hello\"\nat = \"end\"",
+            "event = \"hello\"\nat = \"end\"\n[[checks]]\nkind = \"same-state\"\nservers = []",
+        );
+        assert_eq!(
+            error(&no_servers),
+            "t.toml: checks[1].servers: name at least one server"
         );
         let late_time = MINIMAL.replace("name = \"hello\"", "name = \"hello\"\nat_ms = 10");
         assert_eq!(

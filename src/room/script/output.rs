@@ -1,6 +1,6 @@
 //! What a scripted reproduction writes, as bytes (the caller writes them atomically):
 //! `summary.json` (checks with expectation and result, the step log, each server's final view
-//! and the room metrics), `timeline.csv` (every server's client timeline, one row per held
+//! with a late joiner's bitrot, and the room metrics), `timeline.csv` (every server's client timeline, one row per held
 //! event) and `dag.dot` (the room's DAG, one node per event held by at least one server, edges
 //! to prev events, coloured and labelled by each server's outcome; `dot -Tsvg dag.dot`), plus
 //! `dag-NAME.dot`, the same view at each checkpoint step.
@@ -101,7 +101,25 @@ pub fn summary(run: &mut Run) -> Value {
                 links.insert(user_name, json!(format!("{status:?}").to_lowercase()));
             }
         }
+        let info = run.member_info(index);
+        let mut member_info = Map::new();
+        for (member, user_id) in &info {
+            member_info.insert(run.user_name(member), json!(user_id));
+        }
+        let collisions: Vec<String> = metrics::identity_collisions(&info).into_keys().collect();
         let server = &run.servers[index];
+        // A late joiner's bitrot: the history from before its join, as it shows it.
+        let bitrot = server.late_joined_at_ms.map(|joined_at_ms| {
+            let all = metrics::bitrot(&server.server.room, &server.server.links, joined_at_ms, &[]);
+            let bucket = &all[0];
+            json!({
+                "joined_at_ms": joined_at_ms,
+                "historical_links": bucket.links,
+                "historical_links_verified": bucket.links_verified,
+                "historical_messages": bucket.messages,
+                "historical_messages_visible": bucket.messages_visible,
+            })
+        });
         servers.insert(
             name,
             json!({
@@ -113,6 +131,9 @@ pub fn summary(run: &mut Run) -> Value {
                 "forward_extremities": extremities,
                 "memberships": memberships,
                 "links": links,
+                "member_info": member_info,
+                "identity_collisions": collisions,
+                "late_joiner_bitrot": bitrot,
             }),
         );
     }
@@ -147,6 +168,32 @@ pub fn summary(run: &mut Run) -> Value {
             }),
         );
     }
+    // Containment of each compromised member's link: when each server in the room other than
+    // the member's own first had it unverified after the compromise.
+    let mut containment = Map::new();
+    for (&user, &start_ms) in &run.compromised_at_ms {
+        let id = run.users[user].id();
+        let home = run.script.users[user].server;
+        let mut unverified_at = Map::new();
+        let mut times = Vec::new();
+        for &server in residents.iter().filter(|&&server| server != home) {
+            let at = metrics::unverified_since(&run.servers[server].server.links, &id, start_ms);
+            unverified_at.insert(run.script.servers[server].name.clone(), json!(at));
+            times.push(at);
+        }
+        let found = metrics::containment(&times, start_ms);
+        containment.insert(
+            run.script.users[user].name.clone(),
+            json!({
+                "compromised_at_ms": start_ms,
+                "observers": found.observers,
+                "p50_ms": found.p50_ms,
+                "p95_ms": found.p95_ms,
+                "p100_ms": found.p100_ms,
+                "unverified_at_ms": unverified_at,
+            }),
+        );
+    }
     let all_met = run.all_met();
     json!({
         "scenario": run.script.name,
@@ -168,6 +215,7 @@ pub fn summary(run: &mut Run) -> Value {
                 rounded(metrics::visible_somewhere_hidden_elsewhere(&views)),
             "hidden": hidden,
             "orphans": orphans,
+            "containment": containment,
         },
     })
 }

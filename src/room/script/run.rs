@@ -29,7 +29,7 @@ use crate::matrix::{EventId, Pdu, RoomVersion, StateMap};
 use crate::room::keys::KeySource;
 use crate::room::links::{KeyInvalidation, LinkStatus};
 use crate::room::metrics::{self, HiddenReason, MessageView};
-use crate::room::pipeline::{Receipt, Verdict, reveal_verified};
+use crate::room::pipeline::{DropReason, Receipt, Verdict, reveal_verified};
 use crate::room::policy::ArrivalPath;
 use crate::room::properties;
 use crate::room::room_state::{RoomState, Visibility};
@@ -42,6 +42,8 @@ pub struct RunServer {
     pub online: bool,
     /// Takes part in the room (from the start, or since its `late-join`).
     pub resident: bool,
+    /// When it joined late (its `late-join` step's time).
+    pub late_joined_at_ms: Option<i64>,
     key_generation: u32,
     old_keys: BTreeMap<String, OldVerifyKey>,
     /// Member events it re-signed after a rotation, served to re-queries.
@@ -93,6 +95,8 @@ pub struct Run {
     pub by_id: BTreeMap<EventId, usize>,
     /// Events made by an attacker.
     pub attacker_made: BTreeSet<EventId>,
+    /// Compromised users (index) and when (ms).
+    pub compromised_at_ms: BTreeMap<usize, i64>,
     pub steps: Vec<StepRecord>,
     /// Per check (in file order): its result.
     pub results: Vec<CheckResult>,
@@ -188,9 +192,46 @@ impl Run {
     }
 
     fn receive(&mut self, to: usize, pdu: &Pdu, path: ArrivalPath, now_ms: i64) -> Receipt {
-        let receipt = self.servers[to].server.receive(pdu, path, now_ms);
+        let mut receipt = self.servers[to].server.receive(pdu, path, now_ms);
+        if matches!(receipt.verdict, Verdict::Dropped(DropReason::Signature(_)))
+            && self.fetch_rotated_keys(to, &pdu.sender, now_ms)
+        {
+            // Check 2 failed for want of a key the sender's server rotated to: fetch, retry.
+            receipt = self.servers[to].server.receive(pdu, path, now_ms);
+        }
         self.settle_pending_links(to, now_ms);
         receipt
+    }
+
+    /// If `sender` is a user ID whose server is reachable from `observer` and publishes other
+    /// current keys than `observer` holds, re-fetches them; returns whether it did.
+    fn fetch_rotated_keys(&mut self, observer: usize, sender: &str, now_ms: i64) -> bool {
+        let Some(domain) = sender
+            .strip_prefix('@')
+            .and_then(|rest| rest.split_once(':'))
+            .and_then(|(_, domain)| self.script.server_index(domain))
+        else {
+            return false;
+        };
+        if !self.reachable(Origin::Server(observer), domain) {
+            return false;
+        }
+        let published: Vec<String> = self
+            .published(domain, now_ms)
+            .verify_keys
+            .keys()
+            .cloned()
+            .collect();
+        let held: Option<Vec<String>> = self.servers[observer]
+            .server
+            .keys
+            .held_keys(&self.script.servers[domain].name)
+            .map(|held| held.keys.verify_keys.keys().cloned().collect());
+        if held.as_ref() == Some(&published) {
+            return false;
+        }
+        self.refetch(observer, domain, now_ms);
+        true
     }
 
     /// Links waiting for keys: fetch the domain's keys if it is reachable, else the links are
@@ -640,7 +681,9 @@ impl Run {
             }
             Action::TakeOffline { server } => self.servers[server].online = false,
             Action::BringOnline { server } => self.servers[server].online = true,
-            Action::Compromise { .. } => {}
+            Action::Compromise { user } => {
+                self.compromised_at_ms.entry(user).or_insert(now_ms);
+            }
             Action::LateJoin { user, via } => {
                 let joiner = self.script.users[user].server;
                 let joiner_name = self.script.servers[joiner].name.clone();
@@ -657,6 +700,7 @@ impl Run {
                     ));
                 }
                 self.servers[joiner].resident = true;
+                self.servers[joiner].late_joined_at_ms = Some(now_ms);
                 for domain in 0..self.servers.len() {
                     if self.reachable(Origin::Server(joiner), domain) {
                         let keys = self.published(domain, now_ms);
@@ -746,8 +790,10 @@ impl Run {
                 new_key.key_id.as_str()
             ));
         }
+        // The server itself knows its new key at once.
+        notes.extend(self.refetch(server, server, now_ms));
         if notify {
-            for observer in 0..self.servers.len() {
+            for observer in (0..self.servers.len()).filter(|&observer| observer != server) {
                 let holds = self.servers[observer]
                     .server
                     .keys
@@ -812,6 +858,13 @@ impl Run {
                 };
                 CheckResult {
                     passed,
+                    observed: shown,
+                }
+            }
+            CheckKind::Labelled { server, event } => {
+                let shown = self.shown(*server, event);
+                CheckResult {
+                    passed: shown == "labelled",
                     observed: shown,
                 }
             }
@@ -882,6 +935,37 @@ impl Run {
                     ),
                 }
             }
+            CheckKind::VerifiedAs {
+                server,
+                user,
+                user_id,
+            } => {
+                let shown = self.servers[*server]
+                    .server
+                    .links
+                    .user_id(&self.users[*user].id());
+                CheckResult {
+                    passed: shown.as_deref() == Some(user_id.as_str()),
+                    observed: format!("shown as {}", shown.as_deref().unwrap_or("null")),
+                }
+            }
+            CheckKind::IdentityCollisionsAtMost { server, count } => {
+                let collisions = metrics::identity_collisions(&self.member_info(*server));
+                CheckResult {
+                    passed: collisions.len() as u64 <= *count,
+                    observed: format!(
+                        "{} collision(s){}",
+                        collisions.len(),
+                        collisions
+                            .iter()
+                            .map(|(user_id, keys)| format!(
+                                "; {user_id} shown for {} member keys",
+                                keys.len()
+                            ))
+                            .collect::<String>()
+                    ),
+                }
+            }
             CheckKind::AlwaysProperties { servers } => {
                 let violations = self.violations(servers);
                 CheckResult {
@@ -893,6 +977,13 @@ impl Run {
                 }
             }
         }
+    }
+
+    /// `member_info` of `server` (member key → verified user ID or `None`); empty if its state
+    /// cannot be resolved.
+    pub fn member_info(&mut self, server: usize) -> BTreeMap<String, Option<String>> {
+        let run = &mut self.servers[server].server;
+        run.room.member_info(&run.links).unwrap_or_default()
     }
 
     /// The always-properties' violations over `servers`, as text.
@@ -980,7 +1071,13 @@ pub fn run(script: &Script) -> Result<Run, ScriptError> {
     let users: Vec<User> = script
         .users
         .iter()
-        .map(|user| User::new(&version, &user.name, &script.servers[user.server].name))
+        .map(|user| {
+            // The member key derives from the script's (unique) name; the claim from the
+            // localpart.
+            let mut made = User::new(&version, &user.name, &script.servers[user.server].name);
+            made.localpart = user.localpart.clone();
+            made
+        })
         .collect();
     let first = &script.steps[0];
     let Action::Create { user: creator } = first.action else {
@@ -1008,6 +1105,7 @@ pub fn run(script: &Script) -> Result<Run, ScriptError> {
             server: Server::new(&def.name, index as u8 + 1, def.policy.clone(), &room_id),
             online: true,
             resident: !def.late,
+            late_joined_at_ms: None,
             key_generation: 0,
             old_keys: BTreeMap::new(),
             resigned: BTreeMap::new(),
@@ -1021,6 +1119,7 @@ pub fn run(script: &Script) -> Result<Run, ScriptError> {
         events: Vec::new(),
         by_id: BTreeMap::new(),
         attacker_made: BTreeSet::new(),
+        compromised_at_ms: BTreeMap::new(),
         steps: Vec::new(),
         results: vec![
             CheckResult {
