@@ -299,6 +299,7 @@ impl FedWorld {
             sign_nanos: 0,
             events_signed: 0,
             join_attempts: BTreeMap::new(),
+            wire: HashMap::new(),
         }
     }
 }

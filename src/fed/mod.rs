@@ -459,6 +459,9 @@ pub struct FedWorld {
     pub sign_nanos: u64,
     pub events_signed: u64,
     join_attempts: BTreeMap<(RoomIndex, ServerId), u32>,
+    /// The wire copy of every event made in the world, by event ID (lookup only): answers
+    /// hand out these shared copies instead of re-serialising held events.
+    wire: HashMap<EventId, Arc<Value>>,
 }
 
 /// The ID a user has in a room: the member key (member-key rooms) or `@localpart:server`.
@@ -845,7 +848,7 @@ impl FedWorld {
                 let history: Vec<Arc<Value>> = self.servers[to as usize].rooms[&room]
                     .state
                     .held_events()
-                    .map(|(pdu, _)| Arc::new(pdu.json.clone()))
+                    .map(|(pdu, _)| wire_copy(&self.wire, pdu))
                     .collect();
                 Ok(Reply::Events(history))
             }
@@ -858,7 +861,12 @@ impl FedWorld {
                 let Some(state) = self.servers[to as usize].rooms.get(&room) else {
                     return Err(404);
                 };
-                Ok(Reply::Events(walk_missing(&state.state, &missing, &known)))
+                Ok(Reply::Events(walk_missing(
+                    &state.state,
+                    &missing,
+                    &known,
+                    &self.wire,
+                )))
             }
             Body::EventFetch { room, event_id } => {
                 let server = &mut self.servers[to as usize];
@@ -870,7 +878,7 @@ impl FedWorld {
                     .rooms
                     .get(&room)
                     .and_then(|room| room.state.event(&event_id))
-                    .map(|pdu| Arc::new(pdu.json.clone()));
+                    .map(|pdu| wire_copy(&self.wire, pdu));
                 held.map(|json| Reply::Events(vec![json])).ok_or(404)
             }
             Body::Key { .. } => {
@@ -1631,7 +1639,7 @@ impl FedWorld {
         let pdu = build_pdu(draft, &version, signer).ok()?;
         self.sign_nanos += started.elapsed().as_nanos() as u64;
         self.events_signed += 1;
-        Some(Arc::new(pdu.json))
+        Some(self.remember(pdu))
     }
 
     /// A local user sends an event: drafted on the server's view, signed, run through its own
@@ -1703,6 +1711,13 @@ impl FedWorld {
             }
         }
         Some(event_id)
+    }
+
+    /// Keeps the wire copy of a new event and returns it.
+    fn remember(&mut self, pdu: crate::matrix::Pdu) -> Arc<Value> {
+        let json = Arc::new(pdu.json);
+        self.wire.insert(pdu.event_id, Arc::clone(&json));
+        json
     }
 
     /// Re-reads the server's own key response if the publisher re-signed it.
@@ -1810,7 +1825,7 @@ impl FedWorld {
             .rooms
             .insert(room, server_room);
         self.refresh_own_keys(server);
-        let create = Arc::new(create.json);
+        let create = self.remember(create);
         self.process_now(server, room, &create, ArrivalPath::Local, server);
         let content = membership_content(&version, &self.servers[server as usize], user, "join");
         self.send_local(
@@ -2361,7 +2376,7 @@ impl FedWorld {
             self.events_signed += 1;
             self.attacker.events.insert(pdu.event_id.clone());
             self.counters.attacker_messages_sent += 1;
-            pdus.push(Arc::new(pdu.json));
+            pdus.push(self.remember(pdu));
         }
         if pdus.is_empty() {
             return;
@@ -2382,7 +2397,12 @@ impl FedWorld {
 /// fedsim's `/get_missing_events` walk: from the `missing` events (included) back along
 /// `prev_events`, not past `known`, at most [`MISSING_EVENTS_LIMIT`] events, in the responder's
 /// DAG order (parents first).
-fn walk_missing(state: &RoomState, missing: &[EventId], known: &[EventId]) -> Vec<Arc<Value>> {
+fn walk_missing(
+    state: &RoomState,
+    missing: &[EventId],
+    known: &[EventId],
+    wire: &HashMap<EventId, Arc<Value>>,
+) -> Vec<Arc<Value>> {
     let known: BTreeSet<&str> = known.iter().map(String::as_str).collect();
     let dag = state.dag();
     let mut found: BTreeSet<u32> = BTreeSet::new();
@@ -2405,8 +2425,16 @@ fn walk_missing(state: &RoomState, missing: &[EventId], known: &[EventId]) -> Ve
     }
     found
         .into_iter()
-        .map(|index| Arc::new(dag.event(index).json.clone()))
+        .map(|index| wire_copy(wire, dag.event(index)))
         .collect()
+}
+
+/// The shared wire copy of a held event (every event is made in the world, and servers hold the
+/// copy they were sent); a fresh copy if it is somehow unknown.
+fn wire_copy(wire: &HashMap<EventId, Arc<Value>>, pdu: &crate::matrix::Pdu) -> Arc<Value> {
+    wire.get(&pdu.event_id)
+        .cloned()
+        .unwrap_or_else(|| Arc::new(pdu.json.clone()))
 }
 
 fn body_bytes(body: &Body) -> u64 {
