@@ -38,7 +38,7 @@ reduced_sets() {
         for observer in 0 1 2 3; do echo "observers[$observer].known_domains=[100]"; done
         ;;
     rq10-lying-server) echo "duration=12h" ;;
-    bench-medium)
+    bench-medium | bench-federation)
         echo "duration=6h"
         echo "rooms.servers=60"
         echo "rooms.rooms=10"
