@@ -11,6 +11,9 @@ use plotters::prelude::*;
 
 const DEJAVU_SANS: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 
+/// RQ4's bitrot chart (rq branch): shares of a newcomer's history verifiable and visible
+/// against room age, per policy.
+pub mod bitrot;
 /// Key-level research-question charts (keyrq branch): containment CDFs of a sweep pooled over
 /// seeds, and a plain x-y chart with step lines.
 pub mod containment_cdf;

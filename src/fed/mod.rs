@@ -18,7 +18,9 @@
 //! the state and the auth chain); the joiner runs it through its pipeline on the `JoinState`
 //! path. Its bytes are counted.
 
+mod bitrot;
 mod build;
+mod churn;
 mod keys;
 mod output;
 
@@ -462,6 +464,12 @@ pub struct FedWorld {
     /// The wire copy of every event made in the world, by event ID (lookup only): answers
     /// hand out these shared copies instead of re-serialising held events.
     wire: HashMap<EventId, Arc<Value>>,
+    /// (server, member event) pairs already re-queried because the copy held was co-signed by
+    /// a key that is no longer current (`bitrot.rs`): each is asked for once.
+    stale_requeried: BTreeSet<(ServerId, EventId)>,
+    /// RQ4: newcomers' figures taken so far, and which (room, newcomer) were taken.
+    pub bitrot_rows: Vec<bitrot::NewcomerRow>,
+    bitrot_taken: BTreeSet<(RoomIndex, ServerId)>,
 }
 
 /// The ID a user has in a room: the member key (member-key rooms) or `@localpart:server`.
@@ -543,6 +551,7 @@ impl FedWorld {
                 .push((self.next_sample_ms, self.counters.clone()));
             let disagreeing = self.rooms_disagreeing_now();
             self.rooms_disagreeing.push(disagreeing);
+            self.snapshot_newcomers(self.next_sample_ms, false);
             self.next_sample_ms += self.window_ms;
         }
     }
@@ -839,6 +848,16 @@ impl FedWorld {
                     .is_some_and(|room| room.joined);
                 if !joined {
                     return Err(404);
+                }
+                // A joiner whose key the resident does not hold (P0 fetches on demand): fetch it
+                // and answer "try again" (the joiner retries in JOIN_RETRY_MS) instead of
+                // dropping the join at check 2 for ever.
+                if let Some(slot) = self.key_needed(to, &pdu) {
+                    let mut out = std::mem::take(&mut self.key_outputs);
+                    self.servers[to as usize].cache.fetch_now(slot, &mut out);
+                    self.apply_key_outputs(to, &mut out, None);
+                    self.key_outputs = out;
+                    return Err(503);
                 }
                 let receipt = self.process_now(to, room, &pdu, ArrivalPath::Send, from);
                 if !matches!(receipt.verdict, Verdict::Accepted { .. }) {
@@ -1138,6 +1157,7 @@ impl FedWorld {
         let hs = &mut self.servers[server as usize];
         let usable = hs.cache.slots()[slot as usize].valid && response.is_some();
         let rooms: Vec<RoomIndex> = hs.rooms.keys().copied().collect();
+        let mut stale_checks = Vec::new();
         for room in rooms {
             let keys = CacheKeys {
                 own_name: &hs.name,
@@ -1164,6 +1184,9 @@ impl FedWorld {
             } else {
                 state.links.keys_unavailable(&domain_name, now_abs_ms)
             };
+            if !changed.is_empty() {
+                stale_checks.push((room, changed.clone()));
+            }
             if usable && !changed.is_empty() {
                 self.counters.links_reverified += changed.len() as u64;
                 self.counters.revealed += pipeline::reveal_verified(
@@ -1174,6 +1197,9 @@ impl FedWorld {
                     now_abs_ms,
                 ) as u64;
             }
+        }
+        for (room, members) in stale_checks {
+            self.requery_stale_claims(server, room, &members);
         }
         // PDUs parked for these keys go on (verified or not).
         let waiting = self.servers[server as usize]
@@ -1385,6 +1411,7 @@ impl FedWorld {
                 continue;
             }
             let receipt = self.process_now(server, room, &item.json, item.path, item.from);
+            self.requery_if_stale_claim(server, room, &item.json, item.path);
             if let Verdict::MissingEvents {
                 prev_events,
                 auth_events,

@@ -56,6 +56,19 @@ pub struct Rooms {
     /// (`room::shared`); results are identical either way, only speed differs.
     #[serde(default = "yes")]
     pub share_facts: bool,
+    /// RQ4 churn: if set, every server except the rooms' creators and the late joiners goes
+    /// offline for good (connections refused) after an exponentially distributed lifetime with
+    /// this mean (random stream `server-lifetime`/server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_lifetime_mean: Option<Duration>,
+    /// RQ4 key rotation: if set, every server rotates its signing key at exponentially
+    /// distributed intervals with this mean while it is alive (stream `key-rotation`/server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rotation_mean: Option<Duration>,
+    /// The chance that such a rotation re-signs the server's member events (default 1: the
+    /// MSC's SHOULD); the rest are "rotation without re-signing".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resign_probability: Option<f64>,
     /// Scripted actions.
     #[serde(default)]
     pub actions: Vec<RoomAction>,
@@ -253,6 +266,24 @@ pub(super) fn validate(scenario: &Scenario, rooms: &Rooms) -> Result<(), Invalid
         return Err((
             "rooms.extremity_exchange_interval".to_owned(),
             "must be at least 1s".to_owned(),
+        ));
+    }
+    for (path, mean) in [
+        ("rooms.server_lifetime_mean", rooms.server_lifetime_mean),
+        ("rooms.key_rotation_mean", rooms.key_rotation_mean),
+    ] {
+        if let Some(mean) = mean
+            && mean.ms() < crate::engine::time::MINUTE_MS
+        {
+            return Err((path.to_owned(), "must be at least 1m".to_owned()));
+        }
+    }
+    if let Some(probability) = rooms.resign_probability
+        && !(probability.is_finite() && (0.0..=1.0).contains(&probability))
+    {
+        return Err((
+            "rooms.resign_probability".to_owned(),
+            format!("{probability} is not a probability (allowed: 0.0 to 1.0)"),
         ));
     }
     for (index, action) in rooms.actions.iter().enumerate() {
