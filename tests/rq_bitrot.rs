@@ -80,7 +80,10 @@ fn a_newcomer_loses_the_dead_and_the_unre_signed_links_under_p1_and_p7_keeps_the
     assert_eq!(cell(&p1_rows, "newcomer"), "hs7.example");
     // The room was created within the first minute; the newcomer came at 5 days.
     let age_s = number(&p1_rows, "room_age_s");
-    assert!((5.0 * 86_400.0 - 60.0..=5.0 * 86_400.0).contains(&age_s), "{age_s}");
+    assert!(
+        (5.0 * 86_400.0 - 60.0..=5.0 * 86_400.0).contains(&age_s),
+        "{age_s}"
+    );
     // hs0..hs6 each had one member with a claim before the join.
     assert_eq!(number(&p1_rows, "links"), 7.0);
     // P1: hs3 is dead (no keys to fetch), hs4's claim is co-signed by a key now in
@@ -88,7 +91,10 @@ fn a_newcomer_loses_the_dead_and_the_unre_signed_links_under_p1_and_p7_keeps_the
     // re-query verifies it.
     assert_eq!(number(&p1_rows, "links_verifiable"), 5.0);
     let messages = number(&p1_rows, "messages");
-    assert!(messages > 100.0, "two messages an hour for five days: {messages}");
+    assert!(
+        messages > 100.0,
+        "two messages an hour for five days: {messages}"
+    );
     assert_eq!(number(&p1_rows, "messages_held"), messages);
     assert!(number(&p1_rows, "messages_hidden") > 0.0);
     assert_eq!(
@@ -108,7 +114,10 @@ fn a_newcomer_loses_the_dead_and_the_unre_signed_links_under_p1_and_p7_keeps_the
     assert_eq!(number(&p5_rows, "messages_visible"), messages);
     assert_eq!(number(&p5_rows, "messages_hidden"), 0.0);
     assert!(number(&p5_rows, "messages_sender_verified") < messages);
-    assert_eq!(p5["metrics"]["bitrot_messages_hidden_share"], Value::from(0.0));
+    assert_eq!(
+        p5["metrics"]["bitrot_messages_hidden_share"],
+        Value::from(0.0)
+    );
 }
 
 #[test]
@@ -123,9 +132,17 @@ fn bitrot_files_are_identical_twice_and_with_shared_facts_off() {
     let mut unshared = sets.to_vec();
     unshared.push("rooms.share_facts=false");
     let (c, _, _) = run(&unshared, "det-c");
-    for file in ["summary.json", "timeseries.csv", "servers.csv", "bitrot.csv"] {
+    for file in [
+        "summary.json",
+        "timeseries.csv",
+        "servers.csv",
+        "bitrot.csv",
+    ] {
         let first = std::fs::read(a.join(file)).unwrap();
-        assert!(first == std::fs::read(b.join(file)).unwrap(), "{file} differs");
+        assert!(
+            first == std::fs::read(b.join(file)).unwrap(),
+            "{file} differs"
+        );
         if file != "summary.json" {
             assert!(
                 first == std::fs::read(c.join(file)).unwrap(),
