@@ -22,6 +22,7 @@ figures=(
     "rq1-polling-load|scenarios/rq1-polling-load.toml|polling-load"
     "rq2-containment|scenarios/rq2-containment-keys.toml|containment-rotation"
     "rq3-fail-open-window|scenarios/rq3-fail-open-window.toml|containment-compromise-silent"
+    "rq5-divergence|scenarios/rq5-divergence.toml|divergence"
     "rq6-link-hours-lost|scenarios/rq6-partitions.toml|link-hours-lost"
     "rq10-lying-server|scenarios/rq10-lying-server.toml|containment-lie"
     "rq11-domain-reuse|scenarios/rq11-domain-reuse.toml|containment-expire-gap-1d"

@@ -17,6 +17,8 @@ pub mod bitrot;
 /// Key-level research-question charts (keyrq branch): containment CDFs of a sweep pooled over
 /// seeds, and a plain x-y chart with step lines.
 pub mod containment_cdf;
+/// RQ5's heat map of pairwise divergence and orphan-reply shares (rq branch).
+pub mod heatmap;
 /// Sweep charts (added by the sweep branch): a generic line chart of means with 95% CIs, and
 /// the charts of a sweep directory that `fedsim plot DIR` draws from `runs.csv`.
 pub mod line;

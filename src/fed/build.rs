@@ -104,6 +104,7 @@ impl FedWorld {
                 late: BTreeSet::new(),
                 message_rng: SimRng::stream(seed, "room-messages", u64::from(room)),
                 topic_rng: SimRng::stream(seed, "room-topics", u64::from(room)),
+                reply_rng: SimRng::stream(seed, "room-replies", u64::from(room)),
             });
         }
         for action in &config.actions {

@@ -21,6 +21,7 @@
 mod bitrot;
 mod build;
 mod churn;
+mod divergence;
 mod keys;
 mod output;
 
@@ -346,6 +347,8 @@ pub struct RoomPlan {
     pub late: BTreeSet<ServerId>,
     message_rng: SimRng,
     topic_rng: SimRng,
+    /// Whether a message replies (`rooms.reply_probability`; stream `room-replies`/room).
+    reply_rng: SimRng,
 }
 
 /// Counters of the whole world (sampled into timeseries.csv).
@@ -622,14 +625,11 @@ impl FedWorld {
                 self.queue
                     .push(now_ms + gap_ms.max(1), Ev::Message { room });
                 let body = format!("message at {now_ms}");
-                self.send_local(
-                    server,
-                    room,
-                    user,
-                    "m.room.message",
-                    None,
-                    json!({"msgtype": "m.text", "body": body}),
-                );
+                let mut content = json!({"msgtype": "m.text", "body": body});
+                if let Some(target) = self.reply_target(server, room) {
+                    content["m.relates_to"] = json!({"m.in_reply_to": {"event_id": target}});
+                }
+                self.send_local(server, room, user, "m.room.message", None, content);
             }
             Ev::Topic { room } => {
                 let plan = &mut self.plans[room as usize];

@@ -69,6 +69,10 @@ pub struct Rooms {
     /// MSC's SHOULD); the rest are "rotation without re-signing".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resign_probability: Option<f64>,
+    /// RQ5: the chance that a workload message replies (`m.relates_to.m.in_reply_to`) to the
+    /// latest message its sender's server shows (stream `room-replies`/room).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_probability: Option<f64>,
     /// Scripted actions.
     #[serde(default)]
     pub actions: Vec<RoomAction>,
@@ -278,13 +282,18 @@ pub(super) fn validate(scenario: &Scenario, rooms: &Rooms) -> Result<(), Invalid
             return Err((path.to_owned(), "must be at least 1m".to_owned()));
         }
     }
-    if let Some(probability) = rooms.resign_probability
-        && !(probability.is_finite() && (0.0..=1.0).contains(&probability))
-    {
-        return Err((
-            "rooms.resign_probability".to_owned(),
-            format!("{probability} is not a probability (allowed: 0.0 to 1.0)"),
-        ));
+    for (path, probability) in [
+        ("rooms.resign_probability", rooms.resign_probability),
+        ("rooms.reply_probability", rooms.reply_probability),
+    ] {
+        if let Some(probability) = probability
+            && !(probability.is_finite() && (0.0..=1.0).contains(&probability))
+        {
+            return Err((
+                path.to_owned(),
+                format!("{probability} is not a probability (allowed: 0.0 to 1.0)"),
+            ));
+        }
     }
     for (index, action) in rooms.actions.iter().enumerate() {
         validate_action(&format!("rooms.actions[{index}]"), action, scenario, rooms)?;
