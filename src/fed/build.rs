@@ -281,6 +281,7 @@ impl FedWorld {
         let shared_facts = config
             .share_facts
             .then(crate::room::shared::SharedEventFacts::new);
+        let storm = super::storm::StormLog::new(&config);
         FedWorld {
             seed,
             scenario: scenario.clone(),
@@ -317,6 +318,7 @@ impl FedWorld {
             stale_requeried: BTreeSet::new(),
             bitrot_rows: Vec::new(),
             bitrot_taken: BTreeSet::new(),
+            storm,
         }
     }
 }

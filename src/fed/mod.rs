@@ -24,6 +24,7 @@ mod churn;
 mod divergence;
 mod keys;
 mod output;
+mod storm;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -473,6 +474,8 @@ pub struct FedWorld {
     /// RQ4: newcomers' figures taken so far, and which (room, newcomer) were taken.
     pub bitrot_rows: Vec<bitrot::NewcomerRow>,
     bitrot_taken: BTreeSet<(RoomIndex, ServerId)>,
+    /// RQ7: requests arriving at the rotating origins per second.
+    pub storm: storm::StormLog,
 }
 
 /// The ID a user has in a room: the member key (member-key rooms) or `@localpart:server`.
@@ -766,6 +769,7 @@ impl FedWorld {
             return;
         }
         self.servers[to as usize].stats.requests_received += 1;
+        self.storm.note(to, self.requests[&id].purpose, now_ms);
         let body = self.requests[&id].body.clone();
         let answer = self.answer(to, from, body);
         let done = match &answer {
