@@ -22,6 +22,7 @@ mod bitrot;
 mod build;
 mod churn;
 mod divergence;
+mod identity;
 mod keys;
 mod output;
 mod storm;
@@ -2175,6 +2176,12 @@ impl FedWorld {
                             );
                         }
                     }
+                }
+            }
+            RoomActionKind::DuplicateIdentity => {
+                let room = action.room.expect("validated");
+                for server in targets {
+                    self.duplicate_identity(server, room, action.count.unwrap_or(1));
                 }
             }
             RoomActionKind::Ban | RoomActionKind::Leave | RoomActionKind::Send => {

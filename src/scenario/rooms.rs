@@ -184,6 +184,9 @@ pub enum RoomActionKind {
     Leave,
     /// The users of `servers` send `count` messages in `room`.
     Send,
+    /// RQ14: each of `servers` co-signs a second member key claiming the same localpart as its
+    /// user in `room`; that member joins and sends `count` messages (member-key rooms).
+    DuplicateIdentity,
 }
 
 /// One scripted action.
@@ -217,6 +220,11 @@ pub struct RoomAction {
     /// member events of compromised member keys are never re-signed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resign: Option<bool>,
+}
+
+/// Whether rooms of the policy preset `name` use member keys (every preset but P0).
+fn rooms_policy_has_member_keys(name: &str) -> bool {
+    name != "P0"
 }
 
 /// Validates a scenario with a `[rooms]` table (the key-world tables are not used).
@@ -379,9 +387,15 @@ fn validate_action(
             "a partition needs at least one server in a".to_owned(),
         )),
         Kind::Heal | Kind::Partition => Ok(()),
-        Kind::Ban | Kind::Leave | Kind::Send if action.room.is_none() => Err((
-            format!("{path}.room"),
-            "is required by this kind of action".to_owned(),
+        Kind::Ban | Kind::Leave | Kind::Send | Kind::DuplicateIdentity if action.room.is_none() => {
+            Err((
+                format!("{path}.room"),
+                "is required by this kind of action".to_owned(),
+            ))
+        }
+        Kind::DuplicateIdentity if !rooms_policy_has_member_keys(&rooms.policy) => Err((
+            format!("{path}.kind"),
+            "duplicate-identity needs member keys (a policy other than P0)".to_owned(),
         )),
         _ if action.servers.is_empty() => Err((
             format!("{path}.servers"),
