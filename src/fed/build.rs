@@ -63,6 +63,7 @@ pub(crate) fn draw_count(spec: &CountSpec, rng: &mut SimRng) -> u32 {
 impl FedWorld {
     /// Builds the room world of `scenario` (which has a `[rooms]` table) for `seed`.
     pub fn build(scenario: &Scenario, seed: u64, trace: Trace) -> FedWorld {
+        let _crypto = crate::matrix::crypto_mode::enter(scenario.crypto);
         let config = scenario
             .rooms
             .clone()

@@ -519,6 +519,7 @@ impl FedWorld {
 
     /// Processes events until the end of the run.
     pub fn run(&mut self, mut progress: impl FnMut(u64)) {
+        let _crypto = crate::matrix::crypto_mode::enter(self.scenario.crypto);
         while let Some(at_ms) = self.queue.peek_time_ms() {
             if at_ms > self.end_ms {
                 break;

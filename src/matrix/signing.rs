@@ -10,10 +10,11 @@ use std::fmt;
 use base64::Engine;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use serde_json::{Map, Value};
 
 use super::canonical_json::{self, CanonicalJsonError};
+use super::crypto_mode;
 use super::hashes::{self, HashError};
 use super::room_version::RoomVersion;
 
@@ -177,9 +178,10 @@ impl ServerSigningKey {
         self.signing_key.verifying_key()
     }
 
-    /// Signs raw bytes, returning the standard unpadded base64 signature.
+    /// Signs raw bytes in the thread's [`crypto_mode`], returning the standard unpadded base64
+    /// signature.
     pub fn sign_to_base64(&self, message: &[u8]) -> String {
-        unpadded_base64(&self.signing_key.sign(message).to_bytes())
+        unpadded_base64(&crypto_mode::sign(&self.signing_key, message))
     }
 }
 
@@ -314,11 +316,14 @@ fn verify_bytes(
     entity: &str,
     key_id: &str,
 ) -> Result<(), SignatureError> {
-    key.verify_strict(message, signature)
-        .map_err(|_| SignatureError::Invalid {
+    if crypto_mode::verify(key, message, signature) {
+        Ok(())
+    } else {
+        Err(SignatureError::Invalid {
             entity: entity.to_owned(),
             key_id: key_id.to_owned(),
         })
+    }
 }
 
 /// The spec's "Checking for a signature" for an entity, with keys from `lookup(key_id)`:

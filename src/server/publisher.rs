@@ -86,6 +86,11 @@ impl KeyPublisher {
         self.lifetime_ms as u64
     }
 
+    /// The last response signed (without re-making it), if any.
+    pub fn published_body(&self) -> Option<&Arc<str>> {
+        self.published.as_ref().map(|(body, _)| body)
+    }
+
     /// The signed response body at `now_abs_ms`, re-made if the last one has expired.
     pub fn response(&mut self, now_abs_ms: i64) -> Arc<str> {
         if let Some((body, valid_until_ms)) = &self.published
