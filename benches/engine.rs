@@ -15,9 +15,12 @@ use std::collections::BinaryHeap;
 use std::hint::black_box;
 use std::time::Instant;
 
+use fedsim::engine::SimRng;
 use fedsim::engine::Trace;
-use fedsim::matrix::crypto_mode::CryptoMode;
+use fedsim::matrix::crypto_mode::{self, CryptoMode};
 use fedsim::scenario::parse;
+use fedsim::server::memo::check_direct;
+use fedsim::server::publisher::KeyPublisher;
 use fedsim::world::World;
 
 fn scenario_text(domains: u32) -> String {
@@ -66,6 +69,30 @@ fn heap_holds_per_second(size: usize, holds: u64) -> f64 {
     holds as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Wall-clock microseconds to publish (sign and serialise) one key response and to check
+/// (parse and verify) one, in `mode`, on a fresh body each time as in the RQ1 run: the work
+/// every third event of that run carries, whatever the engine does around it.
+fn key_response_micros(mode: CryptoMode) -> (f64, f64) {
+    let _mode = crypto_mode::enter(mode);
+    let mut publisher = KeyPublisher::new(
+        "d1.example".to_owned(),
+        86_400_000,
+        SimRng::stream(1, "key-seeds", 1),
+    );
+    let count = 20_000;
+    let started = Instant::now();
+    let bodies: Vec<_> = (0..count)
+        .map(|index| publisher.publish_at(index as i64 * 1_000))
+        .collect();
+    let publish_us = started.elapsed().as_secs_f64() * 1e6 / count as f64;
+    let started = Instant::now();
+    for body in &bodies {
+        assert!(black_box(check_direct("d1.example", body)).is_ok());
+    }
+    let check_us = started.elapsed().as_secs_f64() * 1e6 / count as f64;
+    (publish_us, check_us)
+}
+
 fn main() {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
     let sizes: Vec<u32> = arguments
@@ -111,6 +138,8 @@ fn main() {
         let scenario = fedsim::scenario::load(None, &[]).expect("the built-in scenario is valid");
         runs.push(("default".to_owned(), scenario));
     }
+    let mut fetches = Vec::new();
+    let mut heap_rates = Vec::new();
     for (label, scenario) in runs {
         let mut heap_rate = None;
         for mode in &modes {
@@ -131,6 +160,10 @@ fn main() {
             let heap_rate = *heap_rate.get_or_insert_with(|| {
                 heap_holds_per_second(world.queue_len_max(), events.max(1_000_000))
             });
+            if !heap_rates.iter().any(|(known, _)| *known == label) {
+                heap_rates.push((label.clone(), heap_rate));
+            }
+            fetches.push((*mode, world.memo.checks as f64 / events.max(1) as f64));
             println!(
                 "{:>8} {:>9} {:>11} {:>8.2} {:>8.2} {:>11.0} {:>6.0}% {:>13.0} {:>6.1}%",
                 label,
@@ -144,5 +177,26 @@ fn main() {
                 100.0 * events_per_s / heap_rate
             );
         }
+    }
+    // What the per-fetch key work alone allows: publish + check on every fetch, nothing else.
+    for mode in &modes {
+        let (publish_us, check_us) = key_response_micros(*mode);
+        let per_event = fetches
+            .iter()
+            .filter(|(fetch_mode, _)| fetch_mode == mode)
+            .map(|(_, per_event)| *per_event)
+            .fold(0.0, f64::max);
+        let bound = 1e6 / ((publish_us + check_us) * per_event).max(1e-9);
+        let shares: Vec<String> = heap_rates
+            .iter()
+            .map(|(label, heap)| format!("{:.1}% of the heap at {label}", 100.0 * bound / heap))
+            .collect();
+        println!(
+            "{:>9}: one key response: publish {publish_us:.2} us + check {check_us:.2} us; at \
+             {per_event:.3} fetched bodies per event that work alone caps the engine at {bound:.0} \
+             events/s ({})",
+            mode.as_str(),
+            shares.join(", ")
+        );
     }
 }
