@@ -25,12 +25,13 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::intern::intern;
 use super::keys::HeldKeys;
 use super::policy::InvalidationRule;
 use super::shared::SharedEventFacts;
 use crate::matrix::member_keys::{self, LinkOutcome};
 use crate::matrix::server_keys::ServerKeys;
-use crate::matrix::{EventId, Pdu, RoomVersion};
+use crate::matrix::{Pdu, RoomVersion};
 use crate::server::outcome_table::InvalidReason;
 
 /// Where a link stands.
@@ -116,27 +117,32 @@ impl KeyInvalidation {
 
 /// Why a link changed state.
 #[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Strings are interned (`room::intern`): every link table of a world shares one copy.
 pub enum LinkReason {
     /// A member event claiming the domain was seen; its keys are not held.
-    AwaitingKeys { event_id: EventId, domain: String },
+    AwaitingKeys {
+        event_id: Arc<str>,
+        domain: Arc<str>,
+    },
     /// A current key of the domain co-signed the member event.
     Cosigned {
-        event_id: EventId,
-        domain: String,
-        key_id: String,
+        event_id: Arc<str>,
+        domain: Arc<str>,
+        key_id: Arc<str>,
     },
     /// Checking the co-signature failed (missing, bad, or only non-current keys).
     CosignatureFailed {
-        event_id: EventId,
-        outcome: LinkOutcome,
+        event_id: Arc<str>,
+        outcome: Box<LinkOutcome>,
     },
     /// The domain's keys could not be fetched while the link was pending.
-    KeysUnavailable { domain: String },
+    KeysUnavailable { domain: Arc<str> },
     /// The key that verified the link was invalidated.
     KeyInvalidated {
-        domain: String,
-        key_id: String,
-        invalidation: KeyInvalidation,
+        domain: Arc<str>,
+        key_id: Arc<str>,
+        invalidation: Box<KeyInvalidation>,
     },
 }
 
@@ -152,7 +158,8 @@ pub struct LinkTransition {
 /// One member key's link.
 #[derive(Debug, Clone)]
 pub struct Link {
-    pub member_key: String,
+    /// Interned (shared by every table that knows the member).
+    pub member_key: Arc<str>,
     pub status: LinkStatus,
     /// The member event whose claim the link is about (the held copy, possibly re-signed).
     pub member_event: Option<Arc<Pdu>>,
@@ -160,8 +167,8 @@ pub struct Link {
     pub domain: Option<String>,
     /// `content.localpart` of that event (absent once redacted).
     pub localpart: Option<String>,
-    /// The `(domain, key ID)` that verified the link, while verified.
-    pub verified_by: Option<(String, String)>,
+    /// The `(domain, key ID)` that verified the link, while verified (interned).
+    pub verified_by: Option<(Arc<str>, Arc<str>)>,
     /// P7: after an expiry, the link still vouches for events sent up to this time.
     pub vouches_until_ms: Option<i64>,
     /// Every transition, oldest first.
@@ -169,9 +176,9 @@ pub struct Link {
 }
 
 impl Link {
-    fn new(member_key: &str) -> Link {
+    fn new(member_key: Arc<str>) -> Link {
         Link {
-            member_key: member_key.to_owned(),
+            member_key,
             status: LinkStatus::Unknown,
             member_event: None,
             domain: None,
@@ -206,15 +213,18 @@ pub enum LinkVerdict {
     Unverified,
 }
 
+/// A set of interned member keys.
+type MemberKeys = BTreeSet<Arc<str>>;
+
 /// One server's member link table.
 #[derive(Debug, Clone)]
 pub struct LinkTable {
     invalidation: InvalidationRule,
-    links: BTreeMap<String, Link>,
+    links: BTreeMap<Arc<str>, Link>,
     /// `(domain, key ID)` -> member keys whose link that key verified.
-    verified_by_key: BTreeMap<(String, String), BTreeSet<String>>,
+    verified_by_key: BTreeMap<(Arc<str>, Arc<str>), MemberKeys>,
     /// domain -> member keys claiming it (any status).
-    by_domain: BTreeMap<String, BTreeSet<String>>,
+    by_domain: BTreeMap<Arc<str>, MemberKeys>,
     /// If set, co-signature checks are shared with other servers (see [`super::shared`]).
     shared: Option<SharedEventFacts>,
 }
@@ -277,8 +287,8 @@ impl LinkTable {
     /// The member keys whose link the key `(domain, key_id)` verified.
     pub fn verified_by(&self, domain: &str, key_id: &str) -> Vec<String> {
         self.verified_by_key
-            .get(&(domain.to_owned(), key_id.to_owned()))
-            .map(|keys| keys.iter().cloned().collect())
+            .get(&(intern(domain), intern(key_id)))
+            .map(|keys| keys.iter().map(|key| key.to_string()).collect())
             .unwrap_or_default()
     }
 
@@ -298,11 +308,11 @@ impl LinkTable {
         {
             return self.status(&event.sender);
         }
-        let member_key = event.sender.clone();
+        let member_key = intern(&event.sender);
         let link = self
             .links
-            .entry(member_key.clone())
-            .or_insert_with(|| Link::new(&member_key));
+            .entry(Arc::clone(&member_key))
+            .or_insert_with(|| Link::new(Arc::clone(&member_key)));
         let replaces = match &link.member_event {
             None => true,
             Some(held) => {
@@ -319,15 +329,15 @@ impl LinkTable {
             .map(str::to_owned);
         if let Some(old_domain) = link.domain.take()
             && Some(&old_domain) != domain.as_ref()
-            && let Some(keys) = self.by_domain.get_mut(&old_domain)
+            && let Some(keys) = self.by_domain.get_mut(old_domain.as_str())
         {
             keys.remove(&member_key);
         }
         if let Some(domain) = &domain {
             self.by_domain
-                .entry(domain.clone())
+                .entry(intern(domain))
                 .or_default()
-                .insert(member_key.clone());
+                .insert(Arc::clone(&member_key));
         }
         let link = self.links.get_mut(&member_key).expect("inserted above");
         link.localpart = event
@@ -340,8 +350,8 @@ impl LinkTable {
         match (domain, keys) {
             (Some(domain), None) => {
                 let reason = LinkReason::AwaitingKeys {
-                    event_id: event.event_id.clone(),
-                    domain,
+                    event_id: intern(&event.event_id),
+                    domain: intern(&domain),
                 };
                 // A verified link stays verified until its key is invalidated or the new claim
                 // is checked; anything else waits for the keys.
@@ -352,8 +362,8 @@ impl LinkTable {
             (Some(_), Some(keys)) => self.check(version, &member_key, keys, now_ms),
             (None, _) => {
                 let reason = LinkReason::CosignatureFailed {
-                    event_id: event.event_id.clone(),
-                    outcome: LinkOutcome::NoLinkClaimed,
+                    event_id: intern(&event.event_id),
+                    outcome: Box::new(LinkOutcome::NoLinkClaimed),
                 };
                 self.unindex_verifier(&member_key);
                 self.transition(&member_key, LinkStatus::Unverified, reason, now_ms);
@@ -391,7 +401,7 @@ impl LinkTable {
         for member_key in self.members_claiming(domain) {
             if self.status(&member_key) == LinkStatus::Pending {
                 let reason = LinkReason::KeysUnavailable {
-                    domain: domain.to_owned(),
+                    domain: intern(domain),
                 };
                 self.transition(&member_key, LinkStatus::Unverified, reason, now_ms);
                 changed.push(member_key);
@@ -419,22 +429,23 @@ impl LinkTable {
             InvalidationRule::ExpiryIsNotRevocation => invalidation.expiry_bound_ms(),
             InvalidationRule::RevokeAll | InvalidationRule::Never => None,
         };
+        let (domain, key_id) = (intern(domain), intern(key_id));
         let affected = self
             .verified_by_key
-            .remove(&(domain.to_owned(), key_id.to_owned()))
+            .remove(&(Arc::clone(&domain), Arc::clone(&key_id)))
             .unwrap_or_default();
         let mut changed = Vec::with_capacity(affected.len());
         for member_key in affected {
             let reason = LinkReason::KeyInvalidated {
-                domain: domain.to_owned(),
-                key_id: key_id.to_owned(),
-                invalidation: invalidation.clone(),
+                domain: Arc::clone(&domain),
+                key_id: Arc::clone(&key_id),
+                invalidation: Box::new(invalidation.clone()),
             };
             self.transition(&member_key, LinkStatus::Unverified, reason, now_ms);
             if let Some(link) = self.links.get_mut(&member_key) {
                 link.vouches_until_ms = vouches_until_ms;
             }
-            changed.push(member_key);
+            changed.push(member_key.to_string());
         }
         changed
     }
@@ -442,7 +453,7 @@ impl LinkTable {
     fn members_claiming(&self, domain: &str) -> Vec<String> {
         self.by_domain
             .get(domain)
-            .map(|keys| keys.iter().cloned().collect())
+            .map(|keys| keys.iter().map(|key| key.to_string()).collect())
             .unwrap_or_default()
     }
 
@@ -470,22 +481,24 @@ impl LinkTable {
         };
         match outcome {
             LinkOutcome::Verified { key_id } => {
-                let domain = event
-                    .content
-                    .get("domain")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
+                let domain = intern(
+                    event
+                        .content
+                        .get("domain")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                );
+                let key_id = intern(&key_id);
                 let reason = LinkReason::Cosigned {
-                    event_id: event.event_id.clone(),
-                    domain: domain.clone(),
-                    key_id: key_id.clone(),
+                    event_id: intern(&event.event_id),
+                    domain: Arc::clone(&domain),
+                    key_id: Arc::clone(&key_id),
                 };
                 self.unindex_verifier(member_key);
                 self.verified_by_key
-                    .entry((domain.clone(), key_id.clone()))
+                    .entry((Arc::clone(&domain), Arc::clone(&key_id)))
                     .or_default()
-                    .insert(member_key.to_owned());
+                    .insert(intern(member_key));
                 let link = self.links.get_mut(member_key).expect("checked above");
                 link.verified_by = Some((domain, key_id));
                 link.vouches_until_ms = None;
@@ -493,8 +506,8 @@ impl LinkTable {
             }
             outcome => {
                 let reason = LinkReason::CosignatureFailed {
-                    event_id: event.event_id.clone(),
-                    outcome,
+                    event_id: intern(&event.event_id),
+                    outcome: Box::new(outcome),
                 };
                 self.unindex_verifier(member_key);
                 self.transition(member_key, LinkStatus::Unverified, reason, now_ms);
@@ -519,10 +532,15 @@ impl LinkTable {
     /// Records a transition (also a re-verification that keeps the status, so a re-signed event
     /// shows in the history).
     fn transition(&mut self, member_key: &str, to: LinkStatus, reason: LinkReason, at_ms: i64) {
-        let link = self
-            .links
-            .entry(member_key.to_owned())
-            .or_insert_with(|| Link::new(member_key));
+        let link = match self.links.get_mut(member_key) {
+            Some(link) => link,
+            None => {
+                let member_key = intern(member_key);
+                self.links
+                    .entry(Arc::clone(&member_key))
+                    .or_insert_with(|| Link::new(member_key))
+            }
+        };
         if to != LinkStatus::Verified {
             link.verified_by = None;
         }
@@ -536,6 +554,8 @@ impl LinkTable {
             return;
         }
         link.status = to;
+        // Most links change once or twice: grow the history one entry at a time.
+        link.transitions.reserve_exact(1);
         link.transitions.push(LinkTransition {
             from,
             to,
@@ -652,11 +672,9 @@ mod tests {
             .unwrap()
             .clone();
         assert!(matches!(
-            last.reason,
-            LinkReason::CosignatureFailed {
-                outcome: LinkOutcome::NoCurrentKey { .. },
-                ..
-            }
+            &last.reason,
+            LinkReason::CosignatureFailed { outcome, .. }
+                if matches!(**outcome, LinkOutcome::NoCurrentKey { .. })
         ));
         // ...but the re-signed copy (same event ID) does.
         let resigned = Arc::new(
@@ -699,11 +717,9 @@ mod tests {
             LinkStatus::Unverified
         );
         assert!(matches!(
-            table.link(&bare.sender).unwrap().transitions[0].reason,
-            LinkReason::CosignatureFailed {
-                outcome: LinkOutcome::NotCosigned,
-                ..
-            }
+            &table.link(&bare.sender).unwrap().transitions[0].reason,
+            LinkReason::CosignatureFailed { outcome, .. }
+                if matches!(**outcome, LinkOutcome::NotCosigned)
         ));
         // Signed by a key the domain does not publish.
         let impostor = server_key("1", 77);
