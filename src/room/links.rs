@@ -213,8 +213,9 @@ pub enum LinkVerdict {
     Unverified,
 }
 
-/// A set of interned member keys.
-type MemberKeys = BTreeSet<Arc<str>>;
+/// `(domain, key ID, member key)`, interned: one flat entry per link (a set per key or per
+/// domain would cost a B-tree node for the one member most servers have in a room).
+type VerifierEntry = (Arc<str>, Arc<str>, Arc<str>);
 
 /// One server's member link table.
 #[derive(Debug, Clone)]
@@ -222,9 +223,9 @@ pub struct LinkTable {
     invalidation: InvalidationRule,
     links: BTreeMap<Arc<str>, Link>,
     /// `(domain, key ID)` -> member keys whose link that key verified.
-    verified_by_key: BTreeMap<(Arc<str>, Arc<str>), MemberKeys>,
+    verified_by_key: BTreeSet<VerifierEntry>,
     /// domain -> member keys claiming it (any status).
-    by_domain: BTreeMap<Arc<str>, MemberKeys>,
+    by_domain: BTreeSet<(Arc<str>, Arc<str>)>,
     /// If set, co-signature checks are shared with other servers (see [`super::shared`]).
     shared: Option<SharedEventFacts>,
 }
@@ -235,8 +236,8 @@ impl LinkTable {
         LinkTable {
             invalidation,
             links: BTreeMap::new(),
-            verified_by_key: BTreeMap::new(),
-            by_domain: BTreeMap::new(),
+            verified_by_key: BTreeSet::new(),
+            by_domain: BTreeSet::new(),
             shared: None,
         }
     }
@@ -286,10 +287,9 @@ impl LinkTable {
 
     /// The member keys whose link the key `(domain, key_id)` verified.
     pub fn verified_by(&self, domain: &str, key_id: &str) -> Vec<String> {
-        self.verified_by_key
-            .get(&(intern(domain), intern(key_id)))
-            .map(|keys| keys.iter().map(|key| key.to_string()).collect())
-            .unwrap_or_default()
+        self.verified_by_entries(domain, key_id)
+            .map(|(_, _, member)| member.to_string())
+            .collect()
     }
 
     /// A member event was accepted into a room (PDU checks 1–5 passed). If it is the member's own
@@ -329,15 +329,13 @@ impl LinkTable {
             .map(str::to_owned);
         if let Some(old_domain) = link.domain.take()
             && Some(&old_domain) != domain.as_ref()
-            && let Some(keys) = self.by_domain.get_mut(old_domain.as_str())
         {
-            keys.remove(&member_key);
+            self.by_domain
+                .remove(&(intern(&old_domain), Arc::clone(&member_key)));
         }
         if let Some(domain) = &domain {
             self.by_domain
-                .entry(intern(domain))
-                .or_default()
-                .insert(Arc::clone(&member_key));
+                .insert((intern(domain), Arc::clone(&member_key)));
         }
         let link = self.links.get_mut(&member_key).expect("inserted above");
         link.localpart = event
@@ -430,12 +428,14 @@ impl LinkTable {
             InvalidationRule::RevokeAll | InvalidationRule::Never => None,
         };
         let (domain, key_id) = (intern(domain), intern(key_id));
-        let affected = self
-            .verified_by_key
-            .remove(&(Arc::clone(&domain), Arc::clone(&key_id)))
-            .unwrap_or_default();
+        let affected: Vec<VerifierEntry> = self
+            .verified_by_entries(&domain, &key_id)
+            .cloned()
+            .collect();
         let mut changed = Vec::with_capacity(affected.len());
-        for member_key in affected {
+        for entry in affected {
+            self.verified_by_key.remove(&entry);
+            let member_key = entry.2;
             let reason = LinkReason::KeyInvalidated {
                 domain: Arc::clone(&domain),
                 key_id: Arc::clone(&key_id),
@@ -451,10 +451,30 @@ impl LinkTable {
     }
 
     fn members_claiming(&self, domain: &str) -> Vec<String> {
+        let domain = intern(domain);
+        let from = (Arc::clone(&domain), Arc::<str>::from(""));
         self.by_domain
-            .get(domain)
-            .map(|keys| keys.iter().map(|key| key.to_string()).collect())
-            .unwrap_or_default()
+            .range(from..)
+            .take_while(|(claimed, _)| *claimed == domain)
+            .map(|(_, member)| member.to_string())
+            .collect()
+    }
+
+    /// The index entries of the links the key `(domain, key_id)` verified, by member key.
+    fn verified_by_entries(
+        &self,
+        domain: &str,
+        key_id: &str,
+    ) -> impl Iterator<Item = &VerifierEntry> {
+        let (domain, key_id) = (intern(domain), intern(key_id));
+        let from = (
+            Arc::clone(&domain),
+            Arc::clone(&key_id),
+            Arc::<str>::from(""),
+        );
+        self.verified_by_key
+            .range(from..)
+            .take_while(move |(by_domain, by_key, _)| *by_domain == domain && *by_key == key_id)
     }
 
     /// Checks the held member event of `member_key` against `keys` and records the result.
@@ -495,10 +515,11 @@ impl LinkTable {
                     key_id: Arc::clone(&key_id),
                 };
                 self.unindex_verifier(member_key);
-                self.verified_by_key
-                    .entry((Arc::clone(&domain), Arc::clone(&key_id)))
-                    .or_default()
-                    .insert(intern(member_key));
+                self.verified_by_key.insert((
+                    Arc::clone(&domain),
+                    Arc::clone(&key_id),
+                    intern(member_key),
+                ));
                 let link = self.links.get_mut(member_key).expect("checked above");
                 link.verified_by = Some((domain, key_id));
                 link.vouches_until_ms = None;
@@ -519,13 +540,9 @@ impl LinkTable {
         let Some(link) = self.links.get_mut(member_key) else {
             return;
         };
-        if let Some(verifier) = link.verified_by.take()
-            && let Some(keys) = self.verified_by_key.get_mut(&verifier)
-        {
-            keys.remove(member_key);
-            if keys.is_empty() {
-                self.verified_by_key.remove(&verifier);
-            }
+        if let Some(verifier) = link.verified_by.take() {
+            self.verified_by_key
+                .remove(&(verifier.0, verifier.1, intern(member_key)));
         }
     }
 
