@@ -308,7 +308,10 @@ impl LinkTable {
         {
             return self.status(&event.sender);
         }
-        let member_key = intern(&event.sender);
+        let member_key = match self.links.get_key_value(event.sender.as_str()) {
+            Some((known, _)) => Arc::clone(known),
+            None => intern(&event.sender),
+        };
         let link = self
             .links
             .entry(Arc::clone(&member_key))
