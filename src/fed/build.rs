@@ -190,7 +190,7 @@ impl FedWorld {
                 0,
                 SimRng::stream(seed, "key-cache", server as u64),
             );
-            let mut slot_of = BTreeMap::new();
+            let mut slot_of = super::keys::SlotOf::default();
             for (slot, domain) in domains.iter().enumerate() {
                 slot_of.insert(server_name(*domain), slot as u32);
                 let (_, keys, made_at_abs_ms) = &published[*domain as usize];
@@ -301,6 +301,7 @@ impl FedWorld {
             events_signed: 0,
             join_attempts: BTreeMap::new(),
             wire: HashMap::new(),
+            wire_sizes: HashMap::new(),
         }
     }
 }

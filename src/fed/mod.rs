@@ -306,7 +306,7 @@ pub struct Homeserver {
     own_keys: Arc<ServerKeys>,
     own_body: Arc<str>,
     pub cache: KeyCache,
-    slot_of: BTreeMap<String, u32>,
+    slot_of: keys::SlotOf,
     /// Localparts of its users.
     pub users: Vec<String>,
     pub rooms: BTreeMap<RoomIndex, ServerRoom>,
@@ -462,6 +462,10 @@ pub struct FedWorld {
     /// The wire copy of every event made in the world, by event ID (lookup only): answers
     /// hand out these shared copies instead of re-serialising held events.
     wire: HashMap<EventId, Arc<Value>>,
+    /// The wire size of each copy in `wire`, by the copy's address (the copies live as long as
+    /// the world, so an address names one copy): counting bytes re-serialised every PDU of
+    /// every transaction otherwise.
+    wire_sizes: HashMap<usize, u64>,
 }
 
 /// The ID a user has in a room: the member key (member-key rooms) or `@localpart:server`.
@@ -691,7 +695,7 @@ impl FedWorld {
         let id = self.next_request;
         self.next_request += 1;
         let deadline_ms = now_ms + REQUEST_TIMEOUT_MS;
-        let bytes = body_bytes(&body);
+        let bytes = body_bytes(&body, &self.wire_sizes);
         self.counters.bytes[purpose as usize] += bytes;
         let sender = &mut self.servers[from as usize].stats;
         sender.requests_sent += 1;
@@ -766,7 +770,7 @@ impl FedWorld {
             Err(status) => Done::Status(*status),
         };
         if let Ok(reply) = answer {
-            let bytes = reply_bytes(&reply);
+            let bytes = reply_bytes(&reply, &self.wire_sizes);
             let purpose = self.requests[&id].purpose;
             self.counters.bytes[purpose as usize] += bytes;
             self.servers[to as usize].stats.bytes_sent += bytes;
@@ -1717,7 +1721,12 @@ impl FedWorld {
     /// Keeps the wire copy of a new event and returns it.
     fn remember(&mut self, pdu: crate::matrix::Pdu) -> Arc<Value> {
         let json = Arc::new(pdu.json);
-        self.wire.insert(pdu.event_id, Arc::clone(&json));
+        self.wire_sizes
+            .insert(Arc::as_ptr(&json) as usize, json_bytes(&json));
+        if let Some(replaced) = self.wire.insert(pdu.event_id, Arc::clone(&json)) {
+            // Its address may be reused once the last holder drops it.
+            self.wire_sizes.remove(&(Arc::as_ptr(&replaced) as usize));
+        }
         json
     }
 
@@ -2438,12 +2447,20 @@ fn wire_copy(wire: &HashMap<EventId, Arc<Value>>, pdu: &crate::matrix::Pdu) -> A
         .unwrap_or_else(|| Arc::new(pdu.json.clone()))
 }
 
-fn body_bytes(body: &Body) -> u64 {
+/// The wire size of a shared copy: remembered for the world's own copies, else computed.
+fn copy_bytes(copy: &Arc<Value>, sizes: &HashMap<usize, u64>) -> u64 {
+    sizes
+        .get(&(Arc::as_ptr(copy) as usize))
+        .copied()
+        .unwrap_or_else(|| json_bytes(copy))
+}
+
+fn body_bytes(body: &Body, sizes: &HashMap<usize, u64>) -> u64 {
     match body {
         Body::Send(pdus) | Body::AttackerSend(pdus) | Body::Push(pdus) => {
-            pdus.iter().map(|pdu| json_bytes(pdu)).sum::<u64>() + 64
+            pdus.iter().map(|pdu| copy_bytes(pdu, sizes)).sum::<u64>() + 64
         }
-        Body::SendJoin { pdu, .. } => json_bytes(pdu) + 64,
+        Body::SendJoin { pdu, .. } => copy_bytes(pdu, sizes) + 64,
         Body::GetMissing { missing, known, .. } => {
             missing
                 .iter()
@@ -2457,7 +2474,7 @@ fn body_bytes(body: &Body) -> u64 {
     }
 }
 
-fn reply_bytes(reply: &Reply) -> u64 {
+fn reply_bytes(reply: &Reply, sizes: &HashMap<usize, u64>) -> u64 {
     match reply {
         Reply::Ack => 16,
         Reply::Template(draft) => {
@@ -2469,7 +2486,13 @@ fn reply_bytes(reply: &Reply) -> u64 {
                 .sum();
             ids + json_bytes(&draft.content) + 256
         }
-        Reply::Events(events) => events.iter().map(|event| json_bytes(event)).sum::<u64>() + 32,
+        Reply::Events(events) => {
+            events
+                .iter()
+                .map(|event| copy_bytes(event, sizes))
+                .sum::<u64>()
+                + 32
+        }
         Reply::Keys(body) => body.len() as u64,
     }
 }
