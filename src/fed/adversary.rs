@@ -36,6 +36,8 @@ pub struct Adversaries {
     pub victims: BTreeSet<ServerId>,
     /// Key-cache slots added for domains met outside planned rooms: (server, slot).
     pub met_slots: BTreeSet<(ServerId, u32)>,
+    /// When the first fake-claim join started (sim ms).
+    pub attack_started_ms: Option<u64>,
 }
 
 impl Adversaries {
@@ -155,6 +157,8 @@ impl FedWorld {
                 self.adv.attackers.insert(attacker);
                 self.adv.victims.insert(victim);
                 self.counters.adv.fake_domain_joins_started += 1;
+                let now_ms = self.now_ms();
+                self.adv.attack_started_ms.get_or_insert(now_ms);
                 self.retry_fake_join(room, attacker, 0);
             }
         }
@@ -314,5 +318,18 @@ impl FedWorld {
             rounded(counters.victim_bytes as f64 / counters.attacker_bytes as f64)
         };
         metrics.insert("amplification_factor".into(), factor);
+        // The victim's load from the start of the attack to the end of the run.
+        let hours = self
+            .adv
+            .attack_started_ms
+            .map(|started_ms| self.end_ms().saturating_sub(started_ms) as f64 / 3_600_000.0)
+            .filter(|hours| *hours > 0.0);
+        for (name, total) in [
+            ("victim_requests_per_hour", counters.victim_requests),
+            ("victim_bytes_per_hour", counters.victim_bytes),
+        ] {
+            let rate = hours.map_or(Value::Null, |hours| rounded(total as f64 / hours));
+            metrics.insert(name.into(), rate);
+        }
     }
 }
