@@ -310,6 +310,10 @@ impl FedWorld {
                     .is_some_and(|state| state.joined)
             })
             .count();
+        self.key_adversary_metrics(metrics);
+        if self.adv.fake_joins.is_empty() {
+            return;
+        }
         metrics.insert("fake_domain_joins_completed".into(), json!(completed));
         let counters = &self.counters.adv;
         let factor = if counters.attacker_bytes == 0 {

@@ -292,6 +292,7 @@ impl FedWorld {
             last_heal_ms: None,
             attacker: Default::default(),
             adv: Default::default(),
+            key_adv: Default::default(),
             sent: Vec::new(),
             trace,
             events_processed: 0,

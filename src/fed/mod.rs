@@ -21,6 +21,7 @@
 mod acl;
 mod adversary;
 mod build;
+mod keyadv;
 mod keys;
 mod output;
 
@@ -456,6 +457,8 @@ pub struct FedWorld {
     pub attacker: Attacker,
     /// The adversaries of `adversary.rs` (fake `domain` claims).
     pub adv: Adversaries,
+    /// The key-layer adversaries of `keyadv.rs`.
+    pub key_adv: keyadv::KeyAdversaries,
     pub sent: Vec<Sent>,
     pub trace: Trace,
     pub events_processed: u64,
@@ -899,10 +902,7 @@ impl FedWorld {
                     .map(|pdu| wire_copy(&self.wire, pdu));
                 held.map(|json| Reply::Events(vec![json])).ok_or(404)
             }
-            Body::Key { .. } => {
-                let server = &mut self.servers[to as usize];
-                Ok(Reply::Keys(server.publisher.response(absolute_ms(now_ms))))
-            }
+            Body::Key { .. } => Ok(Reply::Keys(self.key_response(to, from))),
             Body::Extremities { room, ids } => {
                 let Some(state) = self.servers[to as usize].rooms.get(&room) else {
                     return Err(404);
@@ -1702,14 +1702,13 @@ impl FedWorld {
         };
         let sender = member_id(&version, &hs.name, &hs.users, state, user);
         let state_key = state_key.map(|key| if key == "@self" { sender.clone() } else { key });
+        let stamp_ms = absolute_ms(now_ms) + hs.cache.clock_offset_ms();
         let state = hs.rooms.get_mut(&room).expect("checked");
-        let Ok(draft) = state.state.draft_event(
-            &sender,
-            event_type,
-            state_key.as_deref(),
-            content,
-            absolute_ms(now_ms),
-        ) else {
+        let Ok(draft) =
+            state
+                .state
+                .draft_event(&sender, event_type, state_key.as_deref(), content, stamp_ms)
+        else {
             self.counters.sends_skipped += 1;
             return None;
         };
@@ -1998,7 +1997,8 @@ impl FedWorld {
             self.retry_join(room, server);
             return;
         }
-        draft.origin_server_ts_ms = absolute_ms(now_ms);
+        draft.origin_server_ts_ms =
+            absolute_ms(now_ms) + self.servers[server as usize].cache.clock_offset_ms();
         self.amend_fake_join(room, server, &mut draft.content);
         self.refresh_own_keys(server);
         let Some(pdu) = self.sign(server, room, user, draft) else {
@@ -2172,6 +2172,13 @@ impl FedWorld {
             }
             RoomActionKind::SetAcl => self.set_acl(&action),
             RoomActionKind::FakeDomainJoin => self.fake_domain_join(&action, &targets),
+            RoomActionKind::LyingServer
+            | RoomActionKind::KeyFlapping
+            | RoomActionKind::ClockSkew
+            | RoomActionKind::LoseKey
+            | RoomActionKind::LoseDatabase
+            | RoomActionKind::ExpireDomain
+            | RoomActionKind::Reregister => self.key_adversary(&action, &targets),
             RoomActionKind::JoinLate => {
                 for server in targets {
                     for room in 0..self.plans.len() as RoomIndex {
@@ -2252,13 +2259,19 @@ impl FedWorld {
     /// compromised member keys) for the directed re-query, or pushes them (P6).
     fn rotate(&mut self, server: ServerId, resign: bool) {
         let now_ms = self.queue.now_ms();
-        let version = self.version;
         if self.attacker.servers.contains_key(&server) && self.attacker.t0_ms.is_none() {
             self.attacker.t0_ms = Some(now_ms);
         }
         self.servers[server as usize]
             .publisher
             .rotate(absolute_ms(now_ms));
+        self.resign_and_notify(server, resign);
+    }
+
+    /// After a key change: the server re-signs its users' current member events (except
+    /// compromised member keys) for the directed re-query, or pushes them (P6).
+    fn resign_and_notify(&mut self, server: ServerId, resign: bool) {
+        let version = self.version;
         self.refresh_own_keys(server);
         let mut resigned: Vec<(RoomIndex, Arc<Value>)> = Vec::new();
         if version.member_keys && resign {

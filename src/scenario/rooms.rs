@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Duration, Invalid, PartitionKind, Scenario, validate_network};
+use super::{DeadMode, Duration, Invalid, PartitionKind, Scenario, validate_network};
 use crate::engine::time::format_duration_ms;
 
 /// The policy names `rooms.policy` accepts: the room-layer presets of questions.md §2.3.
@@ -196,6 +196,26 @@ pub enum RoomActionKind {
     /// with a member event whose `content.domain` claims `victim`; residents then push the room's
     /// traffic to, and fetch keys from, the victim.
     FakeDomainJoin,
+    /// RQ10: the `servers` serve their real key to `audience` and a second key under the same
+    /// key ID to every other server (the key layer's `KeyPublisher::response_for`).
+    LyingServer,
+    /// RQ8: the `servers` move their key in and out of `old_verify_keys` every `period`.
+    KeyFlapping,
+    /// The `servers`' clocks are off by `offset_ms` (positive = ahead): their key caches judge
+    /// validity by it and their events carry it in `origin_server_ts`.
+    ClockSkew,
+    /// The `servers` lose their signing key (a new key under the same ID, no old keys kept);
+    /// they re-sign their users' member events with the new one.
+    LoseKey,
+    /// The `servers` lose their database: their key caches forget every key (and re-signed
+    /// member events are gone).
+    LoseDatabase,
+    /// RQ11: the `servers`' domains expire: the servers stop, and the names answer as `mode`
+    /// says (default `not-found`: a parking page answers 404).
+    ExpireDomain,
+    /// RQ11: a new owner registers the `servers`' domains and runs a fresh server there: a new
+    /// key under the same key ID, no rooms, no events.
+    Reregister,
 }
 
 /// One scripted action.
@@ -229,6 +249,18 @@ pub struct RoomAction {
     /// member events of compromised member keys are never re-signed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resign: Option<bool>,
+    /// `lying-server`: the servers shown the real key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audience: Vec<ServerRef>,
+    /// `key-flapping`: how often the key swaps in and out of `old_verify_keys`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<Duration>,
+    /// `clock-skew`: the clock offset in milliseconds (positive = ahead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset_ms: Option<i64>,
+    /// `expire-domain`: how the expired names answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<DeadMode>,
     /// `fake-domain-join`: the server the fake `domain` claim names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub victim: Option<ServerRef>,
@@ -328,6 +360,14 @@ pub(super) fn validate(scenario: &Scenario, rooms: &Rooms) -> Result<(), Invalid
     Ok(())
 }
 
+/// The kebab-case name of an action kind (as scenario files spell it).
+fn kind_name(kind: RoomActionKind) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 fn validate_count(path: &str, count: &CountSpec, largest: u32) -> Result<(), Invalid> {
     if count.min == 0 || count.min > count.max {
         return Err((path.to_owned(), "needs 1 <= min <= max".to_owned()));
@@ -394,6 +434,64 @@ fn validate_action(
         ));
     }
     use RoomActionKind as Kind;
+    for (field, present, kind) in [
+        ("audience", !action.audience.is_empty(), Kind::LyingServer),
+        ("period", action.period.is_some(), Kind::KeyFlapping),
+        ("offset_ms", action.offset_ms.is_some(), Kind::ClockSkew),
+        ("mode", action.mode.is_some(), Kind::ExpireDomain),
+    ] {
+        if present && action.kind != kind {
+            return Err((
+                format!("{path}.{field}"),
+                format!("is only for {} actions", kind_name(kind)),
+            ));
+        }
+    }
+    for (index, server) in action.audience.iter().enumerate() {
+        if server.index(rooms.servers).is_none() {
+            return Err((
+                format!("{path}.audience[{index}]"),
+                format!(
+                    "{server} names no server (allowed: 0 to {} or hs<index>.example)",
+                    rooms.servers - 1
+                ),
+            ));
+        }
+    }
+    match action.kind {
+        Kind::KeyFlapping
+            if action
+                .period
+                .is_none_or(|period| period.ms() < crate::engine::time::SECOND_MS) =>
+        {
+            return Err((
+                format!("{path}.period"),
+                "a key-flapping action needs a period of at least 1s".to_owned(),
+            ));
+        }
+        Kind::ClockSkew => match action.offset_ms {
+            Some(offset) if offset.unsigned_abs() <= 365 * crate::engine::time::DAY_MS => {}
+            Some(offset) => {
+                return Err((
+                    format!("{path}.offset_ms"),
+                    format!("{offset} is out of range (allowed: -365 to +365 days in ms)"),
+                ));
+            }
+            None => {
+                return Err((
+                    format!("{path}.offset_ms"),
+                    "a clock-skew action needs offset_ms".to_owned(),
+                ));
+            }
+        },
+        Kind::ExpireDomain if action.mode == Some(DeadMode::Status) => {
+            return Err((
+                format!("{path}.mode"),
+                "status is not supported here (allowed: no-answer, not-found, refused)".to_owned(),
+            ));
+        }
+        _ => {}
+    }
     let acl_fields =
         action.allow.is_some() || !action.deny.is_empty() || action.allow_ip_literals.is_some();
     if acl_fields && action.kind != Kind::SetAcl {
