@@ -83,9 +83,11 @@ impl FedWorld {
         let mut plans = Vec::new();
         for room in 0..config.rooms {
             let mut rng = SimRng::stream(seed, "room-plan", u64::from(room));
-            let size = draw_count(&config.servers_per_room, &mut rng).min(server_count);
+            // Bystanders (the last `bystanders` servers) are in no planned room.
+            let room_servers = server_count - config.bystanders;
+            let size = draw_count(&config.servers_per_room, &mut rng).min(room_servers);
             // A partial Fisher-Yates shuffle picks `size` distinct servers; the first creates.
-            let mut pool: Vec<ServerId> = (0..server_count).collect();
+            let mut pool: Vec<ServerId> = (0..room_servers).collect();
             let mut members = Vec::new();
             for index in 0..size as usize {
                 let pick = index + rng.below((pool.len() - index) as u64) as usize;
@@ -290,6 +292,8 @@ impl FedWorld {
             rooms_disagreeing: Vec::new(),
             last_heal_ms: None,
             attacker: Default::default(),
+            adv: Default::default(),
+            key_adv: Default::default(),
             sent: Vec::new(),
             trace,
             events_processed: 0,

@@ -18,7 +18,10 @@
 //! the state and the auth chain); the joiner runs it through its pipeline on the `JoinState`
 //! path. Its bytes are counted.
 
+mod acl;
+mod adversary;
 mod build;
+mod keyadv;
 mod keys;
 mod output;
 
@@ -47,6 +50,7 @@ use crate::server::outcome_table::InvalidReason;
 use crate::server::policy::KeyPolicy;
 use crate::server::publisher::KeyPublisher;
 
+pub use adversary::{AdvCounters, Adversaries};
 pub use build::policies;
 use keys::CacheKeys;
 pub use output::run_to_dir;
@@ -385,6 +389,8 @@ pub struct Counters {
     pub requests: [[u64; 5]; 9],
     /// Request plus answer bytes, by purpose.
     pub bytes: [u64; 9],
+    /// ACLs, the join gate and the adversaries (`acl.rs`, `adversary.rs`).
+    pub adv: AdvCounters,
 }
 
 impl Counters {
@@ -449,6 +455,10 @@ pub struct FedWorld {
     /// When the last `heal` action ran (sim ms).
     pub last_heal_ms: Option<u64>,
     pub attacker: Attacker,
+    /// The adversaries of `adversary.rs` (fake `domain` claims).
+    pub adv: Adversaries,
+    /// The key-layer adversaries of `keyadv.rs`.
+    pub key_adv: keyadv::KeyAdversaries,
     pub sent: Vec<Sent>,
     pub trace: Trace,
     pub events_processed: u64,
@@ -763,6 +773,8 @@ impl FedWorld {
         }
         self.servers[to as usize].stats.requests_received += 1;
         let body = self.requests[&id].body.clone();
+        let noted = self.note_arrival(from, to, &body);
+        let room_asked = adversary::body_room(&body);
         let answer = self.answer(to, from, body);
         let done = match &answer {
             Ok(_) => Done::Ok,
@@ -771,6 +783,9 @@ impl FedWorld {
         };
         if let Ok(reply) = answer {
             let bytes = reply_bytes(&reply, &self.wire_sizes);
+            if let Some(to_victim) = noted {
+                self.note_answer(to_victim, from, room_asked, bytes);
+            }
             let purpose = self.requests[&id].purpose;
             self.counters.bytes[purpose as usize] += bytes;
             self.servers[to as usize].stats.bytes_sent += bytes;
@@ -796,6 +811,9 @@ impl FedWorld {
     /// The server `to` answers a request from `from`: a reply, or an HTTP error status.
     fn answer(&mut self, to: ServerId, from: ServerId, body: Body) -> Result<Reply, u16> {
         let now_ms = self.queue.now_ms();
+        if let Some(status) = self.request_refusal(to, from, &body) {
+            return Err(status);
+        }
         match body {
             Body::Send(pdus) | Body::AttackerSend(pdus) => {
                 self.receive_pdus(to, from, pdus, ArrivalPath::Send);
@@ -845,6 +863,9 @@ impl FedWorld {
                 if !joined {
                     return Err(404);
                 }
+                if self.join_gate_refuses(to, &pdu) {
+                    return Err(acl::FORBIDDEN);
+                }
                 let receipt = self.process_now(to, room, &pdu, ArrivalPath::Send, from);
                 if !matches!(receipt.verdict, Verdict::Accepted { .. }) {
                     return Err(403);
@@ -886,10 +907,7 @@ impl FedWorld {
                     .map(|pdu| wire_copy(&self.wire, pdu));
                 held.map(|json| Reply::Events(vec![json])).ok_or(404)
             }
-            Body::Key { .. } => {
-                let server = &mut self.servers[to as usize];
-                Ok(Reply::Keys(server.publisher.response(absolute_ms(now_ms))))
-            }
+            Body::Key { .. } => Ok(Reply::Keys(self.key_response(to, from))),
             Body::Extremities { room, ids } => {
                 let Some(state) = self.servers[to as usize].rooms.get(&room) else {
                     return Err(404);
@@ -1251,7 +1269,7 @@ impl FedWorld {
     /// The key-cache slot whose keys the PDU's checks need and the server does not hold: v12,
     /// the sender's server key for the event's `origin_server_ts`; member keys, the claimed
     /// domain's current key for a member's own member event.
-    fn key_needed(&self, server: ServerId, json: &Value) -> Option<u32> {
+    fn key_needed(&mut self, server: ServerId, json: &Value) -> Option<u32> {
         let hs = &self.servers[server as usize];
         let keys = CacheKeys {
             own_name: &hs.name,
@@ -1304,7 +1322,8 @@ impl FedWorld {
         if usable || domain == hs.name {
             return None;
         }
-        hs.slot_of.get(domain).copied()
+        let domain = domain.to_owned();
+        self.slot_for(server, &domain)
     }
 
     // ----- PDUs ----------------------------------------------------------------------------
@@ -1387,6 +1406,9 @@ impl FedWorld {
                     hs.key_waiters.entry(slot).or_default().insert(room);
                     return;
                 }
+                continue;
+            }
+            if self.inbound_refused(server, room, &item) {
                 continue;
             }
             let receipt = self.process_now(server, room, &item.json, item.path, item.from);
@@ -1536,6 +1558,10 @@ impl FedWorld {
     fn residents(&mut self, server: ServerId, room: RoomIndex) -> Vec<ServerId> {
         let count = self.servers.len();
         let version = self.version;
+        // RQ9 knob: skip domains claimed only by links this server has not verified (link
+        // statuses change without the state changing, so no memo then).
+        let verified_only = version.member_keys && !self.config.fan_out_to_unverified_links;
+        let own_name = self.servers[server as usize].name.clone();
         let Some(state) = self.servers[server as usize].rooms.get_mut(&room) else {
             return Vec::new();
         };
@@ -1544,6 +1570,7 @@ impl FedWorld {
         };
         if let Some((memo_state, residents)) = &state.resident_memo
             && Arc::ptr_eq(memo_state, &current)
+            && !verified_only
         {
             return residents.clone();
         }
@@ -1563,6 +1590,12 @@ impl FedWorld {
             } else {
                 state_key.split_once(':').map(|(_, domain)| domain)
             };
+            if verified_only
+                && domain != Some(own_name.as_str())
+                && state.links.status(state_key) != crate::room::links::LinkStatus::Verified
+            {
+                continue;
+            }
             if let Some(resident) = domain.and_then(|domain| server_of_domain(domain, count)) {
                 residents.insert(resident);
             }
@@ -1628,8 +1661,10 @@ impl FedWorld {
         let key = hs.publisher.current_key();
         let signer = if version.member_keys {
             let member_key = hs.rooms.get(&room)?.member_keys.get(&user)?;
+            // A fake `domain` claim (adversary.rs) cannot be co-signed by the claimed domain.
             let own_member_event = draft.event_type == "m.room.member"
-                && draft.state_key.as_deref() == Some(draft.sender.as_str());
+                && draft.state_key.as_deref() == Some(draft.sender.as_str())
+                && !self.adv.fake_joins.contains_key(&(server, room));
             EventSigner::Member {
                 member_key,
                 cosigner: own_member_event.then_some((hs.name.as_str(), key)),
@@ -1672,14 +1707,13 @@ impl FedWorld {
         };
         let sender = member_id(&version, &hs.name, &hs.users, state, user);
         let state_key = state_key.map(|key| if key == "@self" { sender.clone() } else { key });
+        let stamp_ms = absolute_ms(now_ms) + hs.cache.clock_offset_ms();
         let state = hs.rooms.get_mut(&room).expect("checked");
-        let Ok(draft) = state.state.draft_event(
-            &sender,
-            event_type,
-            state_key.as_deref(),
-            content,
-            absolute_ms(now_ms),
-        ) else {
+        let Ok(draft) =
+            state
+                .state
+                .draft_event(&sender, event_type, state_key.as_deref(), content, stamp_ms)
+        else {
             self.counters.sends_skipped += 1;
             return None;
         };
@@ -1801,12 +1835,15 @@ impl FedWorld {
         let (server, user) = self.plans[room as usize].creator;
         let version = self.version;
         let creator_id = self.joiner_member_id(room, server, user);
-        let draft = crate::room::room_state::create_event_draft(
+        let mut draft = crate::room::room_state::create_event_draft(
             &version,
             &creator_id,
             None,
             absolute_ms(now_ms),
         );
+        if self.config.unfederated_rooms.contains(&room) {
+            draft.content["m.federate"] = json!(false);
+        }
         // The room ID derives from the create event (v12+), so the server room is made after.
         let hs = &self.servers[server as usize];
         let member_key = version
@@ -1903,6 +1940,10 @@ impl FedWorld {
         {
             return;
         }
+        if self.adv.fake_joins.contains_key(&(server, room)) {
+            self.retry_fake_join(room, server, attempt);
+            return;
+        }
         let plan = &self.plans[room as usize];
         let Some(&(_, user)) = plan.members.iter().find(|(member, _)| *member == server) else {
             return;
@@ -1966,7 +2007,9 @@ impl FedWorld {
             self.retry_join(room, server);
             return;
         }
-        draft.origin_server_ts_ms = absolute_ms(now_ms);
+        draft.origin_server_ts_ms =
+            absolute_ms(now_ms) + self.servers[server as usize].cache.clock_offset_ms();
+        self.amend_fake_join(room, server, &mut draft.content);
         self.refresh_own_keys(server);
         let Some(pdu) = self.sign(server, room, user, draft) else {
             self.retry_join(room, server);
@@ -2137,6 +2180,15 @@ impl FedWorld {
                     );
                 }
             }
+            RoomActionKind::SetAcl => self.set_acl(&action),
+            RoomActionKind::FakeDomainJoin => self.fake_domain_join(&action, &targets),
+            RoomActionKind::LyingServer
+            | RoomActionKind::KeyFlapping
+            | RoomActionKind::ClockSkew
+            | RoomActionKind::LoseKey
+            | RoomActionKind::LoseDatabase
+            | RoomActionKind::ExpireDomain
+            | RoomActionKind::Reregister => self.key_adversary(&action, &targets),
             RoomActionKind::JoinLate => {
                 for server in targets {
                     for room in 0..self.plans.len() as RoomIndex {
@@ -2217,13 +2269,19 @@ impl FedWorld {
     /// compromised member keys) for the directed re-query, or pushes them (P6).
     fn rotate(&mut self, server: ServerId, resign: bool) {
         let now_ms = self.queue.now_ms();
-        let version = self.version;
         if self.attacker.servers.contains_key(&server) && self.attacker.t0_ms.is_none() {
             self.attacker.t0_ms = Some(now_ms);
         }
         self.servers[server as usize]
             .publisher
             .rotate(absolute_ms(now_ms));
+        self.resign_and_notify(server, resign);
+    }
+
+    /// After a key change: the server re-signs its users' current member events (except
+    /// compromised member keys) for the directed re-query, or pushes them (P6).
+    fn resign_and_notify(&mut self, server: ServerId, resign: bool) {
+        let version = self.version;
         self.refresh_own_keys(server);
         let mut resigned: Vec<(RoomIndex, Arc<Value>)> = Vec::new();
         if version.member_keys && resign {
