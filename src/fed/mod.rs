@@ -20,7 +20,10 @@
 
 mod acl;
 mod adversary;
+mod bitrot;
 mod build;
+mod churn;
+mod divergence;
 mod keyadv;
 mod keys;
 mod output;
@@ -348,6 +351,8 @@ pub struct RoomPlan {
     pub late: BTreeSet<ServerId>,
     message_rng: SimRng,
     topic_rng: SimRng,
+    /// Whether a message replies (`rooms.reply_probability`; stream `room-replies`/room).
+    reply_rng: SimRng,
 }
 
 /// Counters of the whole world (sampled into timeseries.csv).
@@ -476,6 +481,12 @@ pub struct FedWorld {
     /// the world, so an address names one copy): counting bytes re-serialised every PDU of
     /// every transaction otherwise.
     wire_sizes: HashMap<usize, u64>,
+    /// (server, member event) pairs already re-queried because the copy held was co-signed by
+    /// a key that is no longer current (`bitrot.rs`): each is asked for once.
+    stale_requeried: BTreeSet<(ServerId, EventId)>,
+    /// RQ4: newcomers' figures taken so far, and which (room, newcomer) were taken.
+    pub bitrot_rows: Vec<bitrot::NewcomerRow>,
+    bitrot_taken: BTreeSet<(RoomIndex, ServerId)>,
 }
 
 /// The ID a user has in a room: the member key (member-key rooms) or `@localpart:server`.
@@ -558,6 +569,7 @@ impl FedWorld {
                 .push((self.next_sample_ms, self.counters.clone()));
             let disagreeing = self.rooms_disagreeing_now();
             self.rooms_disagreeing.push(disagreeing);
+            self.snapshot_newcomers(self.next_sample_ms, false);
             self.next_sample_ms += self.window_ms;
         }
     }
@@ -628,14 +640,11 @@ impl FedWorld {
                 self.queue
                     .push(now_ms + gap_ms.max(1), Ev::Message { room });
                 let body = format!("message at {now_ms}");
-                self.send_local(
-                    server,
-                    room,
-                    user,
-                    "m.room.message",
-                    None,
-                    json!({"msgtype": "m.text", "body": body}),
-                );
+                let mut content = json!({"msgtype": "m.text", "body": body});
+                if let Some(target) = self.reply_target(server, room) {
+                    content["m.relates_to"] = json!({"m.in_reply_to": {"event_id": target}});
+                }
+                self.send_local(server, room, user, "m.room.message", None, content);
             }
             Ev::Topic { room } => {
                 let plan = &mut self.plans[room as usize];
@@ -862,6 +871,16 @@ impl FedWorld {
                     .is_some_and(|room| room.joined);
                 if !joined {
                     return Err(404);
+                }
+                // A joiner whose key the resident does not hold (P0 fetches on demand): fetch it
+                // and answer "try again" (the joiner retries in JOIN_RETRY_MS) instead of
+                // dropping the join at check 2 for ever.
+                if let Some(slot) = self.key_needed(to, &pdu) {
+                    let mut out = std::mem::take(&mut self.key_outputs);
+                    self.servers[to as usize].cache.fetch_now(slot, &mut out);
+                    self.apply_key_outputs(to, &mut out, None);
+                    self.key_outputs = out;
+                    return Err(503);
                 }
                 if self.join_gate_refuses(to, &pdu) {
                     return Err(acl::FORBIDDEN);
@@ -1161,6 +1180,7 @@ impl FedWorld {
         let hs = &mut self.servers[server as usize];
         let usable = hs.cache.slots()[slot as usize].valid && response.is_some();
         let rooms: Vec<RoomIndex> = hs.rooms.keys().copied().collect();
+        let mut stale_checks = Vec::new();
         for room in rooms {
             let keys = CacheKeys {
                 own_name: &hs.name,
@@ -1187,6 +1207,9 @@ impl FedWorld {
             } else {
                 state.links.keys_unavailable(&domain_name, now_abs_ms)
             };
+            if !changed.is_empty() {
+                stale_checks.push((room, changed.clone()));
+            }
             if usable && !changed.is_empty() {
                 self.counters.links_reverified += changed.len() as u64;
                 self.counters.revealed += pipeline::reveal_verified(
@@ -1197,6 +1220,9 @@ impl FedWorld {
                     now_abs_ms,
                 ) as u64;
             }
+        }
+        for (room, members) in stale_checks {
+            self.requery_stale_claims(server, room, &members);
         }
         // PDUs parked for these keys go on (verified or not).
         let waiting = self.servers[server as usize]
@@ -1412,6 +1438,7 @@ impl FedWorld {
                 continue;
             }
             let receipt = self.process_now(server, room, &item.json, item.path, item.from);
+            self.requery_if_stale_claim(server, room, &item.json, item.path);
             if let Verdict::MissingEvents {
                 prev_events,
                 auth_events,

@@ -51,7 +51,9 @@ fn write_results(
     run_seconds: f64,
     started: Instant,
 ) -> Result<RunOutcome, RunError> {
-    let metrics = headline_metrics(world);
+    let mut metrics = headline_metrics(world);
+    super::bitrot::write_bitrot(world, out_dir, &mut metrics)?;
+    super::divergence::write_divergence(world, out_dir, &mut metrics)?;
     let checks = run_checks(world);
     let failed_checks: Vec<(String, String)> = checks
         .iter()
