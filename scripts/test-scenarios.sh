@@ -38,6 +38,10 @@ reduced_sets() {
         for observer in 0 1 2 3; do echo "observers[$observer].known_domains=[100]"; done
         ;;
     rq10-lying-server) echo "duration=12h" ;;
+    rq9-amplification)
+        echo "duration=6h"
+        echo "rooms.rooms=4"
+        ;;
     bench-medium | bench-federation)
         echo "duration=6h"
         echo "rooms.servers=60"

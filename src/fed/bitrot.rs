@@ -87,17 +87,20 @@ impl FedWorld {
             if link.status != LinkStatus::Unverified {
                 continue;
             }
-            let Some(LinkReason::CosignatureFailed {
-                event_id,
-                outcome:
-                    LinkOutcome::NoCurrentKey {
-                        reason: KeyUnusable::NotCurrent,
-                        ..
-                    },
-            }) = link.transitions.last().map(|last| &last.reason)
+            let Some(LinkReason::CosignatureFailed { event_id, outcome }) =
+                link.transitions.last().map(|last| &last.reason)
             else {
                 continue;
             };
+            if !matches!(
+                **outcome,
+                LinkOutcome::NoCurrentKey {
+                    reason: KeyUnusable::NotCurrent,
+                    ..
+                }
+            ) {
+                continue;
+            }
             let Some(domain) = link
                 .domain
                 .as_deref()
@@ -106,7 +109,7 @@ impl FedWorld {
                 continue;
             };
             if domain != server {
-                requests.push((domain, event_id.clone()));
+                requests.push((domain, event_id.to_string()));
             }
         }
         for (domain, event_id) in requests {

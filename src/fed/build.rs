@@ -63,6 +63,7 @@ pub(crate) fn draw_count(spec: &CountSpec, rng: &mut SimRng) -> u32 {
 impl FedWorld {
     /// Builds the room world of `scenario` (which has a `[rooms]` table) for `seed`.
     pub fn build(scenario: &Scenario, seed: u64, trace: Trace) -> FedWorld {
+        let _crypto = crate::matrix::crypto_mode::enter(scenario.crypto);
         let config = scenario
             .rooms
             .clone()
@@ -82,9 +83,11 @@ impl FedWorld {
         let mut plans = Vec::new();
         for room in 0..config.rooms {
             let mut rng = SimRng::stream(seed, "room-plan", u64::from(room));
-            let size = draw_count(&config.servers_per_room, &mut rng).min(server_count);
+            // Bystanders (the last `bystanders` servers) are in no planned room.
+            let room_servers = server_count - config.bystanders;
+            let size = draw_count(&config.servers_per_room, &mut rng).min(room_servers);
             // A partial Fisher-Yates shuffle picks `size` distinct servers; the first creates.
-            let mut pool: Vec<ServerId> = (0..server_count).collect();
+            let mut pool: Vec<ServerId> = (0..room_servers).collect();
             let mut members = Vec::new();
             for index in 0..size as usize {
                 let pick = index + rng.below((pool.len() - index) as u64) as usize;
@@ -199,7 +202,7 @@ impl FedWorld {
                 0,
                 SimRng::stream(seed, "key-cache", server as u64),
             );
-            let mut slot_of = BTreeMap::new();
+            let mut slot_of = super::keys::SlotOf::default();
             for (slot, domain) in domains.iter().enumerate() {
                 slot_of.insert(server_name(*domain), slot as u32);
                 // A newcomer to the federation has fetched nobody's keys yet.
@@ -304,6 +307,8 @@ impl FedWorld {
             rooms_disagreeing: Vec::new(),
             last_heal_ms: None,
             attacker: Default::default(),
+            adv: Default::default(),
+            key_adv: Default::default(),
             sent: Vec::new(),
             trace,
             events_processed: 0,
@@ -315,6 +320,7 @@ impl FedWorld {
             events_signed: 0,
             join_attempts: BTreeMap::new(),
             wire: HashMap::new(),
+            wire_sizes: HashMap::new(),
             stale_requeried: BTreeSet::new(),
             bitrot_rows: Vec::new(),
             bitrot_taken: BTreeSet::new(),

@@ -32,6 +32,14 @@ fn action(at_ms: u64, kind: RoomActionKind, server: ServerId, resign: Option<boo
         count: None,
         pin_timestamp: false,
         resign,
+        audience: Vec::new(),
+        period: None,
+        offset_ms: None,
+        mode: None,
+        victim: None,
+        allow: None,
+        deny: Vec::new(),
+        allow_ip_literals: None,
     }
 }
 

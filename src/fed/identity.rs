@@ -120,7 +120,7 @@ pub(super) fn identity_metrics(world: &FedWorld, metrics: &mut Map<String, Value
             let member_info: BTreeMap<String, Option<String>> = state
                 .links
                 .links()
-                .map(|link| (link.member_key.clone(), link.user_id()))
+                .map(|link| (link.member_key.to_string(), link.user_id()))
                 .collect();
             let found = identity_collisions(&member_info);
             colliding += u64::from(!found.is_empty());

@@ -95,6 +95,12 @@ pub struct Scenario {
     /// it instead of the key world.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rooms: Option<Rooms>,
+    /// How signatures are made and checked: `"ed25519"` (default, real) or `"symbolic"`
+    /// (a SHA-256 stand-in for very large sweeps, not secure; see `matrix::crypto_mode`). Both
+    /// give byte-identical results, so it is recorded in `run-info.json` and never written to
+    /// `summary.json`.
+    #[serde(default, skip_serializing)]
+    pub crypto: crate::matrix::crypto_mode::CryptoMode,
 }
 
 /// The servers and domains.
