@@ -83,9 +83,11 @@ impl FedWorld {
         let mut plans = Vec::new();
         for room in 0..config.rooms {
             let mut rng = SimRng::stream(seed, "room-plan", u64::from(room));
-            let size = draw_count(&config.servers_per_room, &mut rng).min(server_count);
+            // Bystanders (the last `bystanders` servers) are in no planned room.
+            let room_servers = server_count - config.bystanders;
+            let size = draw_count(&config.servers_per_room, &mut rng).min(room_servers);
             // A partial Fisher-Yates shuffle picks `size` distinct servers; the first creates.
-            let mut pool: Vec<ServerId> = (0..server_count).collect();
+            let mut pool: Vec<ServerId> = (0..room_servers).collect();
             let mut members = Vec::new();
             for index in 0..size as usize {
                 let pick = index + rng.below((pool.len() - index) as u64) as usize;
@@ -105,6 +107,7 @@ impl FedWorld {
                 late: BTreeSet::new(),
                 message_rng: SimRng::stream(seed, "room-messages", u64::from(room)),
                 topic_rng: SimRng::stream(seed, "room-topics", u64::from(room)),
+                reply_rng: SimRng::stream(seed, "room-replies", u64::from(room)),
             });
         }
         for action in &config.actions {
@@ -146,6 +149,15 @@ impl FedWorld {
                 })
                 .collect();
         }
+        // RQ4 churn (server lifetimes, random rotations) runs as generated actions.
+        let mut config = config;
+        config.actions.extend(super::churn::churn_actions(
+            &config,
+            seed,
+            &plans,
+            scenario.duration.ms(),
+        ));
+        let newcomers = super::churn::newcomers(&plans);
         // The domains each server shares a room with (its key-cache slots).
         let mut shared: Vec<BTreeSet<ServerId>> = vec![BTreeSet::new(); server_count as usize];
         for plan in &plans {
@@ -190,9 +202,13 @@ impl FedWorld {
                 0,
                 SimRng::stream(seed, "key-cache", server as u64),
             );
-            let mut slot_of = BTreeMap::new();
+            let mut slot_of = super::keys::SlotOf::default();
             for (slot, domain) in domains.iter().enumerate() {
                 slot_of.insert(server_name(*domain), slot as u32);
+                // A newcomer to the federation has fetched nobody's keys yet.
+                if newcomers.contains(&(server as ServerId)) {
+                    continue;
+                }
                 let (_, keys, made_at_abs_ms) = &published[*domain as usize];
                 cache.warm(0, slot as u32, Arc::clone(keys), *made_at_abs_ms, &mut out);
             }
@@ -290,6 +306,8 @@ impl FedWorld {
             rooms_disagreeing: Vec::new(),
             last_heal_ms: None,
             attacker: Default::default(),
+            adv: Default::default(),
+            key_adv: Default::default(),
             sent: Vec::new(),
             trace,
             events_processed: 0,
@@ -301,6 +319,10 @@ impl FedWorld {
             events_signed: 0,
             join_attempts: BTreeMap::new(),
             wire: HashMap::new(),
+            wire_sizes: HashMap::new(),
+            stale_requeried: BTreeSet::new(),
+            bitrot_rows: Vec::new(),
+            bitrot_taken: BTreeSet::new(),
         }
     }
 }

@@ -18,7 +18,13 @@
 //! the state and the auth chain); the joiner runs it through its pipeline on the `JoinState`
 //! path. Its bytes are counted.
 
+mod acl;
+mod adversary;
+mod bitrot;
 mod build;
+mod churn;
+mod divergence;
+mod keyadv;
 mod keys;
 mod output;
 
@@ -47,6 +53,7 @@ use crate::server::outcome_table::InvalidReason;
 use crate::server::policy::KeyPolicy;
 use crate::server::publisher::KeyPublisher;
 
+pub use adversary::{AdvCounters, Adversaries};
 pub use build::policies;
 use keys::CacheKeys;
 pub use output::run_to_dir;
@@ -306,7 +313,7 @@ pub struct Homeserver {
     own_keys: Arc<ServerKeys>,
     own_body: Arc<str>,
     pub cache: KeyCache,
-    slot_of: BTreeMap<String, u32>,
+    slot_of: keys::SlotOf,
     /// Localparts of its users.
     pub users: Vec<String>,
     pub rooms: BTreeMap<RoomIndex, ServerRoom>,
@@ -344,6 +351,8 @@ pub struct RoomPlan {
     pub late: BTreeSet<ServerId>,
     message_rng: SimRng,
     topic_rng: SimRng,
+    /// Whether a message replies (`rooms.reply_probability`; stream `room-replies`/room).
+    reply_rng: SimRng,
 }
 
 /// Counters of the whole world (sampled into timeseries.csv).
@@ -385,6 +394,8 @@ pub struct Counters {
     pub requests: [[u64; 5]; 9],
     /// Request plus answer bytes, by purpose.
     pub bytes: [u64; 9],
+    /// ACLs, the join gate and the adversaries (`acl.rs`, `adversary.rs`).
+    pub adv: AdvCounters,
 }
 
 impl Counters {
@@ -449,6 +460,10 @@ pub struct FedWorld {
     /// When the last `heal` action ran (sim ms).
     pub last_heal_ms: Option<u64>,
     pub attacker: Attacker,
+    /// The adversaries of `adversary.rs` (fake `domain` claims).
+    pub adv: Adversaries,
+    /// The key-layer adversaries of `keyadv.rs`.
+    pub key_adv: keyadv::KeyAdversaries,
     pub sent: Vec<Sent>,
     pub trace: Trace,
     pub events_processed: u64,
@@ -462,6 +477,16 @@ pub struct FedWorld {
     /// The wire copy of every event made in the world, by event ID (lookup only): answers
     /// hand out these shared copies instead of re-serialising held events.
     wire: HashMap<EventId, Arc<Value>>,
+    /// The wire size of each copy in `wire`, by the copy's address (the copies live as long as
+    /// the world, so an address names one copy): counting bytes re-serialised every PDU of
+    /// every transaction otherwise.
+    wire_sizes: HashMap<usize, u64>,
+    /// (server, member event) pairs already re-queried because the copy held was co-signed by
+    /// a key that is no longer current (`bitrot.rs`): each is asked for once.
+    stale_requeried: BTreeSet<(ServerId, EventId)>,
+    /// RQ4: newcomers' figures taken so far, and which (room, newcomer) were taken.
+    pub bitrot_rows: Vec<bitrot::NewcomerRow>,
+    bitrot_taken: BTreeSet<(RoomIndex, ServerId)>,
 }
 
 /// The ID a user has in a room: the member key (member-key rooms) or `@localpart:server`.
@@ -544,6 +569,7 @@ impl FedWorld {
                 .push((self.next_sample_ms, self.counters.clone()));
             let disagreeing = self.rooms_disagreeing_now();
             self.rooms_disagreeing.push(disagreeing);
+            self.snapshot_newcomers(self.next_sample_ms, false);
             self.next_sample_ms += self.window_ms;
         }
     }
@@ -614,14 +640,11 @@ impl FedWorld {
                 self.queue
                     .push(now_ms + gap_ms.max(1), Ev::Message { room });
                 let body = format!("message at {now_ms}");
-                self.send_local(
-                    server,
-                    room,
-                    user,
-                    "m.room.message",
-                    None,
-                    json!({"msgtype": "m.text", "body": body}),
-                );
+                let mut content = json!({"msgtype": "m.text", "body": body});
+                if let Some(target) = self.reply_target(server, room) {
+                    content["m.relates_to"] = json!({"m.in_reply_to": {"event_id": target}});
+                }
+                self.send_local(server, room, user, "m.room.message", None, content);
             }
             Ev::Topic { room } => {
                 let plan = &mut self.plans[room as usize];
@@ -691,7 +714,7 @@ impl FedWorld {
         let id = self.next_request;
         self.next_request += 1;
         let deadline_ms = now_ms + REQUEST_TIMEOUT_MS;
-        let bytes = body_bytes(&body);
+        let bytes = body_bytes(&body, &self.wire_sizes);
         self.counters.bytes[purpose as usize] += bytes;
         let sender = &mut self.servers[from as usize].stats;
         sender.requests_sent += 1;
@@ -759,6 +782,8 @@ impl FedWorld {
         }
         self.servers[to as usize].stats.requests_received += 1;
         let body = self.requests[&id].body.clone();
+        let noted = self.note_arrival(from, to, &body);
+        let room_asked = adversary::body_room(&body);
         let answer = self.answer(to, from, body);
         let done = match &answer {
             Ok(_) => Done::Ok,
@@ -766,7 +791,10 @@ impl FedWorld {
             Err(status) => Done::Status(*status),
         };
         if let Ok(reply) = answer {
-            let bytes = reply_bytes(&reply);
+            let bytes = reply_bytes(&reply, &self.wire_sizes);
+            if let Some(to_victim) = noted {
+                self.note_answer(to_victim, from, room_asked, bytes);
+            }
             let purpose = self.requests[&id].purpose;
             self.counters.bytes[purpose as usize] += bytes;
             self.servers[to as usize].stats.bytes_sent += bytes;
@@ -792,6 +820,9 @@ impl FedWorld {
     /// The server `to` answers a request from `from`: a reply, or an HTTP error status.
     fn answer(&mut self, to: ServerId, from: ServerId, body: Body) -> Result<Reply, u16> {
         let now_ms = self.queue.now_ms();
+        if let Some(status) = self.request_refusal(to, from, &body) {
+            return Err(status);
+        }
         match body {
             Body::Send(pdus) | Body::AttackerSend(pdus) => {
                 self.receive_pdus(to, from, pdus, ArrivalPath::Send);
@@ -841,6 +872,19 @@ impl FedWorld {
                 if !joined {
                     return Err(404);
                 }
+                // A joiner whose key the resident does not hold (P0 fetches on demand): fetch it
+                // and answer "try again" (the joiner retries in JOIN_RETRY_MS) instead of
+                // dropping the join at check 2 for ever.
+                if let Some(slot) = self.key_needed(to, &pdu) {
+                    let mut out = std::mem::take(&mut self.key_outputs);
+                    self.servers[to as usize].cache.fetch_now(slot, &mut out);
+                    self.apply_key_outputs(to, &mut out, None);
+                    self.key_outputs = out;
+                    return Err(503);
+                }
+                if self.join_gate_refuses(to, &pdu) {
+                    return Err(acl::FORBIDDEN);
+                }
                 let receipt = self.process_now(to, room, &pdu, ArrivalPath::Send, from);
                 if !matches!(receipt.verdict, Verdict::Accepted { .. }) {
                     return Err(403);
@@ -882,10 +926,7 @@ impl FedWorld {
                     .map(|pdu| wire_copy(&self.wire, pdu));
                 held.map(|json| Reply::Events(vec![json])).ok_or(404)
             }
-            Body::Key { .. } => {
-                let server = &mut self.servers[to as usize];
-                Ok(Reply::Keys(server.publisher.response(absolute_ms(now_ms))))
-            }
+            Body::Key { .. } => Ok(Reply::Keys(self.key_response(to, from))),
             Body::Extremities { room, ids } => {
                 let Some(state) = self.servers[to as usize].rooms.get(&room) else {
                     return Err(404);
@@ -1139,6 +1180,7 @@ impl FedWorld {
         let hs = &mut self.servers[server as usize];
         let usable = hs.cache.slots()[slot as usize].valid && response.is_some();
         let rooms: Vec<RoomIndex> = hs.rooms.keys().copied().collect();
+        let mut stale_checks = Vec::new();
         for room in rooms {
             let keys = CacheKeys {
                 own_name: &hs.name,
@@ -1165,6 +1207,9 @@ impl FedWorld {
             } else {
                 state.links.keys_unavailable(&domain_name, now_abs_ms)
             };
+            if !changed.is_empty() {
+                stale_checks.push((room, changed.clone()));
+            }
             if usable && !changed.is_empty() {
                 self.counters.links_reverified += changed.len() as u64;
                 self.counters.revealed += pipeline::reveal_verified(
@@ -1175,6 +1220,9 @@ impl FedWorld {
                     now_abs_ms,
                 ) as u64;
             }
+        }
+        for (room, members) in stale_checks {
+            self.requery_stale_claims(server, room, &members);
         }
         // PDUs parked for these keys go on (verified or not).
         let waiting = self.servers[server as usize]
@@ -1247,7 +1295,7 @@ impl FedWorld {
     /// The key-cache slot whose keys the PDU's checks need and the server does not hold: v12,
     /// the sender's server key for the event's `origin_server_ts`; member keys, the claimed
     /// domain's current key for a member's own member event.
-    fn key_needed(&self, server: ServerId, json: &Value) -> Option<u32> {
+    fn key_needed(&mut self, server: ServerId, json: &Value) -> Option<u32> {
         let hs = &self.servers[server as usize];
         let keys = CacheKeys {
             own_name: &hs.name,
@@ -1300,7 +1348,8 @@ impl FedWorld {
         if usable || domain == hs.name {
             return None;
         }
-        hs.slot_of.get(domain).copied()
+        let domain = domain.to_owned();
+        self.slot_for(server, &domain)
     }
 
     // ----- PDUs ----------------------------------------------------------------------------
@@ -1385,7 +1434,11 @@ impl FedWorld {
                 }
                 continue;
             }
+            if self.inbound_refused(server, room, &item) {
+                continue;
+            }
             let receipt = self.process_now(server, room, &item.json, item.path, item.from);
+            self.requery_if_stale_claim(server, room, &item.json, item.path);
             if let Verdict::MissingEvents {
                 prev_events,
                 auth_events,
@@ -1532,6 +1585,10 @@ impl FedWorld {
     fn residents(&mut self, server: ServerId, room: RoomIndex) -> Vec<ServerId> {
         let count = self.servers.len();
         let version = self.version;
+        // RQ9 knob: skip domains claimed only by links this server has not verified (link
+        // statuses change without the state changing, so no memo then).
+        let verified_only = version.member_keys && !self.config.fan_out_to_unverified_links;
+        let own_name = self.servers[server as usize].name.clone();
         let Some(state) = self.servers[server as usize].rooms.get_mut(&room) else {
             return Vec::new();
         };
@@ -1540,6 +1597,7 @@ impl FedWorld {
         };
         if let Some((memo_state, residents)) = &state.resident_memo
             && Arc::ptr_eq(memo_state, &current)
+            && !verified_only
         {
             return residents.clone();
         }
@@ -1559,6 +1617,12 @@ impl FedWorld {
             } else {
                 state_key.split_once(':').map(|(_, domain)| domain)
             };
+            if verified_only
+                && domain != Some(own_name.as_str())
+                && state.links.status(state_key) != crate::room::links::LinkStatus::Verified
+            {
+                continue;
+            }
             if let Some(resident) = domain.and_then(|domain| server_of_domain(domain, count)) {
                 residents.insert(resident);
             }
@@ -1624,8 +1688,10 @@ impl FedWorld {
         let key = hs.publisher.current_key();
         let signer = if version.member_keys {
             let member_key = hs.rooms.get(&room)?.member_keys.get(&user)?;
+            // A fake `domain` claim (adversary.rs) cannot be co-signed by the claimed domain.
             let own_member_event = draft.event_type == "m.room.member"
-                && draft.state_key.as_deref() == Some(draft.sender.as_str());
+                && draft.state_key.as_deref() == Some(draft.sender.as_str())
+                && !self.adv.fake_joins.contains_key(&(server, room));
             EventSigner::Member {
                 member_key,
                 cosigner: own_member_event.then_some((hs.name.as_str(), key)),
@@ -1668,14 +1734,13 @@ impl FedWorld {
         };
         let sender = member_id(&version, &hs.name, &hs.users, state, user);
         let state_key = state_key.map(|key| if key == "@self" { sender.clone() } else { key });
+        let stamp_ms = absolute_ms(now_ms) + hs.cache.clock_offset_ms();
         let state = hs.rooms.get_mut(&room).expect("checked");
-        let Ok(draft) = state.state.draft_event(
-            &sender,
-            event_type,
-            state_key.as_deref(),
-            content,
-            absolute_ms(now_ms),
-        ) else {
+        let Ok(draft) =
+            state
+                .state
+                .draft_event(&sender, event_type, state_key.as_deref(), content, stamp_ms)
+        else {
             self.counters.sends_skipped += 1;
             return None;
         };
@@ -1717,7 +1782,12 @@ impl FedWorld {
     /// Keeps the wire copy of a new event and returns it.
     fn remember(&mut self, pdu: crate::matrix::Pdu) -> Arc<Value> {
         let json = Arc::new(pdu.json);
-        self.wire.insert(pdu.event_id, Arc::clone(&json));
+        self.wire_sizes
+            .insert(Arc::as_ptr(&json) as usize, json_bytes(&json));
+        if let Some(replaced) = self.wire.insert(pdu.event_id, Arc::clone(&json)) {
+            // Its address may be reused once the last holder drops it.
+            self.wire_sizes.remove(&(Arc::as_ptr(&replaced) as usize));
+        }
         json
     }
 
@@ -1792,12 +1862,15 @@ impl FedWorld {
         let (server, user) = self.plans[room as usize].creator;
         let version = self.version;
         let creator_id = self.joiner_member_id(room, server, user);
-        let draft = crate::room::room_state::create_event_draft(
+        let mut draft = crate::room::room_state::create_event_draft(
             &version,
             &creator_id,
             None,
             absolute_ms(now_ms),
         );
+        if self.config.unfederated_rooms.contains(&room) {
+            draft.content["m.federate"] = json!(false);
+        }
         // The room ID derives from the create event (v12+), so the server room is made after.
         let hs = &self.servers[server as usize];
         let member_key = version
@@ -1894,6 +1967,10 @@ impl FedWorld {
         {
             return;
         }
+        if self.adv.fake_joins.contains_key(&(server, room)) {
+            self.retry_fake_join(room, server, attempt);
+            return;
+        }
         let plan = &self.plans[room as usize];
         let Some(&(_, user)) = plan.members.iter().find(|(member, _)| *member == server) else {
             return;
@@ -1957,7 +2034,9 @@ impl FedWorld {
             self.retry_join(room, server);
             return;
         }
-        draft.origin_server_ts_ms = absolute_ms(now_ms);
+        draft.origin_server_ts_ms =
+            absolute_ms(now_ms) + self.servers[server as usize].cache.clock_offset_ms();
+        self.amend_fake_join(room, server, &mut draft.content);
         self.refresh_own_keys(server);
         let Some(pdu) = self.sign(server, room, user, draft) else {
             self.retry_join(room, server);
@@ -2128,6 +2207,15 @@ impl FedWorld {
                     );
                 }
             }
+            RoomActionKind::SetAcl => self.set_acl(&action),
+            RoomActionKind::FakeDomainJoin => self.fake_domain_join(&action, &targets),
+            RoomActionKind::LyingServer
+            | RoomActionKind::KeyFlapping
+            | RoomActionKind::ClockSkew
+            | RoomActionKind::LoseKey
+            | RoomActionKind::LoseDatabase
+            | RoomActionKind::ExpireDomain
+            | RoomActionKind::Reregister => self.key_adversary(&action, &targets),
             RoomActionKind::JoinLate => {
                 for server in targets {
                     for room in 0..self.plans.len() as RoomIndex {
@@ -2208,13 +2296,19 @@ impl FedWorld {
     /// compromised member keys) for the directed re-query, or pushes them (P6).
     fn rotate(&mut self, server: ServerId, resign: bool) {
         let now_ms = self.queue.now_ms();
-        let version = self.version;
         if self.attacker.servers.contains_key(&server) && self.attacker.t0_ms.is_none() {
             self.attacker.t0_ms = Some(now_ms);
         }
         self.servers[server as usize]
             .publisher
             .rotate(absolute_ms(now_ms));
+        self.resign_and_notify(server, resign);
+    }
+
+    /// After a key change: the server re-signs its users' current member events (except
+    /// compromised member keys) for the directed re-query, or pushes them (P6).
+    fn resign_and_notify(&mut self, server: ServerId, resign: bool) {
+        let version = self.version;
         self.refresh_own_keys(server);
         let mut resigned: Vec<(RoomIndex, Arc<Value>)> = Vec::new();
         if version.member_keys && resign {
@@ -2438,12 +2532,20 @@ fn wire_copy(wire: &HashMap<EventId, Arc<Value>>, pdu: &crate::matrix::Pdu) -> A
         .unwrap_or_else(|| Arc::new(pdu.json.clone()))
 }
 
-fn body_bytes(body: &Body) -> u64 {
+/// The wire size of a shared copy: remembered for the world's own copies, else computed.
+fn copy_bytes(copy: &Arc<Value>, sizes: &HashMap<usize, u64>) -> u64 {
+    sizes
+        .get(&(Arc::as_ptr(copy) as usize))
+        .copied()
+        .unwrap_or_else(|| json_bytes(copy))
+}
+
+fn body_bytes(body: &Body, sizes: &HashMap<usize, u64>) -> u64 {
     match body {
         Body::Send(pdus) | Body::AttackerSend(pdus) | Body::Push(pdus) => {
-            pdus.iter().map(|pdu| json_bytes(pdu)).sum::<u64>() + 64
+            pdus.iter().map(|pdu| copy_bytes(pdu, sizes)).sum::<u64>() + 64
         }
-        Body::SendJoin { pdu, .. } => json_bytes(pdu) + 64,
+        Body::SendJoin { pdu, .. } => copy_bytes(pdu, sizes) + 64,
         Body::GetMissing { missing, known, .. } => {
             missing
                 .iter()
@@ -2457,7 +2559,7 @@ fn body_bytes(body: &Body) -> u64 {
     }
 }
 
-fn reply_bytes(reply: &Reply) -> u64 {
+fn reply_bytes(reply: &Reply, sizes: &HashMap<usize, u64>) -> u64 {
     match reply {
         Reply::Ack => 16,
         Reply::Template(draft) => {
@@ -2469,7 +2571,13 @@ fn reply_bytes(reply: &Reply) -> u64 {
                 .sum();
             ids + json_bytes(&draft.content) + 256
         }
-        Reply::Events(events) => events.iter().map(|event| json_bytes(event)).sum::<u64>() + 32,
+        Reply::Events(events) => {
+            events
+                .iter()
+                .map(|event| copy_bytes(event, sizes))
+                .sum::<u64>()
+                + 32
+        }
         Reply::Keys(body) => body.len() as u64,
     }
 }

@@ -620,6 +620,12 @@ pub enum ChartKind {
     Rq6LinkHoursLost,
     /// Wake-ups per hour against known domains with the budget line (`wakeups.svg/.png`).
     Rq12Wakeups,
+    /// Room world: a heat map of pairwise client-visible divergence between servers and the
+    /// orphan-reply share per server (`divergence.svg/.png`).
+    Rq5Divergence,
+    /// Room world: the re-query storm at the rotating origin, requests per second against time
+    /// (`requery-storm.svg/.png`).
+    Rq7RequeryStorm,
 }
 
 /// Loads a scenario: the file at `path` (or the built-in default when `None`), with each

@@ -141,6 +141,8 @@ fn write_results(world: &World, out_dir: &Path, wall_seconds: f64) -> Result<Run
             super::key_charts::wakeups_chart(world, out_dir)?;
         }
         ChartKind::None => {}
+        // Room-world charts (drawn by src/fed/).
+        ChartKind::Rq5Divergence | ChartKind::Rq7RequeryStorm => {}
     }
     let run_info = json!({
         "wall_seconds": rounded(wall_seconds),
