@@ -24,6 +24,7 @@ mod build;
 mod keyadv;
 mod keys;
 mod output;
+mod workload;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -178,6 +179,11 @@ enum Ev {
     Exchange {
         server: ServerId,
     },
+    /// Moderation at scenario rates (`workload.rs`).
+    Workload {
+        room: RoomIndex,
+        chore: workload::Chore,
+    },
 }
 
 impl Ev {
@@ -196,6 +202,7 @@ impl Ev {
             Ev::KeyTimer { server, slot, .. } => (8, u64::from(*server) << 32 | u64::from(*slot)),
             Ev::Action { index } => (9, u64::from(*index)),
             Ev::Exchange { server } => (10, u64::from(*server)),
+            Ev::Workload { room, chore } => (11, u64::from(*room) << 32 | chore.trace_code()),
         }
     }
 }
@@ -459,6 +466,8 @@ pub struct FedWorld {
     pub adv: Adversaries,
     /// The key-layer adversaries of `keyadv.rs`.
     pub key_adv: keyadv::KeyAdversaries,
+    /// The moderation workload's random streams (`workload.rs`).
+    workload: workload::Workload,
     pub sent: Vec<Sent>,
     pub trace: Trace,
     pub events_processed: u64,
@@ -685,6 +694,7 @@ impl FedWorld {
             }
             Ev::Action { index } => self.act(index as usize),
             Ev::Exchange { server } => self.exchange_extremities(server),
+            Ev::Workload { room, chore } => self.workload(room, chore),
         }
     }
 
@@ -1915,6 +1925,7 @@ impl FedWorld {
                 as u64;
             self.queue.push(now_ms + gap_ms.max(1), Ev::Topic { room });
         }
+        self.start_workload(room);
     }
 
     /// `server` starts joining `room` through a resident (the creator's server first, then the
