@@ -49,6 +49,12 @@ reduced_sets() {
         echo "rooms.servers_per_room.max=30"
         ;;
     rq11-domain-reuse) echo "duration=9d" ;;
+    rq4-bitrot)
+        # 12 days: the newcomers at 1, 4 and 10 days join; the later join-late actions are
+        # moved inside the run.
+        echo "duration=12d"
+        for action in 3 4 5; do echo "rooms.actions[$action].at=11d"; done
+        ;;
     rq12-constrained-host)
         echo "duration=12h"
         for group in 0 1; do echo "federation.domain_groups[$group].count=300"; done

@@ -229,7 +229,7 @@ impl FedWorld {
             body_room(body).is_some_and(|room| self.adv.fake_joins.contains_key(&(from, room)));
         if from_attacker {
             self.counters.adv.attacker_requests += 1;
-            self.counters.adv.attacker_bytes += super::body_bytes(body);
+            self.counters.adv.attacker_bytes += super::body_bytes(body, &self.wire_sizes);
         }
         if !self.adv.victims.contains(&to) {
             return from_attacker.then_some(false);
@@ -270,7 +270,7 @@ impl FedWorld {
                 }
                 counters.victim_requests += 1;
                 counters.victim_requests_key += 1;
-                counters.victim_bytes += super::body_bytes(body);
+                counters.victim_bytes += super::body_bytes(body, &self.wire_sizes);
                 Some(true)
             }
             Body::MakeJoin { room, .. }
@@ -284,7 +284,7 @@ impl FedWorld {
                 let counters = &mut self.counters.adv;
                 counters.victim_requests += 1;
                 counters.victim_requests_other += 1;
-                counters.victim_bytes += super::body_bytes(body);
+                counters.victim_bytes += super::body_bytes(body, &self.wire_sizes);
                 Some(true)
             }
         }

@@ -63,6 +63,7 @@ pub(crate) fn draw_count(spec: &CountSpec, rng: &mut SimRng) -> u32 {
 impl FedWorld {
     /// Builds the room world of `scenario` (which has a `[rooms]` table) for `seed`.
     pub fn build(scenario: &Scenario, seed: u64, trace: Trace) -> FedWorld {
+        let _crypto = crate::matrix::crypto_mode::enter(scenario.crypto);
         let config = scenario
             .rooms
             .clone()
@@ -106,6 +107,7 @@ impl FedWorld {
                 late: BTreeSet::new(),
                 message_rng: SimRng::stream(seed, "room-messages", u64::from(room)),
                 topic_rng: SimRng::stream(seed, "room-topics", u64::from(room)),
+                reply_rng: SimRng::stream(seed, "room-replies", u64::from(room)),
             });
         }
         for action in &config.actions {
@@ -147,6 +149,15 @@ impl FedWorld {
                 })
                 .collect();
         }
+        // RQ4 churn (server lifetimes, random rotations) runs as generated actions.
+        let mut config = config;
+        config.actions.extend(super::churn::churn_actions(
+            &config,
+            seed,
+            &plans,
+            scenario.duration.ms(),
+        ));
+        let newcomers = super::churn::newcomers(&plans);
         // The domains each server shares a room with (its key-cache slots).
         let mut shared: Vec<BTreeSet<ServerId>> = vec![BTreeSet::new(); server_count as usize];
         for plan in &plans {
@@ -191,9 +202,13 @@ impl FedWorld {
                 0,
                 SimRng::stream(seed, "key-cache", server as u64),
             );
-            let mut slot_of = BTreeMap::new();
+            let mut slot_of = super::keys::SlotOf::default();
             for (slot, domain) in domains.iter().enumerate() {
                 slot_of.insert(server_name(*domain), slot as u32);
+                // A newcomer to the federation has fetched nobody's keys yet.
+                if newcomers.contains(&(server as ServerId)) {
+                    continue;
+                }
                 let (_, keys, made_at_abs_ms) = &published[*domain as usize];
                 cache.warm(0, slot as u32, Arc::clone(keys), *made_at_abs_ms, &mut out);
             }
@@ -305,6 +320,10 @@ impl FedWorld {
             events_signed: 0,
             join_attempts: BTreeMap::new(),
             wire: HashMap::new(),
+            wire_sizes: HashMap::new(),
+            stale_requeried: BTreeSet::new(),
+            bitrot_rows: Vec::new(),
+            bitrot_taken: BTreeSet::new(),
         }
     }
 }

@@ -1,12 +1,13 @@
 //! The room layer's read side of a homeserver's keys ([`KeySource`]) over its key-layer
 //! [`KeyCache`], plus its own published keys.
 
-use std::collections::BTreeMap;
-
 use crate::matrix::server_keys::{ServerKeys, ValidityClamp};
 use crate::room::keys::{HeldKeys, KeySource};
 use crate::server::key_cache::KeyCache;
 use crate::server::policy::Unreachable;
+
+/// Domain name -> key-cache slot (lookup only).
+pub(crate) type SlotOf = std::collections::HashMap<String, u32, crate::matrix::dag::IdHasher>;
 
 /// What one homeserver holds, as the room layer reads it, at one instant.
 pub(crate) struct CacheKeys<'a> {
@@ -15,7 +16,7 @@ pub(crate) struct CacheKeys<'a> {
     pub own_keys: &'a ServerKeys,
     pub cache: &'a KeyCache,
     /// Domain name -> key-cache slot.
-    pub slot_of: &'a BTreeMap<String, u32>,
+    pub slot_of: &'a SlotOf,
     /// Now, in the absolute milliseconds key objects use.
     pub now_abs_ms: i64,
 }

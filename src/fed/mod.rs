@@ -20,7 +20,10 @@
 
 mod acl;
 mod adversary;
+mod bitrot;
 mod build;
+mod churn;
+mod divergence;
 mod keyadv;
 mod keys;
 mod output;
@@ -317,7 +320,7 @@ pub struct Homeserver {
     own_keys: Arc<ServerKeys>,
     own_body: Arc<str>,
     pub cache: KeyCache,
-    slot_of: BTreeMap<String, u32>,
+    slot_of: keys::SlotOf,
     /// Localparts of its users.
     pub users: Vec<String>,
     pub rooms: BTreeMap<RoomIndex, ServerRoom>,
@@ -355,6 +358,8 @@ pub struct RoomPlan {
     pub late: BTreeSet<ServerId>,
     message_rng: SimRng,
     topic_rng: SimRng,
+    /// Whether a message replies (`rooms.reply_probability`; stream `room-replies`/room).
+    reply_rng: SimRng,
 }
 
 /// Counters of the whole world (sampled into timeseries.csv).
@@ -481,6 +486,16 @@ pub struct FedWorld {
     /// The wire copy of every event made in the world, by event ID (lookup only): answers
     /// hand out these shared copies instead of re-serialising held events.
     wire: HashMap<EventId, Arc<Value>>,
+    /// The wire size of each copy in `wire`, by the copy's address (the copies live as long as
+    /// the world, so an address names one copy): counting bytes re-serialised every PDU of
+    /// every transaction otherwise.
+    wire_sizes: HashMap<usize, u64>,
+    /// (server, member event) pairs already re-queried because the copy held was co-signed by
+    /// a key that is no longer current (`bitrot.rs`): each is asked for once.
+    stale_requeried: BTreeSet<(ServerId, EventId)>,
+    /// RQ4: newcomers' figures taken so far, and which (room, newcomer) were taken.
+    pub bitrot_rows: Vec<bitrot::NewcomerRow>,
+    bitrot_taken: BTreeSet<(RoomIndex, ServerId)>,
 }
 
 /// The ID a user has in a room: the member key (member-key rooms) or `@localpart:server`.
@@ -538,6 +553,7 @@ impl FedWorld {
 
     /// Processes events until the end of the run.
     pub fn run(&mut self, mut progress: impl FnMut(u64)) {
+        let _crypto = crate::matrix::crypto_mode::enter(self.scenario.crypto);
         while let Some(at_ms) = self.queue.peek_time_ms() {
             if at_ms > self.end_ms {
                 break;
@@ -562,6 +578,7 @@ impl FedWorld {
                 .push((self.next_sample_ms, self.counters.clone()));
             let disagreeing = self.rooms_disagreeing_now();
             self.rooms_disagreeing.push(disagreeing);
+            self.snapshot_newcomers(self.next_sample_ms, false);
             self.next_sample_ms += self.window_ms;
         }
     }
@@ -632,14 +649,11 @@ impl FedWorld {
                 self.queue
                     .push(now_ms + gap_ms.max(1), Ev::Message { room });
                 let body = format!("message at {now_ms}");
-                self.send_local(
-                    server,
-                    room,
-                    user,
-                    "m.room.message",
-                    None,
-                    json!({"msgtype": "m.text", "body": body}),
-                );
+                let mut content = json!({"msgtype": "m.text", "body": body});
+                if let Some(target) = self.reply_target(server, room) {
+                    content["m.relates_to"] = json!({"m.in_reply_to": {"event_id": target}});
+                }
+                self.send_local(server, room, user, "m.room.message", None, content);
             }
             Ev::Topic { room } => {
                 let plan = &mut self.plans[room as usize];
@@ -710,7 +724,7 @@ impl FedWorld {
         let id = self.next_request;
         self.next_request += 1;
         let deadline_ms = now_ms + REQUEST_TIMEOUT_MS;
-        let bytes = body_bytes(&body);
+        let bytes = body_bytes(&body, &self.wire_sizes);
         self.counters.bytes[purpose as usize] += bytes;
         let sender = &mut self.servers[from as usize].stats;
         sender.requests_sent += 1;
@@ -787,7 +801,7 @@ impl FedWorld {
             Err(status) => Done::Status(*status),
         };
         if let Ok(reply) = answer {
-            let bytes = reply_bytes(&reply);
+            let bytes = reply_bytes(&reply, &self.wire_sizes);
             if let Some(to_victim) = noted {
                 self.note_answer(to_victim, from, room_asked, bytes);
             }
@@ -867,6 +881,18 @@ impl FedWorld {
                     .is_some_and(|room| room.joined);
                 if !joined {
                     return Err(404);
+                }
+                // A joiner whose key the resident does not hold (P0 fetches on demand): fetch it
+                // and answer "try again" (the joiner retries in JOIN_RETRY_MS) instead of
+                // dropping the join at check 2 for ever.
+                if let Some(slot) = self.key_needed(to, &pdu)
+                    && self.key_fetch_could_help(to, &pdu, slot)
+                {
+                    let mut out = std::mem::take(&mut self.key_outputs);
+                    self.servers[to as usize].cache.fetch_now(slot, &mut out);
+                    self.apply_key_outputs(to, &mut out, None);
+                    self.key_outputs = out;
+                    return Err(503);
                 }
                 if self.join_gate_refuses(to, &pdu) {
                     return Err(acl::FORBIDDEN);
@@ -1166,6 +1192,7 @@ impl FedWorld {
         let hs = &mut self.servers[server as usize];
         let usable = hs.cache.slots()[slot as usize].valid && response.is_some();
         let rooms: Vec<RoomIndex> = hs.rooms.keys().copied().collect();
+        let mut stale_checks = Vec::new();
         for room in rooms {
             let keys = CacheKeys {
                 own_name: &hs.name,
@@ -1192,6 +1219,9 @@ impl FedWorld {
             } else {
                 state.links.keys_unavailable(&domain_name, now_abs_ms)
             };
+            if !changed.is_empty() {
+                stale_checks.push((room, changed.clone()));
+            }
             if usable && !changed.is_empty() {
                 self.counters.links_reverified += changed.len() as u64;
                 self.counters.revealed += pipeline::reveal_verified(
@@ -1202,6 +1232,9 @@ impl FedWorld {
                     now_abs_ms,
                 ) as u64;
             }
+        }
+        for (room, members) in stale_checks {
+            self.requery_stale_claims(server, room, &members);
         }
         // PDUs parked for these keys go on (verified or not).
         let waiting = self.servers[server as usize]
@@ -1417,6 +1450,7 @@ impl FedWorld {
                 continue;
             }
             let receipt = self.process_now(server, room, &item.json, item.path, item.from);
+            self.requery_if_stale_claim(server, room, &item.json, item.path);
             if let Verdict::MissingEvents {
                 prev_events,
                 auth_events,
@@ -1760,7 +1794,12 @@ impl FedWorld {
     /// Keeps the wire copy of a new event and returns it.
     fn remember(&mut self, pdu: crate::matrix::Pdu) -> Arc<Value> {
         let json = Arc::new(pdu.json);
-        self.wire.insert(pdu.event_id, Arc::clone(&json));
+        self.wire_sizes
+            .insert(Arc::as_ptr(&json) as usize, json_bytes(&json));
+        if let Some(replaced) = self.wire.insert(pdu.event_id, Arc::clone(&json)) {
+            // Its address may be reused once the last holder drops it.
+            self.wire_sizes.remove(&(Arc::as_ptr(&replaced) as usize));
+        }
         json
     }
 
@@ -2506,12 +2545,20 @@ fn wire_copy(wire: &HashMap<EventId, Arc<Value>>, pdu: &crate::matrix::Pdu) -> A
         .unwrap_or_else(|| Arc::new(pdu.json.clone()))
 }
 
-fn body_bytes(body: &Body) -> u64 {
+/// The wire size of a shared copy: remembered for the world's own copies, else computed.
+fn copy_bytes(copy: &Arc<Value>, sizes: &HashMap<usize, u64>) -> u64 {
+    sizes
+        .get(&(Arc::as_ptr(copy) as usize))
+        .copied()
+        .unwrap_or_else(|| json_bytes(copy))
+}
+
+fn body_bytes(body: &Body, sizes: &HashMap<usize, u64>) -> u64 {
     match body {
         Body::Send(pdus) | Body::AttackerSend(pdus) | Body::Push(pdus) => {
-            pdus.iter().map(|pdu| json_bytes(pdu)).sum::<u64>() + 64
+            pdus.iter().map(|pdu| copy_bytes(pdu, sizes)).sum::<u64>() + 64
         }
-        Body::SendJoin { pdu, .. } => json_bytes(pdu) + 64,
+        Body::SendJoin { pdu, .. } => copy_bytes(pdu, sizes) + 64,
         Body::GetMissing { missing, known, .. } => {
             missing
                 .iter()
@@ -2525,7 +2572,7 @@ fn body_bytes(body: &Body) -> u64 {
     }
 }
 
-fn reply_bytes(reply: &Reply) -> u64 {
+fn reply_bytes(reply: &Reply, sizes: &HashMap<usize, u64>) -> u64 {
     match reply {
         Reply::Ack => 16,
         Reply::Template(draft) => {
@@ -2537,7 +2584,13 @@ fn reply_bytes(reply: &Reply) -> u64 {
                 .sum();
             ids + json_bytes(&draft.content) + 256
         }
-        Reply::Events(events) => events.iter().map(|event| json_bytes(event)).sum::<u64>() + 32,
+        Reply::Events(events) => {
+            events
+                .iter()
+                .map(|event| copy_bytes(event, sizes))
+                .sum::<u64>()
+                + 32
+        }
         Reply::Keys(body) => body.len() as u64,
     }
 }

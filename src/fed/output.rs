@@ -51,7 +51,9 @@ fn write_results(
     run_seconds: f64,
     started: Instant,
 ) -> Result<RunOutcome, RunError> {
-    let metrics = headline_metrics(world);
+    let mut metrics = headline_metrics(world);
+    super::bitrot::write_bitrot(world, out_dir, &mut metrics)?;
+    super::divergence::write_divergence(world, out_dir, &mut metrics)?;
     let checks = run_checks(world);
     let failed_checks: Vec<(String, String)> = checks
         .iter()
@@ -88,6 +90,7 @@ fn write_results(
         "events_per_second": rounded(world.events_processed as f64 / run_seconds.max(1e-9)),
         "queue_len_max": world.queue_len_max(),
         "peak_memory_kib": peak_memory_kib(),
+        "crypto": world.scenario.crypto.as_str(),
         "events_signed": world.events_signed,
         "sign_seconds": rounded(world.sign_nanos as f64 / 1e9),
         "check_memo_entries": world.memo.len(),

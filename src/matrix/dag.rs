@@ -17,9 +17,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
-use petgraph::visit::EdgeRef;
 
 use super::auth::{self, AuthState, Rejection};
 use super::state_res::{self, EventSource, ResolveError};
@@ -237,20 +235,33 @@ impl IdIndex {
     }
 }
 
+/// One event of a DAG. Kept small: a large world holds one per event per server.
 struct Node {
     pdu: Arc<Pdu>,
-    prev: Vec<EventIndex>,
-    auth: Vec<EventIndex>,
+    /// The indices of the held prev events, then of the auth events (`prev_count` of them
+    /// first).
+    references: Box<[EventIndex]>,
+    prev_count: u16,
     /// Memoised auth chain: every event reachable through `auth_events`, not the event itself,
     /// sorted by index.
     auth_chain: OnceLock<Arc<[EventIndex]>>,
-    evaluation: Evaluation,
+    /// Shared with every other DAG that holds the event clean (`room::shared`).
+    evaluation: Arc<Evaluation>,
+}
+
+impl Node {
+    fn prev(&self) -> &[EventIndex] {
+        &self.references[..usize::from(self.prev_count)]
+    }
+
+    fn auth(&self) -> &[EventIndex] {
+        &self.references[usize::from(self.prev_count)..]
+    }
 }
 
 /// The event DAG of one room. See the module documentation for the invariants.
 pub struct Dag {
     version: RoomVersion,
-    graph: DiGraph<EventIndex, EdgeKind, EventIndex>,
     nodes: Vec<Node>,
     index_of: IdIndex,
     create: Option<EventIndex>,
@@ -261,7 +272,6 @@ impl Dag {
     pub fn new(version: RoomVersion) -> Dag {
         Dag {
             version,
-            graph: DiGraph::default(),
             nodes: Vec::new(),
             index_of: IdIndex::default(),
             create: None,
@@ -384,11 +394,11 @@ impl Dag {
             (None, Some(key)) => Arc::new(state_before.with(key, pdu.event_id.clone())),
             _ => Arc::clone(&state_before),
         };
-        let evaluation = Evaluation {
+        let evaluation = Arc::new(Evaluation {
             rejection,
             state_before,
             state_after,
-        };
+        });
         Ok(self.add_node(pdu, is_create, prev, auth, evaluation))
     }
 
@@ -400,7 +410,7 @@ impl Dag {
     pub fn insert_evaluated(
         &mut self,
         pdu: Arc<Pdu>,
-        evaluation: Evaluation,
+        evaluation: Arc<Evaluation>,
     ) -> Result<EventIndex, DagError> {
         if self.index(&pdu.event_id).is_some() {
             return Err(DagError::DuplicateEventId(pdu.event_id.clone()));
@@ -421,27 +431,21 @@ impl Dag {
         is_create: bool,
         prev: Vec<EventIndex>,
         auth: Vec<EventIndex>,
-        evaluation: Evaluation,
+        evaluation: Arc<Evaluation>,
     ) -> EventIndex {
         let index = self.nodes.len() as EventIndex;
-        let node = self.graph.add_node(index);
-        debug_assert_eq!(node.index(), index as usize);
-        for &parent in &prev {
-            self.graph
-                .add_edge(node, NodeIndex::new(parent as usize), EdgeKind::Prev);
-        }
-        for &parent in &auth {
-            self.graph
-                .add_edge(node, NodeIndex::new(parent as usize), EdgeKind::Auth);
-        }
         self.index_of.insert(&pdu.event_id, index);
         if is_create {
             self.create = Some(index);
         }
+        // At most 20 prev events pass check 1; a longer list (a DAG fed directly) still fits.
+        let prev_count = u16::try_from(prev.len()).expect("fewer than 65,536 prev events");
+        let mut references = prev;
+        references.extend_from_slice(&auth);
         self.nodes.push(Node {
             pdu,
-            prev,
-            auth,
+            references: references.into_boxed_slice(),
+            prev_count,
             auth_chain: OnceLock::new(),
             evaluation,
         });
@@ -543,11 +547,22 @@ impl Dag {
 
     /// The indices of the event's prev events that are in the DAG.
     pub fn prev_indices(&self, index: EventIndex) -> &[EventIndex] {
-        &self.nodes[index as usize].prev
+        self.nodes[index as usize].prev()
+    }
+
+    /// The indices of the event's auth events.
+    pub fn auth_event_indices(&self, index: EventIndex) -> &[EventIndex] {
+        self.nodes[index as usize].auth()
     }
 
     /// How the event was judged on insertion.
     pub fn evaluation(&self, index: EventIndex) -> &Evaluation {
+        &self.nodes[index as usize].evaluation
+    }
+
+    /// How the event was judged on insertion, shared (for handing to another DAG holding the
+    /// same event clean, see `room::shared`).
+    pub fn shared_evaluation(&self, index: EventIndex) -> &Arc<Evaluation> {
         &self.nodes[index as usize].evaluation
     }
 
@@ -569,20 +584,15 @@ impl Dag {
     /// `prev_events` (a rejected child does not make its parents stop being extremities),
     /// sorted by index.
     pub fn forward_extremities(&self) -> Vec<EventIndex> {
+        let accepted = |node: &Node| node.evaluation.rejection.is_none();
+        let mut named = vec![false; self.nodes.len()];
+        for node in self.nodes.iter().filter(|node| accepted(node)) {
+            for &parent in node.prev() {
+                named[parent as usize] = true;
+            }
+        }
         (0..self.nodes.len() as EventIndex)
-            .filter(|&index| self.nodes[index as usize].evaluation.rejection.is_none())
-            .filter(|&index| {
-                !self
-                    .graph
-                    .edges_directed(NodeIndex::new(index as usize), Direction::Incoming)
-                    .any(|edge| {
-                        *edge.weight() == EdgeKind::Prev
-                            && self.nodes[edge.source().index()]
-                                .evaluation
-                                .rejection
-                                .is_none()
-                    })
-            })
+            .filter(|&index| accepted(&self.nodes[index as usize]) && !named[index as usize])
             .collect()
     }
 
@@ -591,10 +601,23 @@ impl Dag {
         0..self.nodes.len() as EventIndex
     }
 
-    /// The petgraph graph: node weights are event indices, edges point from an event to the
-    /// events it references.
-    pub fn graph(&self) -> &DiGraph<EventIndex, EdgeKind, EventIndex> {
-        &self.graph
+    /// The references of the DAG as a petgraph graph (built on demand: node weights are event
+    /// indices, edges point from an event to the events it references).
+    pub fn graph(&self) -> DiGraph<EventIndex, EdgeKind, EventIndex> {
+        let mut graph = DiGraph::with_capacity(self.nodes.len(), self.nodes.len() * 4);
+        for index in 0..self.nodes.len() as EventIndex {
+            graph.add_node(index);
+        }
+        for (index, node) in self.nodes.iter().enumerate() {
+            let child = NodeIndex::new(index);
+            for &parent in node.prev() {
+                graph.add_edge(child, NodeIndex::new(parent as usize), EdgeKind::Prev);
+            }
+            for &parent in node.auth() {
+                graph.add_edge(child, NodeIndex::new(parent as usize), EdgeKind::Auth);
+            }
+        }
+        graph
     }
 
     /// The resolution of the states after the given events (the current state when they are the
@@ -618,7 +641,7 @@ impl EventSource for Dag {
     }
 
     fn auth_indices(&self, index: EventIndex) -> &[EventIndex] {
-        &self.nodes[index as usize].auth
+        self.nodes[index as usize].auth()
     }
 
     fn is_rejected(&self, index: EventIndex) -> bool {
@@ -654,7 +677,7 @@ impl EventSource for Dag {
             }
             if !children_done {
                 stack.push((current, true));
-                for &parent in &node.auth {
+                for &parent in node.auth() {
                     if self.nodes[parent as usize].auth_chain.get().is_none() {
                         stack.push((parent, false));
                     }
@@ -662,7 +685,7 @@ impl EventSource for Dag {
                 continue;
             }
             let mut chain: Vec<EventIndex> = Vec::new();
-            for &parent in &node.auth {
+            for &parent in node.auth() {
                 chain.push(parent);
                 chain.extend_from_slice(
                     self.nodes[parent as usize]

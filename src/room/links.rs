@@ -25,12 +25,13 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::intern::intern;
 use super::keys::HeldKeys;
 use super::policy::InvalidationRule;
 use super::shared::SharedEventFacts;
 use crate::matrix::member_keys::{self, LinkOutcome};
 use crate::matrix::server_keys::ServerKeys;
-use crate::matrix::{EventId, Pdu, RoomVersion};
+use crate::matrix::{Pdu, RoomVersion};
 use crate::server::outcome_table::InvalidReason;
 
 /// Where a link stands.
@@ -116,27 +117,32 @@ impl KeyInvalidation {
 
 /// Why a link changed state.
 #[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Strings are interned (`room::intern`): every link table of a world shares one copy.
 pub enum LinkReason {
     /// A member event claiming the domain was seen; its keys are not held.
-    AwaitingKeys { event_id: EventId, domain: String },
+    AwaitingKeys {
+        event_id: Arc<str>,
+        domain: Arc<str>,
+    },
     /// A current key of the domain co-signed the member event.
     Cosigned {
-        event_id: EventId,
-        domain: String,
-        key_id: String,
+        event_id: Arc<str>,
+        domain: Arc<str>,
+        key_id: Arc<str>,
     },
     /// Checking the co-signature failed (missing, bad, or only non-current keys).
     CosignatureFailed {
-        event_id: EventId,
-        outcome: LinkOutcome,
+        event_id: Arc<str>,
+        outcome: Box<LinkOutcome>,
     },
     /// The domain's keys could not be fetched while the link was pending.
-    KeysUnavailable { domain: String },
+    KeysUnavailable { domain: Arc<str> },
     /// The key that verified the link was invalidated.
     KeyInvalidated {
-        domain: String,
-        key_id: String,
-        invalidation: KeyInvalidation,
+        domain: Arc<str>,
+        key_id: Arc<str>,
+        invalidation: Box<KeyInvalidation>,
     },
 }
 
@@ -152,7 +158,8 @@ pub struct LinkTransition {
 /// One member key's link.
 #[derive(Debug, Clone)]
 pub struct Link {
-    pub member_key: String,
+    /// Interned (shared by every table that knows the member).
+    pub member_key: Arc<str>,
     pub status: LinkStatus,
     /// The member event whose claim the link is about (the held copy, possibly re-signed).
     pub member_event: Option<Arc<Pdu>>,
@@ -160,8 +167,8 @@ pub struct Link {
     pub domain: Option<String>,
     /// `content.localpart` of that event (absent once redacted).
     pub localpart: Option<String>,
-    /// The `(domain, key ID)` that verified the link, while verified.
-    pub verified_by: Option<(String, String)>,
+    /// The `(domain, key ID)` that verified the link, while verified (interned).
+    pub verified_by: Option<(Arc<str>, Arc<str>)>,
     /// P7: after an expiry, the link still vouches for events sent up to this time.
     pub vouches_until_ms: Option<i64>,
     /// Every transition, oldest first.
@@ -169,9 +176,9 @@ pub struct Link {
 }
 
 impl Link {
-    fn new(member_key: &str) -> Link {
+    fn new(member_key: Arc<str>) -> Link {
         Link {
-            member_key: member_key.to_owned(),
+            member_key,
             status: LinkStatus::Unknown,
             member_event: None,
             domain: None,
@@ -206,15 +213,19 @@ pub enum LinkVerdict {
     Unverified,
 }
 
+/// `(domain, key ID, member key)`, interned: one flat entry per link (a set per key or per
+/// domain would cost a B-tree node for the one member most servers have in a room).
+type VerifierEntry = (Arc<str>, Arc<str>, Arc<str>);
+
 /// One server's member link table.
 #[derive(Debug, Clone)]
 pub struct LinkTable {
     invalidation: InvalidationRule,
-    links: BTreeMap<String, Link>,
+    links: BTreeMap<Arc<str>, Link>,
     /// `(domain, key ID)` -> member keys whose link that key verified.
-    verified_by_key: BTreeMap<(String, String), BTreeSet<String>>,
+    verified_by_key: BTreeSet<VerifierEntry>,
     /// domain -> member keys claiming it (any status).
-    by_domain: BTreeMap<String, BTreeSet<String>>,
+    by_domain: BTreeSet<(Arc<str>, Arc<str>)>,
     /// If set, co-signature checks are shared with other servers (see [`super::shared`]).
     shared: Option<SharedEventFacts>,
 }
@@ -225,8 +236,8 @@ impl LinkTable {
         LinkTable {
             invalidation,
             links: BTreeMap::new(),
-            verified_by_key: BTreeMap::new(),
-            by_domain: BTreeMap::new(),
+            verified_by_key: BTreeSet::new(),
+            by_domain: BTreeSet::new(),
             shared: None,
         }
     }
@@ -276,10 +287,9 @@ impl LinkTable {
 
     /// The member keys whose link the key `(domain, key_id)` verified.
     pub fn verified_by(&self, domain: &str, key_id: &str) -> Vec<String> {
-        self.verified_by_key
-            .get(&(domain.to_owned(), key_id.to_owned()))
-            .map(|keys| keys.iter().cloned().collect())
-            .unwrap_or_default()
+        self.verified_by_entries(domain, key_id)
+            .map(|(_, _, member)| member.to_string())
+            .collect()
     }
 
     /// A member event was accepted into a room (PDU checks 1–5 passed). If it is the member's own
@@ -298,11 +308,14 @@ impl LinkTable {
         {
             return self.status(&event.sender);
         }
-        let member_key = event.sender.clone();
+        let member_key = match self.links.get_key_value(event.sender.as_str()) {
+            Some((known, _)) => Arc::clone(known),
+            None => intern(&event.sender),
+        };
         let link = self
             .links
-            .entry(member_key.clone())
-            .or_insert_with(|| Link::new(&member_key));
+            .entry(Arc::clone(&member_key))
+            .or_insert_with(|| Link::new(Arc::clone(&member_key)));
         let replaces = match &link.member_event {
             None => true,
             Some(held) => {
@@ -319,15 +332,13 @@ impl LinkTable {
             .map(str::to_owned);
         if let Some(old_domain) = link.domain.take()
             && Some(&old_domain) != domain.as_ref()
-            && let Some(keys) = self.by_domain.get_mut(&old_domain)
         {
-            keys.remove(&member_key);
+            self.by_domain
+                .remove(&(intern(&old_domain), Arc::clone(&member_key)));
         }
         if let Some(domain) = &domain {
             self.by_domain
-                .entry(domain.clone())
-                .or_default()
-                .insert(member_key.clone());
+                .insert((intern(domain), Arc::clone(&member_key)));
         }
         let link = self.links.get_mut(&member_key).expect("inserted above");
         link.localpart = event
@@ -340,8 +351,8 @@ impl LinkTable {
         match (domain, keys) {
             (Some(domain), None) => {
                 let reason = LinkReason::AwaitingKeys {
-                    event_id: event.event_id.clone(),
-                    domain,
+                    event_id: intern(&event.event_id),
+                    domain: intern(&domain),
                 };
                 // A verified link stays verified until its key is invalidated or the new claim
                 // is checked; anything else waits for the keys.
@@ -352,8 +363,8 @@ impl LinkTable {
             (Some(_), Some(keys)) => self.check(version, &member_key, keys, now_ms),
             (None, _) => {
                 let reason = LinkReason::CosignatureFailed {
-                    event_id: event.event_id.clone(),
-                    outcome: LinkOutcome::NoLinkClaimed,
+                    event_id: intern(&event.event_id),
+                    outcome: Box::new(LinkOutcome::NoLinkClaimed),
                 };
                 self.unindex_verifier(&member_key);
                 self.transition(&member_key, LinkStatus::Unverified, reason, now_ms);
@@ -391,7 +402,7 @@ impl LinkTable {
         for member_key in self.members_claiming(domain) {
             if self.status(&member_key) == LinkStatus::Pending {
                 let reason = LinkReason::KeysUnavailable {
-                    domain: domain.to_owned(),
+                    domain: intern(domain),
                 };
                 self.transition(&member_key, LinkStatus::Unverified, reason, now_ms);
                 changed.push(member_key);
@@ -419,31 +430,54 @@ impl LinkTable {
             InvalidationRule::ExpiryIsNotRevocation => invalidation.expiry_bound_ms(),
             InvalidationRule::RevokeAll | InvalidationRule::Never => None,
         };
-        let affected = self
-            .verified_by_key
-            .remove(&(domain.to_owned(), key_id.to_owned()))
-            .unwrap_or_default();
+        let (domain, key_id) = (intern(domain), intern(key_id));
+        let affected: Vec<VerifierEntry> = self
+            .verified_by_entries(&domain, &key_id)
+            .cloned()
+            .collect();
         let mut changed = Vec::with_capacity(affected.len());
-        for member_key in affected {
+        for entry in affected {
+            self.verified_by_key.remove(&entry);
+            let member_key = entry.2;
             let reason = LinkReason::KeyInvalidated {
-                domain: domain.to_owned(),
-                key_id: key_id.to_owned(),
-                invalidation: invalidation.clone(),
+                domain: Arc::clone(&domain),
+                key_id: Arc::clone(&key_id),
+                invalidation: Box::new(invalidation.clone()),
             };
             self.transition(&member_key, LinkStatus::Unverified, reason, now_ms);
             if let Some(link) = self.links.get_mut(&member_key) {
                 link.vouches_until_ms = vouches_until_ms;
             }
-            changed.push(member_key);
+            changed.push(member_key.to_string());
         }
         changed
     }
 
     fn members_claiming(&self, domain: &str) -> Vec<String> {
+        let domain = intern(domain);
+        let from = (Arc::clone(&domain), Arc::<str>::from(""));
         self.by_domain
-            .get(domain)
-            .map(|keys| keys.iter().cloned().collect())
-            .unwrap_or_default()
+            .range(from..)
+            .take_while(|(claimed, _)| *claimed == domain)
+            .map(|(_, member)| member.to_string())
+            .collect()
+    }
+
+    /// The index entries of the links the key `(domain, key_id)` verified, by member key.
+    fn verified_by_entries(
+        &self,
+        domain: &str,
+        key_id: &str,
+    ) -> impl Iterator<Item = &VerifierEntry> {
+        let (domain, key_id) = (intern(domain), intern(key_id));
+        let from = (
+            Arc::clone(&domain),
+            Arc::clone(&key_id),
+            Arc::<str>::from(""),
+        );
+        self.verified_by_key
+            .range(from..)
+            .take_while(move |(by_domain, by_key, _)| *by_domain == domain && *by_key == key_id)
     }
 
     /// Checks the held member event of `member_key` against `keys` and records the result.
@@ -470,34 +504,47 @@ impl LinkTable {
         };
         match outcome {
             LinkOutcome::Verified { key_id } => {
-                let domain = event
-                    .content
-                    .get("domain")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
+                let domain = intern(
+                    event
+                        .content
+                        .get("domain")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                );
+                let key_id = intern(&key_id);
                 let reason = LinkReason::Cosigned {
-                    event_id: event.event_id.clone(),
-                    domain: domain.clone(),
-                    key_id: key_id.clone(),
+                    event_id: intern(&event.event_id),
+                    domain: Arc::clone(&domain),
+                    key_id: Arc::clone(&key_id),
                 };
                 self.unindex_verifier(member_key);
-                self.verified_by_key
-                    .entry((domain.clone(), key_id.clone()))
-                    .or_default()
-                    .insert(member_key.to_owned());
+                self.verified_by_key.insert((
+                    Arc::clone(&domain),
+                    Arc::clone(&key_id),
+                    intern(member_key),
+                ));
                 let link = self.links.get_mut(member_key).expect("checked above");
                 link.verified_by = Some((domain, key_id));
                 link.vouches_until_ms = None;
                 self.transition(member_key, LinkStatus::Verified, reason, now_ms);
             }
             outcome => {
+                let vouches_until_ms = match (&outcome, self.invalidation) {
+                    (
+                        LinkOutcome::NoCurrentKey { key_id, .. },
+                        InvalidationRule::ExpiryIsNotRevocation,
+                    ) => old_key_vouches_until_ms(version, &event, keys, key_id),
+                    _ => None,
+                };
                 let reason = LinkReason::CosignatureFailed {
-                    event_id: event.event_id.clone(),
-                    outcome,
+                    event_id: intern(&event.event_id),
+                    outcome: Box::new(outcome),
                 };
                 self.unindex_verifier(member_key);
                 self.transition(member_key, LinkStatus::Unverified, reason, now_ms);
+                if let Some(link) = self.links.get_mut(member_key) {
+                    link.vouches_until_ms = vouches_until_ms;
+                }
             }
         }
     }
@@ -506,23 +553,24 @@ impl LinkTable {
         let Some(link) = self.links.get_mut(member_key) else {
             return;
         };
-        if let Some(verifier) = link.verified_by.take()
-            && let Some(keys) = self.verified_by_key.get_mut(&verifier)
-        {
-            keys.remove(member_key);
-            if keys.is_empty() {
-                self.verified_by_key.remove(&verifier);
-            }
+        if let Some(verifier) = link.verified_by.take() {
+            self.verified_by_key
+                .remove(&(verifier.0, verifier.1, intern(member_key)));
         }
     }
 
     /// Records a transition (also a re-verification that keeps the status, so a re-signed event
     /// shows in the history).
     fn transition(&mut self, member_key: &str, to: LinkStatus, reason: LinkReason, at_ms: i64) {
-        let link = self
-            .links
-            .entry(member_key.to_owned())
-            .or_insert_with(|| Link::new(member_key));
+        let link = match self.links.get_mut(member_key) {
+            Some(link) => link,
+            None => {
+                let member_key = intern(member_key);
+                self.links
+                    .entry(Arc::clone(&member_key))
+                    .or_insert_with(|| Link::new(member_key))
+            }
+        };
         if to != LinkStatus::Verified {
             link.verified_by = None;
         }
@@ -536,6 +584,8 @@ impl LinkTable {
             return;
         }
         link.status = to;
+        // Most links change once or twice: grow the history one entry at a time.
+        link.transitions.reserve_exact(1);
         link.transitions.push(LinkTransition {
             from,
             to,
@@ -543,6 +593,28 @@ impl LinkTable {
             at_ms,
         });
     }
+}
+
+/// P7 at first sight (a server that meets a member event only after its co-signing key expired,
+/// e.g. a newcomer backfilling history): expiry is not revocation, so a valid co-signature by a
+/// key in `old_verify_keys` still vouches for the member's events sent up to the key's
+/// `expired_ts` — the same bound a link verified earlier keeps when that key moves to
+/// `old_verify_keys` ([`LinkTable::key_invalidated`]). `None` if the key is not an old key whose
+/// `expired_ts` covers the member event, or its signature does not verify.
+fn old_key_vouches_until_ms(
+    version: &RoomVersion,
+    event: &Pdu,
+    keys: HeldKeys<'_>,
+    key_id: &str,
+) -> Option<i64> {
+    let domain = event.content.get("domain").and_then(Value::as_str)?;
+    let old = keys.keys.old_verify_keys.get(key_id)?;
+    if old.expired_ts_ms < event.origin_server_ts {
+        return None;
+    }
+    crate::matrix::signing::verify_event_signature(version, &event.json, domain, key_id, &old.key)
+        .ok()
+        .map(|()| old.expired_ts_ms)
 }
 
 #[cfg(test)]
@@ -652,11 +724,9 @@ mod tests {
             .unwrap()
             .clone();
         assert!(matches!(
-            last.reason,
-            LinkReason::CosignatureFailed {
-                outcome: LinkOutcome::NoCurrentKey { .. },
-                ..
-            }
+            &last.reason,
+            LinkReason::CosignatureFailed { outcome, .. }
+                if matches!(**outcome, LinkOutcome::NoCurrentKey { .. })
         ));
         // ...but the re-signed copy (same event ID) does.
         let resigned = Arc::new(
@@ -699,11 +769,9 @@ mod tests {
             LinkStatus::Unverified
         );
         assert!(matches!(
-            table.link(&bare.sender).unwrap().transitions[0].reason,
-            LinkReason::CosignatureFailed {
-                outcome: LinkOutcome::NotCosigned,
-                ..
-            }
+            &table.link(&bare.sender).unwrap().transitions[0].reason,
+            LinkReason::CosignatureFailed { outcome, .. }
+                if matches!(**outcome, LinkOutcome::NotCosigned)
         ));
         // Signed by a key the domain does not publish.
         let impostor = server_key("1", 77);

@@ -23,6 +23,7 @@
 
 pub mod acl;
 pub mod checks;
+pub mod intern;
 pub mod keys;
 pub mod links;
 pub mod memo;

@@ -135,7 +135,10 @@ pub struct RoomState {
     /// Accepted events that named a prev event the DAG did not hold yet, by that prev's ID.
     children_of_missing: BTreeMap<EventId, u32>,
     memo: Option<BTreeMap<Vec<EventIndex>, Arc<StateMap>>>,
-    timeline: Vec<TimelineEntry>,
+    /// Events hidden by the link rule and revealed later (policy A6): index -> when. The
+    /// timeline itself is derived from the DAG and `held` (one entry per held event, in
+    /// processing order = index order), so nothing is stored per event for it.
+    revealed: BTreeMap<EventIndex, i64>,
     /// Per event: clean in the sense of [`super::shared`] (its evaluation may be shared).
     clean: Vec<bool>,
     /// Per event: its room-wide number in the shared facts, or [`NO_SHARED_ID`].
@@ -157,7 +160,7 @@ impl RoomState {
             accepted_children: Vec::new(),
             children_of_missing: BTreeMap::new(),
             memo: Some(BTreeMap::new()),
-            timeline: Vec::new(),
+            revealed: BTreeMap::new(),
             clean: Vec::new(),
             shared_ids: Vec::new(),
             shared: None,
@@ -283,17 +286,58 @@ impl RoomState {
             .collect()
     }
 
-    /// The client-visible timeline, in order of processing.
-    pub fn timeline(&self) -> &[TimelineEntry] {
-        &self.timeline
+    /// The client-visible timeline, in order of processing (one entry per held event; built
+    /// on demand from the held events, so a server stores no strings per event for it).
+    pub fn timeline(&self) -> Vec<TimelineEntry> {
+        (0..self.held.len())
+            .map(|index| self.timeline_entry(index as EventIndex))
+            .collect()
+    }
+
+    /// How clients are shown the held event at `index`.
+    fn visibility(&self, index: EventIndex) -> Visibility {
+        if let Some(&at_ms) = self.revealed.get(&index) {
+            return Visibility::Revealed { at_ms };
+        }
+        match &self.held[index as usize].fate {
+            Fate::Accepted { labelled } => Visibility::Delivered {
+                labelled: *labelled,
+            },
+            fate => Visibility::Hidden(fate.clone()),
+        }
+    }
+
+    /// The timeline entry of the held event at `index`.
+    fn timeline_entry(&self, index: EventIndex) -> TimelineEntry {
+        let pdu = self.dag.event(index);
+        TimelineEntry {
+            event_id: pdu.event_id.clone(),
+            sender: pdu.sender.clone(),
+            event_type: pdu.event_type.clone(),
+            is_state: pdu.is_state(),
+            at_ms: self.held[index as usize].received_at_ms,
+            visibility: self.visibility(index),
+        }
+    }
+
+    /// The timeline entry of a held event.
+    pub fn timeline_entry_of(&self, event_id: &str) -> Option<TimelineEntry> {
+        self.dag
+            .index(event_id)
+            .map(|index| self.timeline_entry(index))
+    }
+
+    /// Whether clients are shown the held event at `index` (its timeline entry is visible).
+    fn is_visible(&self, index: EventIndex) -> bool {
+        self.revealed.contains_key(&index)
+            || matches!(self.held[index as usize].fate, Fate::Accepted { .. })
     }
 
     /// The events clients are shown, in order.
     pub fn visible_event_ids(&self) -> Vec<EventId> {
-        self.timeline
-            .iter()
-            .filter(|entry| entry.is_visible())
-            .map(|entry| entry.event_id.clone())
+        (0..self.held.len() as EventIndex)
+            .filter(|&index| self.is_visible(index))
+            .map(|index| self.dag.event(index).event_id.clone())
             .collect()
     }
 
@@ -487,8 +531,10 @@ impl RoomState {
             None => {
                 let index = self.dag.insert(Arc::clone(&pdu))?;
                 shared.count(Count::EvaluationComputed);
-                let id = lock(facts)
-                    .store_evaluation(pdu.event_id.clone(), self.dag.evaluation(index).clone());
+                let id = lock(facts).store_evaluation(
+                    pdu.event_id.clone(),
+                    Arc::clone(self.dag.shared_evaluation(index)),
+                );
                 Ok((index, id))
             }
         }
@@ -639,20 +685,6 @@ impl RoomState {
                 self.extremities.insert(index);
             }
         }
-        let visibility = match &held.fate {
-            Fate::Accepted { labelled } => Visibility::Delivered {
-                labelled: *labelled,
-            },
-            fate => Visibility::Hidden(fate.clone()),
-        };
-        self.timeline.push(TimelineEntry {
-            event_id: pdu.event_id.clone(),
-            sender: pdu.sender.clone(),
-            event_type: pdu.event_type.clone(),
-            is_state: pdu.is_state(),
-            at_ms: held.received_at_ms,
-            visibility,
-        });
         self.held.push(held);
     }
 
@@ -660,14 +692,14 @@ impl RoomState {
     /// Returns how many were revealed.
     pub(crate) fn reveal_link_hidden(&mut self, sender: &str, now_ms: i64) -> usize {
         let mut revealed = 0;
-        for entry in &mut self.timeline {
-            if entry.sender == sender
-                && matches!(
-                    entry.visibility,
-                    Visibility::Hidden(Fate::SoftFailed(SoftFailReason::Link(_)))
-                )
+        for index in 0..self.held.len() as EventIndex {
+            if matches!(
+                self.held[index as usize].fate,
+                Fate::SoftFailed(SoftFailReason::Link(_))
+            ) && !self.revealed.contains_key(&index)
+                && self.dag.event(index).sender == sender
             {
-                entry.visibility = Visibility::Revealed { at_ms: now_ms };
+                self.revealed.insert(index, now_ms);
                 revealed += 1;
             }
         }

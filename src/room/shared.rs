@@ -104,7 +104,7 @@ pub(crate) type SharedId = u32;
 #[derive(Clone)]
 pub(crate) struct SharedEvaluation {
     pub(crate) id: SharedId,
-    pub(crate) evaluation: Evaluation,
+    pub(crate) evaluation: Arc<Evaluation>,
 }
 
 /// Check 6's verdict: the rule that allowed the event against the current state, or why not.
@@ -134,7 +134,7 @@ impl RoomFacts {
     pub(crate) fn store_evaluation(
         &mut self,
         event_id: EventId,
-        evaluation: Evaluation,
+        evaluation: Arc<Evaluation>,
     ) -> SharedId {
         let id = self.next_id;
         self.next_id += 1;

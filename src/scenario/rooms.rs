@@ -88,6 +88,23 @@ pub struct Rooms {
     /// to a victim, at the price of not pushing to members whose link is still pending).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub fan_out_to_unverified_links: bool,
+    /// RQ4 churn: if set, every server except the rooms' creators and the late joiners goes
+    /// offline for good (connections refused) after an exponentially distributed lifetime with
+    /// this mean (random stream `server-lifetime`/server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_lifetime_mean: Option<Duration>,
+    /// RQ4 key rotation: if set, every server rotates its signing key at exponentially
+    /// distributed intervals with this mean while it is alive (stream `key-rotation`/server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rotation_mean: Option<Duration>,
+    /// The chance that such a rotation re-signs the server's member events (default 1: the
+    /// MSC's SHOULD); the rest are "rotation without re-signing".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resign_probability: Option<f64>,
+    /// RQ5: the chance that a workload message replies (`m.relates_to.m.in_reply_to`) to the
+    /// latest message its sender's server shows (stream `room-replies`/room).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_probability: Option<f64>,
     /// Scripted actions.
     #[serde(default)]
     pub actions: Vec<RoomAction>,
@@ -373,6 +390,29 @@ pub(super) fn validate(scenario: &Scenario, rooms: &Rooms) -> Result<(), Invalid
                     "room {room} does not exist (allowed: 0 to {})",
                     rooms.rooms - 1
                 ),
+            ));
+        }
+    }
+    for (path, mean) in [
+        ("rooms.server_lifetime_mean", rooms.server_lifetime_mean),
+        ("rooms.key_rotation_mean", rooms.key_rotation_mean),
+    ] {
+        if let Some(mean) = mean
+            && mean.ms() < crate::engine::time::MINUTE_MS
+        {
+            return Err((path.to_owned(), "must be at least 1m".to_owned()));
+        }
+    }
+    for (path, probability) in [
+        ("rooms.resign_probability", rooms.resign_probability),
+        ("rooms.reply_probability", rooms.reply_probability),
+    ] {
+        if let Some(probability) = probability
+            && !(probability.is_finite() && (0.0..=1.0).contains(&probability))
+        {
+            return Err((
+                path.to_owned(),
+                format!("{probability} is not a probability (allowed: 0.0 to 1.0)"),
             ));
         }
     }

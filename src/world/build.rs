@@ -42,6 +42,8 @@ impl World {
     /// a random time within one lifetime before the start, and every observer starts with those
     /// responses verified in its cache (a warm start: the steady state, not a cold-start burst).
     pub fn build(scenario: &Scenario, seed: u64, trace: Trace) -> World {
+        // Warm-start responses are signed here, in the scenario's crypto mode.
+        let _crypto = crate::matrix::crypto_mode::enter(scenario.crypto);
         let federation = &scenario.federation;
         let mut domain_names = Vec::new();
         let mut region_of = Vec::new();

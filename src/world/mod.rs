@@ -230,6 +230,7 @@ impl World {
 
     /// Processes events until the end of the run, calling `progress(now_ms)` every so often.
     pub fn run(&mut self, mut progress: impl FnMut(u64)) {
+        let _crypto = crate::matrix::crypto_mode::enter(self.scenario.crypto);
         while let Some(at_ms) = self.queue.peek_time_ms() {
             if at_ms > self.end_ms {
                 break;

@@ -1027,11 +1027,7 @@ impl Run {
     /// As [`Run::shown`] by event ID.
     pub fn shown_id(&self, server: usize, event_id: &str) -> String {
         let room = self.room(server);
-        let Some(entry) = room
-            .timeline()
-            .iter()
-            .find(|entry| entry.event_id == event_id)
-        else {
+        let Some(entry) = room.timeline_entry_of(event_id) else {
             return "not held".to_owned();
         };
         match &entry.visibility {
