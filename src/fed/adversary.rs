@@ -46,7 +46,8 @@ impl Adversaries {
     }
 }
 
-/// Counters of ACLs, the join gate and the adversaries (part of [`super::Counters`]).
+/// Counters of ACLs, the join gate, the adversaries and the moderation workload (part of
+/// [`super::Counters`]).
 #[derive(Debug, Clone, Default)]
 pub struct AdvCounters {
     pub acl_events_sent: u64,
@@ -65,6 +66,11 @@ pub struct AdvCounters {
     pub victim_bytes: u64,
     pub attacker_requests: u64,
     pub attacker_bytes: u64,
+    pub kicks_sent: u64,
+    pub bans_sent: u64,
+    pub unbans_sent: u64,
+    pub power_changes_sent: u64,
+    pub rejoins_started: u64,
 }
 
 impl AdvCounters {
@@ -87,6 +93,11 @@ impl AdvCounters {
             ("victim_bytes", self.victim_bytes),
             ("attacker_requests", self.attacker_requests),
             ("attacker_bytes", self.attacker_bytes),
+            ("kicks_sent", self.kicks_sent),
+            ("bans_sent", self.bans_sent),
+            ("unbans_sent", self.unbans_sent),
+            ("power_changes_sent", self.power_changes_sent),
+            ("rejoins_started", self.rejoins_started),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))

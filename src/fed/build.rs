@@ -311,6 +311,7 @@ impl FedWorld {
             attacker: Default::default(),
             adv: Default::default(),
             key_adv: Default::default(),
+            workload: Default::default(),
             sent: Vec::new(),
             trace,
             events_processed: 0,

@@ -30,6 +30,7 @@ mod keys;
 mod notary;
 mod output;
 mod storm;
+mod workload;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -188,6 +189,11 @@ enum Ev {
     Exchange {
         server: ServerId,
     },
+    /// Moderation at scenario rates (`workload.rs`).
+    Workload {
+        room: RoomIndex,
+        chore: workload::Chore,
+    },
 }
 
 impl Ev {
@@ -206,6 +212,7 @@ impl Ev {
             Ev::KeyTimer { server, slot, .. } => (8, u64::from(*server) << 32 | u64::from(*slot)),
             Ev::Action { index } => (9, u64::from(*index)),
             Ev::Exchange { server } => (10, u64::from(*server)),
+            Ev::Workload { room, chore } => (11, u64::from(*room) << 32 | chore.trace_code()),
         }
     }
 }
@@ -482,6 +489,8 @@ pub struct FedWorld {
     pub adv: Adversaries,
     /// The key-layer adversaries of `keyadv.rs`.
     pub key_adv: keyadv::KeyAdversaries,
+    /// The moderation workload's random streams (`workload.rs`).
+    workload: workload::Workload,
     pub sent: Vec<Sent>,
     pub trace: Trace,
     pub events_processed: u64,
@@ -719,6 +728,7 @@ impl FedWorld {
             }
             Ev::Action { index } => self.act(index as usize),
             Ev::Exchange { server } => self.exchange_extremities(server),
+            Ev::Workload { room, chore } => self.workload(room, chore),
         }
     }
 
@@ -896,7 +906,9 @@ impl FedWorld {
                 // A joiner whose key the resident does not hold (P0 fetches on demand): fetch it
                 // and answer "try again" (the joiner retries in JOIN_RETRY_MS) instead of
                 // dropping the join at check 2 for ever.
-                if let Some(slot) = self.key_needed(to, &pdu) {
+                if let Some(slot) = self.key_needed(to, &pdu)
+                    && self.key_fetch_could_help(to, &pdu, slot)
+                {
                     let mut out = std::mem::take(&mut self.key_outputs);
                     self.servers[to as usize].cache.fetch_now(slot, &mut out);
                     self.apply_key_outputs(to, &mut out, None);
@@ -1989,6 +2001,7 @@ impl FedWorld {
                 as u64;
             self.queue.push(now_ms + gap_ms.max(1), Ev::Topic { room });
         }
+        self.start_workload(room);
     }
 
     /// `server` starts joining `room` through a resident (the creator's server first, then the

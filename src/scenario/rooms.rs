@@ -39,6 +39,24 @@ pub struct Rooms {
     /// Mean rate of topic changes per room (by the creator, Poisson).
     #[serde(default)]
     pub topic_changes_per_room_per_day: f64,
+    /// Mean rate of kicks per room (Poisson): the room's creator (its moderator) kicks a random
+    /// joined member, whose server joins again `rejoin_after` later.
+    #[serde(default, skip_serializing_if = "is_zero_rate")]
+    pub kicks_per_room_per_day: f64,
+    /// Mean rate of bans per room (Poisson): the creator bans a random joined member, unbans it
+    /// `ban_duration` later, and the member's server joins again `rejoin_after` after that.
+    #[serde(default, skip_serializing_if = "is_zero_rate")]
+    pub bans_per_room_per_day: f64,
+    /// Mean rate of power-level changes per room (Poisson): the creator sends an
+    /// `m.room.power_levels` event raising a random joined member to 50 or back to the default.
+    #[serde(default, skip_serializing_if = "is_zero_rate")]
+    pub power_changes_per_room_per_day: f64,
+    /// How long a kicked (or unbanned) member waits before joining again (default 10m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejoin_after: Option<Duration>,
+    /// How long a ban lasts before the creator lifts it (default 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ban_duration: Option<Duration>,
     /// Servers join their rooms at uniform times within this window after the room is created.
     #[serde(default = "one_hour")]
     pub join_window: Duration,
@@ -110,6 +128,10 @@ fn is_true(value: &bool) -> bool {
 
 fn is_zero(value: &u32) -> bool {
     *value == 0
+}
+
+fn is_zero_rate(value: &f64) -> bool {
+    *value == 0.0
 }
 
 fn one_user() -> CountSpec {
@@ -356,6 +378,12 @@ pub(super) fn validate(scenario: &Scenario, rooms: &Rooms) -> Result<(), Invalid
         (
             "rooms.topic_changes_per_room_per_day",
             rooms.topic_changes_per_room_per_day,
+        ),
+        ("rooms.kicks_per_room_per_day", rooms.kicks_per_room_per_day),
+        ("rooms.bans_per_room_per_day", rooms.bans_per_room_per_day),
+        (
+            "rooms.power_changes_per_room_per_day",
+            rooms.power_changes_per_room_per_day,
         ),
     ] {
         if !(rate.is_finite() && rate >= 0.0) {
