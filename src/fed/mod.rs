@@ -13,10 +13,11 @@
 //! (real servers fetch on demand), and a PDU with unknown prev or auth events parks it until a
 //! `/get_missing_events` answer arrives (its events are processed first, oldest first).
 //!
-//! Simplification (documented in docs/notes/fed.md): the `Dag` has no outlier mode, so a
-//! `send_join` answer carries the resident's whole held history in its DAG order (a superset of
-//! the state and the auth chain); the joiner runs it through its pipeline on the `JoinState`
-//! path. Its bytes are counted.
+//! Joins (`rooms.join`): under `state` they follow the spec (`join.rs`: the `send_join` answer
+//! carries the state and the auth chain, stored as outliers, then `/backfill`); under
+//! `history` (the default, fedsim's earlier simplification documented in docs/notes/fed.md)
+//! the answer carries the resident's whole held history in its DAG order, which the joiner runs
+//! through its pipeline on the `JoinState` path. Bytes are counted either way.
 
 mod build;
 mod join;
