@@ -22,10 +22,19 @@ figures=(
     "rq1-polling-load|scenarios/rq1-polling-load.toml|polling-load"
     "rq2-containment|scenarios/rq2-containment-keys.toml|containment-rotation"
     "rq3-fail-open-window|scenarios/rq3-fail-open-window.toml|containment-compromise-silent"
+    "rq5-divergence|scenarios/rq5-divergence.toml|divergence"
     "rq6-link-hours-lost|scenarios/rq6-partitions.toml|link-hours-lost"
     "rq10-lying-server|scenarios/rq10-lying-server.toml|containment-lie"
     "rq11-domain-reuse|scenarios/rq11-domain-reuse.toml|containment-expire-gap-1d"
     "rq12-wakeups|scenarios/rq12-constrained-host.toml|wakeups"
+)
+
+# Figures drawn from a sweep (one line per policy, means and 95% CIs over seeds):
+# figure name | scenario file | sweep arguments | chart file stem `fedsim plot` writes in charts/
+sweep_figures=(
+    "rq4-bitrot|scenarios/rq4-bitrot.toml|--param rooms.policy=P1,P7,P5 --seeds 1..3|bitrot"
+    "rq9-amplification|scenarios/rq9-amplification.toml|--param rooms.messages_per_room_per_hour=5,10,20,40 --param rooms.policy=P1,P8 --seeds 1..3|amplification_factor"
+    "rq7-requery-storm|scenarios/rq7-requery-storm.toml|--param rooms.rooms=5,10,20,40 --param rooms.policy=P1,P6 --seeds 1..4|storm_peak_gets_per_s"
 )
 
 wanted() {
@@ -55,6 +64,28 @@ for entry in "${figures[@]}"; do
     }
     for extension in svg png; do
         cp "$out/$stem.$extension" "docs/figures/$figure.$extension.tmp"
+        mv "docs/figures/$figure.$extension.tmp" "docs/figures/$figure.$extension"
+    done
+    made=$((made + 1))
+done
+for entry in "${sweep_figures[@]}"; do
+    IFS='|' read -r figure scenario sweep_args stem <<<"$entry"
+    if [ ${#selected[@]} -gt 0 ] && ! wanted "$figure" "${selected[@]}"; then
+        continue
+    fi
+    out="results/reproduce/$(basename "$scenario" .toml)"
+    echo "# docs/figures/$figure.{svg,png}:"
+    echo "rm -rf $out && fedsim sweep $scenario $sweep_args --jobs 2 --out $out && fedsim plot $out --metric $stem && cp $out/charts/$stem.svg docs/figures/$figure.svg && cp $out/charts/$stem.png docs/figures/$figure.png"
+    rm -rf "$out"
+    # shellcheck disable=SC2086 # the sweep arguments are words
+    "$fedsim" sweep "$scenario" $sweep_args --jobs 2 --out "$out" --quiet >"$out.log" 2>&1 &&
+        "$fedsim" plot "$out" --metric "$stem" >>"$out.log" 2>&1 || {
+        cat "$out.log" >&2
+        echo "reproduce: FAILED: $scenario" >&2
+        exit 1
+    }
+    for extension in svg png; do
+        cp "$out/charts/$stem.$extension" "docs/figures/$figure.$extension.tmp"
         mv "docs/figures/$figure.$extension.tmp" "docs/figures/$figure.$extension"
     done
     made=$((made + 1))

@@ -38,6 +38,10 @@ reduced_sets() {
         for observer in 0 1 2 3; do echo "observers[$observer].known_domains=[100]"; done
         ;;
     rq10-lying-server) echo "duration=12h" ;;
+    rq9-amplification)
+        echo "duration=6h"
+        echo "rooms.rooms=4"
+        ;;
     bench-medium | bench-federation)
         echo "duration=6h"
         echo "rooms.servers=60"
@@ -45,6 +49,18 @@ reduced_sets() {
         echo "rooms.servers_per_room.max=30"
         ;;
     rq11-domain-reuse) echo "duration=9d" ;;
+    rq7-requery-storm)
+        echo "rooms.servers=12"
+        echo "rooms.servers_per_room.min=12"
+        echo "rooms.servers_per_room.max=12"
+        echo "rooms.rooms=3"
+        ;;
+    rq4-bitrot)
+        # 12 days: the newcomers at 1, 4 and 10 days join; the later join-late actions are
+        # moved inside the run.
+        echo "duration=12d"
+        for action in 3 4 5; do echo "rooms.actions[$action].at=11d"; done
+        ;;
     rq12-constrained-host)
         echo "duration=12h"
         for group in 0 1; do echo "federation.domain_groups[$group].count=300"; done

@@ -11,9 +11,14 @@ use plotters::prelude::*;
 
 const DEJAVU_SANS: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 
+/// RQ4's bitrot chart (rq branch): shares of a newcomer's history verifiable and visible
+/// against room age, per policy.
+pub mod bitrot;
 /// Key-level research-question charts (keyrq branch): containment CDFs of a sweep pooled over
 /// seeds, and a plain x-y chart with step lines.
 pub mod containment_cdf;
+/// RQ5's heat map of pairwise divergence and orphan-reply shares (rq branch).
+pub mod heatmap;
 /// Sweep charts (added by the sweep branch): a generic line chart of means with 95% CIs, and
 /// the charts of a sweep directory that `fedsim plot DIR` draws from `runs.csv`.
 pub mod line;

@@ -348,6 +348,12 @@ pub fn plot_sweep_dir(
         let cdfs = super::containment_cdf::pooled_cdf_charts(sweep_dir, &table, &prefix)?;
         written.extend(super::containment_cdf::write_all(&cdfs, chart_dir)?);
     }
+    // Room-world RQ4 sweeps: bitrot pooled over the runs' bitrot.csv (one line pair per policy).
+    if metric_filters.is_empty() || metric_filters.iter().any(|f| f.contains("bitrot")) {
+        written.extend(super::bitrot::plot_sweep_bitrot(
+            sweep_dir, chart_dir, &prefix,
+        )?);
+    }
     Ok(written)
 }
 

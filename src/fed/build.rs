@@ -63,6 +63,7 @@ pub(crate) fn draw_count(spec: &CountSpec, rng: &mut SimRng) -> u32 {
 impl FedWorld {
     /// Builds the room world of `scenario` (which has a `[rooms]` table) for `seed`.
     pub fn build(scenario: &Scenario, seed: u64, trace: Trace) -> FedWorld {
+        let _crypto = crate::matrix::crypto_mode::enter(scenario.crypto);
         let config = scenario
             .rooms
             .clone()
@@ -82,9 +83,11 @@ impl FedWorld {
         let mut plans = Vec::new();
         for room in 0..config.rooms {
             let mut rng = SimRng::stream(seed, "room-plan", u64::from(room));
-            let size = draw_count(&config.servers_per_room, &mut rng).min(server_count);
+            // Bystanders (the last `bystanders` servers) are in no planned room.
+            let room_servers = server_count - config.bystanders;
+            let size = draw_count(&config.servers_per_room, &mut rng).min(room_servers);
             // A partial Fisher-Yates shuffle picks `size` distinct servers; the first creates.
-            let mut pool: Vec<ServerId> = (0..server_count).collect();
+            let mut pool: Vec<ServerId> = (0..room_servers).collect();
             let mut members = Vec::new();
             for index in 0..size as usize {
                 let pick = index + rng.below((pool.len() - index) as u64) as usize;
@@ -104,6 +107,7 @@ impl FedWorld {
                 late: BTreeSet::new(),
                 message_rng: SimRng::stream(seed, "room-messages", u64::from(room)),
                 topic_rng: SimRng::stream(seed, "room-topics", u64::from(room)),
+                reply_rng: SimRng::stream(seed, "room-replies", u64::from(room)),
             });
         }
         for action in &config.actions {
@@ -145,6 +149,15 @@ impl FedWorld {
                 })
                 .collect();
         }
+        // RQ4 churn (server lifetimes, random rotations) runs as generated actions.
+        let mut config = config;
+        config.actions.extend(super::churn::churn_actions(
+            &config,
+            seed,
+            &plans,
+            scenario.duration.ms(),
+        ));
+        let newcomers = super::churn::newcomers(&plans);
         // The domains each server shares a room with (its key-cache slots).
         let mut shared: Vec<BTreeSet<ServerId>> = vec![BTreeSet::new(); server_count as usize];
         for plan in &plans {
@@ -192,6 +205,10 @@ impl FedWorld {
             let mut slot_of = super::keys::SlotOf::default();
             for (slot, domain) in domains.iter().enumerate() {
                 slot_of.insert(server_name(*domain), slot as u32);
+                // A newcomer to the federation has fetched nobody's keys yet.
+                if newcomers.contains(&(server as ServerId)) {
+                    continue;
+                }
                 let (_, keys, made_at_abs_ms) = &published[*domain as usize];
                 cache.warm(0, slot as u32, Arc::clone(keys), *made_at_abs_ms, &mut out);
             }
@@ -267,6 +284,7 @@ impl FedWorld {
         let shared_facts = config
             .share_facts
             .then(crate::room::shared::SharedEventFacts::new);
+        let storm = super::storm::StormLog::new(&config);
         FedWorld {
             seed,
             scenario: scenario.clone(),
@@ -289,6 +307,9 @@ impl FedWorld {
             rooms_disagreeing: Vec::new(),
             last_heal_ms: None,
             attacker: Default::default(),
+            adv: Default::default(),
+            key_adv: Default::default(),
+            workload: Default::default(),
             sent: Vec::new(),
             trace,
             events_processed: 0,
@@ -301,6 +322,10 @@ impl FedWorld {
             join_attempts: BTreeMap::new(),
             wire: HashMap::new(),
             wire_sizes: HashMap::new(),
+            stale_requeried: BTreeSet::new(),
+            bitrot_rows: Vec::new(),
+            bitrot_taken: BTreeSet::new(),
+            storm,
         }
     }
 }

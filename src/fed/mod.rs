@@ -19,10 +19,19 @@
 //! the answer carries the resident's whole held history in its DAG order, which the joiner runs
 //! through its pipeline on the `JoinState` path. Bytes are counted either way.
 
+mod acl;
+mod adversary;
+mod bitrot;
 mod build;
+mod churn;
+mod divergence;
+mod identity;
 mod join;
+mod keyadv;
 mod keys;
 mod output;
+mod storm;
+mod workload;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -49,6 +58,7 @@ use crate::server::outcome_table::InvalidReason;
 use crate::server::policy::KeyPolicy;
 use crate::server::publisher::KeyPublisher;
 
+pub use adversary::{AdvCounters, Adversaries};
 pub use build::policies;
 use keys::CacheKeys;
 pub use output::run_to_dir;
@@ -185,6 +195,11 @@ enum Ev {
     Exchange {
         server: ServerId,
     },
+    /// Moderation at scenario rates (`workload.rs`).
+    Workload {
+        room: RoomIndex,
+        chore: workload::Chore,
+    },
 }
 
 impl Ev {
@@ -203,6 +218,7 @@ impl Ev {
             Ev::KeyTimer { server, slot, .. } => (8, u64::from(*server) << 32 | u64::from(*slot)),
             Ev::Action { index } => (9, u64::from(*index)),
             Ev::Exchange { server } => (10, u64::from(*server)),
+            Ev::Workload { room, chore } => (11, u64::from(*room) << 32 | chore.trace_code()),
         }
     }
 }
@@ -407,6 +423,8 @@ pub struct RoomPlan {
     pub late: BTreeSet<ServerId>,
     message_rng: SimRng,
     topic_rng: SimRng,
+    /// Whether a message replies (`rooms.reply_probability`; stream `room-replies`/room).
+    reply_rng: SimRng,
 }
 
 /// Counters of the whole world (sampled into timeseries.csv).
@@ -454,6 +472,8 @@ pub struct Counters {
     pub requests: [[u64; 5]; 12],
     /// Request plus answer bytes, by purpose.
     pub bytes: [u64; 12],
+    /// ACLs, the join gate and the adversaries (`acl.rs`, `adversary.rs`).
+    pub adv: AdvCounters,
 }
 
 impl Counters {
@@ -518,6 +538,12 @@ pub struct FedWorld {
     /// When the last `heal` action ran (sim ms).
     pub last_heal_ms: Option<u64>,
     pub attacker: Attacker,
+    /// The adversaries of `adversary.rs` (fake `domain` claims).
+    pub adv: Adversaries,
+    /// The key-layer adversaries of `keyadv.rs`.
+    pub key_adv: keyadv::KeyAdversaries,
+    /// The moderation workload's random streams (`workload.rs`).
+    workload: workload::Workload,
     pub sent: Vec<Sent>,
     pub trace: Trace,
     pub events_processed: u64,
@@ -535,6 +561,14 @@ pub struct FedWorld {
     /// the world, so an address names one copy): counting bytes re-serialised every PDU of
     /// every transaction otherwise.
     wire_sizes: HashMap<usize, u64>,
+    /// (server, member event) pairs already re-queried because the copy held was co-signed by
+    /// a key that is no longer current (`bitrot.rs`): each is asked for once.
+    stale_requeried: BTreeSet<(ServerId, EventId)>,
+    /// RQ4: newcomers' figures taken so far, and which (room, newcomer) were taken.
+    pub bitrot_rows: Vec<bitrot::NewcomerRow>,
+    bitrot_taken: BTreeSet<(RoomIndex, ServerId)>,
+    /// RQ7: requests arriving at the rotating origins per second.
+    pub storm: storm::StormLog,
 }
 
 /// The ID a user has in a room: the member key (member-key rooms) or `@localpart:server`.
@@ -592,6 +626,7 @@ impl FedWorld {
 
     /// Processes events until the end of the run.
     pub fn run(&mut self, mut progress: impl FnMut(u64)) {
+        let _crypto = crate::matrix::crypto_mode::enter(self.scenario.crypto);
         while let Some(at_ms) = self.queue.peek_time_ms() {
             if at_ms > self.end_ms {
                 break;
@@ -616,6 +651,7 @@ impl FedWorld {
                 .push((self.next_sample_ms, self.counters.clone()));
             let disagreeing = self.rooms_disagreeing_now();
             self.rooms_disagreeing.push(disagreeing);
+            self.snapshot_newcomers(self.next_sample_ms, false);
             self.next_sample_ms += self.window_ms;
         }
     }
@@ -686,14 +722,11 @@ impl FedWorld {
                 self.queue
                     .push(now_ms + gap_ms.max(1), Ev::Message { room });
                 let body = format!("message at {now_ms}");
-                self.send_local(
-                    server,
-                    room,
-                    user,
-                    "m.room.message",
-                    None,
-                    json!({"msgtype": "m.text", "body": body}),
-                );
+                let mut content = json!({"msgtype": "m.text", "body": body});
+                if let Some(target) = self.reply_target(server, room) {
+                    content["m.relates_to"] = json!({"m.in_reply_to": {"event_id": target}});
+                }
+                self.send_local(server, room, user, "m.room.message", None, content);
             }
             Ev::Topic { room } => {
                 let plan = &mut self.plans[room as usize];
@@ -748,6 +781,7 @@ impl FedWorld {
             }
             Ev::Action { index } => self.act(index as usize),
             Ev::Exchange { server } => self.exchange_extremities(server),
+            Ev::Workload { room, chore } => self.workload(room, chore),
         }
     }
 
@@ -830,7 +864,10 @@ impl FedWorld {
             return;
         }
         self.servers[to as usize].stats.requests_received += 1;
+        self.storm.note(to, self.requests[&id].purpose, now_ms);
         let body = self.requests[&id].body.clone();
+        let noted = self.note_arrival(from, to, &body);
+        let room_asked = adversary::body_room(&body);
         let answer = self.answer(to, from, body);
         let done = match &answer {
             Ok(_) => Done::Ok,
@@ -839,6 +876,9 @@ impl FedWorld {
         };
         if let Ok(reply) = answer {
             let bytes = reply_bytes(&reply, &self.wire_sizes);
+            if let Some(to_victim) = noted {
+                self.note_answer(to_victim, from, room_asked, bytes);
+            }
             let purpose = self.requests[&id].purpose;
             self.counters.bytes[purpose as usize] += bytes;
             self.servers[to as usize].stats.bytes_sent += bytes;
@@ -864,6 +904,9 @@ impl FedWorld {
     /// The server `to` answers a request from `from`: a reply, or an HTTP error status.
     fn answer(&mut self, to: ServerId, from: ServerId, body: Body) -> Result<Reply, u16> {
         let now_ms = self.queue.now_ms();
+        if let Some(status) = self.request_refusal(to, from, &body) {
+            return Err(status);
+        }
         match body {
             Body::Send(pdus) | Body::AttackerSend(pdus) => {
                 self.receive_pdus(to, from, pdus, ArrivalPath::Send);
@@ -912,6 +955,21 @@ impl FedWorld {
                     .is_some_and(|room| room.joined);
                 if !joined {
                     return Err(404);
+                }
+                // A joiner whose key the resident does not hold (P0 fetches on demand): fetch it
+                // and answer "try again" (the joiner retries in JOIN_RETRY_MS) instead of
+                // dropping the join at check 2 for ever.
+                if let Some(slot) = self.key_needed(to, &pdu)
+                    && self.key_fetch_could_help(to, &pdu, slot)
+                {
+                    let mut out = std::mem::take(&mut self.key_outputs);
+                    self.servers[to as usize].cache.fetch_now(slot, &mut out);
+                    self.apply_key_outputs(to, &mut out, None);
+                    self.key_outputs = out;
+                    return Err(503);
+                }
+                if self.join_gate_refuses(to, &pdu) {
+                    return Err(acl::FORBIDDEN);
                 }
                 let receipt = self.process_now(to, room, &pdu, ArrivalPath::Send, from);
                 if !matches!(receipt.verdict, Verdict::Accepted { .. }) {
@@ -975,10 +1033,7 @@ impl FedWorld {
                     .map(|pdu| wire_copy(&self.wire, pdu));
                 held.map(|json| Reply::Events(vec![json])).ok_or(404)
             }
-            Body::Key { .. } => {
-                let server = &mut self.servers[to as usize];
-                Ok(Reply::Keys(server.publisher.response(absolute_ms(now_ms))))
-            }
+            Body::Key { .. } => Ok(Reply::Keys(self.key_response(to, from))),
             Body::Extremities { room, ids } => {
                 let Some(state) = self.servers[to as usize].rooms.get(&room) else {
                     return Err(404);
@@ -1243,6 +1298,7 @@ impl FedWorld {
         let hs = &mut self.servers[server as usize];
         let usable = hs.cache.slots()[slot as usize].valid && response.is_some();
         let rooms: Vec<RoomIndex> = hs.rooms.keys().copied().collect();
+        let mut stale_checks = Vec::new();
         for room in rooms {
             let keys = CacheKeys {
                 own_name: &hs.name,
@@ -1269,6 +1325,9 @@ impl FedWorld {
             } else {
                 state.links.keys_unavailable(&domain_name, now_abs_ms)
             };
+            if !changed.is_empty() {
+                stale_checks.push((room, changed.clone()));
+            }
             if usable && !changed.is_empty() {
                 self.counters.links_reverified += changed.len() as u64;
                 self.counters.revealed += pipeline::reveal_verified(
@@ -1279,6 +1338,9 @@ impl FedWorld {
                     now_abs_ms,
                 ) as u64;
             }
+        }
+        for (room, members) in stale_checks {
+            self.requery_stale_claims(server, room, &members);
         }
         // PDUs parked for these keys go on (verified or not).
         let waiting = self.servers[server as usize]
@@ -1351,7 +1413,7 @@ impl FedWorld {
     /// The key-cache slot whose keys the PDU's checks need and the server does not hold: v12,
     /// the sender's server key for the event's `origin_server_ts`; member keys, the claimed
     /// domain's current key for a member's own member event.
-    fn key_needed(&self, server: ServerId, json: &Value) -> Option<u32> {
+    fn key_needed(&mut self, server: ServerId, json: &Value) -> Option<u32> {
         let hs = &self.servers[server as usize];
         let keys = CacheKeys {
             own_name: &hs.name,
@@ -1404,7 +1466,8 @@ impl FedWorld {
         if usable || domain == hs.name {
             return None;
         }
-        hs.slot_of.get(domain).copied()
+        let domain = domain.to_owned();
+        self.slot_for(server, &domain)
     }
 
     // ----- PDUs ----------------------------------------------------------------------------
@@ -1485,7 +1548,11 @@ impl FedWorld {
                 }
                 continue;
             }
+            if self.inbound_refused(server, room, &item) {
+                continue;
+            }
             let receipt = self.process_inbound(server, room, &item);
+            self.requery_if_stale_claim(server, room, &item.json, item.path);
             if let Verdict::MissingEvents {
                 prev_events,
                 auth_events,
@@ -1645,6 +1712,10 @@ impl FedWorld {
     fn residents(&mut self, server: ServerId, room: RoomIndex) -> Vec<ServerId> {
         let count = self.servers.len();
         let version = self.version;
+        // RQ9 knob: skip domains claimed only by links this server has not verified (link
+        // statuses change without the state changing, so no memo then).
+        let verified_only = version.member_keys && !self.config.fan_out_to_unverified_links;
+        let own_name = self.servers[server as usize].name.clone();
         let Some(state) = self.servers[server as usize].rooms.get_mut(&room) else {
             return Vec::new();
         };
@@ -1653,6 +1724,7 @@ impl FedWorld {
         };
         if let Some((memo_state, residents)) = &state.resident_memo
             && Arc::ptr_eq(memo_state, &current)
+            && !verified_only
         {
             return residents.clone();
         }
@@ -1672,6 +1744,12 @@ impl FedWorld {
             } else {
                 state_key.split_once(':').map(|(_, domain)| domain)
             };
+            if verified_only
+                && domain != Some(own_name.as_str())
+                && state.links.status(state_key) != crate::room::links::LinkStatus::Verified
+            {
+                continue;
+            }
             if let Some(resident) = domain.and_then(|domain| server_of_domain(domain, count)) {
                 residents.insert(resident);
             }
@@ -1737,8 +1815,10 @@ impl FedWorld {
         let key = hs.publisher.current_key();
         let signer = if version.member_keys {
             let member_key = hs.rooms.get(&room)?.member_keys.get(&user)?;
+            // A fake `domain` claim (adversary.rs) cannot be co-signed by the claimed domain.
             let own_member_event = draft.event_type == "m.room.member"
-                && draft.state_key.as_deref() == Some(draft.sender.as_str());
+                && draft.state_key.as_deref() == Some(draft.sender.as_str())
+                && !self.adv.fake_joins.contains_key(&(server, room));
             EventSigner::Member {
                 member_key,
                 cosigner: own_member_event.then_some((hs.name.as_str(), key)),
@@ -1781,14 +1861,13 @@ impl FedWorld {
         };
         let sender = member_id(&version, &hs.name, &hs.users, state, user);
         let state_key = state_key.map(|key| if key == "@self" { sender.clone() } else { key });
+        let stamp_ms = absolute_ms(now_ms) + hs.cache.clock_offset_ms();
         let state = hs.rooms.get_mut(&room).expect("checked");
-        let Ok(draft) = state.state.draft_event(
-            &sender,
-            event_type,
-            state_key.as_deref(),
-            content,
-            absolute_ms(now_ms),
-        ) else {
+        let Ok(draft) =
+            state
+                .state
+                .draft_event(&sender, event_type, state_key.as_deref(), content, stamp_ms)
+        else {
             self.counters.sends_skipped += 1;
             return None;
         };
@@ -1910,12 +1989,15 @@ impl FedWorld {
         let (server, user) = self.plans[room as usize].creator;
         let version = self.version;
         let creator_id = self.joiner_member_id(room, server, user);
-        let draft = crate::room::room_state::create_event_draft(
+        let mut draft = crate::room::room_state::create_event_draft(
             &version,
             &creator_id,
             None,
             absolute_ms(now_ms),
         );
+        if self.config.unfederated_rooms.contains(&room) {
+            draft.content["m.federate"] = json!(false);
+        }
         // The room ID derives from the create event (v12+), so the server room is made after.
         let hs = &self.servers[server as usize];
         let member_key = version
@@ -1997,6 +2079,7 @@ impl FedWorld {
                 as u64;
             self.queue.push(now_ms + gap_ms.max(1), Ev::Topic { room });
         }
+        self.start_workload(room);
     }
 
     /// `server` starts joining `room` through a resident (the creator's server first, then the
@@ -2010,6 +2093,10 @@ impl FedWorld {
             .get(&room)
             .is_some_and(|room| room.joined)
         {
+            return;
+        }
+        if self.adv.fake_joins.contains_key(&(server, room)) {
+            self.retry_fake_join(room, server, attempt);
             return;
         }
         let plan = &self.plans[room as usize];
@@ -2075,7 +2162,9 @@ impl FedWorld {
             self.retry_join(room, server);
             return;
         }
-        draft.origin_server_ts_ms = absolute_ms(now_ms);
+        draft.origin_server_ts_ms =
+            absolute_ms(now_ms) + self.servers[server as usize].cache.clock_offset_ms();
+        self.amend_fake_join(room, server, &mut draft.content);
         self.refresh_own_keys(server);
         let Some(pdu) = self.sign(server, room, user, draft) else {
             self.retry_join(room, server);
@@ -2242,6 +2331,15 @@ impl FedWorld {
                     );
                 }
             }
+            RoomActionKind::SetAcl => self.set_acl(&action),
+            RoomActionKind::FakeDomainJoin => self.fake_domain_join(&action, &targets),
+            RoomActionKind::LyingServer
+            | RoomActionKind::KeyFlapping
+            | RoomActionKind::ClockSkew
+            | RoomActionKind::LoseKey
+            | RoomActionKind::LoseDatabase
+            | RoomActionKind::ExpireDomain
+            | RoomActionKind::Reregister => self.key_adversary(&action, &targets),
             RoomActionKind::JoinLate => {
                 for server in targets {
                     for room in 0..self.plans.len() as RoomIndex {
@@ -2259,6 +2357,12 @@ impl FedWorld {
                             );
                         }
                     }
+                }
+            }
+            RoomActionKind::DuplicateIdentity => {
+                let room = action.room.expect("validated");
+                for server in targets {
+                    self.duplicate_identity(server, room, action.count.unwrap_or(1));
                 }
             }
             RoomActionKind::Ban | RoomActionKind::Leave | RoomActionKind::Send => {
@@ -2322,13 +2426,19 @@ impl FedWorld {
     /// compromised member keys) for the directed re-query, or pushes them (P6).
     fn rotate(&mut self, server: ServerId, resign: bool) {
         let now_ms = self.queue.now_ms();
-        let version = self.version;
         if self.attacker.servers.contains_key(&server) && self.attacker.t0_ms.is_none() {
             self.attacker.t0_ms = Some(now_ms);
         }
         self.servers[server as usize]
             .publisher
             .rotate(absolute_ms(now_ms));
+        self.resign_and_notify(server, resign);
+    }
+
+    /// After a key change: the server re-signs its users' current member events (except
+    /// compromised member keys) for the directed re-query, or pushes them (P6).
+    fn resign_and_notify(&mut self, server: ServerId, resign: bool) {
+        let version = self.version;
         self.refresh_own_keys(server);
         let mut resigned: Vec<(RoomIndex, Arc<Value>)> = Vec::new();
         if version.member_keys && resign {

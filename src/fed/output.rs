@@ -51,7 +51,11 @@ fn write_results(
     run_seconds: f64,
     started: Instant,
 ) -> Result<RunOutcome, RunError> {
-    let metrics = headline_metrics(world);
+    let mut metrics = headline_metrics(world);
+    super::bitrot::write_bitrot(world, out_dir, &mut metrics)?;
+    super::divergence::write_divergence(world, out_dir, &mut metrics)?;
+    super::storm::write_storm(world, out_dir, &mut metrics)?;
+    super::identity::identity_metrics(world, &mut metrics);
     let checks = run_checks(world);
     let failed_checks: Vec<(String, String)> = checks
         .iter()
@@ -88,6 +92,7 @@ fn write_results(
         "events_per_second": rounded(world.events_processed as f64 / run_seconds.max(1e-9)),
         "queue_len_max": world.queue_len_max(),
         "peak_memory_kib": peak_memory_kib(),
+        "crypto": world.scenario.crypto.as_str(),
         "events_signed": world.events_signed,
         "sign_seconds": rounded(world.sign_nanos as f64 / 1e9),
         "check_memo_entries": world.memo.len(),
@@ -211,6 +216,7 @@ fn counter_fields(counters: &Counters) -> Vec<(String, u64)> {
             counters.bytes[purpose as usize],
         ));
     }
+    fields.extend(counters.adv.fields());
     fields.push(("requests_total".into(), counters.requests_total()));
     fields.push(("bytes_total".into(), counters.bytes_total()));
     fields
@@ -225,7 +231,7 @@ pub(crate) fn message_views(world: &FedWorld, room: RoomIndex) -> Vec<MessageVie
             server
                 .rooms
                 .get(&room)
-                .filter(|state| state.joined)
+                .filter(|state| state.joined && !world.fake_member(&server.name, room))
                 .map(|state| MessageView::from_room(&server.name, &state.state))
         })
         .collect()
@@ -253,6 +259,7 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
     for (name, value) in counter_fields(&world.counters) {
         metrics.insert(name, json!(value));
     }
+    world.adversary_metrics(&mut metrics);
     // Coverage: of the (message, server joined at the end) pairs, the share where the server
     // holds the message accepted (messages sent in the last minute are excluded).
     let cutoff_ms = world.end_ms().saturating_sub(COVERAGE_GRACE_MS);
@@ -265,7 +272,11 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
         .filter(|sent| sent.message && sent.at_ms < cutoff_ms)
     {
         for server in &world.servers {
-            let Some(state) = server.rooms.get(&sent.room).filter(|state| state.joined) else {
+            let Some(state) = server
+                .rooms
+                .get(&sent.room)
+                .filter(|state| state.joined && !world.fake_member(&server.name, sent.room))
+            else {
                 continue;
             };
             pairs += 1;

@@ -61,7 +61,8 @@ pub fn decode_member_key(sender: &str) -> Result<VerifyingKey, MemberKeyError> {
     if url_safe_unpadded_base64(&bytes) != body {
         return Err(encoding());
     }
-    VerifyingKey::from_bytes(&bytes).map_err(|_| MemberKeyError::NotACurvePoint(sender.to_owned()))
+    signing::verifying_key_from_bytes(&bytes)
+        .ok_or_else(|| MemberKeyError::NotACurvePoint(sender.to_owned()))
 }
 
 /// A member signing key from a 32-byte seed, with the constant key ID `ed25519:1`.

@@ -11,6 +11,7 @@ pub mod state_res;
 pub use pdu::{EventId, Pdu, StateKey, StateMap};
 pub use room_version::{MSC4430_ID, RoomVersion, StateResVersion};
 pub mod canonical_json;
+pub mod crypto_mode;
 pub mod event_builder;
 pub mod hashes;
 pub mod member_keys;

@@ -10,10 +10,11 @@ use std::fmt;
 use base64::Engine;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use serde_json::{Map, Value};
 
 use super::canonical_json::{self, CanonicalJsonError};
+use super::crypto_mode;
 use super::hashes::{self, HashError};
 use super::room_version::RoomVersion;
 
@@ -54,7 +55,61 @@ pub fn decode_verifying_key(text: &str) -> Result<VerifyingKey, KeyFormatError> 
         .as_slice()
         .try_into()
         .map_err(|_| KeyFormatError::Length(bytes.len()))?;
-    VerifyingKey::from_bytes(&bytes).map_err(|_| KeyFormatError::NotACurvePoint)
+    verifying_key_from_bytes(&bytes).ok_or(KeyFormatError::NotACurvePoint)
+}
+
+/// A multiply-rotate hasher for 32-byte public keys (uniformly random bytes): a lookup-only map
+/// needs no keyed hashing, and this one takes no OS randomness.
+#[derive(Default)]
+struct PublicKeyHasher(u64);
+
+impl std::hash::Hasher for PublicKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+}
+
+/// Decoded public keys, by their bytes (see [`verifying_key_from_bytes`]).
+type DecodedKeys = std::collections::HashMap<
+    [u8; 32],
+    Option<VerifyingKey>,
+    std::hash::BuildHasherDefault<PublicKeyHasher>,
+>;
+
+/// Decoded keys kept per thread before the memo starts afresh (about 200 bytes each).
+const DECODED_KEYS_MAX: usize = 1 << 18;
+
+thread_local! {
+    static DECODED_KEYS: std::cell::RefCell<DecodedKeys> = std::cell::RefCell::new(DecodedKeys::default());
+}
+
+/// The ed25519 public key with these 32 bytes, or `None` if they are not a curve point.
+///
+/// Decompressing a point costs a field square root (~10 µs, as much as a quarter of a
+/// verification); a simulation decodes the same few keys from every key response, member ID and
+/// event, so the result (a pure function of the bytes) is memoized per thread.
+pub fn verifying_key_from_bytes(bytes: &[u8; 32]) -> Option<VerifyingKey> {
+    DECODED_KEYS.with(|decoded| {
+        let mut decoded = decoded.borrow_mut();
+        if let Some(key) = decoded.get(bytes) {
+            return *key;
+        }
+        if decoded.len() >= DECODED_KEYS_MAX {
+            decoded.clear();
+        }
+        let key = VerifyingKey::from_bytes(bytes).ok();
+        decoded.insert(*bytes, key);
+        key
+    })
 }
 
 /// Why a key or key ID is malformed.
@@ -177,9 +232,10 @@ impl ServerSigningKey {
         self.signing_key.verifying_key()
     }
 
-    /// Signs raw bytes, returning the standard unpadded base64 signature.
+    /// Signs raw bytes in the thread's [`crypto_mode`], returning the standard unpadded base64
+    /// signature.
     pub fn sign_to_base64(&self, message: &[u8]) -> String {
-        unpadded_base64(&self.signing_key.sign(message).to_bytes())
+        unpadded_base64(&crypto_mode::sign(&self.signing_key, message))
     }
 }
 
@@ -314,11 +370,14 @@ fn verify_bytes(
     entity: &str,
     key_id: &str,
 ) -> Result<(), SignatureError> {
-    key.verify_strict(message, signature)
-        .map_err(|_| SignatureError::Invalid {
+    if crypto_mode::verify(key, message, signature) {
+        Ok(())
+    } else {
+        Err(SignatureError::Invalid {
             entity: entity.to_owned(),
             key_id: key_id.to_owned(),
         })
+    }
 }
 
 /// The spec's "Checking for a signature" for an entity, with keys from `lookup(key_id)`:
@@ -620,6 +679,21 @@ mod tests {
             decode_verifying_key("XGX0JRS2Af3be3knz2fBiRbApjm2Dh61gXDJA8kcJNI=").unwrap(),
             spec_key().verifying_key()
         );
+    }
+
+    #[test]
+    fn decoded_keys_are_the_same_from_the_memo_and_bad_points_stay_bad() {
+        let key = spec_key().verifying_key();
+        for _ in 0..2 {
+            assert_eq!(verifying_key_from_bytes(key.as_bytes()), Some(key));
+        }
+        // y = 2 is not on the curve (no square root): refused, also the second time.
+        let mut not_a_point = [0u8; 32];
+        not_a_point[0] = 2;
+        assert!(VerifyingKey::from_bytes(&not_a_point).is_err());
+        for _ in 0..2 {
+            assert_eq!(verifying_key_from_bytes(&not_a_point), None);
+        }
     }
 
     #[test]

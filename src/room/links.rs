@@ -529,12 +529,22 @@ impl LinkTable {
                 self.transition(member_key, LinkStatus::Verified, reason, now_ms);
             }
             outcome => {
+                let vouches_until_ms = match (&outcome, self.invalidation) {
+                    (
+                        LinkOutcome::NoCurrentKey { key_id, .. },
+                        InvalidationRule::ExpiryIsNotRevocation,
+                    ) => old_key_vouches_until_ms(version, &event, keys, key_id),
+                    _ => None,
+                };
                 let reason = LinkReason::CosignatureFailed {
                     event_id: intern(&event.event_id),
                     outcome: Box::new(outcome),
                 };
                 self.unindex_verifier(member_key);
                 self.transition(member_key, LinkStatus::Unverified, reason, now_ms);
+                if let Some(link) = self.links.get_mut(member_key) {
+                    link.vouches_until_ms = vouches_until_ms;
+                }
             }
         }
     }
@@ -583,6 +593,28 @@ impl LinkTable {
             at_ms,
         });
     }
+}
+
+/// P7 at first sight (a server that meets a member event only after its co-signing key expired,
+/// e.g. a newcomer backfilling history): expiry is not revocation, so a valid co-signature by a
+/// key in `old_verify_keys` still vouches for the member's events sent up to the key's
+/// `expired_ts` — the same bound a link verified earlier keeps when that key moves to
+/// `old_verify_keys` ([`LinkTable::key_invalidated`]). `None` if the key is not an old key whose
+/// `expired_ts` covers the member event, or its signature does not verify.
+fn old_key_vouches_until_ms(
+    version: &RoomVersion,
+    event: &Pdu,
+    keys: HeldKeys<'_>,
+    key_id: &str,
+) -> Option<i64> {
+    let domain = event.content.get("domain").and_then(Value::as_str)?;
+    let old = keys.keys.old_verify_keys.get(key_id)?;
+    if old.expired_ts_ms < event.origin_server_ts {
+        return None;
+    }
+    crate::matrix::signing::verify_event_signature(version, &event.json, domain, key_id, &old.key)
+        .ok()
+        .map(|()| old.expired_ts_ms)
 }
 
 #[cfg(test)]

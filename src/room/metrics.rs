@@ -565,6 +565,120 @@ pub fn bitrot(
     buckets
 }
 
+/// What the room's history before a newcomer's join is, as the servers of the room hold it
+/// (the reference a newcomer's view is measured against; see [`newcomer_history`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomHistory {
+    /// Own member events (`state_key == sender`): sender → `origin_server_ts` of each, sorted.
+    pub claims: BTreeMap<String, Vec<i64>>,
+    /// Messages: event ID → (sender, `origin_server_ts`).
+    pub messages: BTreeMap<EventId, (String, i64)>,
+}
+
+impl RoomHistory {
+    /// Adds every event `room` holds (whatever its fate: a message one server hid or dropped
+    /// is still part of the room's history if another holds it).
+    pub fn add(&mut self, room: &RoomState) {
+        for (pdu, _) in room.held_events() {
+            if pdu.event_type == MESSAGE_TYPE {
+                self.messages.insert(
+                    pdu.event_id.clone(),
+                    (pdu.sender.clone(), pdu.origin_server_ts),
+                );
+            } else if pdu.event_type == "m.room.member"
+                && pdu.state_key.as_deref() == Some(pdu.sender.as_str())
+            {
+                let times = self.claims.entry(pdu.sender.clone()).or_default();
+                if let Err(at) = times.binary_search(&pdu.origin_server_ts) {
+                    times.insert(at, pdu.origin_server_ts);
+                }
+            }
+        }
+    }
+}
+
+/// RQ4: how much of a room's history a newcomer can verify and shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NewcomerHistory {
+    /// Members with an own member event before the join (historical links).
+    pub links: usize,
+    /// Of those, verifiable by the newcomer: its link table vouches for the member's latest
+    /// historical claim (verified, or under P7 still vouching for that time). In room versions
+    /// without member keys: the newcomer holds that claim accepted (the server signature checked).
+    pub links_verifiable: usize,
+    /// Messages sent before the join (by `origin_server_ts`).
+    pub messages: usize,
+    /// Of those, held by the newcomer (whatever the path: join state, backfill, gap fill).
+    pub messages_held: usize,
+    /// Held and shown to its clients (labelled or not).
+    pub messages_visible: usize,
+    /// Shown with the sender verified now: the sender's link vouches for the message's time
+    /// (a P5 label follows the link's current status, as MSC4428's `member_info` does; no member
+    /// keys: shown at all).
+    pub messages_sender_verified: usize,
+    /// Held and not shown (soft-failed or rejected).
+    pub messages_hidden: usize,
+}
+
+impl NewcomerHistory {
+    /// `part / whole` of two of the counts, `None` when `whole` is 0.
+    pub fn share(part: usize, whole: usize) -> Option<f64> {
+        (whole > 0).then(|| part as f64 / whole as f64)
+    }
+}
+
+/// RQ4 bitrot for a newcomer that joined at `joined_at_ms` (absolute ms): the room's history
+/// before that time (`history`, from every server of the room) against what the newcomer holds
+/// and shows now.
+pub fn newcomer_history(
+    joiner: &RoomState,
+    links: &LinkTable,
+    joined_at_ms: i64,
+    history: &RoomHistory,
+) -> NewcomerHistory {
+    let member_keys = joiner.version().member_keys;
+    let mut result = NewcomerHistory::default();
+    for (member, times) in &history.claims {
+        let Some(&claimed_at_ms) = times.iter().rev().find(|at| **at < joined_at_ms) else {
+            continue;
+        };
+        result.links += 1;
+        let verifiable = if member_keys {
+            links.verdict(member, claimed_at_ms) == LinkVerdict::Verified
+        } else {
+            joiner.held_events().any(|(pdu, held)| {
+                pdu.sender == *member
+                    && pdu.event_type == "m.room.member"
+                    && pdu.state_key.as_deref() == Some(member.as_str())
+                    && pdu.origin_server_ts == claimed_at_ms
+                    && matches!(held.fate, Fate::Accepted { .. })
+            })
+        };
+        result.links_verifiable += usize::from(verifiable);
+    }
+    let view = MessageView::from_room("newcomer", joiner);
+    for (event_id, (sender, sent_at_ms)) in &history.messages {
+        if *sent_at_ms >= joined_at_ms {
+            continue;
+        }
+        result.messages += 1;
+        let Some(held) = view.messages.get(event_id) else {
+            continue;
+        };
+        result.messages_held += 1;
+        match held.shown {
+            Shown::Visible { .. } => {
+                result.messages_visible += 1;
+                let verified =
+                    !member_keys || links.verdict(sender, *sent_at_ms) == LinkVerdict::Verified;
+                result.messages_sender_verified += usize::from(verified);
+            }
+            Shown::Hidden(_) => result.messages_hidden += 1,
+        }
+    }
+    result
+}
+
 /// RQ14's client-visible identity collisions in one server's `member_info` (member key → the
 /// verified user ID shown, or `None`): every user ID shown for two or more member keys, with
 /// those member keys (sorted).

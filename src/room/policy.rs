@@ -5,7 +5,7 @@
 //! paths soft-failing applies, what a key invalidation does to the links it verified, and whether
 //! a later verification reveals hidden events. Re-check timing, transport, backoff and pushes are
 //! the key layer's knobs (the engine's presets); a preset here names only its pipeline part, so
-//! presets that differ only there (P1a, P1b, P6, P8, P9) share P1's values.
+//! presets that differ only there (P1a, P1b, P6, P9) share P1's values; P8 adds the join gate.
 
 use crate::matrix::RoomVersion;
 
@@ -187,6 +187,9 @@ pub struct RoomPolicy {
     /// A6: whether a link that becomes verified later reveals the messages it had hidden (spec
     /// soft-fail decisions are never revisited, so `false` is the default).
     pub reveal_on_verification: bool,
+    /// P8's join gate (D7, D14): a resident answering `send_join` refuses (403) a join whose
+    /// member link it cannot verify against the keys it holds for the claimed domain.
+    pub join_gate: bool,
 }
 
 impl RoomPolicy {
@@ -203,6 +206,7 @@ impl RoomPolicy {
         invalidation: InvalidationRule::RevokeAll,
         fail_closed: false,
         reveal_on_verification: false,
+        join_gate: false,
     };
 
     /// P1, MSC4430 as written: messages from unverified links soft-fail on every remote path,
@@ -220,6 +224,7 @@ impl RoomPolicy {
         invalidation: InvalidationRule::RevokeAll,
         fail_closed: false,
         reveal_on_verification: false,
+        join_gate: false,
     };
 
     /// P2, fail-closed (the MSC's original draft): as P1, and an unreachable domain's links turn
@@ -263,8 +268,15 @@ impl RoomPolicy {
         ..RoomPolicy::P1
     };
 
-    /// The presets, by name. P1a, P1b, P6, P8 and P9 differ from P1 only outside the room layer
-    /// (transport, push, join gate, key cache) and are listed with P1's room knobs.
+    /// P8, join gate: as P1, and a resident refuses joins whose member link it cannot verify.
+    pub const P8: RoomPolicy = RoomPolicy {
+        name: "P8",
+        join_gate: true,
+        ..RoomPolicy::P1
+    };
+
+    /// The presets, by name. P1a, P1b, P6 and P9 differ from P1 only outside the room layer
+    /// (transport, push, key cache) and are listed with P1's room knobs.
     pub const PRESETS: [(&'static str, RoomPolicy); 12] = [
         ("P0", RoomPolicy::P0),
         ("P1", RoomPolicy::P1),
@@ -276,7 +288,7 @@ impl RoomPolicy {
         ("P5", RoomPolicy::P5),
         ("P6", RoomPolicy::named("P6", RoomPolicy::P1)),
         ("P7", RoomPolicy::P7),
-        ("P8", RoomPolicy::named("P8", RoomPolicy::P1)),
+        ("P8", RoomPolicy::P8),
         ("P9", RoomPolicy::named("P9", RoomPolicy::P1)),
     ];
 
@@ -315,6 +327,7 @@ impl RoomPolicy {
                 "reveal_on_verification",
                 self.reveal_on_verification.to_string(),
             ),
+            ("join_gate", self.join_gate.to_string()),
         ]
     }
 }

@@ -96,6 +96,12 @@ pub struct Scenario {
     /// it instead of the key world.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rooms: Option<Rooms>,
+    /// How signatures are made and checked: `"ed25519"` (default, real) or `"symbolic"`
+    /// (a SHA-256 stand-in for very large sweeps, not secure; see `matrix::crypto_mode`). Both
+    /// give byte-identical results, so it is recorded in `run-info.json` and never written to
+    /// `summary.json`.
+    #[serde(default, skip_serializing)]
+    pub crypto: crate::matrix::crypto_mode::CryptoMode,
 }
 
 /// The servers and domains.
@@ -615,6 +621,12 @@ pub enum ChartKind {
     Rq6LinkHoursLost,
     /// Wake-ups per hour against known domains with the budget line (`wakeups.svg/.png`).
     Rq12Wakeups,
+    /// Room world: a heat map of pairwise client-visible divergence between servers and the
+    /// orphan-reply share per server (`divergence.svg/.png`).
+    Rq5Divergence,
+    /// Room world: the re-query storm at the rotating origin, requests per second against time
+    /// (`requery-storm.svg/.png`).
+    Rq7RequeryStorm,
 }
 
 /// Loads a scenario: the file at `path` (or the built-in default when `None`), with each

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Duration, Invalid, PartitionKind, Scenario, validate_network};
+use super::{DeadMode, Duration, Invalid, PartitionKind, Scenario, validate_network};
 use crate::engine::time::format_duration_ms;
 
 /// The policy names `rooms.policy` accepts: the room-layer presets of questions.md §2.3.
@@ -39,6 +39,24 @@ pub struct Rooms {
     /// Mean rate of topic changes per room (by the creator, Poisson).
     #[serde(default)]
     pub topic_changes_per_room_per_day: f64,
+    /// Mean rate of kicks per room (Poisson): the room's creator (its moderator) kicks a random
+    /// joined member, whose server joins again `rejoin_after` later.
+    #[serde(default, skip_serializing_if = "is_zero_rate")]
+    pub kicks_per_room_per_day: f64,
+    /// Mean rate of bans per room (Poisson): the creator bans a random joined member, unbans it
+    /// `ban_duration` later, and the member's server joins again `rejoin_after` after that.
+    #[serde(default, skip_serializing_if = "is_zero_rate")]
+    pub bans_per_room_per_day: f64,
+    /// Mean rate of power-level changes per room (Poisson): the creator sends an
+    /// `m.room.power_levels` event raising a random joined member to 50 or back to the default.
+    #[serde(default, skip_serializing_if = "is_zero_rate")]
+    pub power_changes_per_room_per_day: f64,
+    /// How long a kicked (or unbanned) member waits before joining again (default 10m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejoin_after: Option<Duration>,
+    /// How long a ban lasts before the creator lifts it (default 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ban_duration: Option<Duration>,
     /// Servers join their rooms at uniform times within this window after the room is created.
     #[serde(default = "one_hour")]
     pub join_window: Duration,
@@ -56,6 +74,37 @@ pub struct Rooms {
     /// (`room::shared`); results are identical either way, only speed differs.
     #[serde(default = "yes")]
     pub share_facts: bool,
+    /// Rooms (by index) created with `m.federate: false` in their create event: today an auth
+    /// rule keeps other servers' senders out; under MSC4430 every server refuses all inbound
+    /// federation for the room.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unfederated_rooms: Vec<u32>,
+    /// The last `bystanders` servers are in no planned room (victims of a fake `domain` claim,
+    /// outside attackers); they only take part through scripted actions.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bystanders: u32,
+    /// Whether servers send a room's events to domains claimed only by members whose link they
+    /// have not verified (RQ9: `false` stops a fake `domain` claim from redirecting room traffic
+    /// to a victim, at the price of not pushing to members whose link is still pending).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub fan_out_to_unverified_links: bool,
+    /// RQ4 churn: if set, every server except the rooms' creators and the late joiners goes
+    /// offline for good (connections refused) after an exponentially distributed lifetime with
+    /// this mean (random stream `server-lifetime`/server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_lifetime_mean: Option<Duration>,
+    /// RQ4 key rotation: if set, every server rotates its signing key at exponentially
+    /// distributed intervals with this mean while it is alive (stream `key-rotation`/server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rotation_mean: Option<Duration>,
+    /// The chance that such a rotation re-signs the server's member events (default 1: the
+    /// MSC's SHOULD); the rest are "rotation without re-signing".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resign_probability: Option<f64>,
+    /// RQ5: the chance that a workload message replies (`m.relates_to.m.in_reply_to`) to the
+    /// latest message its sender's server shows (stream `room-replies`/room).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_probability: Option<f64>,
     /// How a joining server gets the room: `history` (the default for now; fedsim's earlier
     /// simplification: the `send_join` answer carries the resident's whole held history, which
     /// the joiner replays) or `state` (the spec's: the answer carries the state before the join
@@ -103,6 +152,18 @@ impl Rooms {
 
 fn yes() -> bool {
     true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+fn is_zero_rate(value: &f64) -> bool {
+    *value == 0.0
 }
 
 fn one_user() -> CountSpec {
@@ -207,6 +268,36 @@ pub enum RoomActionKind {
     Leave,
     /// The users of `servers` send `count` messages in `room`.
     Send,
+    /// RQ14: each of `servers` co-signs a second member key claiming the same localpart as its
+    /// user in `room`; that member joins and sends `count` messages (member-key rooms).
+    DuplicateIdentity,
+    /// The room's creator (its moderator) sends an `m.room.server_acl` state event to `room`
+    /// with `allow` (default `["*"]`), `deny` and `allow_ip_literals`.
+    SetAcl,
+    /// Amplification (RQ9): a user of each of `servers` joins `room` (every room if omitted)
+    /// with a member event whose `content.domain` claims `victim`; residents then push the room's
+    /// traffic to, and fetch keys from, the victim.
+    FakeDomainJoin,
+    /// RQ10: the `servers` serve their real key to `audience` and a second key under the same
+    /// key ID to every other server (the key layer's `KeyPublisher::response_for`).
+    LyingServer,
+    /// RQ8: the `servers` move their key in and out of `old_verify_keys` every `period`.
+    KeyFlapping,
+    /// The `servers`' clocks are off by `offset_ms` (positive = ahead): their key caches judge
+    /// validity by it and their events carry it in `origin_server_ts`.
+    ClockSkew,
+    /// The `servers` lose their signing key (a new key under the same ID, no old keys kept);
+    /// they re-sign their users' member events with the new one.
+    LoseKey,
+    /// The `servers` lose their database: their key caches forget every key (and re-signed
+    /// member events are gone).
+    LoseDatabase,
+    /// RQ11: the `servers`' domains expire: the servers stop, and the names answer as `mode`
+    /// says (default `not-found`: a parking page answers 404).
+    ExpireDomain,
+    /// RQ11: a new owner registers the `servers`' domains and runs a fresh server there: a new
+    /// key under the same key ID, no rooms, no events.
+    Reregister,
 }
 
 /// One scripted action.
@@ -240,6 +331,35 @@ pub struct RoomAction {
     /// member events of compromised member keys are never re-signed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resign: Option<bool>,
+    /// `lying-server`: the servers shown the real key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audience: Vec<ServerRef>,
+    /// `key-flapping`: how often the key swaps in and out of `old_verify_keys`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<Duration>,
+    /// `clock-skew`: the clock offset in milliseconds (positive = ahead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset_ms: Option<i64>,
+    /// `expire-domain`: how the expired names answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<DeadMode>,
+    /// `fake-domain-join`: the server the fake `domain` claim names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub victim: Option<ServerRef>,
+    /// `set-acl`: the ACL's `allow` globs (default `["*"]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    /// `set-acl`: the ACL's `deny` globs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// `set-acl`: the ACL's `allow_ip_literals` (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_ip_literals: Option<bool>,
+}
+
+/// Whether rooms of the policy preset `name` use member keys (every preset but P0).
+fn rooms_policy_has_member_keys(name: &str) -> bool {
+    name != "P0"
 }
 
 /// Validates a scenario with a `[rooms]` table (the key-world tables are not used).
@@ -252,10 +372,19 @@ pub(super) fn validate(scenario: &Scenario, rooms: &Rooms) -> Result<(), Invalid
         return Err(("rooms.rooms".to_owned(), "must be at least 1".to_owned()));
     }
     validate_count("rooms.users_per_server", &rooms.users_per_server, u32::MAX)?;
+    if rooms.bystanders >= rooms.servers - 1 {
+        return Err((
+            "rooms.bystanders".to_owned(),
+            format!(
+                "{} leaves fewer than 2 of the {} servers for rooms",
+                rooms.bystanders, rooms.servers
+            ),
+        ));
+    }
     validate_count(
         "rooms.servers_per_room",
         &rooms.servers_per_room,
-        rooms.servers,
+        rooms.servers - rooms.bystanders,
     )?;
     if !ROOM_POLICY_NAMES.contains(&rooms.policy.as_str()) {
         return Err((
@@ -282,6 +411,12 @@ pub(super) fn validate(scenario: &Scenario, rooms: &Rooms) -> Result<(), Invalid
             "rooms.topic_changes_per_room_per_day",
             rooms.topic_changes_per_room_per_day,
         ),
+        ("rooms.kicks_per_room_per_day", rooms.kicks_per_room_per_day),
+        ("rooms.bans_per_room_per_day", rooms.bans_per_room_per_day),
+        (
+            "rooms.power_changes_per_room_per_day",
+            rooms.power_changes_per_room_per_day,
+        ),
     ] {
         if !(rate.is_finite() && rate >= 0.0) {
             return Err((path.to_owned(), format!("{rate} must be a number >= 0")));
@@ -295,6 +430,40 @@ pub(super) fn validate(scenario: &Scenario, rooms: &Rooms) -> Result<(), Invalid
             "must be at least 1s".to_owned(),
         ));
     }
+    for (index, room) in rooms.unfederated_rooms.iter().enumerate() {
+        if *room >= rooms.rooms {
+            return Err((
+                format!("rooms.unfederated_rooms[{index}]"),
+                format!(
+                    "room {room} does not exist (allowed: 0 to {})",
+                    rooms.rooms - 1
+                ),
+            ));
+        }
+    }
+    for (path, mean) in [
+        ("rooms.server_lifetime_mean", rooms.server_lifetime_mean),
+        ("rooms.key_rotation_mean", rooms.key_rotation_mean),
+    ] {
+        if let Some(mean) = mean
+            && mean.ms() < crate::engine::time::MINUTE_MS
+        {
+            return Err((path.to_owned(), "must be at least 1m".to_owned()));
+        }
+    }
+    for (path, probability) in [
+        ("rooms.resign_probability", rooms.resign_probability),
+        ("rooms.reply_probability", rooms.reply_probability),
+    ] {
+        if let Some(probability) = probability
+            && !(probability.is_finite() && (0.0..=1.0).contains(&probability))
+        {
+            return Err((
+                path.to_owned(),
+                format!("{probability} is not a probability (allowed: 0.0 to 1.0)"),
+            ));
+        }
+    }
     for (index, action) in rooms.actions.iter().enumerate() {
         validate_action(&format!("rooms.actions[{index}]"), action, scenario, rooms)?;
     }
@@ -305,6 +474,14 @@ pub(super) fn validate(scenario: &Scenario, rooms: &Rooms) -> Result<(), Invalid
         ));
     }
     Ok(())
+}
+
+/// The kebab-case name of an action kind (as scenario files spell it).
+fn kind_name(kind: RoomActionKind) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn validate_count(path: &str, count: &CountSpec, largest: u32) -> Result<(), Invalid> {
@@ -373,16 +550,136 @@ fn validate_action(
         ));
     }
     use RoomActionKind as Kind;
+    for (field, present, kind) in [
+        ("audience", !action.audience.is_empty(), Kind::LyingServer),
+        ("period", action.period.is_some(), Kind::KeyFlapping),
+        ("offset_ms", action.offset_ms.is_some(), Kind::ClockSkew),
+        ("mode", action.mode.is_some(), Kind::ExpireDomain),
+    ] {
+        if present && action.kind != kind {
+            return Err((
+                format!("{path}.{field}"),
+                format!("is only for {} actions", kind_name(kind)),
+            ));
+        }
+    }
+    for (index, server) in action.audience.iter().enumerate() {
+        if server.index(rooms.servers).is_none() {
+            return Err((
+                format!("{path}.audience[{index}]"),
+                format!(
+                    "{server} names no server (allowed: 0 to {} or hs<index>.example)",
+                    rooms.servers - 1
+                ),
+            ));
+        }
+    }
+    match action.kind {
+        Kind::KeyFlapping
+            if action
+                .period
+                .is_none_or(|period| period.ms() < crate::engine::time::SECOND_MS) =>
+        {
+            return Err((
+                format!("{path}.period"),
+                "a key-flapping action needs a period of at least 1s".to_owned(),
+            ));
+        }
+        Kind::ClockSkew => match action.offset_ms {
+            Some(offset) if offset.unsigned_abs() <= 365 * crate::engine::time::DAY_MS => {}
+            Some(offset) => {
+                return Err((
+                    format!("{path}.offset_ms"),
+                    format!("{offset} is out of range (allowed: -365 to +365 days in ms)"),
+                ));
+            }
+            None => {
+                return Err((
+                    format!("{path}.offset_ms"),
+                    "a clock-skew action needs offset_ms".to_owned(),
+                ));
+            }
+        },
+        Kind::ExpireDomain if action.mode == Some(DeadMode::Status) => {
+            return Err((
+                format!("{path}.mode"),
+                "status is not supported here (allowed: no-answer, not-found, refused)".to_owned(),
+            ));
+        }
+        _ => {}
+    }
+    let acl_fields =
+        action.allow.is_some() || !action.deny.is_empty() || action.allow_ip_literals.is_some();
+    if acl_fields && action.kind != Kind::SetAcl {
+        return Err((
+            format!("{path}.kind"),
+            "allow, deny and allow_ip_literals are only for set-acl actions".to_owned(),
+        ));
+    }
+    for (field, globs) in [
+        ("allow", action.allow.as_deref().unwrap_or_default()),
+        ("deny", action.deny.as_slice()),
+    ] {
+        for (index, glob) in globs.iter().enumerate() {
+            if glob.trim().is_empty() || glob.contains(char::is_whitespace) {
+                return Err((
+                    format!("{path}.{field}[{index}]"),
+                    format!("{glob:?} is not a server name glob"),
+                ));
+            }
+        }
+    }
+    if let Some(victim) = &action.victim {
+        if action.kind != Kind::FakeDomainJoin {
+            return Err((
+                format!("{path}.victim"),
+                "is only for fake-domain-join actions".to_owned(),
+            ));
+        }
+        let Some(index) = victim.index(rooms.servers) else {
+            return Err((
+                format!("{path}.victim"),
+                format!(
+                    "{victim} names no server (allowed: 0 to {} or hs<index>.example)",
+                    rooms.servers - 1
+                ),
+            ));
+        };
+        if action
+            .servers
+            .iter()
+            .any(|server| server.index(rooms.servers) == Some(index))
+        {
+            return Err((
+                format!("{path}.victim"),
+                format!("{victim} is also one of the attacking servers"),
+            ));
+        }
+    } else if action.kind == Kind::FakeDomainJoin {
+        return Err((
+            format!("{path}.victim"),
+            "a fake-domain-join needs the victim server its claim names".to_owned(),
+        ));
+    }
     match action.kind {
         Kind::Partition if action.a.is_empty() => Err((
             format!("{path}.a"),
             "a partition needs at least one server in a".to_owned(),
         )),
         Kind::Heal | Kind::Partition => Ok(()),
-        Kind::Ban | Kind::Leave | Kind::Send if action.room.is_none() => Err((
-            format!("{path}.room"),
-            "is required by this kind of action".to_owned(),
+        Kind::Ban | Kind::Leave | Kind::Send | Kind::SetAcl | Kind::DuplicateIdentity
+            if action.room.is_none() =>
+        {
+            Err((
+                format!("{path}.room"),
+                "is required by this kind of action".to_owned(),
+            ))
+        }
+        Kind::DuplicateIdentity if !rooms_policy_has_member_keys(&rooms.policy) => Err((
+            format!("{path}.kind"),
+            "duplicate-identity needs member keys (a policy other than P0)".to_owned(),
         )),
+        Kind::SetAcl => Ok(()),
         _ if action.servers.is_empty() => Err((
             format!("{path}.servers"),
             "needs at least one server".to_owned(),

@@ -288,6 +288,13 @@ impl KeyCache {
         }
     }
 
+    /// Adds a slot for a domain met for the first time (nothing cached: its keys are fetched
+    /// when first needed) and returns its index.
+    pub fn add_slot(&mut self, domain: DomainId) -> u32 {
+        self.slots.push(Slot::new(domain));
+        (self.slots.len() - 1) as u32
+    }
+
     /// The policy.
     pub fn policy(&self) -> &KeyPolicy {
         &self.policy

@@ -24,6 +24,9 @@ pub type Checked = Result<Option<Arc<ServerKeys>>, String>;
 
 struct Entry {
     via: u32,
+    /// [`fingerprint`] of the body: compared first, so a miss (every body in a one-observer run
+    /// is new) does not read the stored body, which is long out of cache.
+    fingerprint: u64,
     body: Arc<str>,
     result: Checked,
 }
@@ -92,10 +95,13 @@ impl VerifyMemo {
         if self.per_domain.len() <= index {
             self.per_domain.resize_with(index + 1, Vec::new);
         }
+        let fingerprint = fingerprint(body.as_bytes());
         if !self.disabled {
             let entries = &self.per_domain[index];
             if let Some(entry) = entries.iter().find(|entry| {
-                entry.via == via && (Arc::ptr_eq(&entry.body, body) || entry.body == *body)
+                entry.via == via
+                    && (Arc::ptr_eq(&entry.body, body)
+                        || (entry.fingerprint == fingerprint && entry.body == *body))
             }) {
                 self.hits += 1;
                 return entry.result.clone();
@@ -111,11 +117,26 @@ impl VerifyMemo {
         }
         entries.push(Entry {
             via,
+            fingerprint,
             body: body.clone(),
             result: result.clone(),
         });
         result
     }
+}
+
+/// A 64-bit multiply-rotate hash of `bytes`: equal bodies have equal fingerprints (a lookup
+/// aid only; a match is confirmed byte by byte).
+fn fingerprint(bytes: &[u8]) -> u64 {
+    let mut hash = bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        hash = (hash.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    let mut last = [0u8; 8];
+    last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    (hash.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(0x517c_c1b7_2722_0a95)
 }
 
 /// Parses and verifies an origin's own answer.
@@ -173,5 +194,69 @@ mod tests {
         let forged: Arc<str> = Arc::from(forged);
         assert!(memo.check_direct(0, "a.example", &forged).is_err());
         assert_eq!(memo.checks, 3);
+    }
+
+    /// The body `signer` makes claiming `claimed`'s public key: a wrong-key signature.
+    fn signed_by_wrong_key(claimed: &KeyPublisher, signer_seed: u8) -> Arc<str> {
+        use crate::matrix::server_keys::ServerKeys;
+        use crate::matrix::signing::ServerSigningKey;
+        use std::collections::BTreeMap;
+        let real = claimed.current_key();
+        let signer = ServerSigningKey::from_seed(real.key_id.clone(), &[signer_seed; 32]);
+        let keys = ServerKeys {
+            server_name: "a.example".into(),
+            verify_keys: BTreeMap::from([(real.key_id.to_string(), real.verifying_key())]),
+            old_verify_keys: BTreeMap::new(),
+            valid_until_ts_ms: 10_000,
+        };
+        Arc::from(keys.to_signed_json(&signer).unwrap().to_string())
+    }
+
+    #[test]
+    fn a_wrong_key_signature_never_passes_in_either_mode_even_after_a_valid_body() {
+        use crate::matrix::crypto_mode::{self, CryptoMode};
+        let mut bodies_by_mode = Vec::new();
+        for mode in [CryptoMode::Ed25519, CryptoMode::Symbolic] {
+            let _mode = crypto_mode::enter(mode);
+            let mut publisher =
+                KeyPublisher::new("a.example".into(), 1_000, SimRng::stream(1, "keys", 0));
+            let body = publisher.response(0);
+            let mut memo = VerifyMemo::new(1);
+            assert!(memo.check_direct(0, "a.example", &body).unwrap().is_some());
+            // Signed by another key (same key ID, same length): checked afresh and refused,
+            // by the memo and without it.
+            let forged = signed_by_wrong_key(&publisher, 9);
+            let refused = memo.check_direct(0, "a.example", &forged).unwrap_err();
+            assert!(refused.contains("does not verify"), "{mode:?}: {refused}");
+            assert!(memo.check_direct(0, "a.example", &forged).is_err());
+            assert!(check_direct("a.example", &forged).is_err());
+            // A notary answer countersigned by a key other than the configured one.
+            let notary = NotaryIdentity {
+                server_name: "notary.example".into(),
+                key_id: "ed25519:n".into(),
+                key: ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key(),
+            };
+            let mut entry: Value = serde_json::from_str(&body).unwrap();
+            let impostor = crate::matrix::signing::ServerSigningKey::from_seed(
+                crate::matrix::signing::KeyId::parse("ed25519:n").unwrap(),
+                &[4; 32],
+            );
+            crate::matrix::signing::sign_json(&mut entry, "notary.example", &impostor).unwrap();
+            let answer: Arc<str> =
+                Arc::from(serde_json::json!({ "server_keys": [entry] }).to_string());
+            assert!(
+                memo.check_notary(0, "a.example", 0, &notary, &answer)
+                    .is_err()
+            );
+            bodies_by_mode.push(body);
+        }
+        // A body signed in one mode does not verify in the other.
+        let (real, symbolic) = (&bodies_by_mode[0], &bodies_by_mode[1]);
+        assert_ne!(real, symbolic);
+        assert_eq!(real.len(), symbolic.len(), "same size in both modes");
+        assert!(check_direct("a.example", symbolic).is_err());
+        let _symbolic = crypto_mode::enter(CryptoMode::Symbolic);
+        assert!(check_direct("a.example", real).is_err());
+        assert!(check_direct("a.example", symbolic).is_ok());
     }
 }

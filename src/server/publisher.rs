@@ -86,6 +86,11 @@ impl KeyPublisher {
         self.lifetime_ms as u64
     }
 
+    /// The last response signed (without re-making it), if any.
+    pub fn published_body(&self) -> Option<&Arc<str>> {
+        self.published.as_ref().map(|(body, _)| body)
+    }
+
     /// The signed response body at `now_abs_ms`, re-made if the last one has expired.
     pub fn response(&mut self, now_abs_ms: i64) -> Arc<str> {
         if let Some((body, valid_until_ms)) = &self.published
@@ -146,10 +151,10 @@ impl KeyPublisher {
             valid_until_ts_ms: valid_until_ms,
         };
         let started = std::time::Instant::now();
-        let value = keys
-            .to_signed_json(signer_key)
-            .expect("a key object always signs");
-        let body: Arc<str> = Arc::from(value.to_string());
+        let body: Arc<str> = Arc::from(
+            keys.to_signed_body(signer_key)
+                .expect("a key object with simulated timestamps always signs"),
+        );
         self.sign_nanos += started.elapsed().as_nanos() as u64;
         self.signatures_made += 1;
         body

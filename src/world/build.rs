@@ -1,7 +1,5 @@
 //! Building a world from a scenario and a seed.
 
-use std::collections::HashMap;
-
 use crate::engine::time::DAY_MS;
 use crate::engine::{EventQueue, SimRng, Trace};
 use crate::matrix::signing::{KeyId, ServerSigningKey};
@@ -42,6 +40,8 @@ impl World {
     /// a random time within one lifetime before the start, and every observer starts with those
     /// responses verified in its cache (a warm start: the steady state, not a cold-start burst).
     pub fn build(scenario: &Scenario, seed: u64, trace: Trace) -> World {
+        // Warm-start responses are signed here, in the scenario's crypto mode.
+        let _crypto = crate::matrix::crypto_mode::enter(scenario.crypto);
         let federation = &scenario.federation;
         let mut domain_names = Vec::new();
         let mut region_of = Vec::new();
@@ -284,7 +284,7 @@ impl World {
             notary_identities,
             observers,
             groups,
-            requests: HashMap::new(),
+            requests: Default::default(),
             next_request: 0,
             actions,
             random_partition_rng,

@@ -53,6 +53,8 @@ pub fn run_to_dir(
     out_dir: &Path,
     show_progress: bool,
 ) -> Result<RunOutcome, RunError> {
+    // The whole run, writing included, makes and checks signatures in the scenario's mode.
+    let _crypto = crate::matrix::crypto_mode::enter(scenario.crypto);
     if scenario.rooms.is_some() {
         return crate::fed::run_to_dir(scenario, seed, out_dir, show_progress);
     }
@@ -139,6 +141,8 @@ fn write_results(world: &World, out_dir: &Path, wall_seconds: f64) -> Result<Run
             super::key_charts::wakeups_chart(world, out_dir)?;
         }
         ChartKind::None => {}
+        // Room-world charts (drawn by src/fed/).
+        ChartKind::Rq5Divergence | ChartKind::Rq7RequeryStorm => {}
     }
     let run_info = json!({
         "wall_seconds": rounded(wall_seconds),
@@ -155,6 +159,7 @@ fn write_results(world: &World, out_dir: &Path, wall_seconds: f64) -> Result<Run
         "verify_checks": world.memo.checks,
         "verify_memo_hits": world.memo.hits,
         "crypto_seconds": rounded(world.crypto_seconds()),
+        "crypto": world.scenario.crypto.as_str(),
     });
     let run_info_path = out_dir.join("run-info.json");
     write_json(&run_info_path, &run_info).map_err(io_error(&run_info_path))?;

@@ -11,6 +11,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::{Map, Value};
 
 use crate::matrix::canonical_json::write_object_without;
+use crate::matrix::crypto_mode;
 
 /// Whether some signature in `signed.signatures` verifies, with some public key of the
 /// `m.room.third_party_invite` content (`public_key`, and `public_keys[].public_key`), over the
@@ -53,7 +54,7 @@ pub fn any_signature_verifies(signed: &Map<String, Value>, invite_content: &Valu
         .any(|signature| {
             public_keys
                 .iter()
-                .any(|key| key.verify_strict(message.as_bytes(), &signature).is_ok())
+                .any(|key| crypto_mode::verify(key, message.as_bytes(), &signature))
         })
 }
 

@@ -1,0 +1,156 @@
+//! RQ4 in the room world (`scenarios/rq4-bitrot.toml`'s machinery): a newcomer with an empty key
+//! cache reads a room's history after one server died, one rotated without re-signing and one
+//! rotated and re-signed; what it can verify and show differs by policy exactly as the policies
+//! say. Also: the churn knobs generate the same actions for the same seed, and the files are the
+//! same with shared facts on or off.
+
+use std::path::PathBuf;
+
+use fedsim::scenario::{Scenario, parse};
+use serde_json::Value;
+
+const STORY: &str = r#"
+name = "bitrot-story"
+duration = "6d"
+
+[rooms]
+servers = 8
+rooms = 1
+servers_per_room = { min = 8, max = 8 }
+users_per_server = { min = 1, max = 1 }
+policy = "P1"
+messages_per_room_per_hour = 2.0
+join_window = "1h"
+
+[[rooms.actions]]
+at = "2d"
+kind = "take-offline"
+servers = [3]
+
+[[rooms.actions]]
+at = "3d"
+kind = "rotate-key"
+servers = [4]
+resign = false
+
+[[rooms.actions]]
+at = "3d"
+kind = "rotate-key"
+servers = [5]
+
+[[rooms.actions]]
+at = "5d"
+kind = "join-late"
+servers = [7]
+"#;
+
+fn scenario(sets: &[&str]) -> Scenario {
+    let sets: Vec<String> = sets.iter().map(|set| set.to_string()).collect();
+    parse("bitrot-story.toml", STORY, &sets).unwrap()
+}
+
+fn run(sets: &[&str], name: &str) -> (PathBuf, Value, Vec<Vec<String>>) {
+    let dir = std::env::temp_dir().join(format!("fedsim-rq-bitrot-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    fedsim::world::run_to_dir(&scenario(sets), 1, &dir, false).unwrap();
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let rows: Vec<Vec<String>> = std::fs::read_to_string(dir.join("bitrot.csv"))
+        .unwrap()
+        .lines()
+        .map(|line| line.split(',').map(str::to_owned).collect())
+        .collect();
+    (dir, summary, rows)
+}
+
+/// The value of `column` in the newcomer's (only) data row.
+fn cell<'a>(rows: &'a [Vec<String>], column: &str) -> &'a str {
+    let at = rows[0].iter().position(|name| name == column).unwrap();
+    assert_eq!(rows.len(), 2, "one newcomer row: {rows:?}");
+    &rows[1][at]
+}
+
+fn number(rows: &[Vec<String>], column: &str) -> f64 {
+    cell(rows, column).parse().unwrap()
+}
+
+#[test]
+fn a_newcomer_loses_the_dead_and_the_unre_signed_links_under_p1_and_p7_keeps_the_unre_signed() {
+    let (p1_dir, p1, p1_rows) = run(&["rooms.policy=P1"], "p1");
+    assert_eq!(cell(&p1_rows, "newcomer"), "hs7.example");
+    // The room was created within the first minute; the newcomer came at 5 days.
+    let age_s = number(&p1_rows, "room_age_s");
+    assert!(
+        (5.0 * 86_400.0 - 60.0..=5.0 * 86_400.0).contains(&age_s),
+        "{age_s}"
+    );
+    // hs0..hs6 each had one member with a claim before the join.
+    assert_eq!(number(&p1_rows, "links"), 7.0);
+    // P1: hs3 is dead (no keys to fetch), hs4's claim is co-signed by a key now in
+    // old_verify_keys and its re-query returns the same copy; hs5 re-signed, so the newcomer's
+    // re-query verifies it.
+    assert_eq!(number(&p1_rows, "links_verifiable"), 5.0);
+    let messages = number(&p1_rows, "messages");
+    assert!(
+        messages > 100.0,
+        "two messages an hour for five days: {messages}"
+    );
+    assert_eq!(number(&p1_rows, "messages_held"), messages);
+    assert!(number(&p1_rows, "messages_hidden") > 0.0);
+    assert_eq!(
+        number(&p1_rows, "messages_visible") + number(&p1_rows, "messages_hidden"),
+        messages
+    );
+    assert!(p1["metrics"]["requests_event_requery_ok"].as_u64().unwrap() >= 2);
+    assert!(p1_dir.join("bitrot.svg").is_file() && p1_dir.join("bitrot.png").is_file());
+    // P7: the claim co-signed by hs4's old key vouches for what hs4's user sent before the
+    // rotation; the dead server's claim still cannot be checked.
+    let (_, _, p7_rows) = run(&["rooms.policy=P7"], "p7");
+    assert_eq!(number(&p7_rows, "links_verifiable"), 6.0);
+    assert!(number(&p7_rows, "messages_visible") > number(&p1_rows, "messages_visible"));
+    // P5: the same links as P1, and every message shown.
+    let (_, p5, p5_rows) = run(&["rooms.policy=P5"], "p5");
+    assert_eq!(number(&p5_rows, "links_verifiable"), 5.0);
+    assert_eq!(number(&p5_rows, "messages_visible"), messages);
+    assert_eq!(number(&p5_rows, "messages_hidden"), 0.0);
+    assert!(number(&p5_rows, "messages_sender_verified") < messages);
+    assert_eq!(
+        p5["metrics"]["bitrot_messages_hidden_share"],
+        Value::from(0.0)
+    );
+}
+
+#[test]
+fn bitrot_files_are_identical_twice_and_with_shared_facts_off() {
+    let sets = [
+        "rooms.server_lifetime_mean=4d",
+        "rooms.key_rotation_mean=2d",
+        "rooms.resign_probability=0.5",
+    ];
+    let (a, _, _) = run(&sets, "det-a");
+    let (b, _, _) = run(&sets, "det-b");
+    let mut unshared = sets.to_vec();
+    unshared.push("rooms.share_facts=false");
+    let (c, _, _) = run(&unshared, "det-c");
+    for file in [
+        "summary.json",
+        "timeseries.csv",
+        "servers.csv",
+        "bitrot.csv",
+    ] {
+        let first = std::fs::read(a.join(file)).unwrap();
+        assert!(
+            first == std::fs::read(b.join(file)).unwrap(),
+            "{file} differs"
+        );
+        if file != "summary.json" {
+            assert!(
+                first == std::fs::read(c.join(file)).unwrap(),
+                "{file} differs with share_facts off"
+            );
+        }
+    }
+    for dir in [a, b, c] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
