@@ -49,6 +49,12 @@ reduced_sets() {
         echo "rooms.servers_per_room.max=30"
         ;;
     rq11-domain-reuse) echo "duration=9d" ;;
+    rq7-requery-storm)
+        echo "rooms.servers=12"
+        echo "rooms.servers_per_room.min=12"
+        echo "rooms.servers_per_room.max=12"
+        echo "rooms.rooms=3"
+        ;;
     rq4-bitrot)
         # 12 days: the newcomers at 1, 4 and 10 days join; the later join-late actions are
         # moved inside the run.

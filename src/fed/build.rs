@@ -284,6 +284,7 @@ impl FedWorld {
         let shared_facts = config
             .share_facts
             .then(crate::room::shared::SharedEventFacts::new);
+        let storm = super::storm::StormLog::new(&config);
         FedWorld {
             seed,
             scenario: scenario.clone(),
@@ -324,6 +325,7 @@ impl FedWorld {
             stale_requeried: BTreeSet::new(),
             bitrot_rows: Vec::new(),
             bitrot_taken: BTreeSet::new(),
+            storm,
         }
     }
 }

@@ -24,9 +24,11 @@ mod bitrot;
 mod build;
 mod churn;
 mod divergence;
+mod identity;
 mod keyadv;
 mod keys;
 mod output;
+mod storm;
 mod workload;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -496,6 +498,8 @@ pub struct FedWorld {
     /// RQ4: newcomers' figures taken so far, and which (room, newcomer) were taken.
     pub bitrot_rows: Vec<bitrot::NewcomerRow>,
     bitrot_taken: BTreeSet<(RoomIndex, ServerId)>,
+    /// RQ7: requests arriving at the rotating origins per second.
+    pub storm: storm::StormLog,
 }
 
 /// The ID a user has in a room: the member key (member-key rooms) or `@localpart:server`.
@@ -791,6 +795,7 @@ impl FedWorld {
             return;
         }
         self.servers[to as usize].stats.requests_received += 1;
+        self.storm.note(to, self.requests[&id].purpose, now_ms);
         let body = self.requests[&id].body.clone();
         let noted = self.note_arrival(from, to, &body);
         let room_asked = adversary::body_room(&body);
@@ -2246,6 +2251,12 @@ impl FedWorld {
                             );
                         }
                     }
+                }
+            }
+            RoomActionKind::DuplicateIdentity => {
+                let room = action.room.expect("validated");
+                for server in targets {
+                    self.duplicate_identity(server, room, action.count.unwrap_or(1));
                 }
             }
             RoomActionKind::Ban | RoomActionKind::Leave | RoomActionKind::Send => {

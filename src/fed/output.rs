@@ -54,6 +54,8 @@ fn write_results(
     let mut metrics = headline_metrics(world);
     super::bitrot::write_bitrot(world, out_dir, &mut metrics)?;
     super::divergence::write_divergence(world, out_dir, &mut metrics)?;
+    super::storm::write_storm(world, out_dir, &mut metrics)?;
+    super::identity::identity_metrics(world, &mut metrics);
     let checks = run_checks(world);
     let failed_checks: Vec<(String, String)> = checks
         .iter()

@@ -228,6 +228,9 @@ pub enum RoomActionKind {
     Leave,
     /// The users of `servers` send `count` messages in `room`.
     Send,
+    /// RQ14: each of `servers` co-signs a second member key claiming the same localpart as its
+    /// user in `room`; that member joins and sends `count` messages (member-key rooms).
+    DuplicateIdentity,
     /// The room's creator (its moderator) sends an `m.room.server_acl` state event to `room`
     /// with `allow` (default `["*"]`), `deny` and `allow_ip_literals`.
     SetAcl,
@@ -312,6 +315,11 @@ pub struct RoomAction {
     /// `set-acl`: the ACL's `allow_ip_literals` (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_ip_literals: Option<bool>,
+}
+
+/// Whether rooms of the policy preset `name` use member keys (every preset but P0).
+fn rooms_policy_has_member_keys(name: &str) -> bool {
+    name != "P0"
 }
 
 /// Validates a scenario with a `[rooms]` table (the key-world tables are not used).
@@ -619,9 +627,17 @@ fn validate_action(
             "a partition needs at least one server in a".to_owned(),
         )),
         Kind::Heal | Kind::Partition => Ok(()),
-        Kind::Ban | Kind::Leave | Kind::Send | Kind::SetAcl if action.room.is_none() => Err((
-            format!("{path}.room"),
-            "is required by this kind of action".to_owned(),
+        Kind::Ban | Kind::Leave | Kind::Send | Kind::SetAcl | Kind::DuplicateIdentity
+            if action.room.is_none() =>
+        {
+            Err((
+                format!("{path}.room"),
+                "is required by this kind of action".to_owned(),
+            ))
+        }
+        Kind::DuplicateIdentity if !rooms_policy_has_member_keys(&rooms.policy) => Err((
+            format!("{path}.kind"),
+            "duplicate-identity needs member keys (a policy other than P0)".to_owned(),
         )),
         Kind::SetAcl => Ok(()),
         _ if action.servers.is_empty() => Err((

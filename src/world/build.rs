@@ -1,7 +1,5 @@
 //! Building a world from a scenario and a seed.
 
-use std::collections::HashMap;
-
 use crate::engine::time::DAY_MS;
 use crate::engine::{EventQueue, SimRng, Trace};
 use crate::matrix::signing::{KeyId, ServerSigningKey};
@@ -286,7 +284,7 @@ impl World {
             notary_identities,
             observers,
             groups,
-            requests: HashMap::new(),
+            requests: Default::default(),
             next_request: 0,
             actions,
             random_partition_rng,

@@ -11,7 +11,7 @@ pub mod key_rq;
 mod output;
 pub mod validity;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::engine::{EventQueue, SimRng, Trace};
 use crate::net::{
@@ -91,6 +91,61 @@ struct Request {
     from: ServerId,
     kind: RequestKind,
     deadline_ms: u64,
+}
+
+/// The requests in flight, by id. Ids are handed out in order and every request ends (at its
+/// deadline at the latest), so they live in a ring indexed by `id - first_id`, advanced past
+/// ended requests: no hashing, and the requests of one time window sit together in memory.
+#[derive(Default)]
+struct RequestTable {
+    first_id: u64,
+    slots: std::collections::VecDeque<Option<Request>>,
+    live: usize,
+}
+
+impl RequestTable {
+    /// Adds request `id`, which must be the next id after every id added so far.
+    fn insert(&mut self, id: u64, request: Request) {
+        if self.slots.is_empty() {
+            self.first_id = id;
+        }
+        assert_eq!(
+            id,
+            self.first_id + self.slots.len() as u64,
+            "request ids are added in order"
+        );
+        self.slots.push_back(Some(request));
+        self.live += 1;
+    }
+
+    fn slot(&self, id: u64) -> Option<&Option<Request>> {
+        let offset = id.checked_sub(self.first_id)?;
+        self.slots.get(usize::try_from(offset).ok()?)
+    }
+
+    fn get(&self, id: u64) -> Option<Request> {
+        self.slot(id).copied().flatten()
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Ends request `id`, returning it if it was in flight.
+    fn remove(&mut self, id: u64) -> Option<Request> {
+        let offset = usize::try_from(id.checked_sub(self.first_id)?).ok()?;
+        let request = self.slots.get_mut(offset)?.take()?;
+        self.live -= 1;
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.first_id += 1;
+        }
+        Some(request)
+    }
+
+    fn len(&self) -> usize {
+        self.live
+    }
 }
 
 /// What a server is.
@@ -187,7 +242,7 @@ pub struct World {
     pub observers: Vec<Observer>,
     /// Group name -> servers (domain groups, observer groups, "notaries").
     pub groups: Vec<(String, Vec<ServerId>)>,
-    requests: HashMap<u64, Request>,
+    requests: RequestTable,
     next_request: u64,
     actions: Vec<(u64, usize, usize)>,
     random_partition_rng: SimRng,
@@ -479,7 +534,7 @@ impl World {
     }
 
     fn arrive(&mut self, now_ms: u64, id: u64) {
-        let Some(request) = self.requests.get(&id).copied() else {
+        let Some(request) = self.requests.get(id) else {
             return;
         };
         let target = match request.kind {
@@ -549,7 +604,7 @@ impl World {
                 self.apply_notary_outputs(now_ms, index, &mut outputs);
                 self.notary_outputs = outputs;
                 // A parked query still ends at its deadline if the notary is slow.
-                if self.requests.contains_key(&id) {
+                if self.requests.contains(id) {
                     self.queue.push(
                         request.deadline_ms,
                         Event::Complete {
@@ -575,7 +630,7 @@ impl World {
     /// Sends a response back from `server` for request `id`: it completes after the return
     /// latency, or times out at the deadline if lost or too slow.
     fn respond(&mut self, now_ms: u64, server: ServerId, id: u64, outcome: Outcome) {
-        let Some(request) = self.requests.get(&id).copied() else {
+        let Some(request) = self.requests.get(id) else {
             return;
         };
         match self.net.route_response(server, request.from) {
@@ -606,7 +661,7 @@ impl World {
             match output {
                 NotaryOutput::Respond { token, body } => {
                     let server = self.notary_servers[notary as usize];
-                    if self.requests.contains_key(&token) {
+                    if self.requests.contains(token) {
                         // Replace the parked timeout by the answer (the first to come wins).
                         self.respond(now_ms, server, token, Outcome::Ok(body));
                     }
@@ -625,7 +680,7 @@ impl World {
     }
 
     fn complete(&mut self, now_ms: u64, id: u64, outcome: Outcome) {
-        let Some(request) = self.requests.remove(&id) else {
+        let Some(request) = self.requests.remove(id) else {
             return; // already ended (a parked notary query answered before its timeout)
         };
         match &outcome {
@@ -1064,5 +1119,57 @@ impl World {
     /// The notary identities observers are configured with.
     pub fn notary_identities(&self) -> &[NotaryIdentity] {
         &self.notary_identities
+    }
+}
+
+#[cfg(test)]
+mod request_table_tests {
+    use super::*;
+
+    fn request(deadline_ms: u64) -> Request {
+        Request {
+            from: 0,
+            kind: RequestKind::NotaryOrigin {
+                notary: 0,
+                domain: 0,
+            },
+            deadline_ms,
+        }
+    }
+
+    #[test]
+    fn the_ring_behaves_like_a_map_of_requests_in_flight() {
+        let mut table = RequestTable::default();
+        let mut reference = BTreeMap::new();
+        let mut next_id = 5;
+        // Requests end out of order; ids keep growing.
+        for step in 0u64..2_000 {
+            table.insert(next_id, request(step));
+            reference.insert(next_id, step);
+            next_id += 1;
+            if step % 3 != 0 {
+                let end = next_id - 1 - (step * 7919 % 5).min(reference.len() as u64 - 1);
+                assert_eq!(
+                    table.remove(end).map(|r| r.deadline_ms),
+                    reference.remove(&end)
+                );
+                assert_eq!(table.remove(end).map(|r| r.deadline_ms), None);
+            }
+            for probe in [0, 4, next_id - 3, next_id - 1, next_id, next_id + 10] {
+                assert_eq!(
+                    table.get(probe).map(|r| r.deadline_ms),
+                    reference.get(&probe).copied()
+                );
+                assert_eq!(table.contains(probe), reference.contains_key(&probe));
+            }
+            assert_eq!(table.len(), reference.len());
+        }
+        for id in reference.keys().copied().collect::<Vec<_>>() {
+            assert!(table.remove(id).is_some());
+        }
+        assert_eq!(table.len(), 0);
+        assert!(table.slots.is_empty(), "ended requests are dropped");
+        table.insert(next_id + 3, request(1));
+        assert!(table.contains(next_id + 3));
     }
 }

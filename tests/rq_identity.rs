@@ -1,0 +1,53 @@
+//! RQ14 in the room world: `scenarios/rq14-duplicate-identity.toml` — a server co-signs a second
+//! member key claiming its user's localpart; every server of that room shows one user ID for two
+//! verified member keys, whatever the policy, and nothing collides elsewhere. P0 cannot express
+//! it (no member keys): the scenario is refused with a one-line error.
+
+use serde_json::Value;
+
+fn run(policy: &str) -> Value {
+    let sets = vec![format!("rooms.policy={policy}")];
+    let scenario = fedsim::scenario::load(
+        Some("scenarios/rq14-duplicate-identity.toml".as_ref()),
+        &sets,
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("fedsim-rq14-{}-{policy}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    fedsim::world::run_to_dir(&scenario, 1, &dir, false).unwrap();
+    let summary =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    summary
+}
+
+#[test]
+fn every_server_of_the_room_shows_one_user_id_for_two_member_keys() {
+    for policy in ["P1", "P5"] {
+        let summary = run(policy);
+        let metrics = &summary["metrics"];
+        assert_eq!(
+            metrics["identity_collision_share_in_affected_rooms"],
+            Value::from(1.0),
+            "{policy}"
+        );
+        let colliding = metrics["identity_colliding_server_rooms"].as_u64().unwrap();
+        assert!(colliding >= 6, "room 0 has 6-12 servers: {colliding}");
+        // One collision per colliding server-room: the room with the duplicate only.
+        assert_eq!(metrics["identity_collisions"].as_u64().unwrap(), colliding);
+        assert!(metrics["identity_server_rooms"].as_u64().unwrap() > colliding);
+        for check in summary["checks"].as_array().unwrap() {
+            assert_eq!(check["passed"], Value::Bool(true), "{check}");
+        }
+    }
+    let refused = fedsim::scenario::load(
+        Some("scenarios/rq14-duplicate-identity.toml".as_ref()),
+        &["rooms.policy=P0".to_owned()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        refused.contains("rooms.actions[0].kind") && refused.contains("member keys"),
+        "{refused}"
+    );
+}
