@@ -278,7 +278,10 @@ impl FedWorld {
             | Body::SendJoin { room, .. }
             | Body::GetMissing { room, .. }
             | Body::EventFetch { room, .. }
-            | Body::Extremities { room, .. } => {
+            | Body::Extremities { room, .. }
+            | Body::Backfill { room, .. }
+            | Body::StateIds { room, .. }
+            | Body::State { room, .. } => {
                 if joined(self, *room) {
                     return from_attacker.then_some(false);
                 }

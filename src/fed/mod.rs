@@ -13,10 +13,11 @@
 //! (real servers fetch on demand), and a PDU with unknown prev or auth events parks it until a
 //! `/get_missing_events` answer arrives (its events are processed first, oldest first).
 //!
-//! Simplification (documented in docs/notes/fed.md): the `Dag` has no outlier mode, so a
-//! `send_join` answer carries the resident's whole held history in its DAG order (a superset of
-//! the state and the auth chain); the joiner runs it through its pipeline on the `JoinState`
-//! path. Its bytes are counted.
+//! Joins (`rooms.join`): under `state` they follow the spec (`join.rs`: the `send_join` answer
+//! carries the state and the auth chain, stored as outliers, then `/backfill`); under
+//! `history` (the default, fedsim's earlier simplification documented in docs/notes/fed.md)
+//! the answer carries the resident's whole held history in its DAG order, which the joiner runs
+//! through its pipeline on the `JoinState` path. Bytes are counted either way.
 
 mod acl;
 mod adversary;
@@ -25,6 +26,7 @@ mod build;
 mod churn;
 mod divergence;
 mod identity;
+mod join;
 mod keyadv;
 mod keys;
 mod notary;
@@ -92,12 +94,15 @@ pub enum Purpose {
     Extremities,
     AttackerSend,
     Push,
+    Backfill,
+    StateIds,
+    State,
     /// A key query to the notary (`/key/v2/query`) after a direct fetch failed (RQ4).
     KeyNotary,
 }
 
 impl Purpose {
-    pub const ALL: [Purpose; 10] = [
+    pub const ALL: [Purpose; 13] = [
         Purpose::Send,
         Purpose::MakeJoin,
         Purpose::SendJoin,
@@ -107,6 +112,9 @@ impl Purpose {
         Purpose::Extremities,
         Purpose::AttackerSend,
         Purpose::Push,
+        Purpose::Backfill,
+        Purpose::StateIds,
+        Purpose::State,
         Purpose::KeyNotary,
     ];
 
@@ -121,6 +129,9 @@ impl Purpose {
             Purpose::Extremities => "extremities",
             Purpose::AttackerSend => "attacker_send",
             Purpose::Push => "push",
+            Purpose::Backfill => "backfill",
+            Purpose::StateIds => "state_ids",
+            Purpose::State => "state",
             Purpose::KeyNotary => "key_notary",
         }
     }
@@ -238,6 +249,25 @@ enum Body {
         /// Whether the answer fills the gap of the PDU at the front of the inbound queue (else:
         /// extremity exchange, appended at the back).
         for_front: bool,
+        /// The spec's `min_depth`: events below it are not returned (the requester's lowest
+        /// timeline event; 0 = no bound).
+        min_depth: i64,
+    },
+    /// `GET /backfill`: up to `limit` events preceding `from` (included).
+    Backfill {
+        room: RoomIndex,
+        from: Vec<EventId>,
+        limit: u32,
+    },
+    /// `GET /state_ids`: the IDs of the state before `event_id` and of its auth chain.
+    StateIds {
+        room: RoomIndex,
+        event_id: EventId,
+    },
+    /// `GET /state`: the state before `event_id` and its auth chain.
+    State {
+        room: RoomIndex,
+        event_id: EventId,
     },
     EventFetch {
         room: RoomIndex,
@@ -267,6 +297,18 @@ enum Reply {
     Template(Box<EventDraft>),
     Events(Vec<Arc<Value>>),
     Keys(Arc<str>),
+    /// A `send_join` (under `rooms.join = "state"`) or `/state` answer: the state before the
+    /// event, and the state events with the auth chain as wire copies in the responder's DAG
+    /// order (auth events first).
+    State {
+        state: Arc<crate::matrix::StateMap>,
+        events: Vec<Arc<Value>>,
+    },
+    /// A `/state_ids` answer: the state before the event and its auth chain's IDs.
+    StateIds {
+        state: Arc<crate::matrix::StateMap>,
+        auth_chain: Vec<EventId>,
+    },
     /// The notary's copy of a domain's key object (`fed/notary.rs`).
     NotaryKeys(Arc<ServerKeys>),
 }
@@ -296,6 +338,27 @@ struct Inbound {
     from: ServerId,
     key_wait_done: bool,
     gap_rounds: u8,
+    /// Stored as an outlier (part of a `send_join` or `/state` answer).
+    outlier: bool,
+    /// The state before it, given from outside (a join's state, a `/state` answer).
+    state: Option<Arc<crate::matrix::StateMap>>,
+    /// A `/state` request was made for it already.
+    state_fetched: bool,
+}
+
+impl Inbound {
+    fn new(json: Arc<Value>, path: ArrivalPath, from: ServerId) -> Inbound {
+        Inbound {
+            json,
+            path,
+            from,
+            key_wait_done: false,
+            gap_rounds: 0,
+            outlier: false,
+            state: None,
+            state_fetched: false,
+        }
+    }
 }
 
 /// Why a room's inbound queue is parked.
@@ -407,6 +470,12 @@ pub struct Counters {
     pub revealed: u64,
     pub joins_completed: u64,
     pub join_history_events: u64,
+    /// Events received in `/backfill` answers (`rooms.join = "state"`).
+    pub backfill_events: u64,
+    /// Events stored as outliers (`send_join` and `/state` answers).
+    pub outliers_stored: u64,
+    /// `/state` requests made for events whose prev events could not be had.
+    pub state_fetches: u64,
     pub attacker_messages_sent: u64,
     pub attacker_accepted_after_t0: u64,
     pub attacker_labelled_after_t0: u64,
@@ -416,9 +485,9 @@ pub struct Counters {
     pub key_invalidations: u64,
     pub key_revalidations: u64,
     /// [purpose][outcome]
-    pub requests: [[u64; 5]; 10],
+    pub requests: [[u64; 5]; 13],
     /// Request plus answer bytes, by purpose.
-    pub bytes: [u64; 10],
+    pub bytes: [u64; 13],
     /// ACLs, the join gate and the adversaries (`acl.rs`, `adversary.rs`).
     pub adv: AdvCounters,
 }
@@ -923,6 +992,10 @@ impl FedWorld {
                     return Err(403);
                 }
                 self.fan_out(to, room, &pdu, &[from]);
+                if self.config.join == crate::scenario::JoinMode::State {
+                    let event_id = receipt.event_id.clone().unwrap_or_default();
+                    return self.state_answer(to, room, &event_id).ok_or(500);
+                }
                 let history: Vec<Arc<Value>> = self.servers[to as usize].rooms[&room]
                     .state
                     .held_events()
@@ -934,6 +1007,7 @@ impl FedWorld {
                 room,
                 missing,
                 known,
+                min_depth,
                 ..
             } => {
                 let Some(state) = self.servers[to as usize].rooms.get(&room) else {
@@ -943,8 +1017,24 @@ impl FedWorld {
                     &state.state,
                     &missing,
                     &known,
+                    min_depth,
                     &self.wire,
                 )))
+            }
+            Body::Backfill { room, from, limit } => {
+                let Some(state) = self.servers[to as usize].rooms.get(&room) else {
+                    return Err(404);
+                };
+                Ok(Reply::Events(join::backfill_answer(
+                    &state.state,
+                    &from,
+                    limit,
+                    &self.wire,
+                )))
+            }
+            Body::State { room, event_id } => self.state_answer(to, room, &event_id).ok_or(404),
+            Body::StateIds { room, event_id } => {
+                self.state_ids_answer(to, room, &event_id).ok_or(404)
             }
             Body::EventFetch { room, event_id } => {
                 let server = &mut self.servers[to as usize];
@@ -974,6 +1064,7 @@ impl FedWorld {
                     .collect();
                 if !unknown.is_empty() {
                     let known = state.state.forward_extremities();
+                    let min_depth = self.min_depth(to, room);
                     self.dispatch(
                         to,
                         from,
@@ -983,6 +1074,7 @@ impl FedWorld {
                             missing: unknown,
                             known,
                             for_front: false,
+                            min_depth,
                         },
                     );
                 }
@@ -1045,10 +1137,23 @@ impl FedWorld {
                 Some(Reply::Template(draft)) => self.finish_make_join(room, from, user, *draft),
                 _ => self.retry_join(room, from),
             },
-            Body::SendJoin { room, .. } => match reply {
+            Body::SendJoin { room, pdu } => match reply {
                 Some(Reply::Events(history)) => self.install_room(room, from, request.to, history),
+                Some(Reply::State { state, events }) => {
+                    self.install_state_join(room, from, request.to, state, events, pdu)
+                }
                 _ => self.retry_join(room, from),
             },
+            Body::Backfill { room, .. } => {
+                if let Some(Reply::Events(events)) = reply {
+                    self.counters.backfill_events += events.len() as u64;
+                    self.receive_into(from, request.to, room, events, ArrivalPath::Backfill);
+                }
+            }
+            Body::State { room, .. } => self.state_arrived(from, room, id, reply),
+            Body::StateIds { room, event_id } => {
+                self.state_ids_arrived(from, request.to, room, id, event_id, reply)
+            }
             Body::GetMissing {
                 room, for_front, ..
             } => {
@@ -1057,13 +1162,9 @@ impl FedWorld {
                     _ => Vec::new(),
                 };
                 if let Some(state) = self.servers[from as usize].rooms.get_mut(&room) {
-                    let items = events.into_iter().map(|json| Inbound {
-                        json,
-                        path: ArrivalPath::MissingEvents,
-                        from: request.to,
-                        key_wait_done: false,
-                        gap_rounds: 0,
-                    });
+                    let items = events
+                        .into_iter()
+                        .map(|json| Inbound::new(json, ArrivalPath::MissingEvents, request.to));
                     if for_front {
                         let items: Vec<Inbound> = items.collect();
                         for item in items.into_iter().rev() {
@@ -1438,13 +1539,9 @@ impl FedWorld {
             self.counters.not_in_room += pdus.len() as u64;
             return;
         };
-        state.inbound.extend(pdus.into_iter().map(|json| Inbound {
-            json,
-            path,
-            from,
-            key_wait_done: false,
-            gap_rounds: 0,
-        }));
+        state
+            .inbound
+            .extend(pdus.into_iter().map(|json| Inbound::new(json, path, from)));
         self.drain(to, room);
     }
 
@@ -1485,14 +1582,25 @@ impl FedWorld {
             if self.inbound_refused(server, room, &item) {
                 continue;
             }
-            let receipt = self.process_now(server, room, &item.json, item.path, item.from);
+            let receipt = self.process_inbound(server, room, &item);
             self.requery_if_stale_claim(server, room, &item.json, item.path);
             if let Verdict::MissingEvents {
                 prev_events,
                 auth_events,
             } = &receipt.verdict
             {
-                if item.gap_rounds < MAX_GAP_ROUNDS && item.from != server {
+                if self.fetch_state_instead(
+                    server,
+                    room,
+                    &mut item,
+                    receipt.event_id.clone(),
+                    auth_events,
+                ) {
+                    return;
+                }
+                let backfilled = self.config.join == crate::scenario::JoinMode::State
+                    && (item.path == ArrivalPath::Backfill || item.outlier);
+                if item.gap_rounds < MAX_GAP_ROUNDS && item.from != server && !backfilled {
                     let mut missing = prev_events.clone();
                     missing.extend(auth_events.iter().cloned());
                     let state = self.servers[server as usize]
@@ -1503,6 +1611,7 @@ impl FedWorld {
                     let target = item.from;
                     item.gap_rounds += 1;
                     state.inbound.push_front(item);
+                    let min_depth = self.min_depth(server, room);
                     let id = self.dispatch(
                         server,
                         target,
@@ -1512,6 +1621,7 @@ impl FedWorld {
                             missing,
                             known,
                             for_front: true,
+                            min_depth,
                         },
                     );
                     let state = self.servers[server as usize]
@@ -2131,15 +2241,11 @@ impl FedWorld {
         self.counters.joins_completed += 1;
         self.counters.join_history_events += history.len() as u64;
         let earlier: Vec<Inbound> = state.inbound.drain(..).collect();
-        state
-            .inbound
-            .extend(history.into_iter().map(|json| Inbound {
-                json,
-                path: ArrivalPath::JoinState,
-                from: resident,
-                key_wait_done: false,
-                gap_rounds: 0,
-            }));
+        state.inbound.extend(
+            history
+                .into_iter()
+                .map(|json| Inbound::new(json, ArrivalPath::JoinState, resident)),
+        );
         state.inbound.extend(earlier);
         self.drain(server, room);
     }
@@ -2552,6 +2658,7 @@ fn walk_missing(
     state: &RoomState,
     missing: &[EventId],
     known: &[EventId],
+    min_depth: i64,
     wire: &HashMap<EventId, Arc<Value>>,
 ) -> Vec<Arc<Value>> {
     let known: BTreeSet<&str> = known.iter().map(String::as_str).collect();
@@ -2569,6 +2676,10 @@ fn walk_missing(
         let Some(index) = dag.index(id) else {
             continue;
         };
+        // Outliers have no place in the graph to serve; the spec's `min_depth` bounds the walk.
+        if dag.is_outlier(index) || dag.event(index).depth < min_depth {
+            continue;
+        }
         found.insert(index);
         for prev in &dag.event(index).prev_events {
             queue.push_back(prev);
@@ -2610,7 +2721,12 @@ fn body_bytes(body: &Body, sizes: &HashMap<usize, u64>) -> u64 {
                 .sum::<u64>()
                 + 64
         }
-        Body::Extremities { ids, .. } => ids.iter().map(|id| id.len() as u64 + 3).sum::<u64>() + 64,
+        Body::Extremities { ids, .. } | Body::Backfill { from: ids, .. } => {
+            ids.iter().map(|id| id.len() as u64 + 3).sum::<u64>() + 64
+        }
+        Body::State { event_id, .. } | Body::StateIds { event_id, .. } => {
+            event_id.len() as u64 + 128
+        }
         Body::MakeJoin { .. }
         | Body::EventFetch { .. }
         | Body::Key { .. }
@@ -2638,6 +2754,25 @@ fn reply_bytes(reply: &Reply, sizes: &HashMap<usize, u64>) -> u64 {
                 + 32
         }
         Reply::Keys(body) => body.len() as u64,
+        Reply::StateIds { state, auth_chain } => {
+            let ids: u64 = state
+                .values()
+                .chain(auth_chain)
+                .map(|id| id.len() as u64 + 3)
+                .sum();
+            ids + 32
+        }
+        Reply::State { state, events } => {
+            let ids: u64 = state
+                .iter()
+                .map(|((event_type, key), id)| (event_type.len() + key.len() + id.len() + 8) as u64)
+                .sum();
+            ids + events
+                .iter()
+                .map(|event| copy_bytes(event, sizes))
+                .sum::<u64>()
+                + 32
+        }
         // About the size of a signed key response with an old key or two.
         Reply::NotaryKeys(_) => notary::NOTARY_ANSWER_BYTES,
     }

@@ -176,6 +176,9 @@ fn counter_fields(counters: &Counters) -> Vec<(String, u64)> {
         ("revealed".into(), counters.revealed),
         ("joins_completed".into(), counters.joins_completed),
         ("join_history_events".into(), counters.join_history_events),
+        ("backfill_events".into(), counters.backfill_events),
+        ("outliers_stored".into(), counters.outliers_stored),
+        ("state_fetches".into(), counters.state_fetches),
         (
             "attacker_messages_sent".into(),
             counters.attacker_messages_sent,

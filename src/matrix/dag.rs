@@ -242,6 +242,10 @@ struct Node {
     /// first).
     references: Box<[EventIndex]>,
     prev_count: u16,
+    /// Stored without a place in the graph (s2s "outliers": the state and auth chain of a
+    /// `send_join` or `/state` answer): checked against its auth events only (check 4), no
+    /// state before or after, never a prev event of an inserted event.
+    outlier: bool,
     /// Memoised auth chain: every event reachable through `auth_events`, not the event itself,
     /// sorted by index.
     auth_chain: OnceLock<Arc<[EventIndex]>>,
@@ -399,7 +403,54 @@ impl Dag {
             state_before,
             state_after,
         });
-        Ok(self.add_node(pdu, is_create, prev, auth, evaluation))
+        Ok(self.add_node(pdu, is_create, prev, auth, evaluation, false))
+    }
+
+    /// Inserts an outlier: an event known without its place in the graph (the state and auth
+    /// chain of a `send_join` or `/state` answer). Its auth events must be present; its prev
+    /// events are not linked. Only PDU check 4 runs (the auth rules against its own auth
+    /// events, as for any event); its state before and after are empty (unknown), and no
+    /// inserted event may use it as a prev event.
+    pub fn insert_outlier(&mut self, pdu: Arc<Pdu>) -> Result<EventIndex, DagError> {
+        if self.index(&pdu.event_id).is_some() {
+            return Err(DagError::DuplicateEventId(pdu.event_id.clone()));
+        }
+        let is_create = pdu.event_type == "m.room.create" && pdu.state_key.as_deref() == Some("");
+        if is_create && self.create.is_some() {
+            return Err(DagError::SecondCreate(pdu.event_id.clone()));
+        }
+        let auth = self.resolve_references(&pdu, EdgeKind::Auth, true)?;
+        let auth_pdus: Vec<&Pdu> = auth.iter().map(|&index| self.pdu(index)).collect();
+        let create = self
+            .create
+            .filter(|&create| !self.is_rejected(create))
+            .map(|create| self.pdu(create));
+        let create = if is_create { None } else { create };
+        let rejection =
+            auth::check_against_auth_events(&self.version, &pdu, &auth_pdus, create, |id| {
+                self.index(id).is_some_and(|index| self.is_rejected(index))
+            })
+            .err()
+            .map(|rejection| (RejectionCheck::AuthEvents, rejection));
+        let empty = Arc::new(LayeredState::default());
+        let evaluation = Arc::new(Evaluation {
+            rejection,
+            state_before: Arc::clone(&empty),
+            state_after: empty,
+        });
+        Ok(self.add_node(pdu, is_create, Vec::new(), auth, evaluation, true))
+    }
+
+    /// Replaces the evaluation of the event at `index` by an equal one held elsewhere (another
+    /// DAG's, shared through `room::shared`), so that one copy of its states is kept. The caller
+    /// guarantees equality (same rejection, same state before; the state after follows).
+    pub fn share_evaluation(&mut self, index: EventIndex, evaluation: Arc<Evaluation>) {
+        self.nodes[index as usize].evaluation = evaluation;
+    }
+
+    /// Whether the event at `index` is an outlier (see [`Dag::insert_outlier`]).
+    pub fn is_outlier(&self, index: EventIndex) -> bool {
+        self.nodes[index as usize].outlier
     }
 
     /// Inserts an event whose prev and auth events are all present with an evaluation computed
@@ -421,7 +472,7 @@ impl Dag {
         }
         let prev = self.resolve_references(&pdu, EdgeKind::Prev, true)?;
         let auth = self.resolve_references(&pdu, EdgeKind::Auth, true)?;
-        Ok(self.add_node(pdu, is_create, prev, auth, evaluation))
+        Ok(self.add_node(pdu, is_create, prev, auth, evaluation, false))
     }
 
     /// Adds an evaluated event with its edges; returns its index.
@@ -432,6 +483,7 @@ impl Dag {
         prev: Vec<EventIndex>,
         auth: Vec<EventIndex>,
         evaluation: Arc<Evaluation>,
+        outlier: bool,
     ) -> EventIndex {
         let index = self.nodes.len() as EventIndex;
         self.index_of.insert(&pdu.event_id, index);
@@ -446,6 +498,7 @@ impl Dag {
             pdu,
             references: references.into_boxed_slice(),
             prev_count,
+            outlier,
             auth_chain: OnceLock::new(),
             evaluation,
         });
@@ -466,7 +519,11 @@ impl Dag {
         };
         let mut indices = Vec::with_capacity(ids.len());
         for id in ids {
-            match (self.index(id), kind) {
+            // An outlier has no state to build on: as a prev event it counts as unknown.
+            let found = self
+                .index(id)
+                .filter(|&index| kind == EdgeKind::Auth || !self.nodes[index as usize].outlier);
+            match (found, kind) {
                 (Some(index), _) => indices.push(index),
                 (None, _) if !required => {}
                 (None, EdgeKind::Prev) => {
@@ -584,7 +641,7 @@ impl Dag {
     /// `prev_events` (a rejected child does not make its parents stop being extremities),
     /// sorted by index.
     pub fn forward_extremities(&self) -> Vec<EventIndex> {
-        let accepted = |node: &Node| node.evaluation.rejection.is_none();
+        let accepted = |node: &Node| node.evaluation.rejection.is_none() && !node.outlier;
         let mut named = vec![false; self.nodes.len()];
         for node in self.nodes.iter().filter(|node| accepted(node)) {
             for &parent in node.prev() {

@@ -175,6 +175,112 @@ pub fn receive_arc_shared<K: KeySource>(
     receive(room, server, front, path, None, now_ms)
 }
 
+/// As [`receive_arc_shared`] with the state before the event given from outside (a join's
+/// state, or a `/state` answer for an event whose prev events cannot be had): checks 1–3
+/// shared, then as [`receive_pdu_with_state_before`].
+pub fn receive_arc_shared_with_state<K: KeySource>(
+    room: &mut RoomState,
+    server: &mut ServerView<'_, K>,
+    memo: &mut CheckMemo,
+    json: &Arc<Value>,
+    path: ArrivalPath,
+    state_before: Arc<StateMap>,
+    now_ms: i64,
+) -> Receipt {
+    let front = memo.front_checks_arc(room.version(), room.room_id(), json, server.keys);
+    receive(room, server, front, path, Some(state_before), now_ms)
+}
+
+/// Stores an event of a `send_join` or `/state` answer as an outlier (s2s: the state and auth
+/// chain are "outliers", not part of the timeline): checks 1–3 (shared), then check 4 — the
+/// auth rules against its own auth events, which must be held. No state before or after, no
+/// check 5 or 6, no timeline entry, never a forward extremity. A member event of the sender
+/// still updates its link (MSC4430: the joiner learns the members' links from the state).
+pub fn receive_outlier_arc_shared<K: KeySource>(
+    room: &mut RoomState,
+    server: &mut ServerView<'_, K>,
+    memo: &mut CheckMemo,
+    json: &Arc<Value>,
+    now_ms: i64,
+) -> Receipt {
+    let version = *room.version();
+    let path = ArrivalPath::JoinState;
+    let mut receipt = Receipt {
+        event_id: None,
+        path,
+        at_ms: now_ms,
+        hash_check: None,
+        verdict: Verdict::AlreadyHeld,
+        link_after: None,
+        allowed_by: None,
+    };
+    let (pdu, hash_check) =
+        match memo.front_checks_arc(room.version(), room.room_id(), json, server.keys) {
+            FrontChecks::Format { event_id, error } => {
+                receipt.event_id = event_id;
+                receipt.verdict = Verdict::Dropped(DropReason::Format(error));
+                return receipt;
+            }
+            FrontChecks::Signature { event_id, error } => {
+                receipt.event_id = Some(event_id);
+                receipt.verdict = Verdict::Dropped(DropReason::Signature(error));
+                return receipt;
+            }
+            FrontChecks::Passed { pdu, hash_check } => (pdu, hash_check),
+        };
+    receipt.event_id = Some(pdu.event_id.clone());
+    receipt.hash_check = Some(hash_check);
+    if room.holds(&pdu.event_id) {
+        return receipt;
+    }
+    let missing_auth: Vec<EventId> = pdu
+        .auth_events
+        .iter()
+        .filter(|id| !room.holds(id))
+        .cloned()
+        .collect();
+    if !missing_auth.is_empty() {
+        receipt.verdict = Verdict::MissingEvents {
+            prev_events: Vec::new(),
+            auth_events: missing_auth,
+        };
+        return receipt;
+    }
+    let redacted = hash_check != ContentHashCheck::Valid;
+    let (index, rejection) = match room.insert_outlier(Arc::clone(&pdu), redacted) {
+        Ok(inserted) => inserted,
+        Err(error) => {
+            receipt.verdict = Verdict::Dropped(DropReason::Dag(error));
+            return receipt;
+        }
+    };
+    let mut held = HeldEvent {
+        fate: Fate::Accepted { labelled: false },
+        redacted,
+        path,
+        received_at_ms: now_ms,
+        // No state is known for an outlier: check 5 never ran.
+        state_given: true,
+    };
+    match rejection {
+        Some((check, rejection)) => {
+            held.fate = Fate::Rejected {
+                check,
+                rejection: rejection.clone(),
+            };
+            receipt.verdict = Verdict::Rejected { check, rejection };
+        }
+        None => {
+            if version.member_keys {
+                receipt.link_after = Some(observe_link(server, &version, &pdu, now_ms));
+            }
+            receipt.verdict = Verdict::Accepted { labelled: false };
+        }
+    }
+    room.record_outlier(index, held);
+    receipt
+}
+
 /// As [`receive_pdu_shared`] for a copy wrapped once ([`PduCopy`]) and handed to every server
 /// that receives it: no receiver clones or canonicalises the JSON again (identical receipts).
 pub fn receive_copy_shared<K: KeySource>(
@@ -254,12 +360,13 @@ fn receive<K: KeySource>(
         .filter(|id| !room.holds(id))
         .cloned()
         .collect();
+    // An outlier has no state to build on: as a prev event it is missing.
     let missing_prev: Vec<EventId> = match &state_before {
         Some(_) => Vec::new(),
         None => pdu
             .prev_events
             .iter()
-            .filter(|id| !room.holds(id))
+            .filter(|id| !room.holds_in_graph(id))
             .cloned()
             .collect(),
     };

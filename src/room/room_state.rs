@@ -119,7 +119,7 @@ impl TimelineEntry {
 }
 
 /// Extremity sets whose current state is memoised, at most (the memo is cleared when full).
-const MEMO_CAPACITY: usize = 256;
+const MEMO_CAPACITY: usize = 16;
 
 /// The shared number of an event that has none (not clean, or not shared).
 const NO_SHARED_ID: SharedId = SharedId::MAX;
@@ -139,6 +139,10 @@ pub struct RoomState {
     /// timeline itself is derived from the DAG and `held` (one entry per held event, in
     /// processing order = index order), so nothing is stored per event for it.
     revealed: BTreeMap<EventIndex, i64>,
+    /// Whether events arriving on the `Backfill` path are history before the server's first
+    /// timeline event (s2s backfill after a state-and-auth-chain join): then they neither
+    /// become nor end forward extremities (as Synapse treats backfilled events).
+    backfill_is_history: bool,
     /// Per event: clean in the sense of [`super::shared`] (its evaluation may be shared).
     clean: Vec<bool>,
     /// Per event: its room-wide number in the shared facts, or [`NO_SHARED_ID`].
@@ -161,6 +165,7 @@ impl RoomState {
             children_of_missing: BTreeMap::new(),
             memo: Some(BTreeMap::new()),
             revealed: BTreeMap::new(),
+            backfill_is_history: false,
             clean: Vec::new(),
             shared_ids: Vec::new(),
             shared: None,
@@ -266,6 +271,27 @@ impl RoomState {
         self.dag.index(event_id).is_some()
     }
 
+    /// Whether the event is held with its place in the graph (not as an outlier), so that it
+    /// can be a prev event.
+    pub fn holds_in_graph(&self, event_id: &str) -> bool {
+        self.dag
+            .index(event_id)
+            .is_some_and(|index| !self.dag.is_outlier(index))
+    }
+
+    /// Whether the held event is an outlier (known from a `send_join` or `/state` answer only).
+    pub fn is_outlier(&self, event_id: &str) -> bool {
+        self.dag
+            .index(event_id)
+            .is_some_and(|index| self.dag.is_outlier(index))
+    }
+
+    /// Backfilled events are history before this server's first timeline event: they neither
+    /// become nor end forward extremities (default: they do, as any other event).
+    pub fn set_backfill_is_history(&mut self, history: bool) {
+        self.backfill_is_history = history;
+    }
+
     /// The held event, shared.
     pub fn event(&self, event_id: &str) -> Option<&Arc<Pdu>> {
         self.dag.index(event_id).map(|index| self.dag.event(index))
@@ -289,8 +315,9 @@ impl RoomState {
     /// The client-visible timeline, in order of processing (one entry per held event; built
     /// on demand from the held events, so a server stores no strings per event for it).
     pub fn timeline(&self) -> Vec<TimelineEntry> {
-        (0..self.held.len())
-            .map(|index| self.timeline_entry(index as EventIndex))
+        (0..self.held.len() as EventIndex)
+            .filter(|&index| !self.dag.is_outlier(index))
+            .map(|index| self.timeline_entry(index))
             .collect()
     }
 
@@ -324,13 +351,15 @@ impl RoomState {
     pub fn timeline_entry_of(&self, event_id: &str) -> Option<TimelineEntry> {
         self.dag
             .index(event_id)
+            .filter(|&index| !self.dag.is_outlier(index))
             .map(|index| self.timeline_entry(index))
     }
 
     /// Whether clients are shown the held event at `index` (its timeline entry is visible).
     fn is_visible(&self, index: EventIndex) -> bool {
-        self.revealed.contains_key(&index)
-            || matches!(self.held[index as usize].fate, Fate::Accepted { .. })
+        !self.dag.is_outlier(index)
+            && (self.revealed.contains_key(&index)
+                || matches!(self.held[index as usize].fate, Fate::Accepted { .. }))
     }
 
     /// The events clients are shown, in order.
@@ -466,14 +495,22 @@ impl RoomState {
         } else {
             None
         };
+        let mut clean = clean;
         let (index, shared_id) = match (state_before, facts) {
-            (Some(state), _) => (
-                self.dag.insert_with_state_before(
-                    pdu,
+            (Some(state), _) => {
+                let adoptable = !redacted && self.given_state_parents_clean(&pdu, &state);
+                let index = self.dag.insert_with_state_before(
+                    Arc::clone(&pdu),
                     Arc::new(LayeredState::from_map((*state).clone())),
-                )?,
-                NO_SHARED_ID,
-            ),
+                )?;
+                let shared_id = if adoptable {
+                    self.adopt_given_state(index, &state)
+                } else {
+                    NO_SHARED_ID
+                };
+                clean = shared_id != NO_SHARED_ID;
+                (index, shared_id)
+            }
             (None, None) => {
                 if let Some(shared) = &self.shared {
                     shared.count(Count::EvaluationUnshareable);
@@ -498,6 +535,111 @@ impl RoomState {
                 (check, rejection.clone())
             });
         Ok((index, rejection))
+    }
+
+    /// Whether an event given the state before it could be clean: its auth events, every event
+    /// of the given state and the create event are held and clean.
+    fn given_state_parents_clean(&self, pdu: &Pdu, state: &StateMap) -> bool {
+        let held_clean = |id: &EventId| {
+            self.dag
+                .index(id)
+                .is_some_and(|index| self.clean[index as usize])
+        };
+        self.dag
+            .create_index()
+            .is_some_and(|create| self.clean[create as usize])
+            && pdu.auth_events.iter().all(held_clean)
+            && state.values().all(held_clean)
+    }
+
+    /// An event inserted with a state given from outside (a join's state, a `/state` answer) is
+    /// clean when another server evaluated it clean — from its prev events — with exactly this
+    /// state before it and the same verdict: then its evaluation here is that one (the same
+    /// copies, rejections and state are read), and its descendants can share as usual. Returns
+    /// its room-wide number, or [`NO_SHARED_ID`] if it is not clean.
+    fn adopt_given_state(&mut self, index: EventIndex, state: &StateMap) -> SharedId {
+        let Some(facts) = self.room_facts() else {
+            return NO_SHARED_ID;
+        };
+        let event_id = self.dag.event(index).event_id.clone();
+        let found = lock(&facts).evaluation(&event_id).cloned();
+        let Some(found) = found else {
+            return NO_SHARED_ID;
+        };
+        let local = self.dag.evaluation(index);
+        if local.rejection == found.evaluation.rejection
+            && found.evaluation.state_before.to_map() == *state
+        {
+            // Equal: keep one copy of the (whole-room) states instead of this server's.
+            self.dag.share_evaluation(index, found.evaluation);
+            found.id
+        } else {
+            NO_SHARED_ID
+        }
+    }
+
+    /// Inserts an outlier (see [`Dag::insert_outlier`]): an event of a `send_join` or `/state`
+    /// answer, checked against its own auth events only. It is clean (usable as a clean auth
+    /// event by clean events) when it is intact, its auth events and the create event are clean,
+    /// and another server evaluated it clean with the same verdict (so every rejection flag a
+    /// descendant reads is the same; its state is never read). The caller records it with
+    /// [`RoomState::record_outlier`].
+    pub(crate) fn insert_outlier(
+        &mut self,
+        pdu: Arc<Pdu>,
+        redacted: bool,
+    ) -> Result<(EventIndex, Option<(RejectedAt, Rejection)>), DagError> {
+        let is_create = pdu.event_type == "m.room.create" && pdu.state_key.as_deref() == Some("");
+        let parents_clean = !redacted
+            && (is_create
+                || self
+                    .dag
+                    .create_index()
+                    .is_some_and(|create| self.clean[create as usize]))
+            && pdu.auth_events.iter().all(|id| {
+                self.dag
+                    .index(id)
+                    .is_some_and(|index| self.clean[index as usize])
+            });
+        let index = self.dag.insert_outlier(Arc::clone(&pdu))?;
+        let mut clean = false;
+        if parents_clean && is_create {
+            // The create event is never shared (it is clean wherever it is intact), and its
+            // verdict is rule 1 alone, which reads only the event: check 4 as an outlier and
+            // checks 4–5 in the graph decide alike.
+            clean = self.dag.evaluation(index).rejection.is_none();
+        } else if parents_clean && let Some(shared) = &self.shared {
+            let create_id = if is_create {
+                Some(pdu.event_id.clone())
+            } else {
+                self.dag
+                    .create_index()
+                    .map(|create| self.dag.event(create).event_id.clone())
+            };
+            if let Some(create_id) = create_id {
+                let facts = shared.room(self.dag.version().id, &create_id);
+                let found = lock(&facts).evaluation(&pdu.event_id).cloned();
+                clean = found.is_some_and(|found| {
+                    found.evaluation.rejection == self.dag.evaluation(index).rejection
+                });
+            }
+        }
+        self.clean.push(clean);
+        self.shared_ids.push(NO_SHARED_ID);
+        let rejection = self
+            .dag
+            .evaluation(index)
+            .rejection
+            .as_ref()
+            .map(|(_, rejection)| (RejectedAt::AuthEvents, rejection.clone()));
+        Ok((index, rejection))
+    }
+
+    /// Records how the outlier at `index` was judged (no extremities, no timeline entry).
+    pub(crate) fn record_outlier(&mut self, index: EventIndex, held: HeldEvent) {
+        debug_assert_eq!(index as usize, self.held.len());
+        self.accepted_children.push(0);
+        self.held.push(held);
     }
 
     /// Inserts a clean event, reusing the evaluation another server stored, else evaluating it and
@@ -668,7 +810,14 @@ impl RoomState {
         );
         self.accepted_children.push(0);
         let pdu = Arc::clone(self.dag.event(index));
-        if matches!(held.fate, Fate::Accepted { .. }) {
+        let history = self.backfill_is_history && held.path == ArrivalPath::Backfill;
+        if matches!(held.fate, Fate::Accepted { .. }) && history {
+            // History before the first timeline event: counted as a child of its prev events
+            // (they are history too) but never a forward extremity itself.
+            for &parent in self.dag.prev_indices(index) {
+                self.accepted_children[parent as usize] += 1;
+            }
+        } else if matches!(held.fate, Fate::Accepted { .. }) {
             for &parent in self.dag.prev_indices(index) {
                 self.accepted_children[parent as usize] += 1;
                 self.extremities.remove(&parent);

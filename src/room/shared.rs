@@ -91,7 +91,7 @@ use crate::matrix::{EventId, Pdu, RoomVersion, StateMap};
 /// Current states kept per room, at most (the table is cleared when full; servers ask for the
 /// same extremity sets at about the same time, so a small table suffices, and each state is a
 /// whole room state).
-const CURRENT_STATES_CAPACITY: usize = 128;
+const CURRENT_STATES_CAPACITY: usize = 32;
 
 /// Check-6 verdicts kept per room, at most (the table is cleared when full).
 const CURRENT_STATE_CHECKS_CAPACITY: usize = 1 << 16;

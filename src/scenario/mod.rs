@@ -19,6 +19,7 @@ use crate::server::policy::{
 pub use rooms::{
     CountSpec, ROOM_POLICY_NAMES, RoomAction, RoomActionKind, Rooms, ServerRef, server_name,
 };
+pub use rooms::{DEFAULT_BACKFILL_LIMIT, JoinMode};
 pub use set::apply_set;
 
 /// The built-in default scenario: RQ1, polling load.

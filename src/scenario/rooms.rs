@@ -113,9 +113,49 @@ pub struct Rooms {
     /// latest message its sender's server shows (stream `room-replies`/room).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_probability: Option<f64>,
+    /// How a joining server gets the room: `history` (the default for now; fedsim's earlier
+    /// simplification: the `send_join` answer carries the resident's whole held history, which
+    /// the joiner replays) or `state` (the spec's: the answer carries the state before the join
+    /// and its auth chain, stored as outliers; the join event is the joiner's first timeline
+    /// event, and it fetches `backfill_limit` earlier events with `/backfill`).
+    #[serde(default, skip_serializing_if = "JoinMode::is_history")]
+    pub join: JoinMode,
+    /// Under `join = "state"`: how many events before the join a joiner backfills (0 = none;
+    /// default [`DEFAULT_BACKFILL_LIMIT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill_limit: Option<u32>,
     /// Scripted actions.
     #[serde(default)]
     pub actions: Vec<RoomAction>,
+}
+
+/// Events a joiner backfills by default: one screenful of history, what a client shows when
+/// a room is opened (Synapse backfills in pages of this order when a client paginates), not
+/// the room's whole past.
+pub const DEFAULT_BACKFILL_LIMIT: u32 = 50;
+
+/// How a joining server gets the room (`rooms.join`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinMode {
+    /// The resident's whole held history, replayed by the joiner.
+    #[default]
+    History,
+    /// The state and auth chain as outliers, then `/backfill`.
+    State,
+}
+
+impl JoinMode {
+    fn is_history(&self) -> bool {
+        *self == JoinMode::History
+    }
+}
+
+impl Rooms {
+    /// The backfill limit in effect.
+    pub fn backfill_limit(&self) -> u32 {
+        self.backfill_limit.unwrap_or(DEFAULT_BACKFILL_LIMIT)
+    }
 }
 
 fn yes() -> bool {
