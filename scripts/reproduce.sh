@@ -32,7 +32,7 @@ figures=(
 # Figures drawn from a sweep (one line per policy, means and 95% CIs over seeds):
 # figure name | scenario file | sweep arguments | chart file stem `fedsim plot` writes in charts/
 sweep_figures=(
-    "rq4-bitrot|scenarios/rq4-bitrot.toml|--param rooms.policy=P1,P7,P5 --seeds 1..3|bitrot"
+    "rq4-bitrot|scenarios/rq4-bitrot.toml|--param rooms.policy=P0,P1,P7,P5 --seeds 1..3|bitrot"
     "rq9-amplification|scenarios/rq9-amplification.toml|--param rooms.messages_per_room_per_hour=5,10,20,40 --param rooms.policy=P1,P8 --seeds 1..3|amplification_factor"
     "rq7-requery-storm|scenarios/rq7-requery-storm.toml|--param rooms.rooms=5,10,20,40 --param rooms.policy=P1,P6 --seeds 1..4|storm_peak_gets_per_s"
 )

@@ -26,7 +26,7 @@ fn text_lists_every_preset() {
     let output = fedsim(&["policies"]);
     assert!(output.status.success(), "{output:?}");
     let text = String::from_utf8(output.stdout).unwrap();
-    assert!(text.lines().next().unwrap().contains("not yet wired"));
+    assert!(text.lines().next().unwrap().contains("rooms.policy"));
     for name in PRESETS {
         assert!(
             text.lines()

@@ -154,3 +154,22 @@ fn bitrot_files_are_identical_twice_and_with_shared_facts_off() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+#[test]
+fn with_a_notary_p0_checks_the_dead_servers_history_and_p7_vouches_for_it_while_p1_cannot() {
+    // hs0 (the creator, alive) answers key queries from its cache for the dead hs3.
+    let (_, p0, p0_rows) = run(&["rooms.policy=P0", "rooms.notary=0"], "notary-p0");
+    assert_eq!(number(&p0_rows, "links_verifiable"), 7.0);
+    assert_eq!(
+        number(&p0_rows, "messages_visible"),
+        number(&p0_rows, "messages")
+    );
+    assert!(p0["metrics"]["requests_key_notary_ok"].as_u64().unwrap() >= 1);
+    assert_eq!(p0["metrics"]["gaps_given_up"], Value::from(0));
+    // P1: a historic key is not a current key; the dead server's link stays unverified.
+    let (_, _, p1_rows) = run(&["rooms.policy=P1", "rooms.notary=0"], "notary-p1");
+    assert_eq!(number(&p1_rows, "links_verifiable"), 5.0);
+    // P7: the historic key vouches for what hs3 sent before its key expired.
+    let (_, _, p7_rows) = run(&["rooms.policy=P7", "rooms.notary=0"], "notary-p7");
+    assert_eq!(number(&p7_rows, "links_verifiable"), 7.0);
+}

@@ -3,7 +3,7 @@
 //!
 //! A preset exists in two layers: the key layer ([`KeyPolicy::preset`], what `fedsim run` reads
 //! from `policy.preset`) and the room layer ([`RoomPolicy::preset`], the receipt pipeline's
-//! knobs, a tested library not yet wired into `fedsim run`). The knob values come from the
+//! knobs, read by room-world scenarios through `rooms.policy`). The knob values come from the
 //! structs themselves (serde for the key layer, [`RoomPolicy::describe`] for the room layer), so
 //! this listing cannot drift from what the code does.
 
@@ -157,8 +157,9 @@ pub fn run(args: &Args) -> Result<(), CliError> {
 fn render_text(names: &[&str]) -> Result<String, CliError> {
     let mut out = String::new();
     out.push_str(
-        "note: `fedsim run` reads only the key layer (policy.preset); the room layer is a tested \
-         library (src/room/policy.rs) not yet wired into `fedsim run`.\n",
+        "note: key-world scenarios read the key layer (policy.preset); room-world scenarios \
+         (`[rooms]`) read both layers through rooms.policy, with P1's key layer where a preset has \
+         none.\n",
     );
     for name in names {
         out.push('\n');
@@ -170,7 +171,7 @@ fn render_text(names: &[&str]) -> Result<String, CliError> {
                     out.push_str(&format!("    {knob} = {}\n", text_value(value)));
                 }
             }
-            None => out.push_str("  key layer: no such preset (not wired into `fedsim run`)\n"),
+            None => out.push_str("  key layer: no such preset (P1's in the room world)\n"),
         }
         match room_knobs(name) {
             Some(knobs) => {

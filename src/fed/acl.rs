@@ -195,6 +195,7 @@ impl FedWorld {
             cache: &hs.cache,
             slot_of: &hs.slot_of,
             now_abs_ms,
+            archive: &hs.archive,
         };
         let outcome = keys.held_keys(&domain).map(|held| {
             verify_member_link(

@@ -264,6 +264,7 @@ impl FedWorld {
                 // The answer (an acknowledgement) is charged to the victim too.
                 Some(true)
             }
+            Body::NotaryQuery { .. } => from_attacker.then_some(false),
             Body::Key { slot, .. } => {
                 if !self.adv.met_slots.contains(&(from, *slot)) {
                     return from_attacker.then_some(false);

@@ -242,6 +242,8 @@ impl FedWorld {
                 outbox: BTreeMap::new(),
                 key_waiters: BTreeMap::new(),
                 resigned: BTreeMap::new(),
+                archive: BTreeMap::new(),
+                notary_asked: BTreeSet::new(),
                 stats: ServerStats::default(),
             });
         }

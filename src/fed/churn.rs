@@ -45,7 +45,8 @@ fn action(at_ms: u64, kind: RoomActionKind, server: ServerId, resign: Option<boo
 
 /// The churn actions of `config` for `seed`, in server then time order, all before `end_ms`.
 /// Each server draws from its own streams (`server-lifetime`/server, `key-rotation`/server), so
-/// adding servers changes no other server's draws. Room creators and newcomers never go away.
+/// adding servers changes no other server's draws. Room creators, newcomers and the notary never
+/// go away.
 pub(crate) fn churn_actions(
     config: &Rooms,
     seed: u64,
@@ -56,6 +57,12 @@ pub(crate) fn churn_actions(
         .iter()
         .map(|plan| plan.creator.0)
         .chain(newcomers(plans))
+        .chain(
+            config
+                .notary
+                .as_ref()
+                .and_then(|notary| notary.index(config.servers)),
+        )
         .collect();
     let mut actions = Vec::new();
     for server in 0..config.servers {

@@ -311,6 +311,7 @@ impl FedWorld {
             own_keys: &hs.own_keys,
             cache: &hs.cache,
             slot_of: &hs.slot_of,
+            archive: &hs.archive,
             now_abs_ms,
         };
         let state = hs.rooms.get_mut(&room).expect("the room is held");

@@ -155,7 +155,7 @@ impl FedWorld {
                 if observer == *liar {
                     continue;
                 }
-                let Some(statuses) = self.link_statuses(observer, *liar) else {
+                let Some(statuses) = self.link_statuses(observer, *liar, i64::MIN) else {
                     continue;
                 };
                 let group = usize::from(!audience.contains(&observer));
@@ -198,11 +198,11 @@ impl FedWorld {
                 if observer == domain {
                     continue;
                 }
-                let Some(statuses) = self.link_statuses(observer, domain) else {
+                let Some(statuses) = self.link_statuses(observer, domain, since_abs_ms) else {
                     continue;
                 };
                 // The observer's links count as lost when all of them are not verified at the
-                // end; the time is the latest of their last turns to unverified.
+                // end; the time is the latest of their first turns to unverified since.
                 let delay = statuses
                     .iter()
                     .map(|(status, unverified_at)| match (status, unverified_at) {
@@ -236,12 +236,13 @@ impl FedWorld {
     }
 
     /// For `observer`: the status of every link (over its joined rooms) claiming `domain`'s
-    /// name, with the time of its last turn to unverified (absolute ms); `None` if it holds no
-    /// such link.
+    /// name, with the time of its first turn to unverified at or after `since_abs_ms` (absolute
+    /// ms); `None` if it holds no such link.
     fn link_statuses(
         &self,
         observer: ServerId,
         domain: ServerId,
+        since_abs_ms: i64,
     ) -> Option<Vec<(LinkStatus, Option<i64>)>> {
         let name = &self.servers[domain as usize].name;
         let mut statuses = Vec::new();
@@ -256,8 +257,9 @@ impl FedWorld {
                 let unverified_at = link
                     .transitions
                     .iter()
-                    .rev()
-                    .find(|transition| transition.to == LinkStatus::Unverified)
+                    .find(|transition| {
+                        transition.to == LinkStatus::Unverified && transition.at_ms >= since_abs_ms
+                    })
                     .map(|transition| transition.at_ms);
                 statuses.push((link.status, unverified_at));
             }

@@ -19,6 +19,9 @@ pub(crate) struct CacheKeys<'a> {
     pub slot_of: &'a SlotOf,
     /// Now, in the absolute milliseconds key objects use.
     pub now_abs_ms: i64,
+    /// Historic key objects a notary handed out (RQ4; `fed/notary.rs`), used for a domain whose
+    /// keys the cache does not hold.
+    pub archive: &'a std::collections::BTreeMap<String, std::sync::Arc<ServerKeys>>,
 }
 
 impl KeySource for CacheKeys<'_> {
@@ -33,7 +36,14 @@ impl KeySource for CacheKeys<'_> {
         }
         let slot = *self.slot_of.get(server)?;
         let entry = &self.cache.slots()[slot as usize];
-        let keys = entry.keys()?;
+        let Some(keys) = entry.keys() else {
+            // A notary's historic copy, as it was signed (its validity may be long past).
+            return self.archive.get(server).map(|keys| HeldKeys {
+                keys,
+                clamp: ValidityClamp::unclamped(self.now_abs_ms),
+                trusted_past_expiry: false,
+            });
+        };
         let policy = self.cache.policy();
         let clamp = if policy.clamp_7d {
             ValidityClamp::spec(entry.fetched_at_ms())

@@ -29,6 +29,7 @@ mod identity;
 mod join;
 mod keyadv;
 mod keys;
+mod notary;
 mod output;
 mod storm;
 mod workload;
@@ -96,10 +97,12 @@ pub enum Purpose {
     Backfill,
     StateIds,
     State,
+    /// A key query to the notary (`/key/v2/query`) after a direct fetch failed (RQ4).
+    KeyNotary,
 }
 
 impl Purpose {
-    pub const ALL: [Purpose; 12] = [
+    pub const ALL: [Purpose; 13] = [
         Purpose::Send,
         Purpose::MakeJoin,
         Purpose::SendJoin,
@@ -112,6 +115,7 @@ impl Purpose {
         Purpose::Backfill,
         Purpose::StateIds,
         Purpose::State,
+        Purpose::KeyNotary,
     ];
 
     pub fn name(self) -> &'static str {
@@ -128,6 +132,7 @@ impl Purpose {
             Purpose::Backfill => "backfill",
             Purpose::StateIds => "state_ids",
             Purpose::State => "state",
+            Purpose::KeyNotary => "key_notary",
         }
     }
 }
@@ -278,6 +283,11 @@ enum Body {
     },
     AttackerSend(Vec<Arc<Value>>),
     Push(Vec<Arc<Value>>),
+    /// `/key/v2/query` at the notary for `domain`'s keys, for the asker's cache `slot`.
+    NotaryQuery {
+        slot: u32,
+        domain: ServerId,
+    },
 }
 
 /// A request's answer.
@@ -299,6 +309,8 @@ enum Reply {
         state: Arc<crate::matrix::StateMap>,
         auth_chain: Vec<EventId>,
     },
+    /// The notary's copy of a domain's key object (`fed/notary.rs`).
+    NotaryKeys(Arc<ServerKeys>),
 }
 
 struct Request {
@@ -393,6 +405,10 @@ pub struct Homeserver {
     key_waiters: BTreeMap<u32, BTreeSet<RoomIndex>>,
     /// Member events re-signed after a rotation, served by `/event/{id}`.
     resigned: BTreeMap<EventId, Arc<Value>>,
+    /// Historic key objects a notary handed out (RQ4), by domain name.
+    pub archive: BTreeMap<String, Arc<ServerKeys>>,
+    /// Cache slots already asked of the notary (once each).
+    notary_asked: BTreeSet<u32>,
     pub stats: ServerStats,
 }
 
@@ -469,9 +485,9 @@ pub struct Counters {
     pub key_invalidations: u64,
     pub key_revalidations: u64,
     /// [purpose][outcome]
-    pub requests: [[u64; 5]; 12],
+    pub requests: [[u64; 5]; 13],
     /// Request plus answer bytes, by purpose.
-    pub bytes: [u64; 12],
+    pub bytes: [u64; 13],
     /// ACLs, the join gate and the adversaries (`acl.rs`, `adversary.rs`).
     pub adv: AdvCounters,
 }
@@ -1034,6 +1050,7 @@ impl FedWorld {
                 held.map(|json| Reply::Events(vec![json])).ok_or(404)
             }
             Body::Key { .. } => Ok(Reply::Keys(self.key_response(to, from))),
+            Body::NotaryQuery { domain, .. } => self.notary_answer(to, domain),
             Body::Extremities { room, ids } => {
                 let Some(state) = self.servers[to as usize].rooms.get(&room) else {
                     return Err(404);
@@ -1170,6 +1187,7 @@ impl FedWorld {
             Body::Key { slot, epoch } => {
                 self.key_answer(from, request.to, slot, epoch, done, reply)
             }
+            Body::NotaryQuery { slot, domain } => self.notary_reply(from, slot, domain, reply),
             Body::Extremities { .. } | Body::AttackerSend(_) | Body::Push(_) => {}
         }
     }
@@ -1290,13 +1308,24 @@ impl FedWorld {
         };
         self.apply_key_outputs(server, &mut out, Some(&context));
         self.key_outputs = out;
-        // New or re-fetched keys re-verify pending and unverified links of the domain; a failed
-        // fetch turns pending links unverified.
+        // RQ4: a failed fetch asks the notary (once per domain) before anything goes on.
+        if response.is_none() && self.ask_notary(server, slot, domain) {
+            return;
+        }
+        let usable =
+            self.servers[server as usize].cache.slots()[slot as usize].valid && response.is_some();
+        self.keys_settled(server, slot, &domain_name, usable);
+    }
+
+    /// A key fetch for `slot` (the domain `domain_name`) ended, with keys (`usable`) or not:
+    /// new or re-fetched keys re-verify pending and unverified links of the domain, a failed
+    /// fetch turns pending links unverified, and PDUs parked for these keys go on.
+    fn keys_settled(&mut self, server: ServerId, slot: u32, domain_name: &str, usable: bool) {
+        let now_ms = self.queue.now_ms();
         let now_abs_ms = absolute_ms(now_ms);
         let version = self.version;
         let policy = self.room_policy.clone();
         let hs = &mut self.servers[server as usize];
-        let usable = hs.cache.slots()[slot as usize].valid && response.is_some();
         let rooms: Vec<RoomIndex> = hs.rooms.keys().copied().collect();
         let mut stale_checks = Vec::new();
         for room in rooms {
@@ -1306,6 +1335,7 @@ impl FedWorld {
                 cache: &hs.cache,
                 slot_of: &hs.slot_of,
                 now_abs_ms,
+                archive: &hs.archive,
             };
             let Some(state) = hs.rooms.get_mut(&room) else {
                 continue;
@@ -1314,16 +1344,16 @@ impl FedWorld {
                 continue;
             }
             let changed = if usable {
-                match crate::room::keys::KeySource::held_keys(&keys, &domain_name) {
+                match crate::room::keys::KeySource::held_keys(&keys, domain_name) {
                     Some(held) => {
                         state
                             .links
-                            .keys_available(&version, &domain_name, held, now_abs_ms)
+                            .keys_available(&version, domain_name, held, now_abs_ms)
                     }
                     None => Vec::new(),
                 }
             } else {
-                state.links.keys_unavailable(&domain_name, now_abs_ms)
+                state.links.keys_unavailable(domain_name, now_abs_ms)
             };
             if !changed.is_empty() {
                 stale_checks.push((room, changed.clone()));
@@ -1421,6 +1451,7 @@ impl FedWorld {
             cache: &hs.cache,
             slot_of: &hs.slot_of,
             now_abs_ms: absolute_ms(self.queue.now_ms()),
+            archive: &hs.archive,
         };
         let sender = json.get("sender").and_then(Value::as_str)?;
         let signatures = json.get("signatures").and_then(Value::as_object)?;
@@ -1623,6 +1654,7 @@ impl FedWorld {
             cache: &hs.cache,
             slot_of: &hs.slot_of,
             now_abs_ms,
+            archive: &hs.archive,
         };
         let state = hs.rooms.get_mut(&room).expect("the room is held");
         let mut view = ServerView {
@@ -2695,7 +2727,10 @@ fn body_bytes(body: &Body, sizes: &HashMap<usize, u64>) -> u64 {
         Body::State { event_id, .. } | Body::StateIds { event_id, .. } => {
             event_id.len() as u64 + 128
         }
-        Body::MakeJoin { .. } | Body::EventFetch { .. } | Body::Key { .. } => 128,
+        Body::MakeJoin { .. }
+        | Body::EventFetch { .. }
+        | Body::Key { .. }
+        | Body::NotaryQuery { .. } => 128,
     }
 }
 
@@ -2738,5 +2773,7 @@ fn reply_bytes(reply: &Reply, sizes: &HashMap<usize, u64>) -> u64 {
                 .sum::<u64>()
                 + 32
         }
+        // About the size of a signed key response with an old key or two.
+        Reply::NotaryKeys(_) => notary::NOTARY_ANSWER_BYTES,
     }
 }

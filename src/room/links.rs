@@ -599,8 +599,9 @@ impl LinkTable {
 /// e.g. a newcomer backfilling history): expiry is not revocation, so a valid co-signature by a
 /// key in `old_verify_keys` still vouches for the member's events sent up to the key's
 /// `expired_ts` — the same bound a link verified earlier keeps when that key moves to
-/// `old_verify_keys` ([`LinkTable::key_invalidated`]). `None` if the key is not an old key whose
-/// `expired_ts` covers the member event, or its signature does not verify.
+/// `old_verify_keys` ([`LinkTable::key_invalidated`]) — and one by an expired current key up to
+/// its `valid_until_ts`. `None` if the bound is before the member event, or the signature does
+/// not verify.
 fn old_key_vouches_until_ms(
     version: &RoomVersion,
     event: &Pdu,
@@ -608,13 +609,22 @@ fn old_key_vouches_until_ms(
     key_id: &str,
 ) -> Option<i64> {
     let domain = event.content.get("domain").and_then(Value::as_str)?;
-    let old = keys.keys.old_verify_keys.get(key_id)?;
-    if old.expired_ts_ms < event.origin_server_ts {
+    // An old key until its expired_ts; or a current key whose validity has passed (a historic
+    // key object, e.g. from a notary, of a server that is gone) until its valid_until_ts.
+    let (key, until_ms) = match keys.keys.old_verify_keys.get(key_id) {
+        Some(old) => (&old.key, old.expired_ts_ms),
+        None => (
+            keys.keys.verify_keys.get(key_id)?,
+            keys.clamp
+                .effective_valid_until_ms(keys.keys.valid_until_ts_ms),
+        ),
+    };
+    if until_ms < event.origin_server_ts {
         return None;
     }
-    crate::matrix::signing::verify_event_signature(version, &event.json, domain, key_id, &old.key)
+    crate::matrix::signing::verify_event_signature(version, &event.json, domain, key_id, key)
         .ok()
-        .map(|()| old.expired_ts_ms)
+        .map(|()| until_ms)
 }
 
 #[cfg(test)]

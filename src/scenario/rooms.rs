@@ -101,6 +101,14 @@ pub struct Rooms {
     /// MSC's SHOULD); the rest are "rotation without re-signing".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resign_probability: Option<f64>,
+    /// RQ4 notary: this server also answers `/key/v2/query` for other domains from its own key
+    /// cache (the last response it holds, however old) — for a share `notary_coverage` of the
+    /// domains (default all; stream `notary-coverage`/domain). A server whose direct key fetch
+    /// fails asks it once per domain and keeps what it gets as historic keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notary: Option<ServerRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notary_coverage: Option<f64>,
     /// RQ5: the chance that a workload message replies (`m.relates_to.m.in_reply_to`) to the
     /// latest message its sender's server shows (stream `room-replies`/room).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -454,6 +462,7 @@ pub(super) fn validate(scenario: &Scenario, rooms: &Rooms) -> Result<(), Invalid
     for (path, probability) in [
         ("rooms.resign_probability", rooms.resign_probability),
         ("rooms.reply_probability", rooms.reply_probability),
+        ("rooms.notary_coverage", rooms.notary_coverage),
     ] {
         if let Some(probability) = probability
             && !(probability.is_finite() && (0.0..=1.0).contains(&probability))
@@ -463,6 +472,17 @@ pub(super) fn validate(scenario: &Scenario, rooms: &Rooms) -> Result<(), Invalid
                 format!("{probability} is not a probability (allowed: 0.0 to 1.0)"),
             ));
         }
+    }
+    if let Some(notary) = &rooms.notary
+        && notary.index(rooms.servers).is_none()
+    {
+        return Err((
+            "rooms.notary".to_owned(),
+            format!(
+                "{notary} names no server (allowed: 0 to {} or hs<index>.example)",
+                rooms.servers - 1
+            ),
+        ));
     }
     for (index, action) in rooms.actions.iter().enumerate() {
         validate_action(&format!("rooms.actions[{index}]"), action, scenario, rooms)?;
