@@ -38,7 +38,6 @@ use crate::room::policy::ArrivalPath;
 use crate::scenario::{RoomAction, RoomActionKind};
 use crate::server::absolute_ms;
 
-use super::keys::CacheKeys;
 use super::{Body, FedWorld, Inbound, RoomIndex};
 
 /// HTTP status of a refusal (`M_FORBIDDEN`).
@@ -189,14 +188,7 @@ impl FedWorld {
         };
         let now_abs_ms = absolute_ms(self.queue.now_ms());
         let hs = &self.servers[resident as usize];
-        let keys = CacheKeys {
-            own_name: &hs.name,
-            own_keys: &hs.own_keys,
-            cache: &hs.cache,
-            slot_of: &hs.slot_of,
-            now_abs_ms,
-            archive: &hs.archive,
-        };
+        let keys = hs.cache_keys(now_abs_ms);
         let outcome = keys.held_keys(&domain).map(|held| {
             verify_member_link(
                 &self.version,

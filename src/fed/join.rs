@@ -161,6 +161,22 @@ impl FedWorld {
         }
     }
 
+    /// The room of `server` unblocked, if it was waiting for exactly this gap request (an
+    /// answer to an older, abandoned request changes nothing).
+    fn unblock_gap(
+        &mut self,
+        server: ServerId,
+        room: RoomIndex,
+        request: u64,
+    ) -> Option<&mut super::ServerRoom> {
+        let server_room = self.servers[server as usize].rooms.get_mut(&room)?;
+        if server_room.blocked != Some(Block::Gap(request)) {
+            return None;
+        }
+        server_room.blocked = None;
+        Some(server_room)
+    }
+
     /// A `/state` answer arrived for the event at the front of the room's inbound queue: its
     /// unknown events go first as outliers, then the event with the answer's state.
     pub(super) fn state_arrived(
@@ -170,13 +186,9 @@ impl FedWorld {
         request: u64,
         reply: Option<Reply>,
     ) {
-        let Some(server_room) = self.servers[server as usize].rooms.get_mut(&room) else {
+        let Some(server_room) = self.unblock_gap(server, room, request) else {
             return;
         };
-        if server_room.blocked != Some(Block::Gap(request)) {
-            return;
-        }
-        server_room.blocked = None;
         if let Some(Reply::State { state, events }) = reply
             && let Some(mut item) = server_room.inbound.pop_front()
         {
@@ -205,13 +217,9 @@ impl FedWorld {
         event_id: EventId,
         reply: Option<Reply>,
     ) {
-        let Some(server_room) = self.servers[server as usize].rooms.get_mut(&room) else {
+        let Some(server_room) = self.unblock_gap(server, room, request) else {
             return;
         };
-        if server_room.blocked != Some(Block::Gap(request)) {
-            return;
-        }
-        server_room.blocked = None;
         if let Some(Reply::StateIds { state, auth_chain }) = reply {
             let all_held = state
                 .values()

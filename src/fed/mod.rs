@@ -412,6 +412,22 @@ pub struct Homeserver {
     pub stats: ServerStats,
 }
 
+impl Homeserver {
+    /// The keys this server holds, as the room layer reads them at `now_abs_ms`. (Where a
+    /// room of the server is borrowed mutably at the same time, the fields are borrowed one by
+    /// one instead.)
+    fn cache_keys(&self, now_abs_ms: i64) -> CacheKeys<'_> {
+        CacheKeys {
+            own_name: &self.name,
+            own_keys: &self.own_keys,
+            cache: &self.cache,
+            slot_of: &self.slot_of,
+            now_abs_ms,
+            archive: &self.archive,
+        }
+    }
+}
+
 /// Per-server counters (servers.csv).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServerStats {
@@ -1445,14 +1461,7 @@ impl FedWorld {
     /// domain's current key for a member's own member event.
     fn key_needed(&mut self, server: ServerId, json: &Value) -> Option<u32> {
         let hs = &self.servers[server as usize];
-        let keys = CacheKeys {
-            own_name: &hs.name,
-            own_keys: &hs.own_keys,
-            cache: &hs.cache,
-            slot_of: &hs.slot_of,
-            now_abs_ms: absolute_ms(self.queue.now_ms()),
-            archive: &hs.archive,
-        };
+        let keys = hs.cache_keys(absolute_ms(self.queue.now_ms()));
         let sender = json.get("sender").and_then(Value::as_str)?;
         let signatures = json.get("signatures").and_then(Value::as_object)?;
         let (domain, usable) = if self.version.member_keys {
