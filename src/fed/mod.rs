@@ -32,6 +32,7 @@ mod keys;
 mod members;
 mod notary;
 mod output;
+mod pulls;
 mod storm;
 mod workload;
 
@@ -64,6 +65,7 @@ pub use adversary::{AdvCounters, Adversaries};
 pub use build::policies;
 use keys::CacheKeys;
 pub use output::run_to_dir;
+pub use pulls::{PULL_BACKOFF_MAX_DOUBLINGS, PULL_BACKOFF_STEP_MS, PullFailure, pull_backoff_ms};
 
 /// Index of a room in the world.
 pub type RoomIndex = u32;
@@ -384,7 +386,17 @@ pub struct ServerRoom {
     member_keys: BTreeMap<u32, ServerSigningKey>,
     /// Further local users waiting for the server's own join to finish (`members.rs`).
     pending_local_joins: BTreeSet<u32>,
+    /// Events that failed to be pulled, by event ID (`pulls.rs`).
+    failed_pulls: BTreeMap<EventId, PullFailure>,
     resident_memo: Option<(Arc<crate::matrix::StateMap>, Vec<ServerId>)>,
+}
+
+impl ServerRoom {
+    /// Events that failed to be pulled here, with their attempts and next allowed attempt
+    /// (`pulls.rs`).
+    pub fn failed_pulls(&self) -> &BTreeMap<EventId, PullFailure> {
+        &self.failed_pulls
+    }
 }
 
 /// Outgoing PDUs for one destination.
@@ -521,6 +533,11 @@ pub struct Counters {
     pub already_held: u64,
     pub missing_events: u64,
     pub gaps_given_up: u64,
+    /// PDUs not processed because an event they miss is in pull backoff (`pulls.rs`; in
+    /// summary.json only when non-zero, like `pull_failures`).
+    pub gaps_backed_off: u64,
+    /// Failed pull attempts recorded (`pulls.rs`).
+    pub pull_failures: u64,
     pub pdus_given_up_by_sender: u64,
     pub message_deliveries: u64,
     pub not_in_room: u64,
@@ -1651,11 +1668,29 @@ impl FedWorld {
             }
             let receipt = self.process_inbound(server, room, &item);
             self.requery_if_stale_claim(server, room, &item.json, item.path);
+            // A pulled event that could not be accepted is a failed pull (`pulls.rs`).
+            if matches!(receipt.verdict, Verdict::Dropped(_))
+                && item.path == ArrivalPath::MissingEvents
+                && let Some(event_id) = &receipt.event_id
+            {
+                self.record_pull_failure(server, room, event_id);
+            }
             if let Verdict::MissingEvents {
                 prev_events,
                 auth_events,
             } = &receipt.verdict
             {
+                let mut missing = prev_events.clone();
+                missing.extend(auth_events.iter().cloned());
+                // Synapse's pull backoff: an event missing one that recently failed to be
+                // pulled is not processed, and nothing is asked for it (`pulls.rs`).
+                if let Some(cause) = self.pull_backoff(server, room, &missing) {
+                    self.counters.gaps_backed_off += 1;
+                    if let Some(event_id) = &receipt.event_id {
+                        self.inherit_pull_failure(server, room, event_id, cause);
+                    }
+                    continue;
+                }
                 if self.fetch_state_instead(
                     server,
                     room,
@@ -1668,8 +1703,6 @@ impl FedWorld {
                 let backfilled = self.config.join == crate::scenario::JoinMode::State
                     && (item.path == ArrivalPath::Backfill || item.outlier);
                 if item.gap_rounds < MAX_GAP_ROUNDS && item.from != server && !backfilled {
-                    let mut missing = prev_events.clone();
-                    missing.extend(auth_events.iter().cloned());
                     let state = self.servers[server as usize]
                         .rooms
                         .get_mut(&room)
@@ -1699,6 +1732,9 @@ impl FedWorld {
                     return;
                 }
                 self.counters.gaps_given_up += 1;
+                if item.gap_rounds > 0 {
+                    self.record_gap_given_up(server, room, receipt.event_id.as_ref(), &missing);
+                }
             }
             let _ = now_ms;
         }
@@ -2057,6 +2093,7 @@ impl FedWorld {
             blocked: None,
             member_keys,
             pending_local_joins: BTreeSet::new(),
+            failed_pulls: BTreeMap::new(),
             resident_memo: None,
         }
     }
