@@ -813,21 +813,30 @@ impl FedWorld {
                 attempt,
             } => self.join_member(room, server, user, attempt),
             Ev::Message { room } => {
-                let plan = &mut self.plans[room as usize];
                 let rate = self.config.messages_per_room_per_hour;
-                let gap_ms = plan.message_rng.exponential(3_600_000.0 / rate) as u64;
-                let pick = plan.message_rng.below(plan.members.len() as u64) as usize;
-                let (server, user) = plan.members[pick];
+                let gap_ms = self.plans[room as usize]
+                    .message_rng
+                    .exponential(3_600_000.0 / rate) as u64;
                 self.queue
                     .push(now_ms + gap_ms.max(1), Ev::Message { room });
-                // Of a server with several users in the room, only a joined user speaks (a
-                // single user's message is drafted and refused by its own server as before).
-                if self.plans[room as usize].users_of(server).nth(1).is_some()
-                    && self.local_membership(room, server, user).as_deref() != Some("join")
-                {
-                    self.counters.sends_skipped += 1;
-                    return;
-                }
+                let (server, user) = if self.config.members_per_server.max > 1 {
+                    // Several users per server (`members.rs`): the sender is one of the users
+                    // joined now, each as its own server sees it.
+                    let joined = self.joined_members(room);
+                    if joined.is_empty() {
+                        self.counters.sends_skipped += 1;
+                        return;
+                    }
+                    let rng = &mut self.plans[room as usize].message_rng;
+                    let (server, user, _) = joined[rng.below(joined.len() as u64) as usize];
+                    (server, user)
+                } else {
+                    // One user per server: any planned member (one whose server is not joined
+                    // sends nothing).
+                    let plan = &mut self.plans[room as usize];
+                    let pick = plan.message_rng.below(plan.members.len() as u64) as usize;
+                    plan.members[pick]
+                };
                 let body = format!("message at {now_ms}");
                 let mut content = json!({"msgtype": "m.text", "body": body});
                 if let Some(target) = self.reply_target(server, room) {
