@@ -302,3 +302,32 @@ fn several_users_per_server_are_byte_identical_twice_and_with_kicks_all_checks_p
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+#[test]
+fn a_rotation_re_queries_every_users_member_event() {
+    // RQ7 with 3 users of every server in every room: each observer re-queries the rotating
+    // server's member event once per member key, 3x the storm with one user per server.
+    let file = std::path::Path::new("scenarios/rq7-requery-storm.toml");
+    let mut requeries = Vec::new();
+    for users in [1, 3] {
+        let sets: Vec<String> = [
+            "rooms.servers=12".to_owned(),
+            "rooms.servers_per_room.min=12".to_owned(),
+            "rooms.servers_per_room.max=12".to_owned(),
+            "rooms.rooms=3".to_owned(),
+            "rooms.users_per_server.min=3".to_owned(),
+            "rooms.users_per_server.max=3".to_owned(),
+            format!("rooms.members_per_server.min={users}"),
+            format!("rooms.members_per_server.max={users}"),
+        ]
+        .to_vec();
+        let scenario = fedsim::scenario::load(Some(file), &sets).unwrap();
+        let (dir, summary) = run(&scenario, 1, &format!("rq7-{users}"));
+        all_checks_pass(&summary);
+        assert_eq!(metric(&summary, "message_coverage"), 1.0);
+        requeries.push(metric(&summary, "storm_requeries_sent"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    // 3 rooms x 11 observers x users.
+    assert_eq!(requeries, vec![33.0, 99.0]);
+}
