@@ -91,3 +91,22 @@ fn the_backoff_keeps_what_clients_see_and_runs_that_never_fail_a_pull_are_unchan
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+#[test]
+fn servers_cut_off_from_a_rotated_key_catch_up_after_the_heal_and_the_backoff() {
+    // RQ5 under P0: hs7 and hs8 cannot reach hs2 from 5 h to 30 h while hs2 signs with a new
+    // key from 6 h; they drop its events, back off, and once healed pull everything again.
+    let (dir, p0) = summary(
+        &load("scenarios/rq5-divergence.toml", &["rooms.policy=P0"]),
+        "rq5-p0",
+    );
+    assert!(metric(&p0, "pull_failures") > 0.0);
+    assert!(metric(&p0, "gaps_backed_off") > 0.0);
+    assert!(
+        metric(&p0, "dropped") < 5_000.0,
+        "37 k drops without backoff"
+    );
+    assert_eq!(metric(&p0, "message_coverage"), 1.0);
+    assert_eq!(metric(&p0, "divergence_mean"), 0.0);
+    let _ = std::fs::remove_dir_all(dir);
+}

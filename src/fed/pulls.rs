@@ -12,7 +12,8 @@
 //! attempts and when the next may be made:
 //! - a **failed pull** is an event that arrived in a `/get_missing_events` answer and was
 //!   dropped (check 1–3), or a missing event still missing when a gap was given up after at
-//!   least one round; it counts one attempt, and the next is allowed after
+//!   least one round; it counts one attempt (none while the event is still in backoff: it
+//!   came along in another gap's answer), and the next is allowed after
 //!   `PULL_BACKOFF_STEP_MS × 2^min(attempts, PULL_BACKOFF_MAX_DOUBLINGS)` (Synapse: 2 h after the
 //!   first failure, doubling, capped at 2^8 h);
 //! - an event given up because one of its missing events is in backoff (or because its gap was
@@ -77,6 +78,14 @@ impl FedWorld {
             .rooms
             .get_mut(&room)?
             .failed_pulls;
+        // An attempt counts only once its backoff is over: an event that comes along again in
+        // another gap's answer while in backoff was not pulled for itself (counting it would
+        // push the backoff to its cap within hours, for a failure that may be over).
+        if let Some(failure) = failed.get(event_id)
+            && failure.retry_at_ms > now_ms
+        {
+            return Some(*failure);
+        }
         let attempts = failed.get(event_id).map_or(0, |failure| failure.attempts) + 1;
         let failure = PullFailure {
             attempts,
