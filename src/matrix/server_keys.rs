@@ -20,6 +20,7 @@ use ed25519_dalek::VerifyingKey;
 use serde_json::{Map, Value};
 
 use super::canonical_json;
+use super::crypto_mode;
 use super::signing::{
     self, KeyId, ServerSigningKey, SignatureError, SigningError, unpadded_base64,
 };
@@ -270,6 +271,167 @@ impl ServerKeys {
     }
 }
 
+impl ServerKeys {
+    /// The accept-only fast path of [`Self::parse_and_verify`] for a response body in exactly
+    /// the canonical form [`Self::to_signed_body`] writes (what every simulated server
+    /// publishes): `Some(keys)` only when the body is that form, names `expected_server_name`,
+    /// and its one verify key signed it; `None` means "not shown here", and the caller must
+    /// take the general path (which gives the verdict and the reason for anything refused).
+    ///
+    /// Why the verdict cannot differ from the general path's: the shape is matched byte by
+    /// byte (top-level keys in canonical order, inner key IDs strictly ascending, so no
+    /// duplicates; no whitespace; strings without escapes or control characters; integers
+    /// without leading zeros or `-0`, within ±(2^53 − 1)), so the body *is* the canonical JSON
+    /// of what serde_json would parse, and the object without `signatures` is the body with
+    /// its `,"signatures":{…}` member cut out — the very bytes the general path re-serialises
+    /// and verifies. Keys are decoded by the same functions, the signature is checked by the
+    /// same [`crypto_mode::verify`]; anything else (several verify keys, other algorithms,
+    /// other signers, extra fields) falls back.
+    pub fn parse_canonical_and_verify(
+        body: &str,
+        expected_server_name: &str,
+    ) -> Option<ServerKeys> {
+        let mut cursor = CanonicalCursor {
+            bytes: body.as_bytes(),
+            at: 0,
+        };
+        // {"old_verify_keys":{ID:{"expired_ts":INT,"key":STR},...}
+        cursor.eat(b"{\"old_verify_keys\":{")?;
+        let mut old_verify_keys = BTreeMap::new();
+        let mut previous_id: Option<&str> = None;
+        while cursor.peek()? != b'}' {
+            if previous_id.is_some() {
+                cursor.eat(b",")?;
+            }
+            let key_id = cursor.key_id(previous_id)?;
+            cursor.eat(b":{\"expired_ts\":")?;
+            let expired_ts_ms = cursor.integer()?;
+            cursor.eat(b",\"key\":")?;
+            let key = signing::decode_verifying_key(cursor.string()?).ok()?;
+            cursor.eat(b"}")?;
+            old_verify_keys.insert(key_id.to_owned(), OldVerifyKey { key, expired_ts_ms });
+            previous_id = Some(key_id);
+        }
+        // },"server_name":STR
+        cursor.eat(b"},\"server_name\":")?;
+        let server_name = cursor.string()?;
+        if server_name != expected_server_name {
+            return None;
+        }
+        // ,"signatures":{NAME:{ID:STR}}
+        let signatures_start = cursor.at;
+        cursor.eat(b",\"signatures\":{")?;
+        if cursor.string()? != server_name {
+            return None;
+        }
+        cursor.eat(b":{")?;
+        let signed_key_id = cursor.key_id(None)?;
+        cursor.eat(b":")?;
+        let signature_text = cursor.string()?;
+        cursor.eat(b"}}")?;
+        let signatures_end = cursor.at;
+        // ,"valid_until_ts":INT,"verify_keys":{ID:{"key":STR}}}
+        cursor.eat(b",\"valid_until_ts\":")?;
+        let valid_until_ts_ms = cursor.integer()?;
+        cursor.eat(b",\"verify_keys\":{")?;
+        let key_id = cursor.key_id(None)?;
+        cursor.eat(b":{\"key\":")?;
+        let key = signing::decode_verifying_key(cursor.string()?).ok()?;
+        cursor.eat(b"}}}")?;
+        if cursor.at != body.len() || key_id != signed_key_id {
+            return None;
+        }
+        let signature_bytes: [u8; 64] = signing::decode_base64(signature_text)
+            .ok()?
+            .try_into()
+            .ok()?;
+        let mut message = Vec::with_capacity(body.len());
+        message.extend_from_slice(&body.as_bytes()[..signatures_start]);
+        message.extend_from_slice(&body.as_bytes()[signatures_end..]);
+        let signature = ed25519_dalek::Signature::from_bytes(&signature_bytes);
+        if !crypto_mode::verify(&key, &message, &signature) {
+            return None;
+        }
+        Some(ServerKeys {
+            server_name: server_name.to_owned(),
+            verify_keys: BTreeMap::from([(key_id.to_owned(), key)]),
+            old_verify_keys,
+            valid_until_ts_ms,
+        })
+    }
+}
+
+/// A cursor over bytes expected to be canonical JSON of a known shape (see
+/// [`ServerKeys::parse_canonical_and_verify`]); every method returns `None` on anything else.
+struct CanonicalCursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> CanonicalCursor<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn eat(&mut self, literal: &[u8]) -> Option<()> {
+        self.bytes[self.at..].starts_with(literal).then(|| {
+            self.at += literal.len();
+        })
+    }
+
+    /// A string with no escape and no control character (canonical JSON writes such a string
+    /// as its raw bytes); returns its contents.
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b"\"")?;
+        let start = self.at;
+        loop {
+            match *self.bytes.get(self.at)? {
+                b'"' => break,
+                b'\\' | 0x00..=0x1f => return None,
+                _ => self.at += 1,
+            }
+        }
+        let text = &self.bytes[start..self.at];
+        self.at += 1;
+        // Cut at ASCII quotes inside a `str`, so always valid UTF-8.
+        std::str::from_utf8(text).ok()
+    }
+
+    /// An `ed25519:<version>` key ID as an object key, strictly after `previous` (canonical
+    /// order, no duplicates).
+    fn key_id(&mut self, previous: Option<&str>) -> Option<&'a str> {
+        let key_id = self.string()?;
+        KeyId::parse(key_id).ok()?;
+        if previous.is_some_and(|previous| previous >= key_id) {
+            return None;
+        }
+        Some(key_id)
+    }
+
+    /// A canonical integer: `0` or `-?[1-9][0-9]*`, within ±(2^53 − 1).
+    fn integer(&mut self) -> Option<i64> {
+        let negative = self.eat(b"-").is_some();
+        let start = self.at;
+        while self.peek().is_some_and(|byte| byte.is_ascii_digit()) {
+            self.at += 1;
+        }
+        let digits = &self.bytes[start..self.at];
+        if digits.is_empty()
+            || digits.len() > 16
+            || (digits[0] == b'0' && (digits.len() > 1 || negative))
+        {
+            return None;
+        }
+        let magnitude = digits
+            .iter()
+            .fold(0i64, |value, digit| value * 10 + i64::from(digit - b'0'));
+        if magnitude > (1i64 << 53) - 1 {
+            return None;
+        }
+        Some(if negative { -magnitude } else { magnitude })
+    }
+}
+
 /// Parses `{"key": <base64>}`; `None` for a key ID with an algorithm other than ed25519.
 fn parse_key_entry(
     field: &'static str,
@@ -487,6 +649,114 @@ mod tests {
         too_late.valid_until_ts_ms = 1 << 53;
         assert!(too_late.to_signed_body(&key("2", 2)).is_err());
         assert!(too_late.to_signed_json(&key("2", 2)).is_err());
+    }
+
+    /// The general path: serde_json, then [`ServerKeys::parse_and_verify`].
+    fn general(body: &str, name: &str) -> Option<ServerKeys> {
+        let value: Value = serde_json::from_str(body).ok()?;
+        ServerKeys::parse_and_verify(&value, name).ok()
+    }
+
+    #[test]
+    fn the_canonical_fast_path_accepts_only_what_the_general_path_accepts_identically() {
+        use crate::matrix::crypto_mode::{self, CryptoMode};
+        let mut with_two_old = keys_with_old();
+        with_two_old.old_verify_keys.insert(
+            "ed25519:0".into(),
+            OldVerifyKey {
+                key: key("0", 9).verifying_key(),
+                expired_ts_ms: -5,
+            },
+        );
+        let mut none_old = ServerKeys::with_current_key("b.example", &key("2", 2), 0);
+        none_old.old_verify_keys.clear();
+        let mut escaped = ServerKeys::with_current_key("q\"x\u{1}é.example", &key("2", 2), 7);
+        escaped.old_verify_keys.clear();
+        let mut two_current = keys_with_old();
+        two_current
+            .verify_keys
+            .insert("ed25519:3".into(), key("3", 3).verifying_key());
+        for mode in [CryptoMode::Ed25519, CryptoMode::Symbolic] {
+            let _mode = crypto_mode::enter(mode);
+            let mut accepted = 0;
+            for keys in [&keys_with_old(), &with_two_old, &none_old, &escaped] {
+                let name = keys.server_name.as_str();
+                // The right signer: accepted by both, identically; a wrong signer: by neither.
+                let body = keys.to_signed_body(&key("2", 2)).unwrap();
+                let fast = ServerKeys::parse_canonical_and_verify(&body, name);
+                assert_eq!(general(&body, name).as_ref(), Some(keys));
+                if name == escaped.server_name {
+                    // Escapes in strings are left to the general path.
+                    assert_eq!(fast, None);
+                } else {
+                    assert_eq!(fast.as_ref(), Some(keys), "{body}");
+                    accepted += 1;
+                }
+                assert_eq!(ServerKeys::parse_canonical_and_verify(&body, "other"), None);
+                let forged = keys.to_signed_body(&key("2", 5)).unwrap();
+                assert_eq!(forged.len(), body.len());
+                assert_eq!(ServerKeys::parse_canonical_and_verify(&forged, name), None);
+                assert_eq!(general(&forged, name), None);
+                // Every one-byte change, deletion and insertion: whenever the fast path
+                // accepts, the general path accepts the same keys.
+                let bytes = body.as_bytes();
+                let mut variants = Vec::new();
+                for index in 0..bytes.len() {
+                    for replacement in [b'0', b'9', b'-', b'"', b'\\', b' ', b'a', b'}', b'.'] {
+                        let mut changed = bytes.to_vec();
+                        changed[index] = replacement;
+                        variants.push(changed);
+                    }
+                    let mut changed = bytes.to_vec();
+                    changed[index] ^= 1;
+                    variants.push(changed);
+                    let mut shorter = bytes.to_vec();
+                    shorter.remove(index);
+                    variants.push(shorter);
+                    let mut longer = bytes.to_vec();
+                    longer.insert(index, b' ');
+                    variants.push(longer);
+                }
+                for variant in variants {
+                    let Ok(text) = String::from_utf8(variant) else {
+                        continue;
+                    };
+                    if let Some(fast) = ServerKeys::parse_canonical_and_verify(&text, name) {
+                        assert_eq!(Some(fast), general(&text, name), "{text}");
+                        // Only the signature's text may differ: its last character carries
+                        // two unused bits, which base64 decoding here ignores (both paths).
+                        let signature_at = body.find(":{\"ed25519:2\":\"").unwrap() + 15;
+                        assert_eq!(text.len(), body.len());
+                        assert!(
+                            (0..body.len())
+                                .filter(|index| text.as_bytes()[*index] != bytes[*index])
+                                .all(|index| index == signature_at + 85),
+                            "a changed body passed: {text}"
+                        );
+                    }
+                }
+            }
+            assert_eq!(accepted, 3);
+            // Shapes the fast path leaves to the general path.
+            let both = two_current
+                .to_signed_json_by(&[&key("2", 2), &key("3", 3)])
+                .unwrap()
+                .to_string();
+            assert_eq!(
+                ServerKeys::parse_canonical_and_verify(&both, "a.example"),
+                None
+            );
+            assert_eq!(general(&both, "a.example"), Some(two_current.clone()));
+            let spaced = serde_json::to_string_pretty(
+                &keys_with_old().to_signed_json(&key("2", 2)).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                ServerKeys::parse_canonical_and_verify(&spaced, "a.example"),
+                None
+            );
+            assert_eq!(general(&spaced, "a.example"), Some(keys_with_old()));
+        }
     }
 
     #[test]

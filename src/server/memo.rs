@@ -139,8 +139,17 @@ fn fingerprint(bytes: &[u8]) -> u64 {
     (hash.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(0x517c_c1b7_2722_0a95)
 }
 
-/// Parses and verifies an origin's own answer.
+/// Parses and verifies an origin's own answer: the canonical fast path first (bodies as
+/// servers write them), the general path for anything it does not accept.
 pub fn check_direct(domain_name: &str, body: &str) -> Checked {
+    if let Some(keys) = ServerKeys::parse_canonical_and_verify(body, domain_name) {
+        return Ok(Some(Arc::new(keys)));
+    }
+    check_direct_general(domain_name, body)
+}
+
+/// Parses and verifies an origin's own answer with serde_json and the general checks.
+pub fn check_direct_general(domain_name: &str, body: &str) -> Checked {
     let value: Value = serde_json::from_str(body).map_err(|error| format!("not JSON: {error}"))?;
     ServerKeys::parse_and_verify(&value, domain_name)
         .map(|keys| Some(Arc::new(keys)))
