@@ -132,69 +132,7 @@ impl ServerKeys {
     /// (canonical JSON: sorted keys, no whitespace), written directly: a server re-signs its
     /// response once per lifetime, and a simulation of 10^5 servers does it millions of times.
     pub fn to_signed_body(&self, key: &ServerSigningKey) -> Result<String, SigningError> {
-        use canonical_json::write_json_string;
-        use std::fmt::Write;
-        let in_range = |value: i64| {
-            (-(1i64 << 53) + 1..=(1i64 << 53) - 1)
-                .contains(&value)
-                .then_some(())
-                .ok_or_else(|| {
-                    SigningError::Canonical(canonical_json::CanonicalJsonError::IntegerOutOfRange {
-                        path: "$".to_owned(),
-                        value: value.to_string(),
-                    })
-                })
-        };
-        // Top-level keys in code point order: old_verify_keys, server_name, [signatures],
-        // valid_until_ts, verify_keys. The signed bytes are the object without `signatures`.
-        let mut head = String::with_capacity(160);
-        head.push_str("{\"old_verify_keys\":{");
-        for (index, (key_id, old)) in self.old_verify_keys.iter().enumerate() {
-            in_range(old.expired_ts_ms)?;
-            if index > 0 {
-                head.push(',');
-            }
-            write_json_string(key_id, &mut head);
-            write!(head, ":{{\"expired_ts\":{},\"key\":", old.expired_ts_ms)
-                .expect("writing to a String cannot fail");
-            write_json_string(&unpadded_base64(old.key.as_bytes()), &mut head);
-            head.push('}');
-        }
-        head.push_str("},\"server_name\":");
-        write_json_string(&self.server_name, &mut head);
-        let mut tail = String::with_capacity(96);
-        in_range(self.valid_until_ts_ms)?;
-        write!(
-            tail,
-            ",\"valid_until_ts\":{},\"verify_keys\":{{",
-            self.valid_until_ts_ms
-        )
-        .expect("writing to a String cannot fail");
-        for (index, (key_id, verify_key)) in self.verify_keys.iter().enumerate() {
-            if index > 0 {
-                tail.push(',');
-            }
-            write_json_string(key_id, &mut tail);
-            tail.push_str(":{\"key\":");
-            write_json_string(&unpadded_base64(verify_key.as_bytes()), &mut tail);
-            tail.push('}');
-        }
-        tail.push_str("}}");
-        let signed_len = head.len() + tail.len();
-        let mut body = String::with_capacity(signed_len + 140);
-        body.push_str(&head);
-        body.push_str(&tail);
-        let signature = key.sign_to_base64(body.as_bytes());
-        body.truncate(head.len());
-        body.push_str(",\"signatures\":{");
-        write_json_string(&self.server_name, &mut body);
-        body.push_str(":{");
-        write_json_string(key.key_id.as_str(), &mut body);
-        body.push(':');
-        write_json_string(&signature, &mut body);
-        body.push_str("}}");
-        body.push_str(&tail);
-        Ok(body)
+        SignedBodyTemplate::new(self, key)?.body(key, self.valid_until_ts_ms)
     }
 
     /// Parses a key response and checks it: 1. it is an object whose `server_name` is
@@ -271,6 +209,117 @@ impl ServerKeys {
     }
 }
 
+/// The parts of a signed key response that do not change when only `valid_until_ts` does
+/// (a server re-signing the same keys): [`ServerKeys::to_signed_body`] is `new` then `body`,
+/// and a publisher keeps the template between re-signings.
+#[derive(Debug, Clone)]
+pub struct SignedBodyTemplate {
+    /// `{"old_verify_keys":{…},"server_name":NAME` — the signed bytes start with it.
+    head: String,
+    /// `,"signatures":{NAME:{KEY_ID:` — the signature's string follows it.
+    signature_prefix: String,
+    /// `,"verify_keys":{…}}` — the signed bytes end with it, after `,"valid_until_ts":N`.
+    verify_keys_tail: String,
+}
+
+/// Refuses an integer outside canonical JSON's range, as serialising the JSON would.
+fn canonical_integer(value: i64) -> Result<i64, SigningError> {
+    if (-(1i64 << 53) + 1..=(1i64 << 53) - 1).contains(&value) {
+        Ok(value)
+    } else {
+        Err(SigningError::Canonical(
+            canonical_json::CanonicalJsonError::IntegerOutOfRange {
+                path: "$".to_owned(),
+                value: value.to_string(),
+            },
+        ))
+    }
+}
+
+impl SignedBodyTemplate {
+    /// The template of `keys` signed by `key` (`keys.valid_until_ts_ms` is not used).
+    pub fn new(keys: &ServerKeys, key: &ServerSigningKey) -> Result<Self, SigningError> {
+        use canonical_json::write_json_string;
+        use std::fmt::Write;
+        // Top-level keys in code point order: old_verify_keys, server_name, [signatures],
+        // valid_until_ts, verify_keys. The signed bytes are the object without `signatures`.
+        let mut head = String::with_capacity(160);
+        head.push_str("{\"old_verify_keys\":{");
+        for (index, (key_id, old)) in keys.old_verify_keys.iter().enumerate() {
+            if index > 0 {
+                head.push(',');
+            }
+            write_json_string(key_id, &mut head);
+            write!(
+                head,
+                ":{{\"expired_ts\":{},\"key\":",
+                canonical_integer(old.expired_ts_ms)?
+            )
+            .expect("writing to a String cannot fail");
+            write_json_string(&unpadded_base64(old.key.as_bytes()), &mut head);
+            head.push('}');
+        }
+        head.push_str("},\"server_name\":");
+        write_json_string(&keys.server_name, &mut head);
+        let mut signature_prefix = String::with_capacity(64);
+        signature_prefix.push_str(",\"signatures\":{");
+        write_json_string(&keys.server_name, &mut signature_prefix);
+        signature_prefix.push_str(":{");
+        write_json_string(key.key_id.as_str(), &mut signature_prefix);
+        signature_prefix.push(':');
+        let mut verify_keys_tail = String::with_capacity(96);
+        verify_keys_tail.push_str(",\"verify_keys\":{");
+        for (index, (key_id, verify_key)) in keys.verify_keys.iter().enumerate() {
+            if index > 0 {
+                verify_keys_tail.push(',');
+            }
+            write_json_string(key_id, &mut verify_keys_tail);
+            verify_keys_tail.push_str(":{\"key\":");
+            write_json_string(
+                &unpadded_base64(verify_key.as_bytes()),
+                &mut verify_keys_tail,
+            );
+            verify_keys_tail.push('}');
+        }
+        verify_keys_tail.push_str("}}");
+        Ok(SignedBodyTemplate {
+            head,
+            signature_prefix,
+            verify_keys_tail,
+        })
+    }
+
+    /// The body with `valid_until_ts_ms`, signed by `key` (the key the template was made for).
+    pub fn body(
+        &self,
+        key: &ServerSigningKey,
+        valid_until_ts_ms: i64,
+    ) -> Result<String, SigningError> {
+        use std::fmt::Write;
+        let mut valid_until = String::with_capacity(40);
+        write!(
+            valid_until,
+            ",\"valid_until_ts\":{}",
+            canonical_integer(valid_until_ts_ms)?
+        )
+        .expect("writing to a String cannot fail");
+        let signed_len = self.head.len() + valid_until.len() + self.verify_keys_tail.len();
+        let mut body = String::with_capacity(signed_len + self.signature_prefix.len() + 90);
+        body.push_str(&self.head);
+        body.push_str(&valid_until);
+        body.push_str(&self.verify_keys_tail);
+        let signature = key.sign_to_base64(body.as_bytes());
+        body.truncate(self.head.len());
+        body.push_str(&self.signature_prefix);
+        body.push('"');
+        body.push_str(&signature);
+        body.push_str("\"}}");
+        body.push_str(&valid_until);
+        body.push_str(&self.verify_keys_tail);
+        Ok(body)
+    }
+}
+
 impl ServerKeys {
     /// The accept-only fast path of [`Self::parse_and_verify`] for a response body in exactly
     /// the canonical form [`Self::to_signed_body`] writes (what every simulated server
@@ -307,7 +356,7 @@ impl ServerKeys {
             cursor.eat(b":{\"expired_ts\":")?;
             let expired_ts_ms = cursor.integer()?;
             cursor.eat(b",\"key\":")?;
-            let key = signing::decode_verifying_key(cursor.string()?).ok()?;
+            let key = signing::decode_verifying_key_exact(cursor.string()?)?;
             cursor.eat(b"}")?;
             old_verify_keys.insert(key_id.to_owned(), OldVerifyKey { key, expired_ts_ms });
             previous_id = Some(key_id);
@@ -336,15 +385,12 @@ impl ServerKeys {
         cursor.eat(b",\"verify_keys\":{")?;
         let key_id = cursor.key_id(None)?;
         cursor.eat(b":{\"key\":")?;
-        let key = signing::decode_verifying_key(cursor.string()?).ok()?;
+        let key = signing::decode_verifying_key_exact(cursor.string()?)?;
         cursor.eat(b"}}}")?;
         if cursor.at != body.len() || key_id != signed_key_id {
             return None;
         }
-        let signature_bytes: [u8; 64] = signing::decode_base64(signature_text)
-            .ok()?
-            .try_into()
-            .ok()?;
+        let signature_bytes = signing::decode_base64_exact::<64>(signature_text)?;
         let mut message = Vec::with_capacity(body.len());
         message.extend_from_slice(&body.as_bytes()[..signatures_start]);
         message.extend_from_slice(&body.as_bytes()[signatures_end..]);
@@ -352,9 +398,11 @@ impl ServerKeys {
         if !crypto_mode::verify(&key, &message, &signature) {
             return None;
         }
+        let mut verify_keys = BTreeMap::new();
+        verify_keys.insert(key_id.to_owned(), key);
         Some(ServerKeys {
             server_name: server_name.to_owned(),
-            verify_keys: BTreeMap::from([(key_id.to_owned(), key)]),
+            verify_keys,
             old_verify_keys,
             valid_until_ts_ms,
         })

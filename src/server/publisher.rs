@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::engine::SimRng;
-use crate::matrix::server_keys::{OldVerifyKey, ServerKeys};
+use crate::matrix::server_keys::{OldVerifyKey, ServerKeys, SignedBodyTemplate};
 use crate::matrix::signing::{KeyId, ServerSigningKey};
 
 /// A lying server's second view: the same key ID with other bytes, served to everyone outside
@@ -30,6 +30,62 @@ struct Flap {
     second: ServerSigningKey,
 }
 
+/// The signed response's parts that stay the same between re-signings, with what they were
+/// made from (the signer's ID and public key, the old keys).
+struct CachedTemplate {
+    key_id: String,
+    public_key: [u8; 32],
+    old_verify_keys: BTreeMap<String, OldVerifyKey>,
+    template: SignedBodyTemplate,
+}
+
+/// Signs a response of `server_name` (one verify key, `signer_key`), re-using `template` when
+/// it was made for the same signer and old keys.
+fn sign_with(
+    template: &mut Option<CachedTemplate>,
+    signatures_made: &mut u64,
+    sign_nanos: &mut u64,
+    server_name: &str,
+    signer_key: &ServerSigningKey,
+    old_verify_keys: &BTreeMap<String, OldVerifyKey>,
+    valid_until_ms: i64,
+) -> Arc<str> {
+    let started = std::time::Instant::now();
+    let public_key = *signer_key.verifying_key().as_bytes();
+    let reusable = template.as_ref().is_some_and(|cached| {
+        cached.public_key == public_key
+            && cached.key_id == signer_key.key_id.as_str()
+            && cached.old_verify_keys == *old_verify_keys
+    });
+    if !reusable {
+        let keys = ServerKeys {
+            server_name: server_name.to_owned(),
+            verify_keys: BTreeMap::from([(
+                signer_key.key_id.to_string(),
+                signer_key.verifying_key(),
+            )]),
+            old_verify_keys: old_verify_keys.clone(),
+            valid_until_ts_ms: valid_until_ms,
+        };
+        *template = Some(CachedTemplate {
+            key_id: signer_key.key_id.to_string(),
+            public_key,
+            old_verify_keys: old_verify_keys.clone(),
+            template: SignedBodyTemplate::new(&keys, signer_key)
+                .expect("a key object with simulated timestamps always signs"),
+        });
+    }
+    let template = &template.as_ref().expect("made above").template;
+    let body: Arc<str> = Arc::from(
+        template
+            .body(signer_key, valid_until_ms)
+            .expect("a key object with simulated timestamps always signs"),
+    );
+    *sign_nanos += started.elapsed().as_nanos() as u64;
+    *signatures_made += 1;
+    body
+}
+
 /// A server's key publication.
 pub struct KeyPublisher {
     server_name: String,
@@ -41,6 +97,8 @@ pub struct KeyPublisher {
     key_seeds: SimRng,
     split: Option<SplitView>,
     flap: Option<Flap>,
+    /// The last template used (re-signing the same keys rewrites only `valid_until_ts`).
+    template: Option<CachedTemplate>,
     /// Responses signed so far.
     pub signatures_made: u64,
     /// Wall-clock nanoseconds spent signing (benchmarks and run-info.json only).
@@ -61,6 +119,7 @@ impl KeyPublisher {
             key_seeds,
             split: None,
             flap: None,
+            template: None,
             signatures_made: 0,
             sign_nanos: 0,
         }
@@ -105,9 +164,8 @@ impl KeyPublisher {
     /// start), valid until `made_at + lifetime` (a flapping server: until its next swap).
     pub fn publish_at(&mut self, made_at_abs_ms: i64) -> Arc<str> {
         let mut valid_until_ms = made_at_abs_ms + self.lifetime_ms;
-        let mut old_verify_keys = self.old_verify_keys.clone();
-        let mut signer = self.current.clone();
-        if let Some(flap) = &self.flap {
+        let body = if let Some(flap) = &self.flap {
+            let mut old_verify_keys = self.old_verify_keys.clone();
             let since_ms = (made_at_abs_ms - flap.start_abs_ms).max(0);
             let phase = since_ms / flap.period_ms;
             let phase_start_ms = flap.start_abs_ms + phase * flap.period_ms;
@@ -128,9 +186,19 @@ impl KeyPublisher {
             );
             old_verify_keys.remove(&current.key_id.to_string());
             valid_until_ms = valid_until_ms.min(phase_start_ms + flap.period_ms);
-            signer = current.clone();
-        }
-        let body = self.sign(&signer, old_verify_keys, valid_until_ms);
+            let current = current.clone();
+            self.sign(&current, &old_verify_keys, valid_until_ms)
+        } else {
+            sign_with(
+                &mut self.template,
+                &mut self.signatures_made,
+                &mut self.sign_nanos,
+                &self.server_name,
+                &self.current,
+                &self.old_verify_keys,
+                valid_until_ms,
+            )
+        };
         self.published = Some((body.clone(), valid_until_ms));
         body
     }
@@ -138,26 +206,18 @@ impl KeyPublisher {
     fn sign(
         &mut self,
         signer_key: &ServerSigningKey,
-        old_verify_keys: BTreeMap<String, OldVerifyKey>,
+        old_verify_keys: &BTreeMap<String, OldVerifyKey>,
         valid_until_ms: i64,
     ) -> Arc<str> {
-        let keys = ServerKeys {
-            server_name: self.server_name.clone(),
-            verify_keys: BTreeMap::from([(
-                signer_key.key_id.to_string(),
-                signer_key.verifying_key(),
-            )]),
+        sign_with(
+            &mut self.template,
+            &mut self.signatures_made,
+            &mut self.sign_nanos,
+            &self.server_name,
+            signer_key,
             old_verify_keys,
-            valid_until_ts_ms: valid_until_ms,
-        };
-        let started = std::time::Instant::now();
-        let body: Arc<str> = Arc::from(
-            keys.to_signed_body(signer_key)
-                .expect("a key object with simulated timestamps always signs"),
-        );
-        self.sign_nanos += started.elapsed().as_nanos() as u64;
-        self.signatures_made += 1;
-        body
+            valid_until_ms,
+        )
     }
 
     /// The response a lying server gives to a requester outside its audience: the same key ID
@@ -174,11 +234,9 @@ impl KeyPublisher {
         }
         let alternate = self.split.take().expect("checked");
         let valid_until_ms = now_abs_ms + self.lifetime_ms;
-        let body = self.sign(
-            &alternate.alternate,
-            self.old_verify_keys.clone(),
-            valid_until_ms,
-        );
+        let old_verify_keys = std::mem::take(&mut self.old_verify_keys);
+        let body = self.sign(&alternate.alternate, &old_verify_keys, valid_until_ms);
+        self.old_verify_keys = old_verify_keys;
         self.split = Some(SplitView {
             alternate: alternate.alternate,
             published: Some((body.clone(), valid_until_ms)),
@@ -269,6 +327,28 @@ mod tests {
         assert_ne!(first, second);
         assert_eq!(parse(&second, "a.example").valid_until_ts_ms, 12_000);
         assert_eq!(publisher.signatures_made, 2);
+    }
+
+    #[test]
+    fn re_signing_from_the_kept_template_writes_the_same_bytes_as_a_fresh_body() {
+        use crate::matrix::crypto_mode::{self, CryptoMode};
+        for mode in [CryptoMode::Ed25519, CryptoMode::Symbolic] {
+            let _mode = crypto_mode::enter(mode);
+            let mut publisher =
+                KeyPublisher::new("a.example".into(), 1_000, SimRng::stream(1, "keys", 0));
+            for step in 0..8i64 {
+                match step {
+                    3 => publisher.rotate(step * 1_000),
+                    5 => publisher.lose_key(),
+                    6 => publisher.rotate(step * 1_000 + 1),
+                    _ => {}
+                }
+                let body = publisher.publish_at(step * 1_000 + 17);
+                let keys = parse(&body, "a.example");
+                let fresh = keys.to_signed_body(publisher.current_key()).unwrap();
+                assert_eq!(*body, *fresh, "step {step}");
+            }
+        }
     }
 
     #[test]
