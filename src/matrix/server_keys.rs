@@ -214,12 +214,16 @@ impl ServerKeys {
 /// and a publisher keeps the template between re-signings.
 #[derive(Debug, Clone)]
 pub struct SignedBodyTemplate {
-    /// `{"old_verify_keys":{…},"server_name":NAME` — the signed bytes start with it.
-    head: String,
-    /// `,"signatures":{NAME:{KEY_ID:` — the signature's string follows it.
-    signature_prefix: String,
-    /// `,"verify_keys":{…}}` — the signed bytes end with it, after `,"valid_until_ts":N`.
-    verify_keys_tail: String,
+    /// In one allocation (a re-signing reads it long after it was written, so each separate
+    /// piece would be a cache miss): `{"old_verify_keys":{…},"server_name":NAME` (the signed
+    /// bytes start with it), then `,"signatures":{NAME:{KEY_ID:` (the signature's string
+    /// follows it), then `,"verify_keys":{…}}` (the signed bytes end with it, after
+    /// `,"valid_until_ts":N`).
+    text: String,
+    /// Where the signature prefix starts in `text`.
+    signature_prefix_at: usize,
+    /// Where the verify keys tail starts in `text`.
+    verify_keys_tail_at: usize,
 }
 
 /// Refuses an integer outside canonical JSON's range, as serialising the JSON would.
@@ -261,31 +265,30 @@ impl SignedBodyTemplate {
         }
         head.push_str("},\"server_name\":");
         write_json_string(&keys.server_name, &mut head);
-        let mut signature_prefix = String::with_capacity(64);
-        signature_prefix.push_str(",\"signatures\":{");
-        write_json_string(&keys.server_name, &mut signature_prefix);
-        signature_prefix.push_str(":{");
-        write_json_string(key.key_id.as_str(), &mut signature_prefix);
-        signature_prefix.push(':');
-        let mut verify_keys_tail = String::with_capacity(96);
-        verify_keys_tail.push_str(",\"verify_keys\":{");
+        let mut text = head;
+        let signature_prefix_at = text.len();
+        text.push_str(",\"signatures\":{");
+        write_json_string(&keys.server_name, &mut text);
+        text.push_str(":{");
+        write_json_string(key.key_id.as_str(), &mut text);
+        text.push(':');
+        let verify_keys_tail_at = text.len();
+        text.push_str(",\"verify_keys\":{");
         for (index, (key_id, verify_key)) in keys.verify_keys.iter().enumerate() {
             if index > 0 {
-                verify_keys_tail.push(',');
+                text.push(',');
             }
-            write_json_string(key_id, &mut verify_keys_tail);
-            verify_keys_tail.push_str(":{\"key\":");
-            write_json_string(
-                &unpadded_base64(verify_key.as_bytes()),
-                &mut verify_keys_tail,
-            );
-            verify_keys_tail.push('}');
+            write_json_string(key_id, &mut text);
+            text.push_str(":{\"key\":");
+            write_json_string(&unpadded_base64(verify_key.as_bytes()), &mut text);
+            text.push('}');
         }
-        verify_keys_tail.push_str("}}");
+        text.push_str("}}");
+        text.shrink_to_fit();
         Ok(SignedBodyTemplate {
-            head,
-            signature_prefix,
-            verify_keys_tail,
+            text,
+            signature_prefix_at,
+            verify_keys_tail_at,
         })
     }
 
@@ -303,19 +306,21 @@ impl SignedBodyTemplate {
             canonical_integer(valid_until_ts_ms)?
         )
         .expect("writing to a String cannot fail");
-        let signed_len = self.head.len() + valid_until.len() + self.verify_keys_tail.len();
-        let mut body = String::with_capacity(signed_len + self.signature_prefix.len() + 90);
-        body.push_str(&self.head);
+        let head = &self.text[..self.signature_prefix_at];
+        let signature_prefix = &self.text[self.signature_prefix_at..self.verify_keys_tail_at];
+        let verify_keys_tail = &self.text[self.verify_keys_tail_at..];
+        let mut body = String::with_capacity(self.text.len() + valid_until.len() + 90);
+        body.push_str(head);
         body.push_str(&valid_until);
-        body.push_str(&self.verify_keys_tail);
+        body.push_str(verify_keys_tail);
         let signature = key.sign_to_base64(body.as_bytes());
-        body.truncate(self.head.len());
-        body.push_str(&self.signature_prefix);
+        body.truncate(head.len());
+        body.push_str(signature_prefix);
         body.push('"');
         body.push_str(&signature);
         body.push_str("\"}}");
         body.push_str(&valid_until);
-        body.push_str(&self.verify_keys_tail);
+        body.push_str(verify_keys_tail);
         Ok(body)
     }
 }

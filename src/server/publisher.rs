@@ -30,19 +30,10 @@ struct Flap {
     second: ServerSigningKey,
 }
 
-/// The signed response's parts that stay the same between re-signings, with what they were
-/// made from (the signer's ID and public key, the old keys).
-struct CachedTemplate {
-    key_id: String,
-    public_key: [u8; 32],
-    old_verify_keys: BTreeMap<String, OldVerifyKey>,
-    template: SignedBodyTemplate,
-}
-
-/// Signs a response of `server_name` (one verify key, `signer_key`), re-using `template` when
-/// it was made for the same signer and old keys.
+/// Signs a response of `server_name` (one verify key, `signer_key`), from the template in
+/// `kept` (made first if there is none) or from a fresh one.
 fn sign_with(
-    template: &mut Option<CachedTemplate>,
+    kept: Option<&mut Option<SignedBodyTemplate>>,
     signatures_made: &mut u64,
     sign_nanos: &mut u64,
     server_name: &str,
@@ -51,13 +42,7 @@ fn sign_with(
     valid_until_ms: i64,
 ) -> Arc<str> {
     let started = std::time::Instant::now();
-    let public_key = *signer_key.verifying_key().as_bytes();
-    let reusable = template.as_ref().is_some_and(|cached| {
-        cached.public_key == public_key
-            && cached.key_id == signer_key.key_id.as_str()
-            && cached.old_verify_keys == *old_verify_keys
-    });
-    if !reusable {
+    let make = || {
         let keys = ServerKeys {
             server_name: server_name.to_owned(),
             verify_keys: BTreeMap::from([(
@@ -67,20 +52,17 @@ fn sign_with(
             old_verify_keys: old_verify_keys.clone(),
             valid_until_ts_ms: valid_until_ms,
         };
-        *template = Some(CachedTemplate {
-            key_id: signer_key.key_id.to_string(),
-            public_key,
-            old_verify_keys: old_verify_keys.clone(),
-            template: SignedBodyTemplate::new(&keys, signer_key)
-                .expect("a key object with simulated timestamps always signs"),
-        });
-    }
-    let template = &template.as_ref().expect("made above").template;
-    let body: Arc<str> = Arc::from(
-        template
-            .body(signer_key, valid_until_ms)
-            .expect("a key object with simulated timestamps always signs"),
-    );
+        SignedBodyTemplate::new(&keys, signer_key)
+            .expect("a key object with simulated timestamps always signs")
+    };
+    let body = match kept {
+        Some(kept) => kept
+            .get_or_insert_with(make)
+            .body(signer_key, valid_until_ms),
+        None => make().body(signer_key, valid_until_ms),
+    };
+    let body: Arc<str> =
+        Arc::from(body.expect("a key object with simulated timestamps always signs"));
     *sign_nanos += started.elapsed().as_nanos() as u64;
     *signatures_made += 1;
     body
@@ -97,8 +79,9 @@ pub struct KeyPublisher {
     key_seeds: SimRng,
     split: Option<SplitView>,
     flap: Option<Flap>,
-    /// The last template used (re-signing the same keys rewrites only `valid_until_ts`).
-    template: Option<CachedTemplate>,
+    /// The template of the honest response (`current`, `old_verify_keys`): re-signing the
+    /// same keys rewrites only `valid_until_ts`. Dropped whenever either changes.
+    template: Option<SignedBodyTemplate>,
     /// Responses signed so far.
     pub signatures_made: u64,
     /// Wall-clock nanoseconds spent signing (benchmarks and run-info.json only).
@@ -190,7 +173,7 @@ impl KeyPublisher {
             self.sign(&current, &old_verify_keys, valid_until_ms)
         } else {
             sign_with(
-                &mut self.template,
+                Some(&mut self.template),
                 &mut self.signatures_made,
                 &mut self.sign_nanos,
                 &self.server_name,
@@ -210,7 +193,7 @@ impl KeyPublisher {
         valid_until_ms: i64,
     ) -> Arc<str> {
         sign_with(
-            &mut self.template,
+            None,
             &mut self.signatures_made,
             &mut self.sign_nanos,
             &self.server_name,
@@ -286,6 +269,7 @@ impl KeyPublisher {
         self.key_version += 1;
         let new_key = Self::make_key(self.key_version, &mut self.key_seeds);
         let old = std::mem::replace(&mut self.current, new_key);
+        self.template = None;
         self.old_verify_keys.insert(
             old.key_id.to_string(),
             OldVerifyKey {
@@ -303,6 +287,7 @@ impl KeyPublisher {
         let key_id = self.current.key_id.clone();
         self.current = ServerSigningKey::from_seed(key_id, &self.key_seeds.bytes32());
         self.old_verify_keys.clear();
+        self.template = None;
         self.published = None;
     }
 }
