@@ -298,30 +298,57 @@ impl SignedBodyTemplate {
         key: &ServerSigningKey,
         valid_until_ts_ms: i64,
     ) -> Result<String, SigningError> {
+        let mut body = String::new();
+        self.write_body(key, valid_until_ts_ms, &mut String::new(), &mut body)?;
+        Ok(body)
+    }
+
+    /// [`Self::body`] as an `Arc<str>`, written through two per-thread buffers: the only
+    /// allocation is the `Arc` (a publisher re-signs once per key lifetime per server).
+    pub fn body_arc(
+        &self,
+        key: &ServerSigningKey,
+        valid_until_ts_ms: i64,
+    ) -> Result<std::sync::Arc<str>, SigningError> {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<(String, String)> =
+                const { std::cell::RefCell::new((String::new(), String::new())) };
+        }
+        SCRATCH.with(|scratch| {
+            let (message, body) = &mut *scratch.borrow_mut();
+            self.write_body(key, valid_until_ts_ms, message, body)?;
+            Ok(std::sync::Arc::from(body.as_str()))
+        })
+    }
+
+    /// Writes the signed bytes into `message` and the body into `body` (both cleared first).
+    fn write_body(
+        &self,
+        key: &ServerSigningKey,
+        valid_until_ts_ms: i64,
+        message: &mut String,
+        body: &mut String,
+    ) -> Result<(), SigningError> {
         use std::fmt::Write;
-        let mut valid_until = String::with_capacity(40);
-        write!(
-            valid_until,
-            ",\"valid_until_ts\":{}",
-            canonical_integer(valid_until_ts_ms)?
-        )
-        .expect("writing to a String cannot fail");
+        let valid_until_ts_ms = canonical_integer(valid_until_ts_ms)?;
         let head = &self.text[..self.signature_prefix_at];
         let signature_prefix = &self.text[self.signature_prefix_at..self.verify_keys_tail_at];
         let verify_keys_tail = &self.text[self.verify_keys_tail_at..];
-        let mut body = String::with_capacity(self.text.len() + valid_until.len() + 90);
+        message.clear();
+        message.push_str(head);
+        write!(message, ",\"valid_until_ts\":{valid_until_ts_ms}")
+            .expect("writing to a String cannot fail");
+        message.push_str(verify_keys_tail);
+        let signature = crypto_mode::sign(&key.signing_key, message.as_bytes());
+        body.clear();
+        body.reserve(message.len() + signature_prefix.len() + 90);
         body.push_str(head);
-        body.push_str(&valid_until);
-        body.push_str(verify_keys_tail);
-        let signature = key.sign_to_base64(body.as_bytes());
-        body.truncate(head.len());
         body.push_str(signature_prefix);
         body.push('"');
-        body.push_str(&signature);
+        signing::push_unpadded_base64(&signature, body);
         body.push_str("\"}}");
-        body.push_str(&valid_until);
-        body.push_str(verify_keys_tail);
-        Ok(body)
+        body.push_str(&message[head.len()..]);
+        Ok(())
     }
 }
 
@@ -396,11 +423,18 @@ impl ServerKeys {
             return None;
         }
         let signature_bytes = signing::decode_base64_exact::<64>(signature_text)?;
-        let mut message = Vec::with_capacity(body.len());
-        message.extend_from_slice(&body.as_bytes()[..signatures_start]);
-        message.extend_from_slice(&body.as_bytes()[signatures_end..]);
+        thread_local! {
+            static MESSAGE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         let signature = ed25519_dalek::Signature::from_bytes(&signature_bytes);
-        if !crypto_mode::verify(&key, &message, &signature) {
+        let verified = MESSAGE.with(|message| {
+            let mut message = message.borrow_mut();
+            message.clear();
+            message.extend_from_slice(&body.as_bytes()[..signatures_start]);
+            message.extend_from_slice(&body.as_bytes()[signatures_end..]);
+            crypto_mode::verify(&key, &message, &signature)
+        });
+        if !verified {
             return None;
         }
         let mut verify_keys = BTreeMap::new();

@@ -33,6 +33,11 @@ pub fn unpadded_base64(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
 }
 
+/// Appends the standard-alphabet unpadded base64 of `bytes` to `out` (as [`unpadded_base64`]).
+pub fn push_unpadded_base64(bytes: &[u8], out: &mut String) {
+    STANDARD.encode_string(bytes, out);
+}
+
 /// URL-safe unpadded base64 (event IDs, room IDs, MSC4430 member-key senders).
 pub fn url_safe_unpadded_base64(bytes: &[u8]) -> String {
     URL_SAFE.encode(bytes)
