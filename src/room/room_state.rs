@@ -25,7 +25,9 @@ use super::policy::ArrivalPath;
 use super::shared::{Count, RoomFacts, SharedEventFacts, SharedId, lock};
 use crate::matrix::auth::{AuthState, Rejection, Rule, auth_types_for_event, authorize};
 use crate::matrix::canonical_json::MAX_SAFE_INTEGER;
-use crate::matrix::dag::{Dag, DagError, EventIndex, LayeredState, RejectionCheck, StateMapView};
+use crate::matrix::dag::{
+    Dag, DagError, EventIndex, LayeredState, RejectionCheck, StateMapView, reserve_gently,
+};
 use crate::matrix::event_builder::{EventDraft, MAX_PREV_EVENTS};
 use crate::matrix::state_res::{EventSource, ResolveError};
 use crate::matrix::{EventId, Pdu, RoomVersion, StateMap};
@@ -325,6 +327,7 @@ impl RoomState {
                 StoredFate::Rare
             }
         };
+        reserve_gently(&mut self.held, 1);
         self.held.push(StoredHeld {
             received_at_ms: held.received_at_ms,
             fate,
@@ -586,6 +589,8 @@ impl RoomState {
             (None, Some(facts)) => self.insert_shared(pdu, &facts)?,
         };
         debug_assert_eq!(index as usize, self.clean.len());
+        reserve_gently(&mut self.clean, 1);
+        reserve_gently(&mut self.shared_ids, 1);
         self.clean.push(clean);
         self.shared_ids.push(shared_id);
         let rejection = self
@@ -690,6 +695,8 @@ impl RoomState {
                 });
             }
         }
+        reserve_gently(&mut self.clean, 1);
+        reserve_gently(&mut self.shared_ids, 1);
         self.clean.push(clean);
         self.shared_ids.push(NO_SHARED_ID);
         let rejection = self
@@ -704,6 +711,7 @@ impl RoomState {
     /// Records how the outlier at `index` was judged (no extremities, no timeline entry).
     pub(crate) fn record_outlier(&mut self, index: EventIndex, held: HeldEvent) {
         debug_assert_eq!(index as usize, self.held.len());
+        reserve_gently(&mut self.accepted_children, 1);
         self.accepted_children.push(0);
         self.push_held(index, held);
     }
@@ -874,6 +882,7 @@ impl RoomState {
             self.held.len(),
             "events are recorded in order"
         );
+        reserve_gently(&mut self.accepted_children, 1);
         self.accepted_children.push(0);
         let pdu = Arc::clone(self.dag.event(index));
         let history = self.backfill_is_history && held.path == ArrivalPath::Backfill;
