@@ -2052,7 +2052,7 @@ impl FedWorld {
 
     /// Keeps the wire copy of a new event and returns it.
     fn remember(&mut self, pdu: crate::matrix::Pdu) -> Arc<Value> {
-        let json = Arc::new(pdu.json);
+        let json = pdu.json;
         self.wire_sizes
             .insert(Arc::as_ptr(&json) as usize, json_bytes(&json));
         if let Some(replaced) = self.wire.insert(pdu.event_id, Arc::clone(&json)) {
@@ -2628,7 +2628,7 @@ impl FedWorld {
                     else {
                         continue;
                     };
-                    let mut json = event.json.clone();
+                    let mut json = Value::clone(&event.json);
                     if cosign_member_event(&version, &mut json, &name, &key).is_ok() {
                         let json = Arc::new(json);
                         hs.resigned
@@ -2830,7 +2830,7 @@ fn walk_missing(
 fn wire_copy(wire: &HashMap<EventId, Arc<Value>>, pdu: &crate::matrix::Pdu) -> Arc<Value> {
     wire.get(&pdu.event_id)
         .cloned()
-        .unwrap_or_else(|| Arc::new(pdu.json.clone()))
+        .unwrap_or_else(|| Arc::clone(&pdu.json))
 }
 
 /// The wire size of a shared copy: remembered for the world's own copies, else computed.
