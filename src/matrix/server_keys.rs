@@ -20,6 +20,7 @@ use ed25519_dalek::VerifyingKey;
 use serde_json::{Map, Value};
 
 use super::canonical_json;
+use super::crypto_mode;
 use super::signing::{
     self, KeyId, ServerSigningKey, SignatureError, SigningError, unpadded_base64,
 };
@@ -131,69 +132,7 @@ impl ServerKeys {
     /// (canonical JSON: sorted keys, no whitespace), written directly: a server re-signs its
     /// response once per lifetime, and a simulation of 10^5 servers does it millions of times.
     pub fn to_signed_body(&self, key: &ServerSigningKey) -> Result<String, SigningError> {
-        use canonical_json::write_json_string;
-        use std::fmt::Write;
-        let in_range = |value: i64| {
-            (-(1i64 << 53) + 1..=(1i64 << 53) - 1)
-                .contains(&value)
-                .then_some(())
-                .ok_or_else(|| {
-                    SigningError::Canonical(canonical_json::CanonicalJsonError::IntegerOutOfRange {
-                        path: "$".to_owned(),
-                        value: value.to_string(),
-                    })
-                })
-        };
-        // Top-level keys in code point order: old_verify_keys, server_name, [signatures],
-        // valid_until_ts, verify_keys. The signed bytes are the object without `signatures`.
-        let mut head = String::with_capacity(160);
-        head.push_str("{\"old_verify_keys\":{");
-        for (index, (key_id, old)) in self.old_verify_keys.iter().enumerate() {
-            in_range(old.expired_ts_ms)?;
-            if index > 0 {
-                head.push(',');
-            }
-            write_json_string(key_id, &mut head);
-            write!(head, ":{{\"expired_ts\":{},\"key\":", old.expired_ts_ms)
-                .expect("writing to a String cannot fail");
-            write_json_string(&unpadded_base64(old.key.as_bytes()), &mut head);
-            head.push('}');
-        }
-        head.push_str("},\"server_name\":");
-        write_json_string(&self.server_name, &mut head);
-        let mut tail = String::with_capacity(96);
-        in_range(self.valid_until_ts_ms)?;
-        write!(
-            tail,
-            ",\"valid_until_ts\":{},\"verify_keys\":{{",
-            self.valid_until_ts_ms
-        )
-        .expect("writing to a String cannot fail");
-        for (index, (key_id, verify_key)) in self.verify_keys.iter().enumerate() {
-            if index > 0 {
-                tail.push(',');
-            }
-            write_json_string(key_id, &mut tail);
-            tail.push_str(":{\"key\":");
-            write_json_string(&unpadded_base64(verify_key.as_bytes()), &mut tail);
-            tail.push('}');
-        }
-        tail.push_str("}}");
-        let signed_len = head.len() + tail.len();
-        let mut body = String::with_capacity(signed_len + 140);
-        body.push_str(&head);
-        body.push_str(&tail);
-        let signature = key.sign_to_base64(body.as_bytes());
-        body.truncate(head.len());
-        body.push_str(",\"signatures\":{");
-        write_json_string(&self.server_name, &mut body);
-        body.push_str(":{");
-        write_json_string(key.key_id.as_str(), &mut body);
-        body.push(':');
-        write_json_string(&signature, &mut body);
-        body.push_str("}}");
-        body.push_str(&tail);
-        Ok(body)
+        SignedBodyTemplate::new(self, key)?.body(key, self.valid_until_ts_ms)
     }
 
     /// Parses a key response and checks it: 1. it is an object whose `server_name` is
@@ -267,6 +206,316 @@ impl ServerKeys {
             old_verify_keys,
             valid_until_ts_ms,
         })
+    }
+}
+
+/// The parts of a signed key response that do not change when only `valid_until_ts` does
+/// (a server re-signing the same keys): [`ServerKeys::to_signed_body`] is `new` then `body`,
+/// and a publisher keeps the template between re-signings.
+#[derive(Debug, Clone)]
+pub struct SignedBodyTemplate {
+    /// In one allocation (a re-signing reads it long after it was written, so each separate
+    /// piece would be a cache miss): `{"old_verify_keys":{…},"server_name":NAME` (the signed
+    /// bytes start with it), then `,"signatures":{NAME:{KEY_ID:` (the signature's string
+    /// follows it), then `,"verify_keys":{…}}` (the signed bytes end with it, after
+    /// `,"valid_until_ts":N`).
+    text: String,
+    /// Where the signature prefix starts in `text`.
+    signature_prefix_at: usize,
+    /// Where the verify keys tail starts in `text`.
+    verify_keys_tail_at: usize,
+}
+
+/// Refuses an integer outside canonical JSON's range, as serialising the JSON would.
+fn canonical_integer(value: i64) -> Result<i64, SigningError> {
+    if (-(1i64 << 53) + 1..=(1i64 << 53) - 1).contains(&value) {
+        Ok(value)
+    } else {
+        Err(SigningError::Canonical(
+            canonical_json::CanonicalJsonError::IntegerOutOfRange {
+                path: "$".to_owned(),
+                value: value.to_string(),
+            },
+        ))
+    }
+}
+
+impl SignedBodyTemplate {
+    /// The template of `keys` signed by `key` (`keys.valid_until_ts_ms` is not used).
+    pub fn new(keys: &ServerKeys, key: &ServerSigningKey) -> Result<Self, SigningError> {
+        use canonical_json::write_json_string;
+        use std::fmt::Write;
+        // Top-level keys in code point order: old_verify_keys, server_name, [signatures],
+        // valid_until_ts, verify_keys. The signed bytes are the object without `signatures`.
+        let mut head = String::with_capacity(160);
+        head.push_str("{\"old_verify_keys\":{");
+        for (index, (key_id, old)) in keys.old_verify_keys.iter().enumerate() {
+            if index > 0 {
+                head.push(',');
+            }
+            write_json_string(key_id, &mut head);
+            write!(
+                head,
+                ":{{\"expired_ts\":{},\"key\":",
+                canonical_integer(old.expired_ts_ms)?
+            )
+            .expect("writing to a String cannot fail");
+            write_json_string(&unpadded_base64(old.key.as_bytes()), &mut head);
+            head.push('}');
+        }
+        head.push_str("},\"server_name\":");
+        write_json_string(&keys.server_name, &mut head);
+        let mut text = head;
+        let signature_prefix_at = text.len();
+        text.push_str(",\"signatures\":{");
+        write_json_string(&keys.server_name, &mut text);
+        text.push_str(":{");
+        write_json_string(key.key_id.as_str(), &mut text);
+        text.push(':');
+        let verify_keys_tail_at = text.len();
+        text.push_str(",\"verify_keys\":{");
+        for (index, (key_id, verify_key)) in keys.verify_keys.iter().enumerate() {
+            if index > 0 {
+                text.push(',');
+            }
+            write_json_string(key_id, &mut text);
+            text.push_str(":{\"key\":");
+            write_json_string(&unpadded_base64(verify_key.as_bytes()), &mut text);
+            text.push('}');
+        }
+        text.push_str("}}");
+        text.shrink_to_fit();
+        Ok(SignedBodyTemplate {
+            text,
+            signature_prefix_at,
+            verify_keys_tail_at,
+        })
+    }
+
+    /// The body with `valid_until_ts_ms`, signed by `key` (the key the template was made for).
+    pub fn body(
+        &self,
+        key: &ServerSigningKey,
+        valid_until_ts_ms: i64,
+    ) -> Result<String, SigningError> {
+        let mut body = String::new();
+        self.write_body(key, valid_until_ts_ms, &mut String::new(), &mut body)?;
+        Ok(body)
+    }
+
+    /// [`Self::body`] as an `Arc<str>`, written through two per-thread buffers: the only
+    /// allocation is the `Arc` (a publisher re-signs once per key lifetime per server).
+    pub fn body_arc(
+        &self,
+        key: &ServerSigningKey,
+        valid_until_ts_ms: i64,
+    ) -> Result<std::sync::Arc<str>, SigningError> {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<(String, String)> =
+                const { std::cell::RefCell::new((String::new(), String::new())) };
+        }
+        SCRATCH.with(|scratch| {
+            let (message, body) = &mut *scratch.borrow_mut();
+            self.write_body(key, valid_until_ts_ms, message, body)?;
+            Ok(std::sync::Arc::from(body.as_str()))
+        })
+    }
+
+    /// Writes the signed bytes into `message` and the body into `body` (both cleared first).
+    fn write_body(
+        &self,
+        key: &ServerSigningKey,
+        valid_until_ts_ms: i64,
+        message: &mut String,
+        body: &mut String,
+    ) -> Result<(), SigningError> {
+        use std::fmt::Write;
+        let valid_until_ts_ms = canonical_integer(valid_until_ts_ms)?;
+        let head = &self.text[..self.signature_prefix_at];
+        let signature_prefix = &self.text[self.signature_prefix_at..self.verify_keys_tail_at];
+        let verify_keys_tail = &self.text[self.verify_keys_tail_at..];
+        message.clear();
+        message.push_str(head);
+        write!(message, ",\"valid_until_ts\":{valid_until_ts_ms}")
+            .expect("writing to a String cannot fail");
+        message.push_str(verify_keys_tail);
+        let signature = crypto_mode::sign(&key.signing_key, message.as_bytes());
+        body.clear();
+        body.reserve(message.len() + signature_prefix.len() + 90);
+        body.push_str(head);
+        body.push_str(signature_prefix);
+        body.push('"');
+        signing::push_unpadded_base64(&signature, body);
+        body.push_str("\"}}");
+        body.push_str(&message[head.len()..]);
+        Ok(())
+    }
+}
+
+impl ServerKeys {
+    /// The accept-only fast path of [`Self::parse_and_verify`] for a response body in exactly
+    /// the canonical form [`Self::to_signed_body`] writes (what every simulated server
+    /// publishes): `Some(keys)` only when the body is that form, names `expected_server_name`,
+    /// and its one verify key signed it; `None` means "not shown here", and the caller must
+    /// take the general path (which gives the verdict and the reason for anything refused).
+    ///
+    /// Why the verdict cannot differ from the general path's: the shape is matched byte by
+    /// byte (top-level keys in canonical order, inner key IDs strictly ascending, so no
+    /// duplicates; no whitespace; strings without escapes or control characters; integers
+    /// without leading zeros or `-0`, within ±(2^53 − 1)), so the body *is* the canonical JSON
+    /// of what serde_json would parse, and the object without `signatures` is the body with
+    /// its `,"signatures":{…}` member cut out — the very bytes the general path re-serialises
+    /// and verifies. Keys are decoded by the same functions, the signature is checked by the
+    /// same [`crypto_mode::verify`]; anything else (several verify keys, other algorithms,
+    /// other signers, extra fields) falls back.
+    pub fn parse_canonical_and_verify(
+        body: &str,
+        expected_server_name: &str,
+    ) -> Option<ServerKeys> {
+        let mut cursor = CanonicalCursor {
+            bytes: body.as_bytes(),
+            at: 0,
+        };
+        // {"old_verify_keys":{ID:{"expired_ts":INT,"key":STR},...}
+        cursor.eat(b"{\"old_verify_keys\":{")?;
+        let mut old_verify_keys = BTreeMap::new();
+        let mut previous_id: Option<&str> = None;
+        while cursor.peek()? != b'}' {
+            if previous_id.is_some() {
+                cursor.eat(b",")?;
+            }
+            let key_id = cursor.key_id(previous_id)?;
+            cursor.eat(b":{\"expired_ts\":")?;
+            let expired_ts_ms = cursor.integer()?;
+            cursor.eat(b",\"key\":")?;
+            let key = signing::decode_verifying_key_exact(cursor.string()?)?;
+            cursor.eat(b"}")?;
+            old_verify_keys.insert(key_id.to_owned(), OldVerifyKey { key, expired_ts_ms });
+            previous_id = Some(key_id);
+        }
+        // },"server_name":STR
+        cursor.eat(b"},\"server_name\":")?;
+        let server_name = cursor.string()?;
+        if server_name != expected_server_name {
+            return None;
+        }
+        // ,"signatures":{NAME:{ID:STR}}
+        let signatures_start = cursor.at;
+        cursor.eat(b",\"signatures\":{")?;
+        if cursor.string()? != server_name {
+            return None;
+        }
+        cursor.eat(b":{")?;
+        let signed_key_id = cursor.key_id(None)?;
+        cursor.eat(b":")?;
+        let signature_text = cursor.string()?;
+        cursor.eat(b"}}")?;
+        let signatures_end = cursor.at;
+        // ,"valid_until_ts":INT,"verify_keys":{ID:{"key":STR}}}
+        cursor.eat(b",\"valid_until_ts\":")?;
+        let valid_until_ts_ms = cursor.integer()?;
+        cursor.eat(b",\"verify_keys\":{")?;
+        let key_id = cursor.key_id(None)?;
+        cursor.eat(b":{\"key\":")?;
+        let key = signing::decode_verifying_key_exact(cursor.string()?)?;
+        cursor.eat(b"}}}")?;
+        if cursor.at != body.len() || key_id != signed_key_id {
+            return None;
+        }
+        let signature_bytes = signing::decode_base64_exact::<64>(signature_text)?;
+        thread_local! {
+            static MESSAGE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let signature = ed25519_dalek::Signature::from_bytes(&signature_bytes);
+        let verified = MESSAGE.with(|message| {
+            let mut message = message.borrow_mut();
+            message.clear();
+            message.extend_from_slice(&body.as_bytes()[..signatures_start]);
+            message.extend_from_slice(&body.as_bytes()[signatures_end..]);
+            crypto_mode::verify(&key, &message, &signature)
+        });
+        if !verified {
+            return None;
+        }
+        let mut verify_keys = BTreeMap::new();
+        verify_keys.insert(key_id.to_owned(), key);
+        Some(ServerKeys {
+            server_name: server_name.to_owned(),
+            verify_keys,
+            old_verify_keys,
+            valid_until_ts_ms,
+        })
+    }
+}
+
+/// A cursor over bytes expected to be canonical JSON of a known shape (see
+/// [`ServerKeys::parse_canonical_and_verify`]); every method returns `None` on anything else.
+struct CanonicalCursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> CanonicalCursor<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn eat(&mut self, literal: &[u8]) -> Option<()> {
+        self.bytes[self.at..].starts_with(literal).then(|| {
+            self.at += literal.len();
+        })
+    }
+
+    /// A string with no escape and no control character (canonical JSON writes such a string
+    /// as its raw bytes); returns its contents.
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b"\"")?;
+        let start = self.at;
+        loop {
+            match *self.bytes.get(self.at)? {
+                b'"' => break,
+                b'\\' | 0x00..=0x1f => return None,
+                _ => self.at += 1,
+            }
+        }
+        let text = &self.bytes[start..self.at];
+        self.at += 1;
+        // Cut at ASCII quotes inside a `str`, so always valid UTF-8.
+        std::str::from_utf8(text).ok()
+    }
+
+    /// An `ed25519:<version>` key ID as an object key, strictly after `previous` (canonical
+    /// order, no duplicates).
+    fn key_id(&mut self, previous: Option<&str>) -> Option<&'a str> {
+        let key_id = self.string()?;
+        KeyId::parse(key_id).ok()?;
+        if previous.is_some_and(|previous| previous >= key_id) {
+            return None;
+        }
+        Some(key_id)
+    }
+
+    /// A canonical integer: `0` or `-?[1-9][0-9]*`, within ±(2^53 − 1).
+    fn integer(&mut self) -> Option<i64> {
+        let negative = self.eat(b"-").is_some();
+        let start = self.at;
+        while self.peek().is_some_and(|byte| byte.is_ascii_digit()) {
+            self.at += 1;
+        }
+        let digits = &self.bytes[start..self.at];
+        if digits.is_empty()
+            || digits.len() > 16
+            || (digits[0] == b'0' && (digits.len() > 1 || negative))
+        {
+            return None;
+        }
+        let magnitude = digits
+            .iter()
+            .fold(0i64, |value, digit| value * 10 + i64::from(digit - b'0'));
+        if magnitude > (1i64 << 53) - 1 {
+            return None;
+        }
+        Some(if negative { -magnitude } else { magnitude })
     }
 }
 
@@ -487,6 +736,114 @@ mod tests {
         too_late.valid_until_ts_ms = 1 << 53;
         assert!(too_late.to_signed_body(&key("2", 2)).is_err());
         assert!(too_late.to_signed_json(&key("2", 2)).is_err());
+    }
+
+    /// The general path: serde_json, then [`ServerKeys::parse_and_verify`].
+    fn general(body: &str, name: &str) -> Option<ServerKeys> {
+        let value: Value = serde_json::from_str(body).ok()?;
+        ServerKeys::parse_and_verify(&value, name).ok()
+    }
+
+    #[test]
+    fn the_canonical_fast_path_accepts_only_what_the_general_path_accepts_identically() {
+        use crate::matrix::crypto_mode::{self, CryptoMode};
+        let mut with_two_old = keys_with_old();
+        with_two_old.old_verify_keys.insert(
+            "ed25519:0".into(),
+            OldVerifyKey {
+                key: key("0", 9).verifying_key(),
+                expired_ts_ms: -5,
+            },
+        );
+        let mut none_old = ServerKeys::with_current_key("b.example", &key("2", 2), 0);
+        none_old.old_verify_keys.clear();
+        let mut escaped = ServerKeys::with_current_key("q\"x\u{1}é.example", &key("2", 2), 7);
+        escaped.old_verify_keys.clear();
+        let mut two_current = keys_with_old();
+        two_current
+            .verify_keys
+            .insert("ed25519:3".into(), key("3", 3).verifying_key());
+        for mode in [CryptoMode::Ed25519, CryptoMode::Symbolic] {
+            let _mode = crypto_mode::enter(mode);
+            let mut accepted = 0;
+            for keys in [&keys_with_old(), &with_two_old, &none_old, &escaped] {
+                let name = keys.server_name.as_str();
+                // The right signer: accepted by both, identically; a wrong signer: by neither.
+                let body = keys.to_signed_body(&key("2", 2)).unwrap();
+                let fast = ServerKeys::parse_canonical_and_verify(&body, name);
+                assert_eq!(general(&body, name).as_ref(), Some(keys));
+                if name == escaped.server_name {
+                    // Escapes in strings are left to the general path.
+                    assert_eq!(fast, None);
+                } else {
+                    assert_eq!(fast.as_ref(), Some(keys), "{body}");
+                    accepted += 1;
+                }
+                assert_eq!(ServerKeys::parse_canonical_and_verify(&body, "other"), None);
+                let forged = keys.to_signed_body(&key("2", 5)).unwrap();
+                assert_eq!(forged.len(), body.len());
+                assert_eq!(ServerKeys::parse_canonical_and_verify(&forged, name), None);
+                assert_eq!(general(&forged, name), None);
+                // Every one-byte change, deletion and insertion: whenever the fast path
+                // accepts, the general path accepts the same keys.
+                let bytes = body.as_bytes();
+                let mut variants = Vec::new();
+                for index in 0..bytes.len() {
+                    for replacement in [b'0', b'9', b'-', b'"', b'\\', b' ', b'a', b'}', b'.'] {
+                        let mut changed = bytes.to_vec();
+                        changed[index] = replacement;
+                        variants.push(changed);
+                    }
+                    let mut changed = bytes.to_vec();
+                    changed[index] ^= 1;
+                    variants.push(changed);
+                    let mut shorter = bytes.to_vec();
+                    shorter.remove(index);
+                    variants.push(shorter);
+                    let mut longer = bytes.to_vec();
+                    longer.insert(index, b' ');
+                    variants.push(longer);
+                }
+                for variant in variants {
+                    let Ok(text) = String::from_utf8(variant) else {
+                        continue;
+                    };
+                    if let Some(fast) = ServerKeys::parse_canonical_and_verify(&text, name) {
+                        assert_eq!(Some(fast), general(&text, name), "{text}");
+                        // Only the signature's text may differ: its last character carries
+                        // two unused bits, which base64 decoding here ignores (both paths).
+                        let signature_at = body.find(":{\"ed25519:2\":\"").unwrap() + 15;
+                        assert_eq!(text.len(), body.len());
+                        assert!(
+                            (0..body.len())
+                                .filter(|index| text.as_bytes()[*index] != bytes[*index])
+                                .all(|index| index == signature_at + 85),
+                            "a changed body passed: {text}"
+                        );
+                    }
+                }
+            }
+            assert_eq!(accepted, 3);
+            // Shapes the fast path leaves to the general path.
+            let both = two_current
+                .to_signed_json_by(&[&key("2", 2), &key("3", 3)])
+                .unwrap()
+                .to_string();
+            assert_eq!(
+                ServerKeys::parse_canonical_and_verify(&both, "a.example"),
+                None
+            );
+            assert_eq!(general(&both, "a.example"), Some(two_current.clone()));
+            let spaced = serde_json::to_string_pretty(
+                &keys_with_old().to_signed_json(&key("2", 2)).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                ServerKeys::parse_canonical_and_verify(&spaced, "a.example"),
+                None
+            );
+            assert_eq!(general(&spaced, "a.example"), Some(keys_with_old()));
+        }
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub fn unpadded_base64(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
 }
 
+/// Appends the standard-alphabet unpadded base64 of `bytes` to `out` (as [`unpadded_base64`]).
+pub fn push_unpadded_base64(bytes: &[u8], out: &mut String) {
+    STANDARD.encode_string(bytes, out);
+}
+
 /// URL-safe unpadded base64 (event IDs, room IDs, MSC4430 member-key senders).
 pub fn url_safe_unpadded_base64(bytes: &[u8]) -> String {
     URL_SAFE.encode(bytes)
@@ -41,6 +46,15 @@ pub fn url_safe_unpadded_base64(bytes: &[u8]) -> String {
 /// Decodes standard-alphabet base64, padded or unpadded.
 pub fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
     STANDARD.decode(text)
+}
+
+/// Decodes standard-alphabet base64 (as [`decode_base64`]) into exactly `N` bytes on the
+/// stack; `None` if it does not decode or decodes to another length.
+pub fn decode_base64_exact<const N: usize>(text: &str) -> Option<[u8; N]> {
+    // Room for any text that could decode to N bytes, so only a longer decoding overflows.
+    let mut buffer = [0u8; 96];
+    let decoded = STANDARD.decode_slice(text, &mut buffer[..]).ok()?;
+    (decoded == N).then(|| buffer[..N].try_into().expect("N bytes"))
 }
 
 /// Decodes URL-safe base64, padded or unpadded.
@@ -56,6 +70,11 @@ pub fn decode_verifying_key(text: &str) -> Result<VerifyingKey, KeyFormatError> 
         .try_into()
         .map_err(|_| KeyFormatError::Length(bytes.len()))?;
     verifying_key_from_bytes(&bytes).ok_or(KeyFormatError::NotACurvePoint)
+}
+
+/// [`decode_verifying_key`] without the reason: `Some` exactly when it gives `Ok`.
+pub fn decode_verifying_key_exact(text: &str) -> Option<VerifyingKey> {
+    verifying_key_from_bytes(&decode_base64_exact::<32>(text)?)
 }
 
 /// A multiply-rotate hasher for 32-byte public keys (uniformly random bytes): a lookup-only map
@@ -693,6 +712,44 @@ mod tests {
         assert!(VerifyingKey::from_bytes(&not_a_point).is_err());
         for _ in 0..2 {
             assert_eq!(verifying_key_from_bytes(&not_a_point), None);
+        }
+    }
+
+    #[test]
+    fn exact_decoding_agrees_with_decoding_then_checking_the_length() {
+        let mut texts = vec![String::new(), "!!!!".to_owned(), "A".to_owned()];
+        for length in 0..80usize {
+            let bytes: Vec<u8> = (0..length)
+                .map(|index| (index * 37 + length) as u8)
+                .collect();
+            let unpadded = unpadded_base64(&bytes);
+            texts.push(base64::engine::general_purpose::STANDARD.encode(&bytes));
+            // The last character's unused bits set (accepted here, see CONFIG).
+            if let Some(last) = unpadded.chars().last() {
+                let mut odd = unpadded.clone();
+                odd.pop();
+                odd.push(if last == '/' { 'A' } else { '/' });
+                texts.push(odd);
+            }
+            texts.push(format!("{unpadded}="));
+            texts.push(unpadded);
+        }
+        for text in &texts {
+            let expected = decode_base64(text).ok();
+            assert_eq!(
+                decode_base64_exact::<32>(text).map(Vec::from),
+                expected.clone().filter(|bytes| bytes.len() == 32),
+                "{text}"
+            );
+            assert_eq!(
+                decode_base64_exact::<64>(text).map(Vec::from),
+                expected.filter(|bytes| bytes.len() == 64),
+                "{text}"
+            );
+            assert_eq!(
+                decode_verifying_key_exact(text),
+                decode_verifying_key(text).ok()
+            );
         }
     }
 

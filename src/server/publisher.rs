@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::engine::SimRng;
-use crate::matrix::server_keys::{OldVerifyKey, ServerKeys};
+use crate::matrix::server_keys::{OldVerifyKey, ServerKeys, SignedBodyTemplate};
 use crate::matrix::signing::{KeyId, ServerSigningKey};
 
 /// A lying server's second view: the same key ID with other bytes, served to everyone outside
@@ -30,6 +30,44 @@ struct Flap {
     second: ServerSigningKey,
 }
 
+/// Signs a response of `server_name` (one verify key, `signer_key`), from the template in
+/// `kept` (made first if there is none) or from a fresh one.
+fn sign_with(
+    kept: Option<&mut Option<SignedBodyTemplate>>,
+    signatures_made: &mut u64,
+    sign_nanos: &mut u64,
+    server_name: &str,
+    signer_key: &ServerSigningKey,
+    old_verify_keys: &BTreeMap<String, OldVerifyKey>,
+    valid_until_ms: i64,
+) -> Arc<str> {
+    let started = std::time::Instant::now();
+    let make = || {
+        let keys = ServerKeys {
+            server_name: server_name.to_owned(),
+            verify_keys: BTreeMap::from([(
+                signer_key.key_id.to_string(),
+                signer_key.verifying_key(),
+            )]),
+            old_verify_keys: old_verify_keys.clone(),
+            valid_until_ts_ms: valid_until_ms,
+        };
+        SignedBodyTemplate::new(&keys, signer_key)
+            .expect("a key object with simulated timestamps always signs")
+    };
+    let body = match kept {
+        Some(kept) => kept
+            .get_or_insert_with(make)
+            .body(signer_key, valid_until_ms),
+        None => make().body(signer_key, valid_until_ms),
+    };
+    let body: Arc<str> =
+        Arc::from(body.expect("a key object with simulated timestamps always signs"));
+    *sign_nanos += started.elapsed().as_nanos() as u64;
+    *signatures_made += 1;
+    body
+}
+
 /// A server's key publication.
 pub struct KeyPublisher {
     server_name: String,
@@ -41,6 +79,9 @@ pub struct KeyPublisher {
     key_seeds: SimRng,
     split: Option<SplitView>,
     flap: Option<Flap>,
+    /// The template of the honest response (`current`, `old_verify_keys`): re-signing the
+    /// same keys rewrites only `valid_until_ts`. Dropped whenever either changes.
+    template: Option<SignedBodyTemplate>,
     /// Responses signed so far.
     pub signatures_made: u64,
     /// Wall-clock nanoseconds spent signing (benchmarks and run-info.json only).
@@ -61,6 +102,7 @@ impl KeyPublisher {
             key_seeds,
             split: None,
             flap: None,
+            template: None,
             signatures_made: 0,
             sign_nanos: 0,
         }
@@ -105,9 +147,8 @@ impl KeyPublisher {
     /// start), valid until `made_at + lifetime` (a flapping server: until its next swap).
     pub fn publish_at(&mut self, made_at_abs_ms: i64) -> Arc<str> {
         let mut valid_until_ms = made_at_abs_ms + self.lifetime_ms;
-        let mut old_verify_keys = self.old_verify_keys.clone();
-        let mut signer = self.current.clone();
-        if let Some(flap) = &self.flap {
+        let body = if let Some(flap) = &self.flap {
+            let mut old_verify_keys = self.old_verify_keys.clone();
             let since_ms = (made_at_abs_ms - flap.start_abs_ms).max(0);
             let phase = since_ms / flap.period_ms;
             let phase_start_ms = flap.start_abs_ms + phase * flap.period_ms;
@@ -128,9 +169,19 @@ impl KeyPublisher {
             );
             old_verify_keys.remove(&current.key_id.to_string());
             valid_until_ms = valid_until_ms.min(phase_start_ms + flap.period_ms);
-            signer = current.clone();
-        }
-        let body = self.sign(&signer, old_verify_keys, valid_until_ms);
+            let current = current.clone();
+            self.sign(&current, &old_verify_keys, valid_until_ms)
+        } else {
+            sign_with(
+                Some(&mut self.template),
+                &mut self.signatures_made,
+                &mut self.sign_nanos,
+                &self.server_name,
+                &self.current,
+                &self.old_verify_keys,
+                valid_until_ms,
+            )
+        };
         self.published = Some((body.clone(), valid_until_ms));
         body
     }
@@ -138,26 +189,18 @@ impl KeyPublisher {
     fn sign(
         &mut self,
         signer_key: &ServerSigningKey,
-        old_verify_keys: BTreeMap<String, OldVerifyKey>,
+        old_verify_keys: &BTreeMap<String, OldVerifyKey>,
         valid_until_ms: i64,
     ) -> Arc<str> {
-        let keys = ServerKeys {
-            server_name: self.server_name.clone(),
-            verify_keys: BTreeMap::from([(
-                signer_key.key_id.to_string(),
-                signer_key.verifying_key(),
-            )]),
+        sign_with(
+            None,
+            &mut self.signatures_made,
+            &mut self.sign_nanos,
+            &self.server_name,
+            signer_key,
             old_verify_keys,
-            valid_until_ts_ms: valid_until_ms,
-        };
-        let started = std::time::Instant::now();
-        let body: Arc<str> = Arc::from(
-            keys.to_signed_body(signer_key)
-                .expect("a key object with simulated timestamps always signs"),
-        );
-        self.sign_nanos += started.elapsed().as_nanos() as u64;
-        self.signatures_made += 1;
-        body
+            valid_until_ms,
+        )
     }
 
     /// The response a lying server gives to a requester outside its audience: the same key ID
@@ -174,11 +217,9 @@ impl KeyPublisher {
         }
         let alternate = self.split.take().expect("checked");
         let valid_until_ms = now_abs_ms + self.lifetime_ms;
-        let body = self.sign(
-            &alternate.alternate,
-            self.old_verify_keys.clone(),
-            valid_until_ms,
-        );
+        let old_verify_keys = std::mem::take(&mut self.old_verify_keys);
+        let body = self.sign(&alternate.alternate, &old_verify_keys, valid_until_ms);
+        self.old_verify_keys = old_verify_keys;
         self.split = Some(SplitView {
             alternate: alternate.alternate,
             published: Some((body.clone(), valid_until_ms)),
@@ -228,6 +269,7 @@ impl KeyPublisher {
         self.key_version += 1;
         let new_key = Self::make_key(self.key_version, &mut self.key_seeds);
         let old = std::mem::replace(&mut self.current, new_key);
+        self.template = None;
         self.old_verify_keys.insert(
             old.key_id.to_string(),
             OldVerifyKey {
@@ -245,6 +287,7 @@ impl KeyPublisher {
         let key_id = self.current.key_id.clone();
         self.current = ServerSigningKey::from_seed(key_id, &self.key_seeds.bytes32());
         self.old_verify_keys.clear();
+        self.template = None;
         self.published = None;
     }
 }
@@ -269,6 +312,28 @@ mod tests {
         assert_ne!(first, second);
         assert_eq!(parse(&second, "a.example").valid_until_ts_ms, 12_000);
         assert_eq!(publisher.signatures_made, 2);
+    }
+
+    #[test]
+    fn re_signing_from_the_kept_template_writes_the_same_bytes_as_a_fresh_body() {
+        use crate::matrix::crypto_mode::{self, CryptoMode};
+        for mode in [CryptoMode::Ed25519, CryptoMode::Symbolic] {
+            let _mode = crypto_mode::enter(mode);
+            let mut publisher =
+                KeyPublisher::new("a.example".into(), 1_000, SimRng::stream(1, "keys", 0));
+            for step in 0..8i64 {
+                match step {
+                    3 => publisher.rotate(step * 1_000),
+                    5 => publisher.lose_key(),
+                    6 => publisher.rotate(step * 1_000 + 1),
+                    _ => {}
+                }
+                let body = publisher.publish_at(step * 1_000 + 17);
+                let keys = parse(&body, "a.example");
+                let fresh = keys.to_signed_body(publisher.current_key()).unwrap();
+                assert_eq!(*body, *fresh, "step {step}");
+            }
+        }
     }
 
     #[test]

@@ -283,6 +283,16 @@ impl World {
         self.queue.len_max()
     }
 
+    /// Starts recording the queue's schedule (benchmarks: see [`EventQueue::record_schedule`]).
+    pub fn record_schedule(&mut self) {
+        self.queue.record_schedule();
+    }
+
+    /// The queue schedule recorded since [`World::record_schedule`].
+    pub fn take_schedule(&mut self) -> Vec<u64> {
+        self.queue.take_schedule()
+    }
+
     /// Processes events until the end of the run, calling `progress(now_ms)` every so often.
     pub fn run(&mut self, mut progress: impl FnMut(u64)) {
         let _crypto = crate::matrix::crypto_mode::enter(self.scenario.crypto);
