@@ -139,7 +139,7 @@ impl LayeredState {
     }
 
     /// Whether two states are the same object (and so certainly equal).
-    fn same_as(&self, other: &LayeredState) -> bool {
+    pub fn same_as(&self, other: &LayeredState) -> bool {
         Arc::ptr_eq(&self.snapshot, &other.snapshot) && self.changes == other.changes
     }
 }

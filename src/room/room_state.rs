@@ -466,14 +466,27 @@ impl RoomState {
         extremities: &[EventIndex],
     ) -> Result<Arc<StateMap>, ResolveError> {
         let key = self.shared_key(extremities);
+        let room_facts = self.room_facts();
         let facts = if key.is_some() {
-            self.room_facts()
+            room_facts.clone()
         } else {
             None
         };
-        let compute = |dag: &Dag| match extremities {
-            [only] => Ok(dag.evaluation(*only).state_after.to_shared_map()),
-            _ => dag.resolve_states_after(extremities).map(Arc::new),
+        let compute = |dag: &Dag| {
+            // Extremities sharing one state (messages after the same state) resolve to it, as
+            // `Dag::insert` resolves such parents; consecutive messages share their state
+            // object, so one whole-map copy serves them all.
+            let first = &dag.evaluation(extremities[0]).state_after;
+            if extremities
+                .iter()
+                .all(|&index| dag.evaluation(index).state_after.same_as(first))
+            {
+                return Ok(match &room_facts {
+                    Some(room_facts) => lock(room_facts).whole_map(first),
+                    None => first.to_shared_map(),
+                });
+            }
+            dag.resolve_states_after(extremities).map(Arc::new)
         };
         let (Some(key), Some(facts)) = (key, facts) else {
             return compute(&self.dag);

@@ -81,7 +81,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::Value;
 
 use crate::matrix::auth::{Rejection, Rule};
-use crate::matrix::dag::{Evaluation, IdHasher};
+use crate::matrix::dag::{Evaluation, IdHasher, LayeredState};
 use crate::matrix::member_keys::{LinkOutcome, cosign_domain, verify_member_link};
 use crate::matrix::server_keys::{
     KeyUnusable, ServerKeys, ValidityClamp, key_valid_for_member_cosignature,
@@ -92,6 +92,9 @@ use crate::matrix::{EventId, Pdu, RoomVersion, StateMap};
 /// same extremity sets at about the same time, so a small table suffices, and each state is a
 /// whole room state).
 const CURRENT_STATES_CAPACITY: usize = 8;
+
+/// Whole-map copies of layered states kept per room, at most (the most recently used).
+const WHOLE_MAPS_CAPACITY: usize = 4;
 
 /// Check-6 verdicts kept per room, at most (the table is cleared when full).
 const CURRENT_STATE_CHECKS_CAPACITY: usize = 1 << 16;
@@ -118,6 +121,11 @@ pub(crate) struct RoomFacts {
     next_id: SharedId,
     /// By extremity set (sorted), newest first.
     current_states: Vec<(Vec<SharedId>, Arc<StateMap>)>,
+    /// Whole-map copies of layered states, by the state object (held, so that its address is
+    /// not reused), most recently used first: a message does not change the state, so a run of
+    /// messages shares one state object, and every server whose only extremity is one of them
+    /// gets the same copy.
+    whole_maps: Vec<(Arc<LayeredState>, Arc<StateMap>)>,
     /// By (event, its server's only forward extremity).
     checks_on_one: HashMap<(SharedId, SharedId), CurrentStateCheck>,
     /// By (event, its server's forward extremities).
@@ -151,6 +159,27 @@ impl RoomFacts {
 
     pub(crate) fn store_rule_before(&mut self, event: SharedId, rule: Option<Rule>) {
         self.rules_before.insert(event, rule);
+    }
+
+    /// `state` as one map, shared by everyone asking for the same state object.
+    pub(crate) fn whole_map(&mut self, state: &Arc<LayeredState>) -> Arc<StateMap> {
+        match self
+            .whole_maps
+            .iter()
+            .position(|(held, _)| Arc::ptr_eq(held, state))
+        {
+            Some(position) => {
+                self.whole_maps[..=position].rotate_right(1);
+                Arc::clone(&self.whole_maps[0].1)
+            }
+            None => {
+                let map = state.to_shared_map();
+                self.whole_maps.truncate(WHOLE_MAPS_CAPACITY - 1);
+                self.whole_maps
+                    .insert(0, (Arc::clone(state), Arc::clone(&map)));
+                map
+            }
+        }
     }
 
     pub(crate) fn current_state(&self, extremities: &[SharedId]) -> Option<&Arc<StateMap>> {
