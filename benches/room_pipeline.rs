@@ -242,7 +242,7 @@ fn receive_all(mut federation: Federation, messages: &[Pdu], receivers: usize) -
         match &mut federation.memo {
             // The copy is wrapped once, as the sender's transaction would carry it.
             Some(memo) => {
-                let copy = PduCopy::new(message.json.clone());
+                let copy = PduCopy::new(serde_json::Value::clone(&message.json));
                 for &index in &receiver_indices {
                     let server = &mut federation.servers[index];
                     black_box(server.receive_copy(memo, &copy, ArrivalPath::Send, 1_000));

@@ -34,6 +34,7 @@ figures=(
 sweep_figures=(
     "rq4-bitrot|scenarios/rq4-bitrot.toml|--param rooms.policy=P0,P1,P7,P5 --seeds 1..3|bitrot"
     "rq9-amplification|scenarios/rq9-amplification.toml|--param rooms.messages_per_room_per_hour=5,10,20,40 --param rooms.policy=P1,P8 --seeds 1..3|amplification_factor"
+    "rq8-key-flapping|scenarios/rq8-key-flapping.toml|--seeds 1..3|family.n1000.invalidations_per_h"
     "rq7-requery-storm|scenarios/rq7-requery-storm.toml|--param rooms.rooms=5,10,20,40 --param rooms.policy=P1,P6 --seeds 1..4|storm_peak_gets_per_s"
 )
 

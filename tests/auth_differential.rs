@@ -808,7 +808,7 @@ impl Generator {
                 }
                 3 if !auth_events.is_empty() => {
                     let index = self.rng.random_range(0..auth_events.len());
-                    let mut json = auth_events[index].json.clone();
+                    let mut json = serde_json::Value::clone(&auth_events[index].json);
                     json["room_id"] = json!("!other:a.example");
                     self.next_id += 1;
                     auth_events[index] =
@@ -838,7 +838,7 @@ impl Generator {
             } else {
                 "!another:a.example"
             };
-            let mut json = event.json.clone();
+            let mut json = serde_json::Value::clone(&event.json);
             json["room_id"] = json!(room_id);
             event = Pdu::from_json(json, event.event_id.clone(), &self.version).unwrap();
         }
@@ -1028,7 +1028,7 @@ fn run_version(version: RoomVersion, seed: u64, rooms: Rooms) {
                 case.event.json,
                 case.auth_events.iter().map(|event| &event.json).collect::<Vec<_>>(),
                 case.rejected,
-                serde_json::to_string(&case.state.values().map(|event| &event.json).collect::<Vec<_>>()).unwrap(),
+                serde_json::to_string(&case.state.values().map(|event| &*event.json).collect::<Vec<_>>()).unwrap(),
             ))
         };
         if mine4.is_ok() != ruma4.is_ok() {

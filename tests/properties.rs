@@ -207,7 +207,7 @@ proptest! {
         // Another member key claiming this event fails.
         let impostor = member_keys::member_signing_key(&[member_seed[0].wrapping_add(1); 32]);
         let mut forged = pdu.clone();
-        forged.json["sender"] = Value::from(member_keys::member_key_user_id(&impostor.verifying_key()));
+        std::sync::Arc::make_mut(&mut forged.json)["sender"] = Value::from(member_keys::member_key_user_id(&impostor.verifying_key()));
         forged.sender = forged.json["sender"].as_str().unwrap().to_owned();
         if forged.sender != sender {
             prop_assert!(event_builder::verify_pdu_signatures(&version, &forged, no_lookup).is_err());

@@ -138,7 +138,7 @@ fn bad_signatures_and_bad_formats_are_dropped_and_not_stored() {
     let draft = message_draft(&mut room, "b.example", &bob, "hi", 100);
     let pdu = sign(&mut room, "b.example", &bob, draft);
     // A signed field changed in transit: the signature no longer verifies.
-    let mut tampered = pdu.json.clone();
+    let mut tampered = serde_json::Value::clone(&pdu.json);
     tampered["origin_server_ts"] = json!(101);
     let tampered = Pdu::from_json(tampered, "$unused".into(), &RoomVersion::V12).unwrap();
     let receipt = room
@@ -159,7 +159,7 @@ fn bad_signatures_and_bad_formats_are_dropped_and_not_stored() {
         sender: alice.id(),
         ..draft
     };
-    let mut forged = sign(&mut room, "a.example", &alice, as_alice).json;
+    let mut forged = serde_json::Value::clone(&sign(&mut room, "a.example", &alice, as_alice).json);
     forged["sender"] = json!(bob.id());
     let forged = Pdu::from_json(forged, "$unused".into(), &RoomVersion::V12).unwrap();
     let receipt = room
@@ -171,7 +171,7 @@ fn bad_signatures_and_bad_formats_are_dropped_and_not_stored() {
         Verdict::Dropped(DropReason::Signature(_))
     ));
     // Another room's event fails check 1.
-    let mut elsewhere = pdu.json.clone();
+    let mut elsewhere = serde_json::Value::clone(&pdu.json);
     elsewhere["room_id"] = json!("!other");
     let elsewhere = Pdu::from_json(elsewhere, "$unused".into(), &RoomVersion::V12).unwrap();
     let receipt = room
@@ -190,7 +190,7 @@ fn a_content_hash_mismatch_continues_with_the_redacted_event() {
     let bob = room.bob.clone();
     let draft = message_draft(&mut room, "b.example", &bob, "original", 100);
     let pdu = sign(&mut room, "b.example", &bob, draft);
-    let mut edited = pdu.json.clone();
+    let mut edited = serde_json::Value::clone(&pdu.json);
     edited["content"]["body"] = json!("edited in transit");
     let edited = Pdu::from_json(edited, pdu.event_id.clone(), &RoomVersion::V12).unwrap();
     let server = room.federation.server("a.example");
@@ -725,11 +725,11 @@ fn the_current_state_memo_and_the_shared_check_memo_change_nothing() {
         room.federation
             .broadcast(&bob, "m.room.topic", Some(""), json!({"topic": "t"}), 401);
         // A tampered copy (redacted on receipt) and a copy with a broken signature.
-        let mut edited = message.json.clone();
+        let mut edited = serde_json::Value::clone(&message.json);
         edited["content"]["body"] = json!("edited");
         let edited =
             Pdu::from_json(edited, message.event_id.clone(), &RoomVersion::MSC4430).unwrap();
-        let mut forged = message.json.clone();
+        let mut forged = serde_json::Value::clone(&message.json);
         forged["origin_server_ts"] = json!(1);
         let forged = Pdu::from_json(forged, "$unused".into(), &RoomVersion::MSC4430).unwrap();
         for copy in [&edited, &forged] {
@@ -863,7 +863,7 @@ fn an_event_after_a_gap_with_a_given_state_and_its_late_parent_keep_the_extremit
         receive_pdu_with_state_before(
             &mut a.room,
             &mut view,
-            second.json.clone(),
+            serde_json::Value::clone(&second.json),
             ArrivalPath::Send,
             state_before,
             110,
@@ -1014,7 +1014,7 @@ fn checks_agree_flags_a_rejection_caused_by_a_given_state() {
         receive_pdu_with_state_before(
             &mut d.room,
             &mut view,
-            message.json.clone(),
+            serde_json::Value::clone(&message.json),
             ArrivalPath::Send,
             Arc::new(wrong_state),
             120,

@@ -416,7 +416,7 @@ fn a_redacted_copy_is_the_same_with_and_without_sharing() {
             room.federation
                 .server("c.example")
                 .receive(&topic, ArrivalPath::Local, 100);
-            let mut tampered = topic.json.clone();
+            let mut tampered = serde_json::Value::clone(&topic.json);
             tampered["content"]["topic"] = json!("tampered");
             let tampered = Pdu::from_json(
                 tampered,
@@ -552,7 +552,7 @@ fn given_state(server: &mut Server, pdu: &Pdu, state: StateMap, now_ms: i64) -> 
     let receipt = receive_pdu_with_state_before(
         &mut server.room,
         &mut view,
-        pdu.json.clone(),
+        serde_json::Value::clone(&pdu.json),
         ArrivalPath::Send,
         Arc::new(state),
         now_ms,
@@ -670,7 +670,7 @@ fn deliver_randomly(
                 now_ms += 1;
                 let path = paths[rng.below(3) as usize];
                 let copy = if pdu.event_type != "m.room.create" && rng.chance(0.1) {
-                    let mut tampered = pdu.json.clone();
+                    let mut tampered = serde_json::Value::clone(&pdu.json);
                     tampered["content"]["tampered"] = json!(true);
                     Pdu::from_json(tampered, pdu.event_id.clone(), &policy.room_version).unwrap()
                 } else {
@@ -751,7 +751,7 @@ fn a_redacted_create_event_is_the_same_with_and_without_sharing() {
         let create = c.sign(&carol, create).unwrap();
         c.receive(&create, ArrivalPath::Local, 1);
         federation.deliver(&create, &["b.example"], 1);
-        let mut tampered = create.json.clone();
+        let mut tampered = serde_json::Value::clone(&create.json);
         tampered["content"]["m.federate"] = json!(true);
         let tampered = Pdu::from_json(tampered, create.event_id.clone(), &version).unwrap();
         let a = federation.server("a.example");

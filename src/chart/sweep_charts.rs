@@ -187,7 +187,8 @@ pub fn charts_for(table: &SweepTable, title_prefix: &str) -> Vec<(String, LineCh
 /// Which family a metric belongs to, and its member name: metrics that differ only in the
 /// observer group are drawn together, one line per group (keyrq's key-RQ metrics):
 /// `containment.<label>.<group>.<stat>` -> (`containment.<label>.<stat>`, group) and
-/// `group.<group>.<stat>` -> (`group.<stat>`, group).
+/// `group.<group>.<stat>` -> (`group.<stat>`, group), and the per-size load metrics
+/// `<group>.n<known domains>.<stat...>` -> (`n<known domains>.<stat...>`, group).
 pub fn family_of(metric: &str) -> Option<(String, String)> {
     let parts: Vec<&str> = metric.split('.').collect();
     match parts.as_slice() {
@@ -195,8 +196,17 @@ pub fn family_of(metric: &str) -> Option<(String, String)> {
             Some((format!("containment.{label}.{stat}"), (*group).to_owned()))
         }
         ["group", group, stat] => Some((format!("group.{stat}"), (*group).to_owned())),
+        [group, size, stat @ ..] if !stat.is_empty() && is_known_domains_size(size) => {
+            Some((format!("{size}.{}", stat.join(".")), (*group).to_owned()))
+        }
         _ => None,
     }
+}
+
+/// `n` followed by digits: the known-domain count in the key world's per-size metric names.
+fn is_known_domains_size(part: &str) -> bool {
+    part.strip_prefix('n')
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// One chart per metric family (see [`family_of`]) with a line per observer group (and per
@@ -276,8 +286,19 @@ fn file_stem(metric: &str) -> String {
         .collect()
 }
 
+/// Whether `--metric filter` selects `metric`: the metric's name contains it, or the filter names a
+/// family chart (`family.<family>`, the file stem [`family_charts`] writes) that the metric's
+/// family name contains.
+fn filter_matches(filter: &str, metric: &str) -> bool {
+    metric.contains(filter)
+        || filter.strip_prefix("family.").is_some_and(|wanted| {
+            family_of(metric).is_some_and(|(family, _)| family.contains(wanted))
+        })
+}
+
 /// Draws the charts of the sweep in `sweep_dir` into `chart_dir` (SVG and PNG per metric): every
-/// metric, or those whose name contains one of `metric_filters`.
+/// metric, or those whose name (or family chart, `family.<family>`) contains one of
+/// `metric_filters`.
 pub fn plot_sweep_dir(
     sweep_dir: &Path,
     chart_dir: &Path,
@@ -288,7 +309,7 @@ pub fn plot_sweep_dir(
         if !table
             .metric_names
             .iter()
-            .any(|name| name.contains(filter.as_str()))
+            .any(|name| filter_matches(filter, name))
         {
             return Err(format!(
                 "--metric {filter}: no metric in runs.csv contains it"
@@ -302,7 +323,7 @@ pub fn plot_sweep_dir(
             .map(|name| {
                 metric_filters
                     .iter()
-                    .any(|filter| name.contains(filter.as_str()))
+                    .any(|filter| filter_matches(filter, name))
             })
             .collect();
         let retain = |cells: &mut Vec<Option<f64>>| {
@@ -367,7 +388,18 @@ mod family_tests {
             family_of("containment.rot.p1.t50_s"),
             Some(("containment.rot.t50_s".into(), "p1".into()))
         );
-        assert_eq!(family_of("p1.n10.wakeups_per_h"), None);
+        assert_eq!(
+            family_of("p1.n10.fetches_per_h.periodic"),
+            Some(("n10.fetches_per_h.periodic".into(), "p1".into()))
+        );
+        assert_eq!(family_of("p1.nodes.wakeups_per_h"), None);
+        assert_eq!(family_of("p1.n10"), None);
+        assert!(filter_matches("family.n10.wakeups", "p1.n10.wakeups_per_h"));
+        assert!(!filter_matches(
+            "family.n10.wakeups",
+            "p1.n100.wakeups_per_h"
+        ));
+        assert!(filter_matches("wakeups", "p1.n100.wakeups_per_h"));
         let row = |lifetime: &str, seed, a, b| TableRow {
             params: vec![lifetime.into()],
             seed,

@@ -187,11 +187,11 @@ impl FedWorld {
         {
             return;
         }
-        let members = &self.plans[room as usize].members;
+        let members = self.plans[room as usize].servers();
         if members.is_empty() {
             return;
         }
-        let (target, _) = members[attempt as usize % members.len()];
+        let target = members[attempt as usize % members.len()];
         self.join_attempts.insert((room, attacker), attempt);
         self.dispatch(
             attacker,

@@ -60,6 +60,37 @@ pub(crate) fn draw_count(spec: &CountSpec, rng: &mut SimRng) -> u32 {
     }
 }
 
+/// `server`'s planned users in `room`: its `first` user, then further distinct users of its
+/// `user_count` (sorted) up to a count drawn from `spec` (capped at the server's users), from
+/// the stream `room-members`/(room, server).
+fn further_users(
+    seed: u64,
+    room: RoomIndex,
+    server: ServerId,
+    first: u32,
+    user_count: u32,
+    spec: &CountSpec,
+) -> Vec<(ServerId, u32)> {
+    let mut rng = SimRng::stream(
+        seed,
+        "room-members",
+        (u64::from(room) << 32) | u64::from(server),
+    );
+    let count = draw_count(spec, &mut rng).min(user_count) as usize;
+    // A partial Fisher-Yates shuffle of the server's other users.
+    let mut pool: Vec<u32> = (0..user_count).filter(|user| *user != first).collect();
+    let extra = count.saturating_sub(1).min(pool.len());
+    for index in 0..extra {
+        let pick = index + rng.below((pool.len() - index) as u64) as usize;
+        pool.swap(index, pick);
+    }
+    let mut further: Vec<u32> = pool[..extra].to_vec();
+    further.sort_unstable();
+    std::iter::once((server, first))
+        .chain(further.into_iter().map(|user| (server, user)))
+        .collect()
+}
+
 impl FedWorld {
     /// Builds the room world of `scenario` (which has a `[rooms]` table) for `seed`.
     pub fn build(scenario: &Scenario, seed: u64, trace: Trace) -> FedWorld {
@@ -99,13 +130,33 @@ impl FedWorld {
             // The member with the smallest server index creates the room (scenario authors can
             // tell which server holds the power).
             members.sort_unstable();
+            let creator = members[0];
+            // Further users of each member server (`rooms.members_per_server`), listed after
+            // the server's first user; drawn from their own stream, and only when asked for, so
+            // the plan above (and every other draw) stays the same.
+            if config.members_per_server.max > 1 {
+                members = members
+                    .into_iter()
+                    .flat_map(|(server, first)| {
+                        further_users(
+                            seed,
+                            room,
+                            server,
+                            first,
+                            users[server as usize].len() as u32,
+                            &config.members_per_server,
+                        )
+                    })
+                    .collect();
+            }
             plans.push(RoomPlan {
                 room_id: None,
-                creator: members[0],
+                creator,
                 members,
                 member_ids: Vec::new(),
                 late: BTreeSet::new(),
                 message_rng: SimRng::stream(seed, "room-messages", u64::from(room)),
+                join_rng: SimRng::stream(seed, "member-joins", u64::from(room)),
                 topic_rng: SimRng::stream(seed, "room-topics", u64::from(room)),
                 reply_rng: SimRng::stream(seed, "room-replies", u64::from(room)),
             });
@@ -322,6 +373,7 @@ impl FedWorld {
             sign_nanos: 0,
             events_signed: 0,
             join_attempts: BTreeMap::new(),
+            join_users: BTreeMap::new(),
             wire: HashMap::new(),
             wire_sizes: HashMap::new(),
             stale_requeried: BTreeSet::new(),

@@ -30,6 +30,7 @@ fn action(at_ms: u64, kind: RoomActionKind, server: ServerId, resign: Option<boo
         partition: None,
         room: None,
         count: None,
+        user: None,
         pin_timestamp: false,
         resign,
         audience: Vec::new(),

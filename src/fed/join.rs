@@ -150,6 +150,7 @@ impl FedWorld {
         server_room.inbound.push_back(own);
         server_room.inbound.extend(earlier);
         self.drain(server, room);
+        self.server_joined(room, server);
         let limit = self.config.backfill_limit();
         if limit > 0 && !from.is_empty() {
             self.dispatch(

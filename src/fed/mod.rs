@@ -29,8 +29,10 @@ mod identity;
 mod join;
 mod keyadv;
 mod keys;
+mod members;
 mod notary;
 mod output;
+mod pulls;
 mod storm;
 mod workload;
 
@@ -63,6 +65,7 @@ pub use adversary::{AdvCounters, Adversaries};
 pub use build::policies;
 use keys::CacheKeys;
 pub use output::run_to_dir;
+pub use pulls::{PULL_BACKOFF_MAX_DOUBLINGS, PULL_BACKOFF_STEP_MS, PullFailure, pull_backoff_ms};
 
 /// Index of a room in the world.
 pub type RoomIndex = u32;
@@ -167,9 +170,12 @@ enum Ev {
     CreateRoom {
         room: RoomIndex,
     },
+    /// `user` of `server` joins `room` (`members.rs`: `make_join` unless the server is
+    /// resident already).
     Join {
         room: RoomIndex,
         server: ServerId,
+        user: u32,
         attempt: u32,
     },
     Message {
@@ -378,7 +384,19 @@ pub struct ServerRoom {
     blocked: Option<Block>,
     /// The member keys of this server's users in the room (member-key rooms).
     member_keys: BTreeMap<u32, ServerSigningKey>,
+    /// Further local users waiting for the server's own join to finish (`members.rs`).
+    pending_local_joins: BTreeSet<u32>,
+    /// Events that failed to be pulled, by event ID (`pulls.rs`).
+    failed_pulls: BTreeMap<EventId, PullFailure>,
     resident_memo: Option<(Arc<crate::matrix::StateMap>, Vec<ServerId>)>,
+}
+
+impl ServerRoom {
+    /// Events that failed to be pulled here, with their attempts and next allowed attempt
+    /// (`pulls.rs`).
+    pub fn failed_pulls(&self) -> &BTreeMap<EventId, PullFailure> {
+        &self.failed_pulls
+    }
 }
 
 /// Outgoing PDUs for one destination.
@@ -446,7 +464,9 @@ pub struct ServerStats {
 pub struct RoomPlan {
     pub room_id: Option<String>,
     pub creator: (ServerId, u32),
-    /// One user per member server: (server, user index), the creator first.
+    /// The planned members: (server, user index), the creator first. A server's users are
+    /// listed together, its first user (the one that joins with `make_join`/`send_join`) first;
+    /// one user per server unless `rooms.members_per_server` asks for more.
     pub members: Vec<(ServerId, u32)>,
     /// The ID each planned member has in the room (parallel to `members`; deriving a member
     /// key is a scalar multiplication, so it is done once).
@@ -454,9 +474,45 @@ pub struct RoomPlan {
     /// (server) that join late (by a `join-late` action).
     pub late: BTreeSet<ServerId>,
     message_rng: SimRng,
+    /// When a server's further users join (stream `member-joins`/room; drawn only for them).
+    join_rng: SimRng,
     topic_rng: SimRng,
     /// Whether a message replies (`rooms.reply_probability`; stream `room-replies`/room).
     reply_rng: SimRng,
+}
+
+impl RoomPlan {
+    /// The planned member servers, each once, in the order of `members`.
+    pub fn servers(&self) -> Vec<ServerId> {
+        let mut servers: Vec<ServerId> = Vec::new();
+        for &(server, _) in &self.members {
+            if servers.last() != Some(&server) && !servers.contains(&server) {
+                servers.push(server);
+            }
+        }
+        servers
+    }
+
+    /// `server`'s planned users in the room, its first user first.
+    pub fn users_of(&self, server: ServerId) -> impl Iterator<Item = u32> + '_ {
+        self.members
+            .iter()
+            .filter(move |(member, _)| *member == server)
+            .map(|(_, user)| *user)
+    }
+
+    /// `server`'s first planned user (the one that joins with `make_join`).
+    pub fn first_user(&self, server: ServerId) -> Option<u32> {
+        self.users_of(server).next()
+    }
+
+    /// The planned member ID of `user` of `server`.
+    pub fn member_id_of(&self, server: ServerId, user: u32) -> Option<&str> {
+        self.members
+            .iter()
+            .position(|member| *member == (server, user))
+            .map(|position| self.member_ids[position].as_str())
+    }
 }
 
 /// Counters of the whole world (sampled into timeseries.csv).
@@ -477,6 +533,11 @@ pub struct Counters {
     pub already_held: u64,
     pub missing_events: u64,
     pub gaps_given_up: u64,
+    /// PDUs not processed because an event they miss is in pull backoff (`pulls.rs`; in
+    /// summary.json only when non-zero, like `pull_failures`).
+    pub gaps_backed_off: u64,
+    /// Failed pull attempts recorded (`pulls.rs`).
+    pub pull_failures: u64,
     pub pdus_given_up_by_sender: u64,
     pub message_deliveries: u64,
     pub not_in_room: u64,
@@ -485,6 +546,9 @@ pub struct Counters {
     pub links_reverified: u64,
     pub revealed: u64,
     pub joins_completed: u64,
+    /// Further local users joined with a plain join event (`members.rs`; in summary.json only
+    /// when `rooms.members_per_server` allows more than one).
+    pub local_joins: u64,
     pub join_history_events: u64,
     /// Events received in `/backfill` answers (`rooms.join = "state"`).
     pub backfill_events: u64,
@@ -586,6 +650,8 @@ pub struct FedWorld {
     pub sign_nanos: u64,
     pub events_signed: u64,
     join_attempts: BTreeMap<(RoomIndex, ServerId), u32>,
+    /// The user whose `make_join`/`send_join` is in flight, per (room, server).
+    join_users: BTreeMap<(RoomIndex, ServerId), u32>,
     /// The wire copy of every event made in the world, by event ID (lookup only): answers
     /// hand out these shared copies instead of re-serialising held events.
     wire: HashMap<EventId, Arc<Value>>,
@@ -743,16 +809,34 @@ impl FedWorld {
             Ev::Join {
                 room,
                 server,
+                user,
                 attempt,
-            } => self.start_join(room, server, attempt),
+            } => self.join_member(room, server, user, attempt),
             Ev::Message { room } => {
-                let plan = &mut self.plans[room as usize];
                 let rate = self.config.messages_per_room_per_hour;
-                let gap_ms = plan.message_rng.exponential(3_600_000.0 / rate) as u64;
-                let pick = plan.message_rng.below(plan.members.len() as u64) as usize;
-                let (server, user) = plan.members[pick];
+                let gap_ms = self.plans[room as usize]
+                    .message_rng
+                    .exponential(3_600_000.0 / rate) as u64;
                 self.queue
                     .push(now_ms + gap_ms.max(1), Ev::Message { room });
+                let (server, user) = if self.config.members_per_server.max > 1 {
+                    // Several users per server (`members.rs`): the sender is one of the users
+                    // joined now, each as its own server sees it.
+                    let joined = self.joined_members(room);
+                    if joined.is_empty() {
+                        self.counters.sends_skipped += 1;
+                        return;
+                    }
+                    let rng = &mut self.plans[room as usize].message_rng;
+                    let (server, user, _) = joined[rng.below(joined.len() as u64) as usize];
+                    (server, user)
+                } else {
+                    // One user per server: any planned member (one whose server is not joined
+                    // sends nothing).
+                    let plan = &mut self.plans[room as usize];
+                    let pick = plan.message_rng.below(plan.members.len() as u64) as usize;
+                    plan.members[pick]
+                };
                 let body = format!("message at {now_ms}");
                 let mut content = json!({"msgtype": "m.text", "body": body});
                 if let Some(target) = self.reply_target(server, room) {
@@ -1593,11 +1677,29 @@ impl FedWorld {
             }
             let receipt = self.process_inbound(server, room, &item);
             self.requery_if_stale_claim(server, room, &item.json, item.path);
+            // A pulled event that could not be accepted is a failed pull (`pulls.rs`).
+            if matches!(receipt.verdict, Verdict::Dropped(_))
+                && item.path == ArrivalPath::MissingEvents
+                && let Some(event_id) = &receipt.event_id
+            {
+                self.record_pull_failure(server, room, event_id);
+            }
             if let Verdict::MissingEvents {
                 prev_events,
                 auth_events,
             } = &receipt.verdict
             {
+                let mut missing = prev_events.clone();
+                missing.extend(auth_events.iter().cloned());
+                // Synapse's pull backoff: an event missing one that recently failed to be
+                // pulled is not processed, and nothing is asked for it (`pulls.rs`).
+                if let Some(cause) = self.pull_backoff(server, room, &missing) {
+                    self.counters.gaps_backed_off += 1;
+                    if let Some(event_id) = &receipt.event_id {
+                        self.inherit_pull_failure(server, room, event_id, cause);
+                    }
+                    continue;
+                }
                 if self.fetch_state_instead(
                     server,
                     room,
@@ -1610,8 +1712,6 @@ impl FedWorld {
                 let backfilled = self.config.join == crate::scenario::JoinMode::State
                     && (item.path == ArrivalPath::Backfill || item.outlier);
                 if item.gap_rounds < MAX_GAP_ROUNDS && item.from != server && !backfilled {
-                    let mut missing = prev_events.clone();
-                    missing.extend(auth_events.iter().cloned());
                     let state = self.servers[server as usize]
                         .rooms
                         .get_mut(&room)
@@ -1641,6 +1741,9 @@ impl FedWorld {
                     return;
                 }
                 self.counters.gaps_given_up += 1;
+                if item.gap_rounds > 0 {
+                    self.record_gap_given_up(server, room, receipt.event_id.as_ref(), &missing);
+                }
             }
             let _ = now_ms;
         }
@@ -1949,7 +2052,7 @@ impl FedWorld {
 
     /// Keeps the wire copy of a new event and returns it.
     fn remember(&mut self, pdu: crate::matrix::Pdu) -> Arc<Value> {
-        let json = Arc::new(pdu.json);
+        let json = pdu.json;
         self.wire_sizes
             .insert(Arc::as_ptr(&json) as usize, json_bytes(&json));
         if let Some(replaced) = self.wire.insert(pdu.event_id, Arc::clone(&json)) {
@@ -1998,6 +2101,8 @@ impl FedWorld {
             inbound: VecDeque::new(),
             blocked: None,
             member_keys,
+            pending_local_joins: BTreeSet::new(),
+            failed_pulls: BTreeMap::new(),
             resident_memo: None,
         }
     }
@@ -2090,16 +2195,23 @@ impl FedWorld {
         let window_ms = self.config.join_window.ms().max(1);
         let plan = &mut self.plans[room as usize];
         let members: Vec<(ServerId, u32)> = plan.members.clone();
-        for &(member, _) in members.iter().skip(1) {
+        for &(member, user) in members.iter().skip(1) {
             if plan.late.contains(&member) {
                 continue;
             }
-            let delay_ms = plan.message_rng.below(window_ms);
+            // A server's first user's join time comes from the room's message stream (as
+            // before further users existed), further users' from their own stream.
+            let delay_ms = if plan.first_user(member) == Some(user) {
+                plan.message_rng.below(window_ms)
+            } else {
+                plan.join_rng.below(window_ms)
+            };
             self.queue.push(
                 now_ms + delay_ms,
                 Ev::Join {
                     room,
                     server: member,
+                    user,
                     attempt: 0,
                 },
             );
@@ -2123,9 +2235,9 @@ impl FedWorld {
         self.start_workload(room);
     }
 
-    /// `server` starts joining `room` through a resident (the creator's server first, then the
-    /// other planned members in turn on each retry).
-    fn start_join(&mut self, room: RoomIndex, server: ServerId, attempt: u32) {
+    /// `user` of `server` starts the server's join of `room` through a resident (the creator's
+    /// server first, then the other planned member servers in turn on each retry).
+    fn start_join(&mut self, room: RoomIndex, server: ServerId, user: u32, attempt: u32) {
         let Some(room_id) = self.plans[room as usize].room_id.clone() else {
             return;
         };
@@ -2141,13 +2253,12 @@ impl FedWorld {
             return;
         }
         let plan = &self.plans[room as usize];
-        let Some(&(_, user)) = plan.members.iter().find(|(member, _)| *member == server) else {
+        if plan.first_user(server).is_none() {
             return;
-        };
+        }
         let candidates: Vec<ServerId> = plan
-            .members
-            .iter()
-            .map(|(member, _)| *member)
+            .servers()
+            .into_iter()
             .filter(|member| *member != server)
             .collect();
         if candidates.is_empty() {
@@ -2161,6 +2272,7 @@ impl FedWorld {
                 .insert(room, server_room);
         }
         self.join_attempts.insert((room, server), attempt);
+        self.join_users.insert((room, server), user);
         self.dispatch(
             server,
             target,
@@ -2175,12 +2287,19 @@ impl FedWorld {
             .get(&(room, server))
             .copied()
             .unwrap_or(0);
+        let user = self
+            .join_users
+            .get(&(room, server))
+            .copied()
+            .or_else(|| self.plans[room as usize].first_user(server))
+            .unwrap_or(0);
         let now_ms = self.queue.now_ms();
         self.queue.push(
             now_ms + JOIN_RETRY_MS,
             Ev::Join {
                 room,
                 server,
+                user,
                 attempt: attempt + 1,
             },
         );
@@ -2216,11 +2335,9 @@ impl FedWorld {
             .get(&(room, server))
             .copied()
             .unwrap_or(0);
-        let plan = &self.plans[room as usize];
-        let candidates: Vec<ServerId> = plan
-            .members
-            .iter()
-            .map(|(member, _)| *member)
+        let candidates: Vec<ServerId> = self.plans[room as usize]
+            .servers()
+            .into_iter()
             .filter(|member| *member != server)
             .collect();
         let target = candidates[attempt as usize % candidates.len()];
@@ -2257,6 +2374,7 @@ impl FedWorld {
         );
         state.inbound.extend(earlier);
         self.drain(server, room);
+        self.server_joined(room, server);
     }
 
     // ----- extremity exchange --------------------------------------------------------------
@@ -2388,14 +2506,21 @@ impl FedWorld {
                             continue;
                         }
                         if self.plans[room as usize].late.contains(&server) {
-                            self.queue.push(
-                                now_ms,
-                                Ev::Join {
-                                    room,
-                                    server,
-                                    attempt: 0,
-                                },
-                            );
+                            // The server's first user joins with make_join; its further users
+                            // wait for that join and then join locally.
+                            let users: Vec<u32> =
+                                self.plans[room as usize].users_of(server).collect();
+                            for user in users {
+                                self.queue.push(
+                                    now_ms,
+                                    Ev::Join {
+                                        room,
+                                        server,
+                                        user,
+                                        attempt: 0,
+                                    },
+                                );
+                            }
                         }
                     }
                 }
@@ -2408,11 +2533,11 @@ impl FedWorld {
             }
             RoomActionKind::Ban | RoomActionKind::Leave | RoomActionKind::Send => {
                 let room = action.room.expect("validated");
+                let position = action.user.unwrap_or(0) as usize;
                 for server in targets {
-                    let Some(&(_, user)) = self.plans[room as usize]
-                        .members
-                        .iter()
-                        .find(|(member, _)| *member == server)
+                    // The `user`-th planned user of the server in the room (its first by
+                    // default); a server with fewer planned users is skipped.
+                    let Some(user) = self.plans[room as usize].users_of(server).nth(position)
                     else {
                         continue;
                     };
@@ -2503,7 +2628,7 @@ impl FedWorld {
                     else {
                         continue;
                     };
-                    let mut json = event.json.clone();
+                    let mut json = Value::clone(&event.json);
                     if cosign_member_event(&version, &mut json, &name, &key).is_ok() {
                         let json = Arc::new(json);
                         hs.resigned
@@ -2705,7 +2830,7 @@ fn walk_missing(
 fn wire_copy(wire: &HashMap<EventId, Arc<Value>>, pdu: &crate::matrix::Pdu) -> Arc<Value> {
     wire.get(&pdu.event_id)
         .cloned()
-        .unwrap_or_else(|| Arc::new(pdu.json.clone()))
+        .unwrap_or_else(|| Arc::clone(&pdu.json))
 }
 
 /// The wire size of a shared copy: remembered for the world's own copies, else computed.

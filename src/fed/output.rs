@@ -251,13 +251,25 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
             world
                 .plans
                 .iter()
-                .map(|plan| plan.members.len())
+                .map(|plan| plan.servers().len())
                 .max()
                 .unwrap_or(0)
         ),
     );
     for (name, value) in counter_fields(&world.counters) {
         metrics.insert(name, json!(value));
+    }
+    // Only where a server can have several users in a room (other runs keep their files).
+    if world.config.members_per_server.max > 1 {
+        metrics.insert("local_joins".into(), json!(world.counters.local_joins));
+    }
+    // Only where an event failed to be pulled (`pulls.rs`; other runs keep their files).
+    if world.counters.pull_failures > 0 || world.counters.gaps_backed_off > 0 {
+        metrics.insert("pull_failures".into(), json!(world.counters.pull_failures));
+        metrics.insert(
+            "gaps_backed_off".into(),
+            json!(world.counters.gaps_backed_off),
+        );
     }
     world.adversary_metrics(&mut metrics);
     // Coverage: of the (message, server joined at the end) pairs, the share where the server

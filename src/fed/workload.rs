@@ -25,10 +25,10 @@ pub enum Chore {
     Kick,
     Ban,
     PowerChange,
-    /// The creator lifts the ban on this server's member.
-    Unban(ServerId),
-    /// This server's member joins again.
-    Rejoin(ServerId),
+    /// The creator lifts the ban on this member (server, user).
+    Unban(ServerId, u32),
+    /// This member (server, user) joins again.
+    Rejoin(ServerId, u32),
 }
 
 impl Chore {
@@ -38,8 +38,8 @@ impl Chore {
             Chore::Kick => 0,
             Chore::Ban => 1,
             Chore::PowerChange => 2,
-            Chore::Unban(server) => 3 | u64::from(server) << 4,
-            Chore::Rejoin(server) => 4 | u64::from(server) << 4,
+            Chore::Unban(server, _) => 3 | u64::from(server) << 4,
+            Chore::Rejoin(server, _) => 4 | u64::from(server) << 4,
         }
     }
 }
@@ -59,7 +59,7 @@ impl FedWorld {
             Chore::Kick => self.config.kicks_per_room_per_day,
             Chore::Ban => self.config.bans_per_room_per_day,
             Chore::PowerChange => self.config.power_changes_per_room_per_day,
-            Chore::Unban(_) | Chore::Rejoin(_) => 0.0,
+            Chore::Unban(..) | Chore::Rejoin(..) => 0.0,
         }
     }
 
@@ -94,7 +94,7 @@ impl FedWorld {
         match chore {
             Chore::Kick | Chore::Ban | Chore::PowerChange => {
                 self.schedule_chore(room, chore);
-                let Some((target, target_id)) = self.draw_joined_member(room) else {
+                let Some((target, target_user, target_id)) = self.draw_joined_member(room) else {
                     return;
                 };
                 let content = match chore {
@@ -133,14 +133,14 @@ impl FedWorld {
                 }
                 let (follow_up, after_ms) = if chore == Chore::Kick {
                     self.counters.adv.kicks_sent += 1;
-                    (Chore::Rejoin(target), self.rejoin_after_ms())
+                    (Chore::Rejoin(target, target_user), self.rejoin_after_ms())
                 } else {
                     self.counters.adv.bans_sent += 1;
                     let ban_ms = self
                         .config
                         .ban_duration
                         .map_or(3_600_000, |duration| duration.ms());
-                    (Chore::Unban(target), ban_ms)
+                    (Chore::Unban(target, target_user), ban_ms)
                 };
                 self.queue.push(
                     now_ms + after_ms.max(1),
@@ -150,8 +150,8 @@ impl FedWorld {
                     },
                 );
             }
-            Chore::Unban(target) => {
-                let target_id = self.planned_member_id(room, target);
+            Chore::Unban(target, target_user) => {
+                let target_id = self.planned_member_id(room, target, target_user);
                 let sent = target_id.is_some_and(|target_id| {
                     self.send_local(
                         creator,
@@ -170,17 +170,26 @@ impl FedWorld {
                         now_ms + after_ms.max(1),
                         Ev::Workload {
                             room,
-                            chore: Chore::Rejoin(target),
+                            chore: Chore::Rejoin(target, target_user),
                         },
                     );
                 }
             }
-            Chore::Rejoin(target) => {
+            Chore::Rejoin(target, target_user) => {
                 // Only a member that is out (kicked or unbanned, not banned again) comes back.
-                let Some(target_id) = self.planned_member_id(room, target) else {
+                let Some(target_id) = self.planned_member_id(room, target, target_user) else {
                     return;
                 };
                 if self.membership_seen_by_creator(room, &target_id).as_deref() != Some("leave") {
+                    return;
+                }
+                if self.plans[room as usize].users_of(target).nth(1).is_some() {
+                    // A server with several users in the room: a local join while another of
+                    // its users is joined, else `make_join` (`members.rs`).
+                    if self.servers[target as usize].rooms.contains_key(&room) {
+                        self.counters.adv.rejoins_started += 1;
+                        self.join_member(room, target, target_user, 0);
+                    }
                     return;
                 }
                 let Some(state) = self.servers[target as usize].rooms.get_mut(&room) else {
@@ -188,7 +197,7 @@ impl FedWorld {
                 };
                 state.joined = false;
                 self.counters.adv.rejoins_started += 1;
-                self.start_join(room, target, 0);
+                self.start_join(room, target, target_user, 0);
             }
         }
     }
@@ -199,13 +208,11 @@ impl FedWorld {
             .map_or(600_000, |duration| duration.ms())
     }
 
-    /// The member ID of `server`'s planned user in `room`.
-    fn planned_member_id(&self, room: RoomIndex, server: ServerId) -> Option<String> {
-        let plan = &self.plans[room as usize];
-        plan.members
-            .iter()
-            .position(|(member, _)| *member == server)
-            .map(|position| plan.member_ids[position].clone())
+    /// The member ID of planned `user` of `server` in `room`.
+    fn planned_member_id(&self, room: RoomIndex, server: ServerId, user: u32) -> Option<String> {
+        self.plans[room as usize]
+            .member_id_of(server, user)
+            .map(str::to_owned)
     }
 
     /// `member`'s membership in the creator's current state of `room`.
@@ -217,20 +224,22 @@ impl FedWorld {
     }
 
     /// A planned member other than the creator, joined in the creator's current state, drawn
-    /// from the room's moderation stream: (its server, its member ID).
-    fn draw_joined_member(&mut self, room: RoomIndex) -> Option<(ServerId, String)> {
+    /// from the room's moderation stream: (its server, its user, its member ID).
+    fn draw_joined_member(&mut self, room: RoomIndex) -> Option<(ServerId, u32, String)> {
         let plan = &self.plans[room as usize];
         let creator = plan.creator;
-        let candidates: Vec<(ServerId, String)> = plan
+        let candidates: Vec<(ServerId, u32, String)> = plan
             .members
             .iter()
             .zip(&plan.member_ids)
             .filter(|(member, _)| **member != creator)
-            .map(|((server, _), id)| (*server, id.clone()))
+            .map(|((server, user), id)| (*server, *user, id.clone()))
             .collect();
-        let joined: Vec<(ServerId, String)> = candidates
+        let joined: Vec<(ServerId, u32, String)> = candidates
             .into_iter()
-            .filter(|(_, id)| self.membership_seen_by_creator(room, id).as_deref() == Some("join"))
+            .filter(|(_, _, id)| {
+                self.membership_seen_by_creator(room, id).as_deref() == Some("join")
+            })
             .collect();
         if joined.is_empty() {
             return None;

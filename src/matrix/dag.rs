@@ -15,7 +15,9 @@
 //!   ([`LayeredState`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+
+use once_cell::race::OnceBox;
 
 use petgraph::graph::{DiGraph, NodeIndex};
 
@@ -128,6 +130,14 @@ impl LayeredState {
         state
     }
 
+    /// The whole state as one shared map: the snapshot itself when nothing changed since it.
+    pub fn to_shared_map(&self) -> Arc<StateMap> {
+        if self.changes.is_empty() {
+            return Arc::clone(&self.snapshot);
+        }
+        Arc::new(self.to_map())
+    }
+
     /// Whether two states are the same object (and so certainly equal).
     fn same_as(&self, other: &LayeredState) -> bool {
         Arc::ptr_eq(&self.snapshot, &other.snapshot) && self.changes == other.changes
@@ -166,13 +176,12 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
-/// Event IDs to indices without storing the IDs again (each node's event holds it): a 64-bit
-/// hash of the ID maps to the index, and the rare ID whose hash collides with another held
-/// ID's goes to an exact map. Lookups compare the ID with the node's, so the map is exact.
+/// Event IDs to indices without storing the IDs again (each node's event holds it): a hash
+/// table of indices (4 bytes a slot), hashed by the ID of the node they point to; lookups
+/// compare the ID with the node's, so the map is exact.
 #[derive(Default)]
 struct IdIndex {
-    by_hash: HashMap<u64, EventIndex, IdentityHasher>,
-    colliding: HashMap<EventId, EventIndex, IdHasher>,
+    table: hashbrown::HashTable<EventIndex>,
 }
 
 /// Hashes an event ID for [`IdIndex`].
@@ -180,93 +189,77 @@ fn id_hash(event_id: &str) -> u64 {
     use std::hash::Hasher;
     let mut hasher = IdHasher::default();
     hasher.write(event_id.as_bytes());
-    // Mix the high bits down: the table uses the low bits.
+    // Mix the high bits down: the table uses the low bits (and the top 7 as tags).
     let hash = hasher.finish();
     hash ^ (hash >> 29) ^ (hash >> 47)
 }
 
-/// The identity hasher for keys that are hashes already.
-#[derive(Debug, Clone, Copy, Default)]
-struct IdentityHasher(u64);
-
-impl std::hash::BuildHasher for IdentityHasher {
-    type Hasher = IdentityHasher;
-
-    fn build_hasher(&self) -> IdentityHasher {
-        IdentityHasher(0)
-    }
-}
-
-impl std::hash::Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = (self.0 << 8) | u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-}
-
 impl IdIndex {
     fn get(&self, nodes: &[Node], event_id: &str) -> Option<EventIndex> {
-        match self.by_hash.get(&id_hash(event_id)) {
-            Some(&index) if nodes[index as usize].pdu.event_id == event_id => Some(index),
-            Some(_) => self.colliding.get(event_id).copied(),
-            None => None,
-        }
+        self.table
+            .find(id_hash(event_id), |&index| {
+                nodes[index as usize].pdu.event_id == event_id
+            })
+            .copied()
     }
 
-    /// Records `event_id` (not present yet) at `index`.
-    fn insert(&mut self, event_id: &str, index: EventIndex) {
-        match self.by_hash.entry(id_hash(event_id)) {
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(index);
-            }
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.colliding.insert(event_id.to_owned(), index);
-            }
-        }
+    /// Records `event_id` (not present yet) at `index`; `nodes` are the nodes indexed so far.
+    fn insert(&mut self, nodes: &[Node], event_id: &str, index: EventIndex) {
+        self.table.insert_unique(id_hash(event_id), index, |&held| {
+            id_hash(&nodes[held as usize].pdu.event_id)
+        });
     }
 }
 
-/// One event of a DAG. Kept small: a large world holds one per event per server.
+/// Makes room for `additional` more elements in `vec`, growing it by a quarter rather than
+/// doubling it: a large world holds several vectors with one element per event per room per
+/// server, and doubling leaves about a third of them unused on average. Still amortised O(1).
+pub fn reserve_gently<T>(vec: &mut Vec<T>, additional: usize) {
+    if vec.capacity() - vec.len() < additional {
+        vec.reserve_exact(additional.max(vec.len() / 4).max(4));
+    }
+}
+
+/// The evaluation of every outlier that passed check 4 (no rejection, empty states), one for
+/// the process.
+fn accepted_outlier_evaluation() -> &'static Arc<Evaluation> {
+    static EVALUATION: std::sync::OnceLock<Arc<Evaluation>> = std::sync::OnceLock::new();
+    EVALUATION.get_or_init(|| {
+        let empty = Arc::new(LayeredState::default());
+        Arc::new(Evaluation {
+            rejection: None,
+            state_before: Arc::clone(&empty),
+            state_after: empty,
+        })
+    })
+}
+
+/// One event of a DAG. Kept small: a large world holds one per event per server (32 bytes;
+/// the references live in the DAG's one `references` vector).
 struct Node {
     pdu: Arc<Pdu>,
-    /// The indices of the held prev events, then of the auth events (`prev_count` of them
-    /// first).
-    references: Box<[EventIndex]>,
+    /// Shared with every other DAG that holds the event clean (`room::shared`).
+    evaluation: Arc<Evaluation>,
+    /// Memoised auth chain: every event reachable through `auth_events`, not the event itself,
+    /// sorted by index (one pointer while unset: most events never need theirs).
+    auth_chain: OnceBox<Box<[EventIndex]>>,
+    /// Where this node's references end in [`Dag::references`] (they start where the previous
+    /// node's end): the indices of the held prev events, then of the auth events.
+    references_end: u32,
+    /// How many of the references are prev events.
     prev_count: u16,
     /// Stored without a place in the graph (s2s "outliers": the state and auth chain of a
     /// `send_join` or `/state` answer): checked against its auth events only (check 4), no
     /// state before or after, never a prev event of an inserted event.
     outlier: bool,
-    /// Memoised auth chain: every event reachable through `auth_events`, not the event itself,
-    /// sorted by index.
-    auth_chain: OnceLock<Arc<[EventIndex]>>,
-    /// Shared with every other DAG that holds the event clean (`room::shared`).
-    evaluation: Arc<Evaluation>,
-}
-
-impl Node {
-    fn prev(&self) -> &[EventIndex] {
-        &self.references[..usize::from(self.prev_count)]
-    }
-
-    fn auth(&self) -> &[EventIndex] {
-        &self.references[usize::from(self.prev_count)..]
-    }
 }
 
 /// The event DAG of one room. See the module documentation for the invariants.
 pub struct Dag {
     version: RoomVersion,
     nodes: Vec<Node>,
+    /// Every node's references, node after node (see [`Node::references_end`]).
+    references: Vec<EventIndex>,
     index_of: IdIndex,
     create: Option<EventIndex>,
 }
@@ -277,6 +270,7 @@ impl Dag {
         Dag {
             version,
             nodes: Vec::new(),
+            references: Vec::new(),
             index_of: IdIndex::default(),
             create: None,
         }
@@ -432,12 +426,18 @@ impl Dag {
             })
             .err()
             .map(|rejection| (RejectionCheck::AuthEvents, rejection));
-        let empty = Arc::new(LayeredState::default());
-        let evaluation = Arc::new(Evaluation {
-            rejection,
-            state_before: Arc::clone(&empty),
-            state_after: empty,
-        });
+        let evaluation = match rejection {
+            // Most outliers pass: they share one evaluation (an outlier's state is never read).
+            None => Arc::clone(accepted_outlier_evaluation()),
+            Some(rejection) => {
+                let empty = Arc::new(LayeredState::default());
+                Arc::new(Evaluation {
+                    rejection: Some(rejection),
+                    state_before: Arc::clone(&empty),
+                    state_after: empty,
+                })
+            }
+        };
         Ok(self.add_node(pdu, is_create, Vec::new(), auth, evaluation, true))
     }
 
@@ -486,21 +486,25 @@ impl Dag {
         outlier: bool,
     ) -> EventIndex {
         let index = self.nodes.len() as EventIndex;
-        self.index_of.insert(&pdu.event_id, index);
+        self.index_of.insert(&self.nodes, &pdu.event_id, index);
         if is_create {
             self.create = Some(index);
         }
         // At most 20 prev events pass check 1; a longer list (a DAG fed directly) still fits.
         let prev_count = u16::try_from(prev.len()).expect("fewer than 65,536 prev events");
-        let mut references = prev;
-        references.extend_from_slice(&auth);
+        reserve_gently(&mut self.references, prev.len() + auth.len());
+        self.references.extend_from_slice(&prev);
+        self.references.extend_from_slice(&auth);
+        let references_end =
+            u32::try_from(self.references.len()).expect("fewer than 2^32 references in a DAG");
+        reserve_gently(&mut self.nodes, 1);
         self.nodes.push(Node {
             pdu,
-            references: references.into_boxed_slice(),
+            evaluation,
+            auth_chain: OnceBox::new(),
+            references_end,
             prev_count,
             outlier,
-            auth_chain: OnceLock::new(),
-            evaluation,
         });
         index
     }
@@ -604,12 +608,23 @@ impl Dag {
 
     /// The indices of the event's prev events that are in the DAG.
     pub fn prev_indices(&self, index: EventIndex) -> &[EventIndex] {
-        self.nodes[index as usize].prev()
+        let (start, node) = self.references_start(index);
+        &self.references[start..start + usize::from(node.prev_count)]
     }
 
     /// The indices of the event's auth events.
     pub fn auth_event_indices(&self, index: EventIndex) -> &[EventIndex] {
-        self.nodes[index as usize].auth()
+        let (start, node) = self.references_start(index);
+        &self.references[start + usize::from(node.prev_count)..node.references_end as usize]
+    }
+
+    /// Where the references of the event at `index` start, and its node.
+    fn references_start(&self, index: EventIndex) -> (usize, &Node) {
+        let start = match index {
+            0 => 0,
+            _ => self.nodes[index as usize - 1].references_end as usize,
+        };
+        (start, &self.nodes[index as usize])
     }
 
     /// How the event was judged on insertion.
@@ -643,9 +658,11 @@ impl Dag {
     pub fn forward_extremities(&self) -> Vec<EventIndex> {
         let accepted = |node: &Node| node.evaluation.rejection.is_none() && !node.outlier;
         let mut named = vec![false; self.nodes.len()];
-        for node in self.nodes.iter().filter(|node| accepted(node)) {
-            for &parent in node.prev() {
-                named[parent as usize] = true;
+        for (index, node) in self.nodes.iter().enumerate() {
+            if accepted(node) {
+                for &parent in self.prev_indices(index as EventIndex) {
+                    named[parent as usize] = true;
+                }
             }
         }
         (0..self.nodes.len() as EventIndex)
@@ -665,12 +682,12 @@ impl Dag {
         for index in 0..self.nodes.len() as EventIndex {
             graph.add_node(index);
         }
-        for (index, node) in self.nodes.iter().enumerate() {
+        for index in 0..self.nodes.len() {
             let child = NodeIndex::new(index);
-            for &parent in node.prev() {
+            for &parent in self.prev_indices(index as EventIndex) {
                 graph.add_edge(child, NodeIndex::new(parent as usize), EdgeKind::Prev);
             }
-            for &parent in node.auth() {
+            for &parent in self.auth_event_indices(index as EventIndex) {
                 graph.add_edge(child, NodeIndex::new(parent as usize), EdgeKind::Auth);
             }
         }
@@ -698,7 +715,7 @@ impl EventSource for Dag {
     }
 
     fn auth_indices(&self, index: EventIndex) -> &[EventIndex] {
-        self.nodes[index as usize].auth()
+        self.auth_event_indices(index)
     }
 
     fn is_rejected(&self, index: EventIndex) -> bool {
@@ -734,7 +751,7 @@ impl EventSource for Dag {
             }
             if !children_done {
                 stack.push((current, true));
-                for &parent in node.auth() {
+                for &parent in self.auth_event_indices(current) {
                     if self.nodes[parent as usize].auth_chain.get().is_none() {
                         stack.push((parent, false));
                     }
@@ -742,7 +759,7 @@ impl EventSource for Dag {
                 continue;
             }
             let mut chain: Vec<EventIndex> = Vec::new();
-            for &parent in node.auth() {
+            for &parent in self.auth_event_indices(current) {
                 chain.push(parent);
                 chain.extend_from_slice(
                     self.nodes[parent as usize]
@@ -753,7 +770,7 @@ impl EventSource for Dag {
             }
             chain.sort_unstable();
             chain.dedup();
-            let _ = node.auth_chain.set(chain.into());
+            let _ = node.auth_chain.set(Box::new(chain.into_boxed_slice()));
         }
         self.nodes[index as usize]
             .auth_chain
@@ -954,20 +971,25 @@ mod tests {
         assert_eq!(chain, ["$e0001", "$e0002", "$e0003", "$e0004"]);
     }
 
-    /// Test that the ID index stays exact when two IDs' hashes collide: the second goes to the
-    /// exact map, and a hash slot naming another event's node is not taken for a match.
+    /// Test that the ID index stays exact when two IDs' hashes collide: an entry under the same
+    /// hash naming another event's node is not taken for a match.
     #[test]
     fn the_id_index_resolves_hash_collisions_exactly() {
         let (room, tip) = Room::new();
         let ids: Vec<EventId> = (0..=tip)
             .map(|index| room.dag.event(index).event_id.clone())
             .collect();
-        let mut index = IdIndex::default();
-        index.insert(&ids[0], 0);
-        // Pretend ids[1] hashes like ids[0]: its slot is taken, so it goes to the exact map.
-        index.by_hash.insert(id_hash(&ids[1]), 0);
-        index.insert(&ids[1], 1);
-        assert_eq!(index.colliding.get(&ids[1]), Some(&1));
+        let nodes = &room.dag.nodes;
+        // Room enough that no insertion rehashes (which would move the planted entry).
+        let mut index = IdIndex {
+            table: hashbrown::HashTable::with_capacity(16),
+        };
+        // Pretend ids[1] hashes like ids[0]: its entry sits under ids[0]'s hash, first.
+        index
+            .table
+            .insert_unique(id_hash(&ids[0]), 1, |&held| id_hash(&ids[held as usize]));
+        index.insert(nodes, &ids[0], 0);
+        index.insert(nodes, &ids[1], 1);
         let nodes = &room.dag.nodes;
         assert_eq!(index.get(nodes, &ids[0]), Some(0));
         assert_eq!(index.get(nodes, &ids[1]), Some(1));

@@ -389,10 +389,10 @@ pub fn countersign_pdu(
     key: &ServerSigningKey,
 ) -> Result<Pdu, BuildError> {
     let signature = signing::event_signature(version, &pdu.json, key)?;
-    let mut json = pdu.json.clone();
+    let mut json = Value::clone(&pdu.json);
     signing::insert_signature(&mut json, entity, key.key_id.as_str(), signature)?;
     let mut signed = pdu.clone();
-    signed.json = json;
+    signed.json = std::sync::Arc::new(json);
     Ok(signed)
 }
 
@@ -558,10 +558,10 @@ mod tests {
             ContentHashCheck::Valid
         );
         // The same signature as sign_event produces.
-        let mut resigned = pdu.json.clone();
+        let mut resigned = serde_json::Value::clone(&pdu.json);
         resigned.as_object_mut().unwrap().remove("signatures");
         signing::sign_event(&version, &mut resigned, "a.example", &key).unwrap();
-        assert_eq!(resigned, pdu.json);
+        assert_eq!(resigned, *pdu.json);
         // The size computed without reserialising is exact.
         let size = canonical_json::to_canonical_string(&pdu.json)
             .unwrap()

@@ -38,7 +38,8 @@ pub struct Pdu {
     /// top-level `redacts` (earlier versions).
     pub redacts: Option<EventId>,
     /// The complete event as JSON, without `event_id` (which is derived, not sent, in v4+).
-    pub json: Value,
+    /// Shared: a world keeps one copy of each event's JSON for its wire copy and every parse.
+    pub json: std::sync::Arc<Value>,
 }
 
 /// Why a JSON object is not a well-formed PDU.
@@ -60,6 +61,15 @@ impl Pdu {
     /// versions 4+ it is computed from the event (see `hashes::event_id`), not read from it.
     pub fn from_json(
         json: Value,
+        event_id: EventId,
+        version: &RoomVersion,
+    ) -> Result<Pdu, PduFormatError> {
+        Pdu::from_shared_json(std::sync::Arc::new(json), event_id, version)
+    }
+
+    /// As [`Pdu::from_json`] for JSON that is shared already (kept as it is, not copied).
+    pub fn from_shared_json(
+        json: std::sync::Arc<Value>,
         event_id: EventId,
         version: &RoomVersion,
     ) -> Result<Pdu, PduFormatError> {

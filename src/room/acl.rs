@@ -80,7 +80,7 @@ pub fn inbound_event_allowed(
         links
             .link(sender)
             .filter(|link| link.status == LinkStatus::Verified)
-            .and_then(|link| link.domain.clone())
+            .and_then(|link| link.domain.as_deref().map(str::to_owned))
     } else {
         server_of_user_id(sender).map(str::to_owned)
     };

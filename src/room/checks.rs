@@ -71,6 +71,15 @@ pub enum FormatError {
 /// For room versions whose room ID derives from the create event, a create event belongs to
 /// `room_id` when its event ID derives that room ID.
 pub fn check_format(version: &RoomVersion, room_id: &str, json: Value) -> Result<Pdu, FormatError> {
+    check_format_shared(version, room_id, std::sync::Arc::new(json))
+}
+
+/// As [`check_format`] for JSON that is shared already: the parsed event keeps this copy.
+pub fn check_format_shared(
+    version: &RoomVersion,
+    room_id: &str,
+    json: std::sync::Arc<Value>,
+) -> Result<Pdu, FormatError> {
     if version.strict_canonical_json {
         canonical_json::check_strict(&json).map_err(FormatError::NotCanonical)?;
     }
@@ -84,7 +93,7 @@ pub fn check_format(version: &RoomVersion, room_id: &str, json: Value) -> Result
         HashError::Canonical(error) => FormatError::NotCanonical(error),
         HashError::NotAnObject => FormatError::Fields(PduFormatError::NotAnObject),
     })?;
-    let pdu = Pdu::from_json(json, event_id, version).map_err(FormatError::Fields)?;
+    let pdu = Pdu::from_shared_json(json, event_id, version).map_err(FormatError::Fields)?;
     event_builder::check_field_limits(
         &pdu.sender,
         &pdu.event_type,
@@ -235,25 +244,30 @@ mod tests {
     fn format_accepts_a_built_event_and_refuses_wrong_rooms_senders_and_sizes() {
         let v12 = RoomVersion::V12;
         let pdu = signed_message(&key(1));
-        let parsed = check_format(&v12, "!room:a.example", pdu.json.clone()).unwrap();
+        let parsed =
+            check_format(&v12, "!room:a.example", serde_json::Value::clone(&pdu.json)).unwrap();
         assert_eq!(parsed.event_id, pdu.event_id);
         assert!(matches!(
-            check_format(&v12, "!other:a.example", pdu.json.clone()),
+            check_format(
+                &v12,
+                "!other:a.example",
+                serde_json::Value::clone(&pdu.json)
+            ),
             Err(FormatError::WrongRoom { .. })
         ));
-        let mut bad_sender = pdu.json.clone();
+        let mut bad_sender = serde_json::Value::clone(&pdu.json);
         bad_sender["sender"] = json!("alice");
         assert!(matches!(
             check_format(&v12, "!room:a.example", bad_sender),
             Err(FormatError::BadSender(_))
         ));
-        let mut floaty = pdu.json.clone();
+        let mut floaty = serde_json::Value::clone(&pdu.json);
         floaty["content"]["x"] = json!(1.5);
         assert!(matches!(
             check_format(&v12, "!room:a.example", floaty),
             Err(FormatError::NotCanonical(_))
         ));
-        let mut no_depth = pdu.json.clone();
+        let mut no_depth = serde_json::Value::clone(&pdu.json);
         no_depth.as_object_mut().unwrap().remove("depth");
         assert!(matches!(
             check_format(&v12, "!room:a.example", no_depth),
@@ -261,13 +275,13 @@ mod tests {
                 field: "depth"
             }))
         ));
-        let mut many = pdu.json.clone();
+        let mut many = serde_json::Value::clone(&pdu.json);
         many["prev_events"] = json!(vec!["$p"; 21]);
         assert_eq!(
             check_format(&v12, "!room:a.example", many).unwrap_err(),
             FormatError::TooManyPrevEvents { count: 21 }
         );
-        let mut huge = pdu.json.clone();
+        let mut huge = serde_json::Value::clone(&pdu.json);
         huge["content"]["body"] = json!("x".repeat(MAX_PDU_BYTES));
         assert!(matches!(
             check_format(&v12, "!room:a.example", huge),
@@ -276,7 +290,7 @@ mod tests {
         // Under MSC4430 a user ID is no sender; a member key is.
         let msc = RoomVersion::MSC4430;
         assert!(matches!(
-            check_format(&msc, "!room:a.example", pdu.json.clone()),
+            check_format(&msc, "!room:a.example", serde_json::Value::clone(&pdu.json)),
             Err(FormatError::BadSender(_))
         ));
         let member = member_signing_key(&[4; 32]);
@@ -286,7 +300,14 @@ mod tests {
             cosigner: None,
         };
         let member_pdu = build_pdu(message(&sender, "hi"), &msc, signer).unwrap();
-        assert!(check_format(&msc, "!room:a.example", member_pdu.json).is_ok());
+        assert!(
+            check_format(
+                &msc,
+                "!room:a.example",
+                serde_json::Value::clone(&member_pdu.json)
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -309,9 +330,20 @@ mod tests {
         };
         let create = build_pdu(draft, &RoomVersion::V12, signer).unwrap();
         let room_id = hashes::room_id_from_create_event_id(&create.event_id);
-        assert!(check_format(&RoomVersion::V12, &room_id, create.json.clone()).is_ok());
+        assert!(
+            check_format(
+                &RoomVersion::V12,
+                &room_id,
+                serde_json::Value::clone(&create.json)
+            )
+            .is_ok()
+        );
         assert!(matches!(
-            check_format(&RoomVersion::V12, "!elsewhere", create.json),
+            check_format(
+                &RoomVersion::V12,
+                "!elsewhere",
+                serde_json::Value::clone(&create.json)
+            ),
             Err(FormatError::WrongRoom { .. })
         ));
     }
@@ -340,7 +372,7 @@ mod tests {
         );
         assert!(check_signatures(&v12, &pdu, &stale).is_err());
         // Tampering with a signed (redaction-preserved) field breaks the signature.
-        let mut tampered = pdu.json.clone();
+        let mut tampered = serde_json::Value::clone(&pdu.json);
         tampered["origin_server_ts"] = json!(2_000);
         let tampered = check_format(&v12, "!room:a.example", tampered).unwrap();
         assert!(matches!(
@@ -349,7 +381,7 @@ mod tests {
         ));
         // Tampering with the content keeps the signature (it covers the redacted form) but fails
         // the hash: the event continues redacted, under the same ID.
-        let mut edited = pdu.json.clone();
+        let mut edited = serde_json::Value::clone(&pdu.json);
         edited["content"]["body"] = json!("edited");
         let edited = check_format(&v12, "!room:a.example", edited).unwrap();
         assert_eq!(edited.event_id, pdu.event_id);

@@ -163,10 +163,10 @@ pub struct Link {
     pub status: LinkStatus,
     /// The member event whose claim the link is about (the held copy, possibly re-signed).
     pub member_event: Option<Arc<Pdu>>,
-    /// `content.domain` of that event.
-    pub domain: Option<String>,
-    /// `content.localpart` of that event (absent once redacted).
-    pub localpart: Option<String>,
+    /// `content.domain` of that event (interned).
+    pub domain: Option<Arc<str>>,
+    /// `content.localpart` of that event (absent once redacted; interned).
+    pub localpart: Option<Arc<str>>,
     /// The `(domain, key ID)` that verified the link, while verified (interned).
     pub verified_by: Option<(Arc<str>, Arc<str>)>,
     /// P7: after an expiry, the link still vouches for events sent up to this time.
@@ -329,23 +329,23 @@ impl LinkTable {
             .content
             .get("domain")
             .and_then(Value::as_str)
-            .map(str::to_owned);
+            .map(intern);
         if let Some(old_domain) = link.domain.take()
             && Some(&old_domain) != domain.as_ref()
         {
             self.by_domain
-                .remove(&(intern(&old_domain), Arc::clone(&member_key)));
+                .remove(&(old_domain, Arc::clone(&member_key)));
         }
         if let Some(domain) = &domain {
             self.by_domain
-                .insert((intern(domain), Arc::clone(&member_key)));
+                .insert((Arc::clone(domain), Arc::clone(&member_key)));
         }
         let link = self.links.get_mut(&member_key).expect("inserted above");
         link.localpart = event
             .content
             .get("localpart")
             .and_then(Value::as_str)
-            .map(str::to_owned);
+            .map(intern);
         link.domain = domain.clone();
         link.member_event = Some(Arc::clone(event));
         match (domain, keys) {

@@ -224,7 +224,8 @@ impl CheckMemo {
             .iter()
             .position(|(version_id, room, _)| *version_id == version.id && room == room_id);
         let Some(position) = position else {
-            let entry = match checks::check_format(version, room_id, (*copy.json).clone()) {
+            let entry = match checks::check_format_shared(version, room_id, Arc::clone(&copy.json))
+            {
                 Err(error) => Entry::Format(error),
                 Ok(pdu) => {
                     let signature = verify_recording(version, &pdu, keys);
@@ -360,8 +361,12 @@ mod tests {
         let mut memo = CheckMemo::new();
         let room = "!r:a.example";
         let check = |memo: &mut CheckMemo, keys: &KeyRing| {
-            let shared = memo.front_checks(&version, room, pdu.json.clone(), keys);
-            assert_eq!(shared, front_checks(&version, room, pdu.json.clone(), keys));
+            let shared =
+                memo.front_checks(&version, room, serde_json::Value::clone(&pdu.json), keys);
+            assert_eq!(
+                shared,
+                front_checks(&version, room, serde_json::Value::clone(&pdu.json), keys)
+            );
             shared
         };
         let first = check(&mut memo, &holds_key);
@@ -396,13 +401,18 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(
                 memo.front_checks_arc(&version, room, &shared_json, &holds_key),
-                front_checks(&version, room, pdu.json.clone(), &holds_key)
+                front_checks(
+                    &version,
+                    room,
+                    serde_json::Value::clone(&pdu.json),
+                    &holds_key
+                )
             );
         }
         assert_eq!(memo.wrapped.len(), 1);
         assert_eq!((memo.signature_checks, memo.hits), (2, 5));
         // A different copy of the event is a different entry.
-        let mut edited = pdu.json.clone();
+        let mut edited = serde_json::Value::clone(&pdu.json);
         edited["content"]["body"] = json!("edited");
         let redacted = memo.front_checks(&version, room, edited, &holds_key);
         assert!(matches!(
@@ -414,7 +424,7 @@ mod tests {
         ));
         assert_eq!(memo.len(), 2);
         // Format failures are shared too.
-        let mut elsewhere = pdu.json.clone();
+        let mut elsewhere = serde_json::Value::clone(&pdu.json);
         elsewhere["room_id"] = json!("!other");
         for _ in 0..2 {
             assert!(matches!(

@@ -25,7 +25,9 @@ use super::policy::ArrivalPath;
 use super::shared::{Count, RoomFacts, SharedEventFacts, SharedId, lock};
 use crate::matrix::auth::{AuthState, Rejection, Rule, auth_types_for_event, authorize};
 use crate::matrix::canonical_json::MAX_SAFE_INTEGER;
-use crate::matrix::dag::{Dag, DagError, EventIndex, LayeredState, RejectionCheck, StateMapView};
+use crate::matrix::dag::{
+    Dag, DagError, EventIndex, LayeredState, RejectionCheck, StateMapView, reserve_gently,
+};
 use crate::matrix::event_builder::{EventDraft, MAX_PREV_EVENTS};
 use crate::matrix::state_res::{EventSource, ResolveError};
 use crate::matrix::{EventId, Pdu, RoomVersion, StateMap};
@@ -89,6 +91,27 @@ pub struct HeldEvent {
     pub state_given: bool,
 }
 
+/// How a [`HeldEvent`] is stored: 16 bytes, with the common fates inline and a rare one
+/// (rejected, soft-failed) in [`RoomState::rare_fates`] (a world holds one per event per
+/// server).
+#[derive(Debug, Clone, Copy)]
+struct StoredHeld {
+    received_at_ms: i64,
+    fate: StoredFate,
+    path: ArrivalPath,
+    redacted: bool,
+    state_given: bool,
+}
+
+/// The fate of a [`StoredHeld`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoredFate {
+    Delivered,
+    Labelled,
+    /// In `rare_fates`.
+    Rare,
+}
+
 /// Whether clients see a timeline entry.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Visibility {
@@ -118,8 +141,11 @@ impl TimelineEntry {
     }
 }
 
-/// Extremity sets whose current state is memoised, at most (the memo is cleared when full).
-const MEMO_CAPACITY: usize = 16;
+/// Extremity sets whose current state is memoised, at most: the most recently used ones. A
+/// server asks for its current set again and again and for an older one almost never, and
+/// each entry is a whole room state (kept alive here even after the shared store dropped it),
+/// so two are enough.
+const MEMO_CAPACITY: usize = 2;
 
 /// The shared number of an event that has none (not clean, or not shared).
 const NO_SHARED_ID: SharedId = SharedId::MAX;
@@ -128,13 +154,18 @@ const NO_SHARED_ID: SharedId = SharedId::MAX;
 pub struct RoomState {
     room_id: String,
     dag: Dag,
-    held: Vec<HeldEvent>,
+    /// Per event, in index order: how it was judged (see [`StoredHeld`]).
+    held: Vec<StoredHeld>,
+    /// The fates that are neither `Accepted { labelled: false }` nor `{ labelled: true }`, by
+    /// event index.
+    rare_fates: BTreeMap<EventIndex, Fate>,
     extremities: BTreeSet<EventIndex>,
     /// Per event: how many accepted events name it in `prev_events`.
     accepted_children: Vec<u32>,
     /// Accepted events that named a prev event the DAG did not hold yet, by that prev's ID.
     children_of_missing: BTreeMap<EventId, u32>,
-    memo: Option<BTreeMap<Vec<EventIndex>, Arc<StateMap>>>,
+    /// Current states by extremity set, most recently used first (at most [`MEMO_CAPACITY`]).
+    memo: Option<Vec<(Vec<EventIndex>, Arc<StateMap>)>>,
     /// Events hidden by the link rule and revealed later (policy A6): index -> when. The
     /// timeline itself is derived from the DAG and `held` (one entry per held event, in
     /// processing order = index order), so nothing is stored per event for it.
@@ -160,10 +191,11 @@ impl RoomState {
             room_id: room_id.to_owned(),
             dag: Dag::new(version),
             held: Vec::new(),
+            rare_fates: BTreeMap::new(),
             extremities: BTreeSet::new(),
             accepted_children: Vec::new(),
             children_of_missing: BTreeMap::new(),
-            memo: Some(BTreeMap::new()),
+            memo: Some(Vec::new()),
             revealed: BTreeMap::new(),
             backfill_is_history: false,
             clean: Vec::new(),
@@ -242,7 +274,7 @@ impl RoomState {
 
     /// Turns the current-state memo on or off (results are identical; only speed differs).
     pub fn set_memo(&mut self, enabled: bool) {
-        self.memo = enabled.then(BTreeMap::new);
+        self.memo = enabled.then(Vec::new);
     }
 
     pub fn room_id(&self) -> &str {
@@ -259,11 +291,50 @@ impl RoomState {
     }
 
     /// Every held event with how it was judged, in DAG index order.
-    pub fn held_events(&self) -> impl Iterator<Item = (&Arc<Pdu>, &HeldEvent)> {
-        self.held
-            .iter()
-            .enumerate()
-            .map(|(index, held)| (self.dag.event(index as EventIndex), held))
+    pub fn held_events(&self) -> impl Iterator<Item = (&Arc<Pdu>, HeldEvent)> {
+        (0..self.held.len() as EventIndex).map(|index| (self.dag.event(index), self.held_at(index)))
+    }
+
+    /// How the event at `index` was judged.
+    fn held_at(&self, index: EventIndex) -> HeldEvent {
+        let stored = self.held[index as usize];
+        HeldEvent {
+            fate: self.fate_at(index).into_owned(),
+            redacted: stored.redacted,
+            path: stored.path,
+            received_at_ms: stored.received_at_ms,
+            state_given: stored.state_given,
+        }
+    }
+
+    /// The fate of the event at `index`.
+    fn fate_at(&self, index: EventIndex) -> std::borrow::Cow<'_, Fate> {
+        use std::borrow::Cow;
+        match self.held[index as usize].fate {
+            StoredFate::Delivered => Cow::Owned(Fate::Accepted { labelled: false }),
+            StoredFate::Labelled => Cow::Owned(Fate::Accepted { labelled: true }),
+            StoredFate::Rare => Cow::Borrowed(&self.rare_fates[&index]),
+        }
+    }
+
+    /// Stores `held` as the event at `index` (the next one).
+    fn push_held(&mut self, index: EventIndex, held: HeldEvent) {
+        let fate = match held.fate {
+            Fate::Accepted { labelled: false } => StoredFate::Delivered,
+            Fate::Accepted { labelled: true } => StoredFate::Labelled,
+            fate => {
+                self.rare_fates.insert(index, fate);
+                StoredFate::Rare
+            }
+        };
+        reserve_gently(&mut self.held, 1);
+        self.held.push(StoredHeld {
+            received_at_ms: held.received_at_ms,
+            fate,
+            path: held.path,
+            redacted: held.redacted,
+            state_given: held.state_given,
+        });
     }
 
     /// Whether the event is held.
@@ -298,10 +369,8 @@ impl RoomState {
     }
 
     /// How the held event was judged.
-    pub fn held(&self, event_id: &str) -> Option<&HeldEvent> {
-        self.dag
-            .index(event_id)
-            .map(|index| &self.held[index as usize])
+    pub fn held(&self, event_id: &str) -> Option<HeldEvent> {
+        self.dag.index(event_id).map(|index| self.held_at(index))
     }
 
     /// The forward extremities' event IDs, in DAG index order.
@@ -326,11 +395,10 @@ impl RoomState {
         if let Some(&at_ms) = self.revealed.get(&index) {
             return Visibility::Revealed { at_ms };
         }
-        match &self.held[index as usize].fate {
-            Fate::Accepted { labelled } => Visibility::Delivered {
-                labelled: *labelled,
-            },
-            fate => Visibility::Hidden(fate.clone()),
+        match self.held[index as usize].fate {
+            StoredFate::Delivered => Visibility::Delivered { labelled: false },
+            StoredFate::Labelled => Visibility::Delivered { labelled: true },
+            StoredFate::Rare => Visibility::Hidden(self.rare_fates[&index].clone()),
         }
     }
 
@@ -359,7 +427,7 @@ impl RoomState {
     fn is_visible(&self, index: EventIndex) -> bool {
         !self.dag.is_outlier(index)
             && (self.revealed.contains_key(&index)
-                || matches!(self.held[index as usize].fate, Fate::Accepted { .. }))
+                || self.held[index as usize].fate != StoredFate::Rare)
     }
 
     /// The events clients are shown, in order.
@@ -377,15 +445,16 @@ impl RoomState {
         if extremities.is_empty() {
             return Ok(Arc::new(StateMap::new()));
         }
-        if let Some(state) = self.memo.as_ref().and_then(|memo| memo.get(&extremities)) {
-            return Ok(Arc::clone(state));
+        if let Some(memo) = &mut self.memo {
+            if let Some(position) = memo.iter().position(|(key, _)| *key == extremities) {
+                memo[..=position].rotate_right(1);
+                return Ok(Arc::clone(&memo[0].1));
+            }
         }
         let state = self.resolve_extremities(&extremities)?;
         if let Some(memo) = &mut self.memo {
-            if memo.len() >= MEMO_CAPACITY {
-                memo.clear();
-            }
-            memo.insert(extremities, Arc::clone(&state));
+            memo.truncate(MEMO_CAPACITY - 1);
+            memo.insert(0, (extremities, Arc::clone(&state)));
         }
         Ok(state)
     }
@@ -403,7 +472,7 @@ impl RoomState {
             None
         };
         let compute = |dag: &Dag| match extremities {
-            [only] => Ok(Arc::new(dag.evaluation(*only).state_after.to_map())),
+            [only] => Ok(dag.evaluation(*only).state_after.to_shared_map()),
             _ => dag.resolve_states_after(extremities).map(Arc::new),
         };
         let (Some(key), Some(facts)) = (key, facts) else {
@@ -520,6 +589,8 @@ impl RoomState {
             (None, Some(facts)) => self.insert_shared(pdu, &facts)?,
         };
         debug_assert_eq!(index as usize, self.clean.len());
+        reserve_gently(&mut self.clean, 1);
+        reserve_gently(&mut self.shared_ids, 1);
         self.clean.push(clean);
         self.shared_ids.push(shared_id);
         let rejection = self
@@ -624,6 +695,8 @@ impl RoomState {
                 });
             }
         }
+        reserve_gently(&mut self.clean, 1);
+        reserve_gently(&mut self.shared_ids, 1);
         self.clean.push(clean);
         self.shared_ids.push(NO_SHARED_ID);
         let rejection = self
@@ -638,8 +711,9 @@ impl RoomState {
     /// Records how the outlier at `index` was judged (no extremities, no timeline entry).
     pub(crate) fn record_outlier(&mut self, index: EventIndex, held: HeldEvent) {
         debug_assert_eq!(index as usize, self.held.len());
+        reserve_gently(&mut self.accepted_children, 1);
         self.accepted_children.push(0);
-        self.held.push(held);
+        self.push_held(index, held);
     }
 
     /// Inserts a clean event, reusing the evaluation another server stored, else evaluating it and
@@ -808,6 +882,7 @@ impl RoomState {
             self.held.len(),
             "events are recorded in order"
         );
+        reserve_gently(&mut self.accepted_children, 1);
         self.accepted_children.push(0);
         let pdu = Arc::clone(self.dag.event(index));
         let history = self.backfill_is_history && held.path == ArrivalPath::Backfill;
@@ -834,18 +909,16 @@ impl RoomState {
                 self.extremities.insert(index);
             }
         }
-        self.held.push(held);
+        self.push_held(index, held);
     }
 
     /// Reveals the timeline entries of `sender` hidden only by the link rule (policy A6).
     /// Returns how many were revealed.
     pub(crate) fn reveal_link_hidden(&mut self, sender: &str, now_ms: i64) -> usize {
         let mut revealed = 0;
-        for index in 0..self.held.len() as EventIndex {
-            if matches!(
-                self.held[index as usize].fate,
-                Fate::SoftFailed(SoftFailReason::Link(_))
-            ) && !self.revealed.contains_key(&index)
+        for (&index, fate) in &self.rare_fates {
+            if matches!(fate, Fate::SoftFailed(SoftFailReason::Link(_)))
+                && !self.revealed.contains_key(&index)
                 && self.dag.event(index).sender == sender
             {
                 self.revealed.insert(index, now_ms);

@@ -88,10 +88,10 @@ use crate::matrix::server_keys::{
 };
 use crate::matrix::{EventId, Pdu, RoomVersion, StateMap};
 
-/// Current states kept per room, at most (the table is cleared when full; servers ask for the
+/// Current states kept per room, at most: the most recently stored ones (servers ask for the
 /// same extremity sets at about the same time, so a small table suffices, and each state is a
 /// whole room state).
-const CURRENT_STATES_CAPACITY: usize = 32;
+const CURRENT_STATES_CAPACITY: usize = 8;
 
 /// Check-6 verdicts kept per room, at most (the table is cleared when full).
 const CURRENT_STATE_CHECKS_CAPACITY: usize = 1 << 16;
@@ -116,7 +116,8 @@ pub(crate) type CurrentStateCheck = Result<Rule, Rejection>;
 pub(crate) struct RoomFacts {
     evaluations: HashMap<EventId, SharedEvaluation, IdHasher>,
     next_id: SharedId,
-    current_states: HashMap<Vec<SharedId>, Arc<StateMap>>,
+    /// By extremity set (sorted), newest first.
+    current_states: Vec<(Vec<SharedId>, Arc<StateMap>)>,
     /// By (event, its server's only forward extremity).
     checks_on_one: HashMap<(SharedId, SharedId), CurrentStateCheck>,
     /// By (event, its server's forward extremities).
@@ -153,14 +154,15 @@ impl RoomFacts {
     }
 
     pub(crate) fn current_state(&self, extremities: &[SharedId]) -> Option<&Arc<StateMap>> {
-        self.current_states.get(extremities)
+        self.current_states
+            .iter()
+            .find(|(key, _)| key == extremities)
+            .map(|(_, state)| state)
     }
 
     pub(crate) fn store_current_state(&mut self, extremities: Vec<SharedId>, state: Arc<StateMap>) {
-        if self.current_states.len() >= CURRENT_STATES_CAPACITY {
-            self.current_states.clear();
-        }
-        self.current_states.insert(extremities, state);
+        self.current_states.truncate(CURRENT_STATES_CAPACITY - 1);
+        self.current_states.insert(0, (extremities, state));
     }
 
     /// Check 6's verdict on `event` over the state after `extremities` (sorted), if known.

@@ -128,7 +128,7 @@ impl Server {
             links: &mut self.links,
             policy: &self.policy,
         };
-        let json = pdu.json.clone();
+        let json = Value::clone(&pdu.json);
         let receipt = match memo {
             Some(memo) => {
                 pipeline::receive_pdu_shared(&mut self.room, &mut view, memo, json, path, now_ms)
@@ -289,7 +289,7 @@ impl Federation {
             .unwrap_or_else(|| panic!("no testbed server {name}"));
         match &mut self.memo {
             Some(memo) => {
-                let copy = PduCopy::new(pdu.json.clone());
+                let copy = PduCopy::from_arc(Arc::clone(&pdu.json));
                 self.servers[index].receive_copy(memo, &copy, path, now_ms)
             }
             None => self.servers[index].receive(pdu, path, now_ms),

@@ -21,6 +21,13 @@ pub struct Rooms {
     /// Users per server.
     #[serde(default = "one_user")]
     pub users_per_server: CountSpec,
+    /// Users of one server in one room: per planned member server, a count drawn from this
+    /// (capped at the server's users; stream `room-members`/(room, server), drawn only when
+    /// `max` > 1). The server's first user joins with `make_join`/`send_join`; the others, once
+    /// their server is resident, with a plain join event sent over `/send`, as Matrix servers
+    /// join further local users.
+    #[serde(default = "one_user", skip_serializing_if = "CountSpec::is_one")]
+    pub members_per_server: CountSpec,
     /// Rooms in the world.
     pub rooms: u32,
     /// Servers per room (heavy-tailed with an `exponent`), drawn at random; the member with the
@@ -213,6 +220,13 @@ pub struct CountSpec {
     pub exponent: Option<f64>,
 }
 
+impl CountSpec {
+    /// Whether it always draws 1 (the default of the per-server counts).
+    pub fn is_one(&self) -> bool {
+        self.min == 1 && self.max == 1
+    }
+}
+
 /// A server named by its index or its name (`hs3.example`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -331,6 +345,11 @@ pub struct RoomAction {
     /// Messages to send (`send`, `attacker-send`; default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
+    /// `ban`, `leave`, `send`: which of each server's planned users in the room acts or is
+    /// acted on, by position among them (0 = the server's first user, the default; see
+    /// `rooms.members_per_server`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<u32>,
     /// `attacker-send`: pin `origin_server_ts` at the time of the compromise (inside the old
     /// key's validity) instead of the current time.
     #[serde(default)]
@@ -380,6 +399,11 @@ pub(super) fn validate(scenario: &Scenario, rooms: &Rooms) -> Result<(), Invalid
         return Err(("rooms.rooms".to_owned(), "must be at least 1".to_owned()));
     }
     validate_count("rooms.users_per_server", &rooms.users_per_server, u32::MAX)?;
+    validate_count(
+        "rooms.members_per_server",
+        &rooms.members_per_server,
+        u32::MAX,
+    )?;
     if rooms.bystanders >= rooms.servers - 1 {
         return Err((
             "rooms.bystanders".to_owned(),
@@ -627,6 +651,23 @@ fn validate_action(
             ));
         }
         _ => {}
+    }
+    if let Some(user) = action.user {
+        if !matches!(action.kind, Kind::Ban | Kind::Leave | Kind::Send) {
+            return Err((
+                format!("{path}.user"),
+                "is only for ban, leave and send actions".to_owned(),
+            ));
+        }
+        if user >= rooms.members_per_server.max {
+            return Err((
+                format!("{path}.user"),
+                format!(
+                    "{user} is out of range (allowed: 0 to {}, below rooms.members_per_server.max)",
+                    rooms.members_per_server.max - 1
+                ),
+            ));
+        }
     }
     let acl_fields =
         action.allow.is_some() || !action.deny.is_empty() || action.allow_ip_literals.is_some();

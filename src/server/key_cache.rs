@@ -171,7 +171,9 @@ impl KeyCacheStats {
 pub struct Slot {
     pub domain: DomainId,
     keys: Option<Arc<ServerKeys>>,
-    tracked: Option<(String, VerifyingKey)>,
+    /// The key object whose first current key is the tracked key K (shared with every cache
+    /// that fetched the same answer, so a slot stores 8 bytes rather than a copy of the key).
+    tracked: Option<Arc<ServerKeys>>,
     /// The cached response's validity after the clamp (absolute ms).
     valid_until_ms: i64,
     fetched_at_ms: i64,
@@ -225,7 +227,7 @@ impl Slot {
 
     /// The key ID of the tracked key K (the key links are verified with), if any.
     pub fn tracked_key_id(&self) -> Option<&str> {
-        self.tracked.as_ref().map(|(key_id, _)| key_id.as_str())
+        self.tracked().map(|(key_id, _)| key_id)
     }
 
     /// Whether a fetch for this domain is in flight or queued.
@@ -236,7 +238,8 @@ impl Slot {
     /// The key K links would be signed with (its ID and bytes), valid or not.
     pub fn tracked(&self) -> Option<(&str, &VerifyingKey)> {
         self.tracked
-            .as_ref()
+            .as_deref()
+            .and_then(first_key)
             .map(|(key_id, key)| (key_id.as_str(), key))
     }
 
@@ -342,7 +345,7 @@ impl KeyCache {
     ) {
         let valid_until_ms = self.clamp(keys.valid_until_ts_ms, fetched_at_abs_ms);
         let entry = &mut self.slots[slot as usize];
-        entry.tracked = first_key(&keys);
+        entry.tracked = tracking(&keys);
         entry.keys = Some(keys);
         entry.valid_until_ms = valid_until_ms;
         entry.fetched_at_ms = fetched_at_abs_ms;
@@ -463,7 +466,7 @@ impl KeyCache {
         };
         let entry = &mut self.slots[slot as usize];
         let key_expired = now_abs_ms >= entry.valid_until_ms;
-        let effect = match (&entry.tracked, &fetched) {
+        let effect = match (entry.tracked(), &fetched) {
             (Some((key_id, key)), _) => {
                 let row =
                     outcome_table::row(result, key_id, key, effective_valid_until_ms, now_abs_ms);
@@ -581,11 +584,13 @@ impl KeyCache {
     ) {
         let entry = &mut self.slots[slot as usize];
         let tracked_still_listed = entry
-            .tracked
-            .as_ref()
+            .tracked()
             .is_some_and(|(key_id, key)| keys.verify_keys.get(key_id) == Some(key));
         if !tracked_still_listed {
-            entry.tracked = first_key(&keys);
+            entry.tracked = tracking(&keys);
+        } else if entry.tracked() == first_key(&keys).map(|(key_id, key)| (key_id.as_str(), key)) {
+            // The same tracked key, found in the newer object: let the older one go.
+            entry.tracked = Some(Arc::clone(&keys));
         }
         entry.keys = Some(keys);
         entry.unchanged = entry.valid_until_ms == valid_until_ms;
@@ -718,11 +723,13 @@ impl KeyCache {
     }
 }
 
-fn first_key(keys: &ServerKeys) -> Option<(String, VerifyingKey)> {
-    keys.verify_keys
-        .iter()
-        .next()
-        .map(|(key_id, key)| (key_id.clone(), *key))
+fn first_key(keys: &ServerKeys) -> Option<(&String, &VerifyingKey)> {
+    keys.verify_keys.iter().next()
+}
+
+/// The object to track the first key of, if it has one.
+fn tracking(keys: &Arc<ServerKeys>) -> Option<Arc<ServerKeys>> {
+    first_key(keys).map(|_| Arc::clone(keys))
 }
 
 #[cfg(test)]

@@ -243,7 +243,7 @@ impl Run {
             .links
             .links()
             .filter(|link| link.status == LinkStatus::Pending)
-            .filter_map(|link| link.domain.clone())
+            .filter_map(|link| link.domain.as_deref().map(str::to_owned))
             .collect();
         for domain in domains {
             let source = self.script.server_index(&domain);
