@@ -224,6 +224,12 @@ fn main() {
             );
         }
     }
+    println!(
+        "(ratio = events/s / heap holds/s; eratio = engine_only/s / heap holds/s, the same \
+         schedule through the engine's queue with empty handlers; queue, keys, rest = shares \
+         of run_s: the replay's time, key responses written, signed, parsed and checked, and \
+         everything else the model does)"
+    );
     // What the per-fetch key work alone allows: publish + check on every fetch, nothing else.
     for mode in &modes {
         let (publish_us, check_us) = key_response_micros(*mode);
