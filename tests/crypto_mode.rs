@@ -4,38 +4,14 @@
 //! scenarios of both worlds and on a scripted reproduction; only `run-info.json` (wall-clock
 //! figures, and the mode itself) may differ.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+#[path = "common/world_run.rs"]
+mod world_run;
+
+use std::path::Path;
 
 use fedsim::matrix::crypto_mode::{self, CryptoMode};
 use fedsim::room::script;
-use fedsim::scenario::Scenario;
-
-fn load(file: &str, sets: &[&str]) -> Scenario {
-    let sets: Vec<String> = sets.iter().map(|set| set.to_string()).collect();
-    fedsim::scenario::load(Some(Path::new(file)), &sets).unwrap()
-}
-
-fn out_dir(label: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("fedsim-crypto-mode-{}-{label}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-/// Every file a run wrote, by name.
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| {
-            let entry = entry.unwrap();
-            (
-                entry.file_name().to_string_lossy().into_owned(),
-                std::fs::read(entry.path()).unwrap(),
-            )
-        })
-        .collect()
-}
+use world_run::{assert_same_results, load, out_dir};
 
 /// Runs `file` with `sets` in both modes and asserts every result file but run-info.json is
 /// byte-identical; returns how many files were compared.
@@ -50,25 +26,12 @@ fn assert_identical_in_both_modes(label: &str, file: &str, sets: &[&str]) -> usi
     let symbolic_dir = out_dir(&format!("{label}-symbolic"));
     fedsim::world::run_to_dir(&real, 1, &real_dir, false).unwrap();
     fedsim::world::run_to_dir(&symbolic, 1, &symbolic_dir, false).unwrap();
-    let real_files = files(&real_dir);
-    let symbolic_files = files(&symbolic_dir);
-    assert_eq!(
-        real_files.keys().collect::<Vec<_>>(),
-        symbolic_files.keys().collect::<Vec<_>>(),
-        "{label}: the same files"
+    let compared = assert_same_results(
+        &real_dir,
+        &symbolic_dir,
+        &format!("{label} (seed 1), ed25519 vs symbolic signatures"),
     );
-    assert!(real_files.contains_key("summary.json"));
-    let mut compared = 0;
-    for (name, bytes) in &real_files {
-        if name == "run-info.json" {
-            continue;
-        }
-        assert!(
-            *bytes == symbolic_files[name],
-            "{label}: {name} differs between ed25519 and symbolic signatures"
-        );
-        compared += 1;
-    }
+    let real_summary = std::fs::read(real_dir.join("summary.json")).unwrap();
     // The mode is recorded where wall-clock figures are, and only there.
     for (dir, mode) in [(&real_dir, "ed25519"), (&symbolic_dir, "symbolic")] {
         let run_info: serde_json::Value =
@@ -76,7 +39,7 @@ fn assert_identical_in_both_modes(label: &str, file: &str, sets: &[&str]) -> usi
         assert_eq!(run_info["crypto"], mode, "{label}");
     }
     assert!(
-        !String::from_utf8_lossy(&real_files["summary.json"]).contains("symbolic"),
+        !String::from_utf8_lossy(&real_summary).contains("symbolic"),
         "summary.json does not name the mode"
     );
     let _ = std::fs::remove_dir_all(&real_dir);

@@ -1,19 +1,14 @@
 //! The room world's access control and adversaries (src/fed/acl.rs, src/fed/adversary.rs):
 //! server ACLs and `m.federate` on requests, P8's join gate, and the fake `domain` claim (RQ9).
 
-use std::path::PathBuf;
+#[path = "common/world_run.rs"]
+mod world_run;
 
 use fedsim::engine::Trace;
 use fedsim::fed::{FedWorld, Purpose};
 use fedsim::room::room_state::Fate;
-use fedsim::scenario::{Scenario, parse};
 use fedsim::server::absolute_ms;
-use serde_json::Value;
-
-fn scenario(text: &str, sets: &[&str]) -> Scenario {
-    let sets: Vec<String> = sets.iter().map(|set| set.to_string()).collect();
-    parse("test.toml", text, &sets).unwrap()
-}
+use world_run::{all_checks_pass, assert_files_equal, run, scenario};
 
 fn world(text: &str, sets: &[&str], seed: u64) -> FedWorld {
     let mut world = FedWorld::build(&scenario(text, sets), seed, Trace::default());
@@ -256,12 +251,6 @@ fn the_join_gate_admits_every_honest_joiner() {
     assert_eq!(gated.counters.adv.join_gate_refused, 0);
 }
 
-fn out_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fedsim-fed-adv-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 #[test]
 fn adversary_runs_are_byte_identical_and_independent_of_shared_facts() {
     let with_acl = format!(
@@ -273,37 +262,30 @@ fn adversary_runs_are_byte_identical_and_independent_of_shared_facts() {
         ("c", vec!["rooms.share_facts=false"]),
     ];
     let mut dirs = Vec::new();
+    let mut summaries = Vec::new();
     for (name, sets) in runs {
-        let dir = out_dir(name);
-        fedsim::world::run_to_dir(&scenario(&with_acl, &sets), 9, &dir, false).unwrap();
+        let (dir, summary) = run(&scenario(&with_acl, &sets), 9, name);
         dirs.push(dir);
+        summaries.push(summary);
     }
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(dirs[0].join("summary.json")).unwrap())
-            .unwrap();
+    let summary = &summaries[0];
     assert!(summary["metrics"]["amplification_factor"].as_f64().unwrap() > 1.0);
     assert!(summary["metrics"]["acl_events_sent"].as_u64().unwrap() == 1);
-    for check in summary["checks"].as_array().unwrap() {
-        assert_eq!(check["passed"], Value::Bool(true), "{check}");
-    }
-    for file in ["summary.json", "timeseries.csv", "servers.csv"] {
-        let a = std::fs::read(dirs[0].join(file)).unwrap();
-        assert!(
-            a == std::fs::read(dirs[1].join(file)).unwrap(),
-            "{file} differs"
-        );
-    }
+    all_checks_pass(summary);
+    assert_files_equal(
+        &dirs[0],
+        &dirs[1],
+        &["summary.json", "timeseries.csv", "servers.csv"],
+        "two runs of seed 9",
+    );
     // With sharing off: the same files, except the scenario echo in summary.json's parameters.
-    for file in ["timeseries.csv", "servers.csv"] {
-        let a = std::fs::read(dirs[0].join(file)).unwrap();
-        assert!(
-            a == std::fs::read(dirs[2].join(file)).unwrap(),
-            "{file} differs"
-        );
-    }
-    let unshared: Value =
-        serde_json::from_str(&std::fs::read_to_string(dirs[2].join("summary.json")).unwrap())
-            .unwrap();
+    assert_files_equal(
+        &dirs[0],
+        &dirs[2],
+        &["timeseries.csv", "servers.csv"],
+        "seed 9 with sharing off",
+    );
+    let unshared = &summaries[2];
     assert_eq!(summary["metrics"], unshared["metrics"]);
     assert_eq!(summary["checks"], unshared["checks"]);
     for dir in dirs {

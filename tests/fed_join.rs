@@ -3,13 +3,13 @@
 //! is the joiner's first timeline event, and history comes by `/backfill`. Determinism, sharing
 //! on/off, delivery without faults, and what backfill shows.
 
-use std::path::PathBuf;
+#[path = "common/world_run.rs"]
+mod world_run;
 
 use fedsim::engine::Trace;
 use fedsim::fed::FedWorld;
 use fedsim::room::policy::ArrivalPath;
-use fedsim::scenario::{Scenario, parse};
-use serde_json::Value;
+use world_run::{all_checks_pass, assert_files_equal, metric, run, scenario};
 
 const SMALL: &str = r#"
 name = "fed-join"
@@ -27,32 +27,6 @@ join_window = "3h"
 join = "state"
 "#;
 
-fn scenario(text: &str, sets: &[&str]) -> Scenario {
-    let sets: Vec<String> = sets.iter().map(|set| set.to_string()).collect();
-    parse("test.toml", text, &sets).unwrap()
-}
-
-fn run(scenario: &Scenario, seed: u64, name: &str) -> (PathBuf, Value) {
-    let dir = std::env::temp_dir().join(format!("fedsim-fed-join-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    fedsim::world::run_to_dir(scenario, seed, &dir, false).unwrap();
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    (dir, summary)
-}
-
-fn metric(summary: &Value, name: &str) -> f64 {
-    summary["metrics"][name]
-        .as_f64()
-        .unwrap_or_else(|| panic!("metric {name} in {}", summary["metrics"]))
-}
-
-fn all_checks_pass(summary: &Value) {
-    for check in summary["checks"].as_array().unwrap() {
-        assert_eq!(check["passed"], Value::Bool(true), "check failed: {check}");
-    }
-}
-
 #[test]
 fn state_joins_are_byte_identical_twice_and_with_sharing_off() {
     let on = scenario(SMALL, &[]);
@@ -60,20 +34,18 @@ fn state_joins_are_byte_identical_twice_and_with_sharing_off() {
     let (first, a) = run(&on, 5, "det-a");
     let (second, _) = run(&on, 5, "det-b");
     let (unshared, b) = run(&off, 5, "det-off");
-    for file in ["summary.json", "timeseries.csv", "servers.csv"] {
-        let x = std::fs::read(first.join(file)).unwrap();
-        assert!(
-            x == std::fs::read(second.join(file)).unwrap(),
-            "{file} differs"
-        );
-    }
-    for file in ["timeseries.csv", "servers.csv"] {
-        let x = std::fs::read(first.join(file)).unwrap();
-        assert!(
-            x == std::fs::read(unshared.join(file)).unwrap(),
-            "{file} differs with sharing off"
-        );
-    }
+    assert_files_equal(
+        &first,
+        &second,
+        &["summary.json", "timeseries.csv", "servers.csv"],
+        "two runs of seed 5",
+    );
+    assert_files_equal(
+        &first,
+        &unshared,
+        &["timeseries.csv", "servers.csv"],
+        "seed 5 with sharing off",
+    );
     assert_eq!(
         a["metrics"], b["metrics"],
         "metrics differ with sharing off"

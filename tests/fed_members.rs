@@ -4,20 +4,16 @@
 //! user has its own member key and co-signed link; a leave of one user keeps the server
 //! resident, the leave of its last user ends that; runs are byte-identical.
 
+#[path = "common/world_run.rs"]
+mod world_run;
+
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use fedsim::engine::Trace;
 use fedsim::fed::FedWorld;
 use fedsim::room::links::LinkStatus;
 use fedsim::room::room_state::Fate;
-use fedsim::scenario::{Scenario, parse};
-use serde_json::Value;
-
-fn scenario(text: &str, sets: &[&str]) -> Scenario {
-    let sets: Vec<String> = sets.iter().map(|set| set.to_string()).collect();
-    parse("test.toml", text, &sets).unwrap()
-}
+use world_run::{all_checks_pass, assert_files_equal, metric, run, scenario};
 
 /// 6 servers with 3–4 users each, 2 rooms of 3–6 servers, 2–3 users of each member server per
 /// room.
@@ -73,33 +69,6 @@ servers = [3]
 room = 0
 user = 1
 "#;
-
-fn out_dir(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("fedsim-fed-members-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn run(scenario: &Scenario, seed: u64, name: &str) -> (PathBuf, Value) {
-    let dir = out_dir(name);
-    fedsim::world::run_to_dir(scenario, seed, &dir, false).unwrap();
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    (dir, summary)
-}
-
-fn metric(summary: &Value, name: &str) -> f64 {
-    summary["metrics"][name]
-        .as_f64()
-        .unwrap_or_else(|| panic!("metric {name} in {}", summary["metrics"]))
-}
-
-fn all_checks_pass(summary: &Value) {
-    for check in summary["checks"].as_array().unwrap() {
-        assert_eq!(check["passed"], Value::Bool(true), "check failed: {check}");
-    }
-}
 
 /// `member`'s membership in `server`'s current state of `room`.
 fn membership(world: &mut FedWorld, server: u32, room: u32, member: &str) -> Option<String> {
@@ -288,11 +257,12 @@ fn several_users_per_server_are_byte_identical_twice_and_with_kicks_all_checks_p
     let scenario = scenario(MULTI, &sets);
     let (first, summary) = run(&scenario, 2, "det-a");
     let (second, _) = run(&scenario, 2, "det-b");
-    for file in ["summary.json", "timeseries.csv", "servers.csv"] {
-        let a = std::fs::read(first.join(file)).unwrap();
-        let b = std::fs::read(second.join(file)).unwrap();
-        assert!(a == b, "{file} differs between two runs");
-    }
+    assert_files_equal(
+        &first,
+        &second,
+        &["summary.json", "timeseries.csv", "servers.csv"],
+        "two runs of seed 2",
+    );
     all_checks_pass(&summary);
     assert!(metric(&summary, "kicks_sent") > 0.0);
     assert!(metric(&summary, "rejoins_started") > 0.0);

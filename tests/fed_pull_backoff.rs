@@ -3,32 +3,17 @@
 //! drops in 8 simulated hours); with Synapse's pull backoff each failed event is pulled again
 //! only after 2 h, 4 h, ... and what depends on it is given up without a request.
 
+#[path = "common/world_run.rs"]
+mod world_run;
+
 use fedsim::engine::Trace;
 use fedsim::fed::{FedWorld, PULL_BACKOFF_STEP_MS};
 use fedsim::scenario::Scenario;
 use serde_json::Value;
-
-fn load(file: &str, sets: &[&str]) -> Scenario {
-    let sets: Vec<String> = sets.iter().map(|set| set.to_string()).collect();
-    fedsim::scenario::load(Some(std::path::Path::new(file)), &sets).unwrap()
-}
+use world_run::{load, metric};
 
 fn summary(scenario: &Scenario, name: &str) -> (std::path::PathBuf, Value) {
-    let dir = std::env::temp_dir().join(format!(
-        "fedsim-fed-pull-backoff-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    fedsim::world::run_to_dir(scenario, 1, &dir, false).unwrap();
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    (dir, summary)
-}
-
-fn metric(summary: &Value, name: &str) -> f64 {
-    summary["metrics"][name]
-        .as_f64()
-        .unwrap_or_else(|| panic!("metric {name} in {}", summary["metrics"]))
+    world_run::run(scenario, 1, name)
 }
 
 const LYING: &str = "scenarios/rq10-lying-server-rooms.toml";

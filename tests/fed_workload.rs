@@ -1,12 +1,13 @@
 //! Moderation at scenario rates in the room world (src/fed/workload.rs): kicks, bans with
 //! unbans, power-level changes by the creator, and rejoins.
 
-use std::path::PathBuf;
+#[path = "common/world_run.rs"]
+mod world_run;
 
 use fedsim::engine::Trace;
 use fedsim::fed::FedWorld;
 use fedsim::scenario::{Scenario, parse};
-use serde_json::Value;
+use world_run::{all_checks_pass, assert_files_equal, read_summary, run};
 
 const MODERATED: &str = r#"
 name = "moderated"
@@ -67,13 +68,6 @@ fn the_creator_kicks_bans_and_changes_power_at_rates_and_members_come_back() {
     }
 }
 
-fn out_dir(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("fedsim-fed-workload-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 #[test]
 fn moderated_runs_pass_their_checks_and_are_byte_identical() {
     let mut dirs = Vec::new();
@@ -82,33 +76,25 @@ fn moderated_runs_pass_their_checks_and_are_byte_identical() {
         ("b", vec![]),
         ("c", vec!["rooms.share_facts=false"]),
     ] {
-        let dir = out_dir(name);
-        fedsim::world::run_to_dir(&scenario(&sets), 22, &dir, false).unwrap();
+        let (dir, _) = run(&scenario(&sets), 22, name);
         dirs.push(dir);
     }
-    let read = |dir: &PathBuf| -> Value {
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
-    };
-    let summary = read(&dirs[0]);
-    for check in summary["checks"].as_array().unwrap() {
-        assert_eq!(check["passed"], Value::Bool(true), "{check}");
-    }
+    let summary = read_summary(&dirs[0]);
+    all_checks_pass(&summary);
     assert_eq!(summary["metrics"]["rooms_disagreeing_at_end"], 0);
-    for file in ["summary.json", "timeseries.csv", "servers.csv"] {
-        assert!(
-            std::fs::read(dirs[0].join(file)).unwrap()
-                == std::fs::read(dirs[1].join(file)).unwrap(),
-            "{file} differs"
-        );
-    }
-    for file in ["timeseries.csv", "servers.csv"] {
-        assert!(
-            std::fs::read(dirs[0].join(file)).unwrap()
-                == std::fs::read(dirs[2].join(file)).unwrap(),
-            "{file} differs with share_facts off"
-        );
-    }
-    assert_eq!(summary["metrics"], read(&dirs[2])["metrics"]);
+    assert_files_equal(
+        &dirs[0],
+        &dirs[1],
+        &["summary.json", "timeseries.csv", "servers.csv"],
+        "two runs of seed 22",
+    );
+    assert_files_equal(
+        &dirs[0],
+        &dirs[2],
+        &["timeseries.csv", "servers.csv"],
+        "seed 22 with share_facts off",
+    );
+    assert_eq!(summary["metrics"], read_summary(&dirs[2])["metrics"]);
     for dir in dirs {
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -2,17 +2,12 @@
 //! network. Determinism, delivery without faults, convergence after a heal, the compromise story
 //! under P0 and P1, and the always-properties.
 
-use std::path::PathBuf;
+#[path = "common/world_run.rs"]
+mod world_run;
 
 use fedsim::engine::Trace;
 use fedsim::fed::FedWorld;
-use fedsim::scenario::{Scenario, parse};
-use serde_json::Value;
-
-fn scenario(text: &str, sets: &[&str]) -> Scenario {
-    let sets: Vec<String> = sets.iter().map(|set| set.to_string()).collect();
-    parse("test.toml", text, &sets).unwrap()
-}
+use world_run::{all_checks_pass, assert_files_equal, load, metric, read_summary, run, scenario};
 
 const SMALL: &str = r#"
 name = "fed-small"
@@ -29,43 +24,18 @@ topic_changes_per_room_per_day = 4.0
 join_window = "1h"
 "#;
 
-fn out_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fedsim-fed-world-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn run(scenario: &Scenario, seed: u64, name: &str) -> (PathBuf, Value) {
-    let dir = out_dir(name);
-    fedsim::world::run_to_dir(scenario, seed, &dir, false).unwrap();
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    (dir, summary)
-}
-
-fn metric(summary: &Value, name: &str) -> f64 {
-    summary["metrics"][name]
-        .as_f64()
-        .unwrap_or_else(|| panic!("metric {name} in {}", summary["metrics"]))
-}
-
-fn all_checks_pass(summary: &Value) {
-    for check in summary["checks"].as_array().unwrap() {
-        assert_eq!(check["passed"], Value::Bool(true), "check failed: {check}");
-    }
-}
-
 #[test]
 fn a_small_world_is_byte_identical_twice_and_differs_for_another_seed() {
     let scenario = scenario(SMALL, &[]);
     let (first, _) = run(&scenario, 1, "det-a");
     let (second, _) = run(&scenario, 1, "det-b");
     let (other, _) = run(&scenario, 2, "det-c");
-    for file in ["summary.json", "timeseries.csv", "servers.csv"] {
-        let a = std::fs::read(first.join(file)).unwrap();
-        let b = std::fs::read(second.join(file)).unwrap();
-        assert!(a == b, "{file} differs between two runs of seed 1");
-    }
+    assert_files_equal(
+        &first,
+        &second,
+        &["summary.json", "timeseries.csv", "servers.csv"],
+        "two runs of seed 1",
+    );
     let a = std::fs::read(first.join("summary.json")).unwrap();
     let c = std::fs::read(other.join("summary.json")).unwrap();
     assert_ne!(a, c, "seed 2 gives another run");
@@ -127,11 +97,6 @@ fn the_world_holds_real_events_and_every_member_joined() {
         let first = views[0].state.forward_extremities();
         assert!(!first.is_empty());
     }
-}
-
-fn load(file: &str, sets: &[&str]) -> Scenario {
-    let sets: Vec<String> = sets.iter().map(|set| set.to_string()).collect();
-    fedsim::scenario::load(Some(std::path::Path::new(file)), &sets).unwrap()
 }
 
 #[test]
@@ -225,19 +190,16 @@ fn sharing_event_facts_across_servers_changes_no_result() {
     let file = "scenarios/rq5-divergence.toml";
     let (on_dir, _) = run(&load(file, &[]), 2, "share-on");
     let (off_dir, _) = run(&load(file, &["rooms.share_facts=false"]), 2, "share-off");
-    for file in ["timeseries.csv", "servers.csv"] {
-        assert!(
-            std::fs::read(on_dir.join(file)).unwrap() == std::fs::read(off_dir.join(file)).unwrap(),
-            "{file} differs with sharing on and off"
-        );
-    }
-    let metrics = |dir: &PathBuf| {
-        let summary: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
-                .unwrap();
-        summary["metrics"].clone()
-    };
-    assert_eq!(metrics(&on_dir), metrics(&off_dir));
+    assert_files_equal(
+        &on_dir,
+        &off_dir,
+        &["timeseries.csv", "servers.csv"],
+        "seed 2 with sharing on and off",
+    );
+    assert_eq!(
+        read_summary(&on_dir)["metrics"],
+        read_summary(&off_dir)["metrics"]
+    );
     for dir in [on_dir, off_dir] {
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -4,10 +4,14 @@
 //! say. Also: the churn knobs generate the same actions for the same seed, and the files are the
 //! same with shared facts on or off.
 
+#[path = "common/world_run.rs"]
+mod world_run;
+
 use std::path::PathBuf;
 
 use fedsim::scenario::{Scenario, parse};
 use serde_json::Value;
+use world_run::assert_files_equal;
 
 const STORY: &str = r#"
 name = "bitrot-story"
@@ -50,11 +54,7 @@ fn scenario(sets: &[&str]) -> Scenario {
 }
 
 fn run(sets: &[&str], name: &str) -> (PathBuf, Value, Vec<Vec<String>>) {
-    let dir = std::env::temp_dir().join(format!("fedsim-rq-bitrot-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    fedsim::world::run_to_dir(&scenario(sets), 1, &dir, false).unwrap();
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let (dir, summary) = world_run::run(&scenario(sets), 1, name);
     let rows: Vec<Vec<String>> = std::fs::read_to_string(dir.join("bitrot.csv"))
         .unwrap()
         .lines()
@@ -132,24 +132,23 @@ fn bitrot_files_are_identical_twice_and_with_shared_facts_off() {
     let mut unshared = sets.to_vec();
     unshared.push("rooms.share_facts=false");
     let (c, _, _) = run(&unshared, "det-c");
-    for file in [
-        "summary.json",
-        "timeseries.csv",
-        "servers.csv",
-        "bitrot.csv",
-    ] {
-        let first = std::fs::read(a.join(file)).unwrap();
-        assert!(
-            first == std::fs::read(b.join(file)).unwrap(),
-            "{file} differs"
-        );
-        if file != "summary.json" {
-            assert!(
-                first == std::fs::read(c.join(file)).unwrap(),
-                "{file} differs with share_facts off"
-            );
-        }
-    }
+    assert_files_equal(
+        &a,
+        &b,
+        &[
+            "summary.json",
+            "timeseries.csv",
+            "servers.csv",
+            "bitrot.csv",
+        ],
+        "two runs of seed 1",
+    );
+    assert_files_equal(
+        &a,
+        &c,
+        &["timeseries.csv", "servers.csv", "bitrot.csv"],
+        "seed 1 with share_facts off",
+    );
     for dir in [a, b, c] {
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -2,20 +2,18 @@
 //! room (`divergence.csv`), the orphans per server (`orphans.csv`) and the heat map; P1 diverges
 //! and orphans replies where P5 (label, don't hide) does neither.
 
+#[path = "common/world_run.rs"]
+mod world_run;
+
 use std::path::PathBuf;
 
 use serde_json::Value;
+use world_run::load;
 
 fn run(policy: &str) -> (PathBuf, Value) {
-    let sets = vec![format!("rooms.policy={policy}")];
-    let scenario =
-        fedsim::scenario::load(Some("scenarios/rq5-divergence.toml".as_ref()), &sets).unwrap();
-    let dir = std::env::temp_dir().join(format!("fedsim-rq5-{}-{policy}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    fedsim::world::run_to_dir(&scenario, 1, &dir, false).unwrap();
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    (dir, summary)
+    let policy_set = format!("rooms.policy={policy}");
+    let sets = [policy_set.as_str()];
+    world_run::run(&load("scenarios/rq5-divergence.toml", &sets), 1, policy)
 }
 
 fn divergences(dir: &std::path::Path) -> Vec<f64> {

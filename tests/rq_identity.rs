@@ -3,20 +3,20 @@
 //! verified member keys, whatever the policy, and nothing collides elsewhere. P0 cannot express
 //! it (no member keys): the scenario is refused with a one-line error.
 
+#[path = "common/world_run.rs"]
+mod world_run;
+
 use serde_json::Value;
+use world_run::load;
 
 fn run(policy: &str) -> Value {
-    let sets = vec![format!("rooms.policy={policy}")];
-    let scenario = fedsim::scenario::load(
-        Some("scenarios/rq14-duplicate-identity.toml".as_ref()),
-        &sets,
-    )
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("fedsim-rq14-{}-{policy}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    fedsim::world::run_to_dir(&scenario, 1, &dir, false).unwrap();
-    let summary =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let policy_set = format!("rooms.policy={policy}");
+    let sets = [policy_set.as_str()];
+    let (dir, summary) = world_run::run(
+        &load("scenarios/rq14-duplicate-identity.toml", &sets),
+        1,
+        policy,
+    );
     let _ = std::fs::remove_dir_all(&dir);
     summary
 }

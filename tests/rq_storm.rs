@@ -3,9 +3,13 @@
 //! second in storm.csv — while P6's push carries the re-signed events and brings only one key
 //! request per observer.
 
+#[path = "common/world_run.rs"]
+mod world_run;
+
 use std::path::PathBuf;
 
 use serde_json::Value;
+use world_run::load;
 
 fn run(policy: &str) -> (PathBuf, Value) {
     let sets: Vec<String> = [
@@ -16,14 +20,8 @@ fn run(policy: &str) -> (PathBuf, Value) {
         "rooms.rooms=3".to_owned(),
     ]
     .to_vec();
-    let scenario =
-        fedsim::scenario::load(Some("scenarios/rq7-requery-storm.toml".as_ref()), &sets).unwrap();
-    let dir = std::env::temp_dir().join(format!("fedsim-rq7-{}-{policy}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    fedsim::world::run_to_dir(&scenario, 1, &dir, false).unwrap();
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    (dir, summary)
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    world_run::run(&load("scenarios/rq7-requery-storm.toml", &sets), 1, policy)
 }
 
 fn metric(summary: &Value, name: &str) -> u64 {

@@ -1,9 +1,13 @@
 //! Whole-world tests: the arithmetic anchor N/L, every request outcome, determinism, and the
 //! verification memo's transparency.
 
+#[path = "common/world_run.rs"]
+mod world_run;
+
 use fedsim::engine::Trace;
 use fedsim::scenario::{Scenario, parse};
 use fedsim::world::World;
+use world_run::result_files;
 
 fn scenario(text: &str) -> Scenario {
     parse("test.toml", text, &[]).unwrap()
@@ -164,22 +168,6 @@ chart = "rq1-polling-load"
     )
 }
 
-fn result_files(directory: &std::path::Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(directory)
-        .unwrap()
-        .map(|entry| entry.unwrap())
-        .filter(|entry| entry.file_name() != "run-info.json")
-        .map(|entry| {
-            (
-                entry.file_name().to_string_lossy().into_owned(),
-                std::fs::read(entry.path()).unwrap(),
-            )
-        })
-        .collect();
-    files.sort();
-    files
-}
-
 /// The same scenario and seed give byte-identical result files; another seed does not.
 #[test]
 fn runs_are_deterministic_and_seeds_matter() {
@@ -189,7 +177,7 @@ fn runs_are_deterministic_and_seeds_matter() {
     fedsim::world::run_to_dir(&scenario, 7, &base.join("b"), false).unwrap();
     let other = fedsim::world::run_to_dir(&scenario, 8, &base.join("c"), false).unwrap();
     let files_a = result_files(&base.join("a"));
-    let names: Vec<&str> = files_a.iter().map(|(name, _)| name.as_str()).collect();
+    let names: Vec<&str> = files_a.keys().map(String::as_str).collect();
     assert_eq!(
         names,
         [
