@@ -35,7 +35,7 @@ impl FedWorld {
         user: u32,
         attempt: u32,
     ) {
-        let several = self.plans[room as usize].users_of(server).nth(1).is_some();
+        let several = self.plans[room as usize].has_several_users(server);
         if !several {
             self.start_join(room, server, user, attempt);
             return;

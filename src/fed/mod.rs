@@ -506,6 +506,11 @@ impl RoomPlan {
         self.users_of(server).next()
     }
 
+    /// Whether `server` has more than one planned user in this room.
+    pub fn has_several_users(&self, server: ServerId) -> bool {
+        self.users_of(server).nth(1).is_some()
+    }
+
     /// The planned member ID of `user` of `server`.
     pub fn member_id_of(&self, server: ServerId, user: u32) -> Option<&str> {
         self.members
@@ -2110,13 +2115,8 @@ impl FedWorld {
     /// The member ID `user` of `server` will have in `room` (its member key's ID under member
     /// keys).
     fn joiner_member_id(&self, room: RoomIndex, server: ServerId, user: u32) -> String {
-        let plan = &self.plans[room as usize];
-        if let Some(position) = plan
-            .members
-            .iter()
-            .position(|member| *member == (server, user))
-        {
-            return plan.member_ids[position].clone();
+        if let Some(member_id) = self.plans[room as usize].member_id_of(server, user) {
+            return member_id.to_owned();
         }
         if self.version.member_keys {
             let key = build::member_key(self.seed, room, server, user);

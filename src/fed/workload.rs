@@ -32,14 +32,16 @@ pub enum Chore {
 }
 
 impl Chore {
-    /// A number for the event trace.
+    /// A number for the event trace. The user sits above the server so that two users of one
+    /// server get different codes, while user 0 (the only one with one user per server) keeps
+    /// the code it had before several users existed.
     pub(super) fn trace_code(self) -> u64 {
         match self {
             Chore::Kick => 0,
             Chore::Ban => 1,
             Chore::PowerChange => 2,
-            Chore::Unban(server, _) => 3 | u64::from(server) << 4,
-            Chore::Rejoin(server, _) => 4 | u64::from(server) << 4,
+            Chore::Unban(server, user) => 3 | u64::from(server) << 4 | u64::from(user) << 36,
+            Chore::Rejoin(server, user) => 4 | u64::from(server) << 4 | u64::from(user) << 36,
         }
     }
 }
@@ -183,7 +185,7 @@ impl FedWorld {
                 if self.membership_seen_by_creator(room, &target_id).as_deref() != Some("leave") {
                     return;
                 }
-                if self.plans[room as usize].users_of(target).nth(1).is_some() {
+                if self.plans[room as usize].has_several_users(target) {
                     // A server with several users in the room: a local join while another of
                     // its users is joined, else `make_join` (`members.rs`).
                     if self.servers[target as usize].rooms.contains_key(&room) {

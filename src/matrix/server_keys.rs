@@ -228,7 +228,7 @@ pub struct SignedBodyTemplate {
 
 /// Refuses an integer outside canonical JSON's range, as serialising the JSON would.
 fn canonical_integer(value: i64) -> Result<i64, SigningError> {
-    if (-(1i64 << 53) + 1..=(1i64 << 53) - 1).contains(&value) {
+    if (canonical_json::MIN_SAFE_INTEGER..=canonical_json::MAX_SAFE_INTEGER).contains(&value) {
         Ok(value)
     } else {
         Err(SigningError::Canonical(
@@ -512,7 +512,7 @@ impl<'a> CanonicalCursor<'a> {
         let magnitude = digits
             .iter()
             .fold(0i64, |value, digit| value * 10 + i64::from(digit - b'0'));
-        if magnitude > (1i64 << 53) - 1 {
+        if magnitude > canonical_json::MAX_SAFE_INTEGER {
             return None;
         }
         Some(if negative { -magnitude } else { magnitude })

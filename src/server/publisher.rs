@@ -58,11 +58,10 @@ fn sign_with(
     let body = match kept {
         Some(kept) => kept
             .get_or_insert_with(make)
-            .body(signer_key, valid_until_ms),
-        None => make().body(signer_key, valid_until_ms),
-    };
-    let body: Arc<str> =
-        Arc::from(body.expect("a key object with simulated timestamps always signs"));
+            .body_arc(signer_key, valid_until_ms),
+        None => make().body_arc(signer_key, valid_until_ms),
+    }
+    .expect("a key object with simulated timestamps always signs");
     *sign_nanos += started.elapsed().as_nanos() as u64;
     *signatures_made += 1;
     body
