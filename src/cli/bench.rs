@@ -30,8 +30,9 @@ pub const STANDARD: &[(&str, &str)] = &[
 /// Arguments of `fedsim bench`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Standard sizes (small, medium, federation) or scenario files; default: small (medium
-    /// and federation need more memory than the room world fits in today; see their files).
+    /// Standard sizes (small, medium, federation) or scenario files; default: small (~20 s).
+    /// medium takes ~10 minutes and ~3.2 GiB; federation does not fit one machine today (the
+    /// header of scenarios/bench-federation.toml has the measured ladder).
     pub scenarios: Vec<String>,
     /// The run seed.
     #[arg(long, default_value_t = 1)]
