@@ -157,13 +157,21 @@ impl FedWorld {
     }
 
     /// The planned users of `room` joined in their own server's current state, as (server,
-    /// user, member ID), in plan order.
-    pub fn joined_members(&mut self, room: RoomIndex) -> Vec<(ServerId, u32, String)> {
-        let members: Vec<(ServerId, u32)> = self.plans[room as usize].members.clone();
+    /// user), in plan order. Called for every message when servers have several users, so it
+    /// reads the planned member IDs in place (`member_ids[i]` belongs to `members[i]`, both fixed
+    /// at build) instead of searching and cloning them per member.
+    pub fn joined_members(&mut self, room: RoomIndex) -> Vec<(ServerId, u32)> {
+        let plan = &self.plans[room as usize];
         let mut joined = Vec::new();
-        for (server, user) in members {
-            if self.local_membership(room, server, user).as_deref() == Some("join") {
-                joined.push((server, user, self.joiner_member_id(room, server, user)));
+        for (&(server, user), member) in plan.members.iter().zip(&plan.member_ids) {
+            let Some(server_room) = self.servers[server as usize].rooms.get_mut(&room) else {
+                continue;
+            };
+            let event = server_room
+                .state
+                .current_state_event("m.room.member", member);
+            if matches!(event, Ok(Some(event)) if event.membership() == Some("join")) {
+                joined.push((server, user));
             }
         }
         joined

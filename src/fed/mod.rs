@@ -833,8 +833,7 @@ impl FedWorld {
                         return;
                     }
                     let rng = &mut self.plans[room as usize].message_rng;
-                    let (server, user, _) = joined[rng.below(joined.len() as u64) as usize];
-                    (server, user)
+                    joined[rng.below(joined.len() as u64) as usize]
                 } else {
                     // One user per server: any planned member (one whose server is not joined
                     // sends nothing).
