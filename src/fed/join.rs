@@ -231,17 +231,13 @@ impl FedWorld {
                     item.state = Some(state);
                 }
             } else {
-                let id = self.dispatch(
+                self.dispatch_parked(
                     server,
+                    room,
                     responder,
                     Purpose::State,
                     Body::State { room, event_id },
                 );
-                let server_room = self.servers[server as usize]
-                    .rooms
-                    .get_mut(&room)
-                    .expect("the room is held");
-                server_room.blocked = Some(Block::Gap(id));
                 return;
             }
         }
@@ -275,18 +271,19 @@ impl FedWorld {
         item.state_fetched = true;
         self.counters.state_fetches += 1;
         let target = item.from;
-        let id = self.dispatch(
+        self.servers[server as usize]
+            .rooms
+            .get_mut(&room)
+            .expect("the room is held")
+            .inbound
+            .push_front(item.clone());
+        self.dispatch_parked(
             server,
+            room,
             target,
             Purpose::StateIds,
             Body::StateIds { room, event_id },
         );
-        let server_room = self.servers[server as usize]
-            .rooms
-            .get_mut(&room)
-            .expect("the room is held");
-        server_room.inbound.push_front(item.clone());
-        server_room.blocked = Some(Block::Gap(id));
         true
     }
 

@@ -912,6 +912,24 @@ impl FedWorld {
     // ----- requests -----------------------------------------------------------------------
 
     /// Sends a request: routed now, it arrives (and is answered) or ends with a failure.
+    /// Sends a request whose answer `server`'s inbound queue of `room` waits for, and parks the
+    /// queue on it (the gap requests: `/get_missing_events`, `/state_ids`, `/state`).
+    fn dispatch_parked(
+        &mut self,
+        server: ServerId,
+        room: RoomIndex,
+        to: ServerId,
+        purpose: Purpose,
+        body: Body,
+    ) {
+        let id = self.dispatch(server, to, purpose, body);
+        self.servers[server as usize]
+            .rooms
+            .get_mut(&room)
+            .expect("a parked room is held")
+            .blocked = Some(Block::Gap(id));
+    }
+
     fn dispatch(&mut self, from: ServerId, to: ServerId, purpose: Purpose, body: Body) -> u64 {
         let now_ms = self.queue.now_ms();
         let id = self.next_request;
@@ -1725,8 +1743,9 @@ impl FedWorld {
                     item.gap_rounds += 1;
                     state.inbound.push_front(item);
                     let min_depth = self.min_depth(server, room);
-                    let id = self.dispatch(
+                    self.dispatch_parked(
                         server,
+                        room,
                         target,
                         Purpose::GetMissingEvents,
                         Body::GetMissing {
@@ -1737,11 +1756,6 @@ impl FedWorld {
                             min_depth,
                         },
                     );
-                    let state = self.servers[server as usize]
-                        .rooms
-                        .get_mut(&room)
-                        .expect("checked above");
-                    state.blocked = Some(Block::Gap(id));
                     return;
                 }
                 self.counters.gaps_given_up += 1;
