@@ -4,6 +4,9 @@
 # for an unlisted file is to run it as it is), key world and room world alike. Any failure fails
 # the script and prints the command that reproduces it.
 # The binary is FEDSIM_BIN or target/release/fedsim (built if needed).
+# FEDSIM_RESULTS=DIR keeps every run's result files in DIR (otherwise a temporary directory,
+# removed at the end): two binaries' results can then be compared with
+#   diff -r -x run-info.json -x '*.log' DIR_A DIR_B
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
@@ -15,8 +18,13 @@ if [ -z "$fedsim" ]; then
     cargo test --release --no-run --quiet
     fedsim=target/release/fedsim
 fi
-work=$(mktemp -d /tmp/fedsim-scenarios-test.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+if [ -n "${FEDSIM_RESULTS:-}" ]; then
+    work=$FEDSIM_RESULTS
+    mkdir -p "$work"
+else
+    work=$(mktemp -d /tmp/fedsim-scenarios-test.XXXXXX)
+    trap 'rm -rf "$work"' EXIT
+fi
 
 # The reduced size of each scenario: --set arguments, one per line.
 reduced_sets() {
