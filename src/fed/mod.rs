@@ -1448,9 +1448,9 @@ impl FedWorld {
         let version = self.version;
         let policy = self.room_policy.clone();
         let hs = &mut self.servers[server as usize];
-        let rooms: Vec<RoomIndex> = hs.rooms.keys().copied().collect();
         let mut stale_checks = Vec::new();
-        for room in rooms {
+        if version.member_keys {
+            // The held keys are the same for every room of the server: looked up once.
             let keys = CacheKeys {
                 own_name: &hs.name,
                 own_keys: &hs.own_keys,
@@ -1459,36 +1459,35 @@ impl FedWorld {
                 now_abs_ms,
                 archive: &hs.archive,
             };
-            let Some(state) = hs.rooms.get_mut(&room) else {
-                continue;
+            let held = if usable {
+                crate::room::keys::KeySource::held_keys(&keys, domain_name)
+            } else {
+                None
             };
-            if !version.member_keys {
-                continue;
-            }
-            let changed = if usable {
-                match crate::room::keys::KeySource::held_keys(&keys, domain_name) {
-                    Some(held) => {
+            for (&room, state) in hs.rooms.iter_mut() {
+                let changed = match (usable, held) {
+                    (true, Some(held)) => {
                         state
                             .links
                             .keys_available(&version, domain_name, held, now_abs_ms)
                     }
-                    None => Vec::new(),
+                    (true, None) => Vec::new(),
+                    (false, _) => state.links.keys_unavailable(domain_name, now_abs_ms),
+                };
+                if changed.is_empty() {
+                    continue;
                 }
-            } else {
-                state.links.keys_unavailable(domain_name, now_abs_ms)
-            };
-            if !changed.is_empty() {
-                stale_checks.push((room, changed.clone()));
-            }
-            if usable && !changed.is_empty() {
-                self.counters.links_reverified += changed.len() as u64;
-                self.counters.revealed += pipeline::reveal_verified(
-                    &mut state.state,
-                    &state.links,
-                    &policy,
-                    &changed,
-                    now_abs_ms,
-                ) as u64;
+                if usable {
+                    self.counters.links_reverified += changed.len() as u64;
+                    self.counters.revealed += pipeline::reveal_verified(
+                        &mut state.state,
+                        &state.links,
+                        &policy,
+                        &changed,
+                        now_abs_ms,
+                    ) as u64;
+                }
+                stale_checks.push((room, changed));
             }
         }
         for (room, members) in stale_checks {
