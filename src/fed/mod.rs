@@ -1052,11 +1052,7 @@ impl FedWorld {
             }
             Body::Push(pdus) => {
                 // P6: a rotation notice carrying re-signed member events; fetch the keys now.
-                if let Some(slot) = self.servers[to as usize]
-                    .slot_of
-                    .get(&self.servers[from as usize].name)
-                    .copied()
-                {
+                if let Some(slot) = self.servers[to as usize].slot_of.get_id(from) {
                     let mut out = std::mem::take(&mut self.key_outputs);
                     self.servers[to as usize].cache.fetch_now(slot, &mut out);
                     self.apply_key_outputs(to, &mut out, None);
