@@ -281,21 +281,53 @@ impl FedWorld {
         let mut queue = EventQueue::new();
         let mut servers = Vec::new();
         let mut out: Vec<KeyCacheOutput> = Vec::new();
-        for ((server, publisher), domains) in publishers.into_iter().enumerate().zip(shared) {
-            let mut cache = KeyCache::new(
-                key_policy.clone(),
-                &domains,
-                0,
-                SimRng::stream(seed, "key-cache", server as u64),
+        // Warm caches: every slot as if its domain's published response had been fetched when
+        // it was made, its first re-check timer set. When that start is the same in every cache
+        // (the policy draws nothing for it), each domain's warm slot is made once and shared
+        // until a cache changes it, and the timers are pushed when due (`InitialTimers`), under
+        // the sequence numbers their pushes here would have taken.
+        let warm_starts = KeyCache::warm_start_is_shared(&key_policy).then(|| {
+            KeyCache::warm_starts(
+                &key_policy,
+                published
+                    .iter()
+                    .map(|(_, keys, made_at_abs_ms)| (Arc::clone(keys), *made_at_abs_ms)),
+            )
+        });
+        if let Some((_, due)) = &warm_starts {
+            assert!(
+                due.iter().all(Option::is_some) || due.iter().all(Option::is_none),
+                "a policy's warm start sets a timer for every domain or for none"
             );
-            for (slot, domain) in domains.iter().enumerate() {
-                // A newcomer to the federation has fetched nobody's keys yet.
-                if newcomers.contains(&(server as ServerId)) {
-                    continue;
+        }
+        let mut first_seq = Vec::new();
+        for ((server, publisher), domains) in publishers.into_iter().enumerate().zip(shared) {
+            let rng = SimRng::stream(seed, "key-cache", server as u64);
+            // A newcomer to the federation has fetched nobody's keys yet.
+            let newcomer = newcomers.contains(&(server as ServerId));
+            let cache = match &warm_starts {
+                Some((warm_slots, due)) if !newcomer => {
+                    let timers = if due.iter().all(Option::is_some) {
+                        domains.len() as u64
+                    } else {
+                        0
+                    };
+                    first_seq.push(Some(queue.reserve_seqs(timers)));
+                    KeyCache::with_warm_slots(key_policy.clone(), &domains, 0, rng, warm_slots)
                 }
-                let (_, keys, made_at_abs_ms) = &published[*domain as usize];
-                cache.warm(0, slot as u32, Arc::clone(keys), *made_at_abs_ms, &mut out);
-            }
+                _ => {
+                    first_seq.push(None);
+                    let mut cache = KeyCache::new(key_policy.clone(), &domains, 0, rng);
+                    for (slot, domain) in domains.iter().enumerate() {
+                        if newcomer {
+                            continue;
+                        }
+                        let (_, keys, made_at_abs_ms) = &published[*domain as usize];
+                        cache.warm(0, slot as u32, Arc::clone(keys), *made_at_abs_ms, &mut out);
+                    }
+                    cache
+                }
+            };
             for output in out.drain(..) {
                 if let KeyCacheOutput::SetTimer {
                     at_ms,
@@ -320,7 +352,7 @@ impl FedWorld {
                 own_keys: Arc::clone(keys),
                 own_body: Arc::clone(body),
                 cache,
-                slot_of: super::keys::SlotOf::planned(domains),
+                slot_of: super::keys::SlotOf::with_planned(domains),
                 users: users[server].clone(),
                 rooms: BTreeMap::new(),
                 outbox: BTreeMap::new(),
@@ -413,6 +445,10 @@ impl FedWorld {
             bitrot_rows: Vec::new(),
             bitrot_taken: BTreeSet::new(),
             storm,
+            initial_timers: match warm_starts {
+                Some((_, due)) => super::keys::InitialTimers::new(&due, first_seq),
+                None => super::keys::InitialTimers::default(),
+            },
         }
     }
 }

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use super::{Ev, Homeserver};
+use crate::engine::EventQueue;
 use crate::matrix::server_keys::{ServerKeys, ValidityClamp};
 use crate::net::ServerId;
 use crate::room::keys::{HeldKeys, KeySource};
@@ -20,7 +22,7 @@ pub(crate) struct SlotOf {
 
 impl SlotOf {
     /// Slots `0..domains.len()` for `domains` (ascending, distinct).
-    pub fn planned(domains: Vec<ServerId>) -> SlotOf {
+    pub fn with_planned(domains: Vec<ServerId>) -> SlotOf {
         debug_assert!(domains.windows(2).all(|pair| pair[0] < pair[1]));
         SlotOf {
             planned: domains.into_boxed_slice(),
@@ -41,9 +43,92 @@ impl SlotOf {
         }
     }
 
+    /// The planned domains, ascending (slot `i` is the `i`-th).
+    pub fn planned(&self) -> &[ServerId] {
+        &self.planned
+    }
+
     /// Records `slot` for a domain met outside the planned rooms.
     pub fn insert_met(&mut self, domain: ServerId, slot: u32) {
         self.met.insert(domain, slot);
+    }
+}
+
+/// The first re-check timer of every warm-started key-cache slot of a world built with
+/// shared warm starts (`KeyCache::with_warm_slots`), kept out of the event queue until due.
+///
+/// Warming slot `j` of server `a` at build time would have pushed `KeyTimer { a, j }` at the
+/// due time of its domain's warm start, the pushes going server by server, slot by slot, before
+/// any other push. The build reserves those pushes' sequence numbers instead (server `a`'s
+/// slot `j` is `first_seq[a] + j`), and [`InitialTimers::feed`] pushes every timer whose time
+/// has come under its reserved number before the queue is looked at: the queue then pops
+/// exactly what it would have popped, in the same order, holding one entry per domain's
+/// sharing servers at a time instead of one per pair of servers from the start.
+#[derive(Debug, Default)]
+pub(crate) struct InitialTimers {
+    /// (due ms, domain, timer generation) of each domain's warm-start timer, ascending.
+    due: Vec<(u64, ServerId, u32)>,
+    /// The next entry of `due` to push.
+    next: usize,
+    /// Per server: the reserved sequence number of its slot 0's timer, or `None` (a newcomer
+    /// warms nothing).
+    first_seq: Vec<Option<u64>>,
+}
+
+impl InitialTimers {
+    /// Timers at `due[domain]` (`None`: the warm start set no timer) for servers whose first
+    /// reserved sequence number is `first_seq[server]`.
+    pub fn new(due: &[Option<(u64, u32)>], first_seq: Vec<Option<u64>>) -> InitialTimers {
+        let mut due: Vec<(u64, ServerId, u32)> = due
+            .iter()
+            .enumerate()
+            .filter_map(|(domain, due)| {
+                due.map(|(at_ms, generation)| (at_ms, domain as ServerId, generation))
+            })
+            .collect();
+        due.sort_unstable();
+        InitialTimers {
+            due,
+            next: 0,
+            first_seq,
+        }
+    }
+
+    /// Pushes every timer due no later than the queue's earliest event (all that remain if the
+    /// queue is empty): for each such domain, one timer per (non-newcomer) server sharing a
+    /// room with it, under its reserved sequence number.
+    pub fn feed(&mut self, queue: &mut EventQueue<Ev>, servers: &[Homeserver]) {
+        while let Some(&(at_ms, domain, generation)) = self.due.get(self.next) {
+            if queue
+                .peek_time_ms()
+                .is_some_and(|earliest_ms| earliest_ms < at_ms)
+            {
+                return;
+            }
+            self.next += 1;
+            // Sharing a planned room is symmetric: the servers with a slot for `domain` are
+            // `domain`'s own planned domains.
+            for &server in servers[domain as usize].slot_of.planned() {
+                let Some(first_seq) = self.first_seq[server as usize] else {
+                    continue;
+                };
+                let slot = servers[server as usize]
+                    .slot_of
+                    .planned()
+                    .binary_search(&domain)
+                    .expect("sharing a planned room is symmetric")
+                    as u32;
+                queue.push_reserved(
+                    at_ms,
+                    first_seq + u64::from(slot),
+                    Ev::KeyTimer {
+                        server,
+                        slot,
+                        generation,
+                    },
+                );
+            }
+        }
     }
 }
 
@@ -138,7 +223,7 @@ mod tests {
 
     #[test]
     fn slots_are_planned_positions_then_met_domains() {
-        let mut slot_of = SlotOf::planned(vec![2, 5, 9]);
+        let mut slot_of = SlotOf::with_planned(vec![2, 5, 9]);
         assert_eq!(slot_of.get("hs5.example"), Some(1));
         assert_eq!(slot_of.get("hs9.example"), Some(2));
         assert_eq!(slot_of.get("hs3.example"), None);
