@@ -181,13 +181,23 @@ pub struct Slot {
     pub valid: bool,
     in_flight: u16,
     waiting: bool,
-    failures: u32,
-    backoff_interval_ms: u64,
-    backoff_until_ms: u64,
+    /// The failures since the last success and the backoff they set (`None`: no failure since,
+    /// which is most slots most of the time; boxed to keep the slot at 64 bytes).
+    backoff: Option<Box<Backoff>>,
     generation: u32,
-    next_due_ms: Option<u64>,
+    /// When the live re-check timer is due, if `has_next_due`.
+    next_due_ms: u64,
+    has_next_due: bool,
     /// Whether the last successful fetch returned the validity already cached.
     unchanged: bool,
+}
+
+/// A slot's failures since its last success and the backoff they set.
+#[derive(Debug, Clone, Default)]
+struct Backoff {
+    failures: u32,
+    interval_ms: u64,
+    until_ms: u64,
 }
 
 impl Slot {
@@ -201,13 +211,18 @@ impl Slot {
             valid: false,
             in_flight: 0,
             waiting: false,
-            failures: 0,
-            backoff_interval_ms: 0,
-            backoff_until_ms: 0,
+            backoff: None,
             generation: 0,
-            next_due_ms: None,
+            next_due_ms: 0,
+            has_next_due: false,
             unchanged: false,
         }
+    }
+
+    /// Until when (simulated ms) a backoff after failures lasts (0 if no failure since the last
+    /// success).
+    fn backoff_until_ms(&self) -> u64 {
+        self.backoff.as_ref().map_or(0, |backoff| backoff.until_ms)
     }
 
     /// The cached, verified key object.
@@ -526,8 +541,8 @@ impl KeyCache {
         if entry.generation != generation {
             return false; // superseded by a later timer
         }
-        entry.next_due_ms = None;
-        let purpose = if entry.failures > 0 {
+        entry.has_next_due = false;
+        let purpose = if entry.backoff.is_some() {
             Purpose::Retry
         } else {
             Purpose::Periodic
@@ -548,7 +563,7 @@ impl KeyCache {
             self.policy.backoff,
             BackoffKind::Msc4499 | BackoffKind::PerDomainGlobal
         );
-        if backoff_blocks && now_ms < entry.backoff_until_ms {
+        if backoff_blocks && now_ms < entry.backoff_until_ms() {
             self.stats.blocked_by_backoff += 1;
             return;
         }
@@ -569,7 +584,7 @@ impl KeyCache {
             self.policy.backoff,
             BackoffKind::Msc4499 | BackoffKind::PerDomainGlobal
         );
-        if backoff_blocks && now_ms < entry.backoff_until_ms {
+        if backoff_blocks && now_ms < entry.backoff_until_ms() {
             self.stats.blocked_by_backoff += 1;
             return;
         }
@@ -716,7 +731,8 @@ impl KeyCache {
             let entry = &mut self.slots[slot as usize];
             entry.in_flight = 0;
             entry.waiting = false;
-            if let Some(due_ms) = entry.next_due_ms {
+            if entry.has_next_due {
+                let due_ms = entry.next_due_ms;
                 self.set_timer(due_ms.max(now_ms), slot, out);
             }
         }
@@ -756,9 +772,7 @@ impl KeyCache {
         entry.unchanged = entry.valid_until_ms == valid_until_ms;
         entry.valid_until_ms = valid_until_ms;
         entry.fetched_at_ms = now_abs_ms;
-        entry.failures = 0;
-        entry.backoff_interval_ms = 0;
-        entry.backoff_until_ms = 0;
+        entry.backoff = None;
         if !entry.valid {
             entry.valid = true;
             self.stats.revalidations += 1;
@@ -844,23 +858,25 @@ impl KeyCache {
 
     fn schedule_after_failure(&mut self, now_ms: u64, slot: u32, out: &mut Vec<KeyCacheOutput>) {
         let policy = &self.policy;
-        let entry = &mut self.slots[slot as usize];
-        entry.failures += 1;
+        let backoff = self.slots[slot as usize]
+            .backoff
+            .get_or_insert_with(Box::default);
+        backoff.failures += 1;
         let interval_ms = match policy.backoff {
             BackoffKind::None => policy.retry_interval_ms,
-            _ if entry.failures == 1 => policy.backoff_floor_ms,
+            _ if backoff.failures == 1 => policy.backoff_floor_ms,
             _ => {
                 let factor = policy.backoff_jitter_low
                     + self.rng.unit_f64()
                         * (policy.backoff_jitter_high - policy.backoff_jitter_low);
-                let grown = entry.backoff_interval_ms as f64 * policy.backoff_multiplier * factor;
+                let grown = backoff.interval_ms as f64 * policy.backoff_multiplier * factor;
                 (grown as u64).min(policy.backoff_cap_ms)
             }
         };
-        entry.backoff_interval_ms = interval_ms;
-        entry.backoff_until_ms = now_ms + interval_ms;
+        backoff.interval_ms = interval_ms;
+        backoff.until_ms = now_ms + interval_ms;
         if policy.recheck != Recheck::OnDemand {
-            let due_ms = entry.backoff_until_ms;
+            let due_ms = backoff.until_ms;
             self.set_timer(due_ms, slot, out);
         }
     }
@@ -874,7 +890,8 @@ impl KeyCache {
         };
         let entry = &mut self.slots[slot as usize];
         entry.generation += 1;
-        entry.next_due_ms = Some(at_ms);
+        entry.next_due_ms = at_ms;
+        entry.has_next_due = true;
         out.push(KeyCacheOutput::SetTimer {
             at_ms,
             slot,
@@ -1396,6 +1413,11 @@ mod tests {
             }
             assert_eq!(format!("{:?}", lazy.stats), format!("{:?}", eager.stats));
         }
+    }
+
+    #[test]
+    fn a_slot_is_64_bytes() {
+        assert_eq!(std::mem::size_of::<Slot>(), 64);
     }
 
     #[test]
