@@ -698,6 +698,8 @@ pub struct FedWorld {
     bitrot_taken: BTreeSet<(RoomIndex, ServerId)>,
     /// RQ7: requests arriving at the rotating origins per second.
     pub storm: storm::StormLog,
+    /// Warm-started key-cache slots' first re-check timers, pushed when due.
+    initial_timers: keys::InitialTimers,
 }
 
 /// The ID a user has in a room: the member key (member-key rooms) or `@localpart:server`.
@@ -756,7 +758,11 @@ impl FedWorld {
     /// Processes events until the end of the run.
     pub fn run(&mut self, mut progress: impl FnMut(u64)) {
         let _crypto = crate::matrix::crypto_mode::enter(self.scenario.crypto);
-        while let Some(at_ms) = self.queue.peek_time_ms() {
+        loop {
+            self.initial_timers.feed(&mut self.queue, &self.servers);
+            let Some(at_ms) = self.queue.peek_time_ms() else {
+                break;
+            };
             if at_ms > self.end_ms {
                 break;
             }
@@ -1078,11 +1084,7 @@ impl FedWorld {
             }
             Body::Push(pdus) => {
                 // P6: a rotation notice carrying re-signed member events; fetch the keys now.
-                if let Some(slot) = self.servers[to as usize]
-                    .slot_of
-                    .get(&self.servers[from as usize].name)
-                    .copied()
-                {
+                if let Some(slot) = self.servers[to as usize].slot_of.get_id(from) {
                     let mut out = std::mem::take(&mut self.key_outputs);
                     self.servers[to as usize].cache.fetch_now(slot, &mut out);
                     self.apply_key_outputs(to, &mut out, None);
