@@ -390,7 +390,14 @@ pub struct ServerRoom {
     failed_pulls: BTreeMap<EventId, PullFailure>,
     /// The residents of the last current state asked for (see [`FedWorld::residents`]).
     resident_memo: Option<ResidentMemo>,
+    /// Whether this server's own members are joined in one current state (by member ID), for
+    /// the state-agreement samples (`rooms_disagreeing_now`).
+    own_join_memo: Option<OwnJoinMemo>,
 }
+
+/// A current state object and, per member ID of the server asked about, whether it is joined
+/// there.
+type OwnJoinMemo = (Arc<crate::matrix::StateMap>, Vec<(String, bool)>);
 
 /// The residents of one current state as one server sees them, with what each member entry
 /// of that state contributed, so that the next state's residents reuse the facts of every
@@ -858,11 +865,34 @@ impl FedWorld {
                     agree = false;
                     break;
                 };
-                let own_membership = current
-                    .get(&("m.room.member".to_owned(), member))
-                    .and_then(|id| state.state.event(id))
-                    .and_then(|pdu| pdu.membership().map(str::to_owned));
-                if own_membership.as_deref() != Some("join") {
+                let remembered = state
+                    .own_join_memo
+                    .as_ref()
+                    .filter(|(memo_state, _)| Arc::ptr_eq(memo_state, &current))
+                    .and_then(|(_, joined)| joined.iter().find(|(id, _)| *id == member))
+                    .map(|(_, joined)| *joined);
+                let own_joined = match remembered {
+                    Some(joined) => joined,
+                    None => {
+                        let key = ("m.room.member".to_owned(), member);
+                        let entry = current.get(&key);
+                        let pdu = entry.and_then(|id| state.state.event(id));
+                        let joined = pdu.is_some_and(|pdu| pdu.membership() == Some("join"));
+                        // Remembered only when this state object alone decides it (an entry
+                        // naming an event not held yet may be decided later).
+                        if entry.is_none() || pdu.is_some() {
+                            let memo = state
+                                .own_join_memo
+                                .get_or_insert_with(|| (Arc::clone(&current), Vec::new()));
+                            if !Arc::ptr_eq(&memo.0, &current) {
+                                *memo = (Arc::clone(&current), Vec::new());
+                            }
+                            memo.1.push((key.1, joined));
+                        }
+                        joined
+                    }
+                };
+                if !own_joined {
                     continue;
                 }
                 match &first {
@@ -2239,6 +2269,7 @@ impl FedWorld {
             pending_local_joins: BTreeSet::new(),
             failed_pulls: BTreeMap::new(),
             resident_memo: None,
+            own_join_memo: None,
         }
     }
 
