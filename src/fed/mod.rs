@@ -390,7 +390,14 @@ pub struct ServerRoom {
     failed_pulls: BTreeMap<EventId, PullFailure>,
     /// The residents of the last current state asked for (see [`FedWorld::residents`]).
     resident_memo: Option<ResidentMemo>,
+    /// Whether this server's own members are joined in one current state (by member ID), for
+    /// the state-agreement samples (`rooms_disagreeing_now`).
+    own_join_memo: Option<OwnJoinMemo>,
 }
+
+/// A current state object and, per member ID of the server asked about, whether it is joined
+/// there.
+type OwnJoinMemo = (Arc<crate::matrix::StateMap>, Vec<(String, bool)>);
 
 /// The residents of one current state as one server sees them, with what each member entry
 /// of that state contributed, so that the next state's residents reuse the facts of every
@@ -650,12 +657,13 @@ pub struct FedWorld {
     pub net: Network,
     pub servers: Vec<Homeserver>,
     pub plans: Vec<RoomPlan>,
-    room_of_id: HashMap<String, RoomIndex>,
+    room_of_id: HashMap<String, RoomIndex, crate::matrix::dag::IdHasher>,
     pub memo: CheckMemo,
     /// Evaluations and current states shared across servers (`rooms.share_facts`).
     pub shared_facts: Option<crate::room::shared::SharedEventFacts>,
     pub verify_memo: VerifyMemo,
-    requests: HashMap<u64, Request>,
+    /// Requests in flight by ID (lookup only; the ID hasher is deterministic and cheap).
+    requests: HashMap<u64, Request, crate::matrix::dag::IdHasher>,
     next_request: u64,
     pub counters: Counters,
     pub samples: Vec<(u64, Counters)>,
@@ -690,6 +698,8 @@ pub struct FedWorld {
     /// the world, so an address names one copy): counting bytes re-serialised every PDU of
     /// every transaction otherwise.
     wire_sizes: HashMap<usize, u64>,
+    /// What `key_needed` asks of each copy in `wire`, by the copy's address (as `wire_sizes`).
+    key_questions: HashMap<usize, Option<KeyQuestion>, crate::matrix::dag::IdHasher>,
     /// (server, member event) pairs already re-queried because the copy held was co-signed by
     /// a key that is no longer current (`bitrot.rs`): each is asked for once.
     stale_requeried: BTreeSet<(ServerId, EventId)>,
@@ -735,6 +745,51 @@ fn membership_content(
 /// The server index a domain name names (`hs<i>.example`).
 fn server_of_domain(domain: &str, servers: usize) -> Option<ServerId> {
     ServerRef::Name(domain.to_owned()).index(servers as u32)
+}
+
+/// What [`FedWorld::key_needed`] asks of a PDU's JSON, whatever the server: the domain whose
+/// keys its checks need (v12: the sender's server, for the event's `origin_server_ts`; member
+/// keys: the domain a member's own member event claims), and the key IDs it is signed with for
+/// that domain. `None`: no key is needed (not an own member event under member keys, or a field
+/// missing). A pure function of the JSON, so a wire copy's is read once.
+#[derive(Debug, Clone, PartialEq)]
+struct KeyQuestion {
+    domain: String,
+    /// The names under `signatures[domain]` (empty if that is not an object).
+    key_ids: Vec<String>,
+    /// Read only without member keys.
+    origin_server_ts: i64,
+}
+
+fn key_question(member_keys: bool, json: &Value) -> Option<KeyQuestion> {
+    let sender = json.get("sender").and_then(Value::as_str)?;
+    let signatures = json.get("signatures").and_then(Value::as_object)?;
+    let (domain, origin_server_ts) = if member_keys {
+        let is_own_member_event = json.get("type").and_then(Value::as_str) == Some("m.room.member")
+            && json.get("state_key").and_then(Value::as_str) == Some(sender);
+        if !is_own_member_event {
+            return None;
+        }
+        let domain = json
+            .get("content")
+            .and_then(|content| content.get("domain"))
+            .and_then(Value::as_str)?;
+        (domain, 0)
+    } else {
+        let domain = sender.split_once(':').map(|(_, domain)| domain)?;
+        let ts = json.get("origin_server_ts").and_then(Value::as_i64)?;
+        (domain, ts)
+    };
+    let key_ids = signatures
+        .get(domain)
+        .and_then(Value::as_object)
+        .map(|by_key| by_key.keys().cloned().collect())
+        .unwrap_or_default();
+    Some(KeyQuestion {
+        domain: domain.to_owned(),
+        key_ids,
+        origin_server_ts,
+    })
 }
 
 /// Canonical-ish size of a JSON value on the wire (serde_json's compact form).
@@ -816,11 +871,34 @@ impl FedWorld {
                     agree = false;
                     break;
                 };
-                let own_membership = current
-                    .get(&("m.room.member".to_owned(), member))
-                    .and_then(|id| state.state.event(id))
-                    .and_then(|pdu| pdu.membership().map(str::to_owned));
-                if own_membership.as_deref() != Some("join") {
+                let remembered = state
+                    .own_join_memo
+                    .as_ref()
+                    .filter(|(memo_state, _)| Arc::ptr_eq(memo_state, &current))
+                    .and_then(|(_, joined)| joined.iter().find(|(id, _)| *id == member))
+                    .map(|(_, joined)| *joined);
+                let own_joined = match remembered {
+                    Some(joined) => joined,
+                    None => {
+                        let key = ("m.room.member".to_owned(), member);
+                        let entry = current.get(&key);
+                        let pdu = entry.and_then(|id| state.state.event(id));
+                        let joined = pdu.is_some_and(|pdu| pdu.membership() == Some("join"));
+                        // Remembered only when this state object alone decides it (an entry
+                        // naming an event not held yet may be decided later).
+                        if entry.is_none() || pdu.is_some() {
+                            let memo = state
+                                .own_join_memo
+                                .get_or_insert_with(|| (Arc::clone(&current), Vec::new()));
+                            if !Arc::ptr_eq(&memo.0, &current) {
+                                *memo = (Arc::clone(&current), Vec::new());
+                            }
+                            memo.1.push((key.1, joined));
+                        }
+                        joined
+                    }
+                };
+                if !own_joined {
                     continue;
                 }
                 match &first {
@@ -1592,50 +1670,31 @@ impl FedWorld {
     /// The key-cache slot whose keys the PDU's checks need and the server does not hold: v12,
     /// the sender's server key for the event's `origin_server_ts`; member keys, the claimed
     /// domain's current key for a member's own member event.
-    fn key_needed(&mut self, server: ServerId, json: &Value) -> Option<u32> {
+    fn key_needed(&mut self, server: ServerId, json: &Arc<Value>) -> Option<u32> {
+        // The wire copies' questions were read once when they were made (`remember`); a copy
+        // made elsewhere (an attacker's, a re-signed one) is read now.
+        let computed;
+        let question = match self.key_questions.get(&(Arc::as_ptr(json) as usize)) {
+            Some(question) => question.as_ref(),
+            None => {
+                computed = key_question(self.version.member_keys, json);
+                computed.as_ref()
+            }
+        }?;
         let hs = &self.servers[server as usize];
         let keys = hs.cache_keys(absolute_ms(self.queue.now_ms()));
-        let sender = json.get("sender").and_then(Value::as_str)?;
-        let signatures = json.get("signatures").and_then(Value::as_object)?;
-        let (domain, usable) = if self.version.member_keys {
-            let is_own_member_event = json.get("type").and_then(Value::as_str)
-                == Some("m.room.member")
-                && json.get("state_key").and_then(Value::as_str) == Some(sender);
-            if !is_own_member_event {
-                return None;
-            }
-            let domain = json
-                .get("content")
-                .and_then(|content| content.get("domain"))
-                .and_then(Value::as_str)?;
-            let held = crate::room::keys::KeySource::held_keys(&keys, domain);
-            let usable = held.is_some_and(|held| {
-                signatures
-                    .get(domain)
-                    .and_then(Value::as_object)
-                    .is_some_and(|by_key| {
-                        by_key
-                            .keys()
-                            .any(|key_id| held.keys.verify_keys.contains_key(key_id))
-                    })
-            });
-            (domain, usable)
-        } else {
-            let domain = sender.split_once(':').map(|(_, domain)| domain)?;
-            let ts = json.get("origin_server_ts").and_then(Value::as_i64)?;
-            let held = crate::room::keys::KeySource::held_keys(&keys, domain);
-            let usable = held.is_some_and(|held| {
-                signatures
-                    .get(domain)
-                    .and_then(Value::as_object)
-                    .is_some_and(|by_key| {
-                        by_key
-                            .keys()
-                            .any(|key_id| held.key_for_event(key_id, ts).is_some())
-                    })
-            });
-            (domain, usable)
-        };
+        let domain = question.domain.as_str();
+        let held = crate::room::keys::KeySource::held_keys(&keys, domain);
+        let usable = held.is_some_and(|held| {
+            question.key_ids.iter().any(|key_id| {
+                if self.version.member_keys {
+                    held.keys.verify_keys.contains_key(key_id)
+                } else {
+                    held.key_for_event(key_id, question.origin_server_ts)
+                        .is_some()
+                }
+            })
+        });
         if usable || domain == hs.name {
             return None;
         }
@@ -2156,9 +2215,15 @@ impl FedWorld {
         let json = pdu.json;
         self.wire_sizes
             .insert(Arc::as_ptr(&json) as usize, json_bytes(&json));
+        self.key_questions.insert(
+            Arc::as_ptr(&json) as usize,
+            key_question(self.version.member_keys, &json),
+        );
         if let Some(replaced) = self.wire.insert(pdu.event_id, Arc::clone(&json)) {
             // Its address may be reused once the last holder drops it.
             self.wire_sizes.remove(&(Arc::as_ptr(&replaced) as usize));
+            self.key_questions
+                .remove(&(Arc::as_ptr(&replaced) as usize));
         }
         json
     }
@@ -2205,6 +2270,7 @@ impl FedWorld {
             pending_local_joins: BTreeSet::new(),
             failed_pulls: BTreeMap::new(),
             resident_memo: None,
+            own_join_memo: None,
         }
     }
 

@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use super::checks::{self, FormatError};
 use super::keys::KeySource;
 use crate::matrix::canonical_json;
+use crate::matrix::dag::IdHasher;
 use crate::matrix::event_builder::{self, PduSignatureError};
 use crate::matrix::hashes::ContentHashCheck;
 use crate::matrix::{EventId, Pdu, RoomVersion};
@@ -135,6 +136,9 @@ enum Entry {
     },
 }
 
+/// The entries of one digest, by room version and room ID.
+type Slots = Vec<(&'static str, String, Entry)>;
+
 /// At most this many `Arc<Value>` copies are remembered by address (the table is cleared when
 /// full; only speed depends on it).
 const MAX_WRAPPED: usize = 1 << 18;
@@ -147,10 +151,10 @@ const MAX_VERDICTS: usize = 4;
 pub struct CheckMemo {
     /// By the digest of the copy's canonical JSON; then by room version and room ID (check 1
     /// depends on them; almost always one entry).
-    entries: HashMap<[u8; 32], Vec<(&'static str, String, Entry)>>,
+    entries: HashMap<[u8; 32], Slots, IdHasher>,
     /// Copies handed over as `Arc<Value>`, by the address of the value: each entry holds its
     /// `Arc`, so the address cannot be reused by another value while the entry exists.
-    wrapped: HashMap<usize, PduCopy>,
+    wrapped: HashMap<usize, PduCopy, IdHasher>,
     /// Receipts answered from the memo without any signature verification.
     pub hits: u64,
     /// Receipts that ran check 2 (a new event, or a server whose keys answered differently).

@@ -26,7 +26,7 @@ use serde_json::Value;
 use super::links::{LinkStatus, LinkTable, LinkVerdict};
 use super::room_state::{Fate, RejectedAt, RoomState, SoftFailReason, Visibility};
 use crate::matrix::EventId;
-use crate::matrix::dag::EventIndex;
+use crate::matrix::dag::{EventIndex, IdHasher};
 
 /// The event type the message metrics count.
 pub const MESSAGE_TYPE: &str = "m.room.message";
@@ -266,7 +266,7 @@ pub fn divergence_matrix(views: &[MessageView]) -> DivergenceMatrix {
     // first met: any numbering gives the same counts), so a pair costs a few word operations
     // instead of a merge of two sets of strings. |A Δ B| and |A ∪ B| are the same integers as
     // with the sets, so every ratio is the same float.
-    let mut numbers: HashMap<&str, usize> = HashMap::new();
+    let mut numbers: HashMap<&str, usize, IdHasher> = HashMap::default();
     let members: Vec<Vec<usize>> = views
         .iter()
         .map(|view| {
@@ -321,7 +321,7 @@ pub fn divergence_matrix(views: &[MessageView]) -> DivergenceMatrix {
 
 /// How many distinct messages the servers hold together (the size of [`room_messages`]).
 fn room_message_count(views: &[MessageView]) -> usize {
-    let mut ids: HashSet<&str> = HashSet::new();
+    let mut ids: HashSet<&str, IdHasher> = HashSet::default();
     for view in views {
         ids.extend(view.messages.keys().map(String::as_str));
     }
@@ -389,7 +389,7 @@ pub fn hidden_shares(views: &[MessageView]) -> Vec<HiddenShare> {
 /// server and hidden (held, not shown) on at least one other. 0 for a room without messages.
 pub fn visible_somewhere_hidden_elsewhere(views: &[MessageView]) -> f64 {
     // Per message held anywhere: (visible somewhere, hidden somewhere), in one pass.
-    let mut seen: HashMap<&str, (bool, bool)> = HashMap::new();
+    let mut seen: HashMap<&str, (bool, bool), IdHasher> = HashMap::default();
     for view in views {
         for (id, message) in &view.messages {
             let (visible, hidden) = seen.entry(id.as_str()).or_default();

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::room_state::{Fate, RejectedAt, RoomState, Visibility};
 use crate::matrix::EventId;
 use crate::matrix::auth::Rule;
+use crate::matrix::dag::IdHasher;
 
 /// One broken property.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +47,7 @@ pub fn no_rejected_event_shown(server: &str, room: &RoomState) -> Vec<Violation>
 pub fn checks_agree(rooms: &[(&str, &RoomState)], include_given_states: bool) -> Vec<Violation> {
     type Judgement = Option<(RejectedAt, Rule)>;
     // Looked up by ID only; the violations are put in event ID order at the end.
-    let mut seen: HashMap<&str, Vec<(&str, Judgement, bool)>> = HashMap::new();
+    let mut seen: HashMap<&str, Vec<(&str, Judgement, bool)>, IdHasher> = HashMap::default();
     for (server, room) in rooms {
         for (pdu, held) in room.held_events() {
             let judgement = match &held.fate {

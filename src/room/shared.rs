@@ -127,11 +127,11 @@ pub(crate) struct RoomFacts {
     /// gets the same copy.
     whole_maps: Vec<(Arc<LayeredState>, Arc<StateMap>)>,
     /// By (event, its server's only forward extremity).
-    checks_on_one: HashMap<(SharedId, SharedId), CurrentStateCheck>,
+    checks_on_one: HashMap<(SharedId, SharedId), CurrentStateCheck, IdHasher>,
     /// By (event, its server's forward extremities).
-    checks_on_many: HashMap<(SharedId, Vec<SharedId>), CurrentStateCheck>,
+    checks_on_many: HashMap<(SharedId, Vec<SharedId>), CurrentStateCheck, IdHasher>,
     /// The rule that allowed a not rejected event against the state before it, by event.
-    rules_before: HashMap<SharedId, Option<Rule>>,
+    rules_before: HashMap<SharedId, Option<Rule>, IdHasher>,
 }
 
 impl RoomFacts {
