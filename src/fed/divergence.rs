@@ -28,17 +28,15 @@ impl FedWorld {
         if !self.plans[room as usize].reply_rng.chance(probability) {
             return None;
         }
-        let state = self.servers[server as usize].rooms.get(&room)?;
+        let state = &self.servers[server as usize].rooms.get(&room)?.state;
         state
-            .state
-            .timeline()
-            .iter()
+            .timeline_indices()
             .rev()
-            .find(|entry| {
-                entry.event_type == MESSAGE_TYPE
-                    && !matches!(entry.visibility, Visibility::Hidden(_))
+            .find(|&index| {
+                state.dag().event(index).event_type == MESSAGE_TYPE
+                    && !matches!(state.visibility(index), Visibility::Hidden(_))
             })
-            .map(|entry| entry.event_id.clone())
+            .map(|index| state.dag().event(index).event_id.clone())
     }
 }
 

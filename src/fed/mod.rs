@@ -388,7 +388,33 @@ pub struct ServerRoom {
     pending_local_joins: BTreeSet<u32>,
     /// Events that failed to be pulled, by event ID (`pulls.rs`).
     failed_pulls: BTreeMap<EventId, PullFailure>,
-    resident_memo: Option<(Arc<crate::matrix::StateMap>, Vec<ServerId>)>,
+    /// The residents of the last current state asked for (see [`FedWorld::residents`]).
+    resident_memo: Option<ResidentMemo>,
+}
+
+/// The residents of one current state as one server sees them, with what each member entry
+/// of that state contributed, so that the next state's residents reuse the facts of every
+/// entry that still names the same event (a held event never changes, so neither does what it
+/// says about its member's domain).
+struct ResidentMemo {
+    state: Arc<crate::matrix::StateMap>,
+    /// The resident servers when every claimed domain counts (sorted).
+    residents: Vec<ServerId>,
+    /// One per `m.room.member` entry of `state`, in map order.
+    facts: Vec<MemberFact>,
+}
+
+/// What one `m.room.member` state entry says about residency on the server holding it.
+#[derive(Debug, Clone, Copy)]
+struct MemberFact {
+    /// The server of the domain a joined member is on (`None`: not held, not joined, or no
+    /// known domain).
+    resident: Option<ServerId>,
+    /// The domain is the holding server's own.
+    own_domain: bool,
+    /// The server held the event (a fact about an event not held yet is not reused: the event
+    /// may arrive later).
+    held: bool,
 }
 
 impl ServerRoom {
@@ -1450,9 +1476,9 @@ impl FedWorld {
         let version = self.version;
         let policy = self.room_policy.clone();
         let hs = &mut self.servers[server as usize];
-        let rooms: Vec<RoomIndex> = hs.rooms.keys().copied().collect();
         let mut stale_checks = Vec::new();
-        for room in rooms {
+        if version.member_keys {
+            // The held keys are the same for every room of the server: looked up once.
             let keys = CacheKeys {
                 own_name: &hs.name,
                 own_keys: &hs.own_keys,
@@ -1461,36 +1487,35 @@ impl FedWorld {
                 now_abs_ms,
                 archive: &hs.archive,
             };
-            let Some(state) = hs.rooms.get_mut(&room) else {
-                continue;
+            let held = if usable {
+                crate::room::keys::KeySource::held_keys(&keys, domain_name)
+            } else {
+                None
             };
-            if !version.member_keys {
-                continue;
-            }
-            let changed = if usable {
-                match crate::room::keys::KeySource::held_keys(&keys, domain_name) {
-                    Some(held) => {
+            for (&room, state) in hs.rooms.iter_mut() {
+                let changed = match (usable, held) {
+                    (true, Some(held)) => {
                         state
                             .links
                             .keys_available(&version, domain_name, held, now_abs_ms)
                     }
-                    None => Vec::new(),
+                    (true, None) => Vec::new(),
+                    (false, _) => state.links.keys_unavailable(domain_name, now_abs_ms),
+                };
+                if changed.is_empty() {
+                    continue;
                 }
-            } else {
-                state.links.keys_unavailable(domain_name, now_abs_ms)
-            };
-            if !changed.is_empty() {
-                stale_checks.push((room, changed.clone()));
-            }
-            if usable && !changed.is_empty() {
-                self.counters.links_reverified += changed.len() as u64;
-                self.counters.revealed += pipeline::reveal_verified(
-                    &mut state.state,
-                    &state.links,
-                    &policy,
-                    &changed,
-                    now_abs_ms,
-                ) as u64;
+                if usable {
+                    self.counters.links_reverified += changed.len() as u64;
+                    self.counters.revealed += pipeline::reveal_verified(
+                        &mut state.state,
+                        &state.links,
+                        &policy,
+                        &changed,
+                        now_abs_ms,
+                    ) as u64;
+                }
+                stale_checks.push((room, changed));
             }
         }
         for (room, members) in stale_checks {
@@ -1877,7 +1902,8 @@ impl FedWorld {
         let count = self.servers.len();
         let version = self.version;
         // RQ9 knob: skip domains claimed only by links this server has not verified (link
-        // statuses change without the state changing, so no memo then).
+        // statuses change without the state changing, so the residents list is not reused
+        // then; the per-entry facts still are, and the statuses are read afresh).
         let verified_only = version.member_keys && !self.config.fan_out_to_unverified_links;
         let own_name = self.servers[server as usize].name.clone();
         let Some(state) = self.servers[server as usize].rooms.get_mut(&room) else {
@@ -1886,40 +1912,95 @@ impl FedWorld {
         let Ok(current) = state.state.current_state() else {
             return Vec::new();
         };
-        if let Some((memo_state, residents)) = &state.resident_memo
-            && Arc::ptr_eq(memo_state, &current)
+        if let Some(memo) = &state.resident_memo
+            && Arc::ptr_eq(&memo.state, &current)
             && !verified_only
         {
-            return residents.clone();
+            return memo.residents.clone();
         }
-        let mut residents = BTreeSet::new();
-        for ((event_type, state_key), event_id) in current.iter() {
-            if event_type != "m.room.member" {
-                continue;
-            }
+        let old_memo = state.resident_memo.take();
+        // The previous state's member entries with their facts, walked alongside this state's
+        // (both maps are sorted by key): an entry naming the same event reuses its fact.
+        let member = "m.room.member";
+        let mut previous = old_memo.as_ref().map(|memo| {
+            memo.state
+                .range((member.to_owned(), String::new())..)
+                .take_while(|((event_type, _), _)| event_type == member)
+                .zip(&memo.facts)
+                .peekable()
+        });
+        let fact_of = |state_key: &str, event_id: &str| {
             let Some(pdu) = state.state.event(event_id) else {
-                continue;
+                return MemberFact {
+                    resident: None,
+                    own_domain: false,
+                    held: false,
+                };
             };
             if pdu.membership() != Some("join") {
-                continue;
+                return MemberFact {
+                    resident: None,
+                    own_domain: false,
+                    held: true,
+                };
             }
             let domain = if version.member_keys {
                 pdu.content.get("domain").and_then(Value::as_str)
             } else {
                 state_key.split_once(':').map(|(_, domain)| domain)
             };
+            MemberFact {
+                resident: domain.and_then(|domain| server_of_domain(domain, count)),
+                own_domain: domain == Some(own_name.as_str()),
+                held: true,
+            }
+        };
+        let mut facts = Vec::new();
+        let mut all_residents = BTreeSet::new();
+        let mut residents = BTreeSet::new();
+        for ((_, state_key), event_id) in current
+            .range((member.to_owned(), String::new())..)
+            .take_while(|((event_type, _), _)| event_type == member)
+        {
+            let mut reused = None;
+            if let Some(previous) = &mut previous {
+                while let Some((((_, old_key), old_id), old_fact)) = previous.peek() {
+                    match old_key.as_str().cmp(state_key.as_str()) {
+                        std::cmp::Ordering::Less => {
+                            previous.next();
+                        }
+                        std::cmp::Ordering::Equal => {
+                            if old_fact.held && *old_id == event_id {
+                                reused = Some(**old_fact);
+                            }
+                            previous.next();
+                            break;
+                        }
+                        std::cmp::Ordering::Greater => break,
+                    }
+                }
+            }
+            let fact = reused.unwrap_or_else(|| fact_of(state_key, event_id));
+            facts.push(fact);
+            let Some(resident) = fact.resident else {
+                continue;
+            };
+            all_residents.insert(resident);
+            // RQ9 knob: skip domains claimed only by links this server has not verified.
             if verified_only
-                && domain != Some(own_name.as_str())
+                && !fact.own_domain
                 && state.links.status(state_key) != crate::room::links::LinkStatus::Verified
             {
                 continue;
             }
-            if let Some(resident) = domain.and_then(|domain| server_of_domain(domain, count)) {
-                residents.insert(resident);
-            }
+            residents.insert(resident);
         }
         let residents: Vec<ServerId> = residents.into_iter().collect();
-        state.resident_memo = Some((current, residents.clone()));
+        state.resident_memo = Some(ResidentMemo {
+            state: current,
+            residents: all_residents.into_iter().collect(),
+            facts,
+        });
         residents
     }
 

@@ -278,25 +278,35 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
     let mut pairs = 0u64;
     let mut accepted = 0u64;
     let mut visible = 0u64;
+    // Per room, the servers joined at the end (in server order), found once.
+    let joined: Vec<Vec<&crate::room::room_state::RoomState>> = (0..world.plans.len() as RoomIndex)
+        .map(|room| {
+            world
+                .servers
+                .iter()
+                .filter_map(|server| {
+                    server
+                        .rooms
+                        .get(&room)
+                        .filter(|state| state.joined && !world.fake_member(&server.name, room))
+                        .map(|state| &state.state)
+                })
+                .collect()
+        })
+        .collect();
     for sent in world
         .sent
         .iter()
         .filter(|sent| sent.message && sent.at_ms < cutoff_ms)
     {
-        for server in &world.servers {
-            let Some(state) = server
-                .rooms
-                .get(&sent.room)
-                .filter(|state| state.joined && !world.fake_member(&server.name, sent.room))
-            else {
-                continue;
-            };
+        for state in joined.get(sent.room as usize).into_iter().flatten() {
             pairs += 1;
-            if let Some(held) = state.state.held(&sent.event_id) {
-                if matches!(held.fate, Fate::Accepted { .. }) {
+            if let Some(index) = state.dag().index(&sent.event_id) {
+                let fate = state.fate_at(index);
+                if matches!(*fate, Fate::Accepted { .. }) {
                     accepted += 1;
                 }
-                if matches!(held.fate, Fate::Accepted { labelled: false }) {
+                if matches!(*fate, Fate::Accepted { labelled: false }) {
                     visible += 1;
                 }
             }
@@ -528,16 +538,19 @@ fn run_checks(world: &mut FedWorld) -> Vec<(String, bool, String)> {
             .collect();
         extremity_violations.extend(properties::same_extremities_same_state(&mut mutable));
         // Servers that hold the same events have the same state.
-        let mut by_events: BTreeMap<Vec<String>, Vec<usize>> = BTreeMap::new();
-        for (position, (_, view)) in mutable.iter().enumerate() {
-            let mut held: Vec<String> = view
-                .held_events()
-                .map(|(pdu, _)| pdu.event_id.clone())
-                .collect();
-            held.sort();
-            by_events.entry(held).or_default().push(position);
-        }
-        for positions in by_events.values() {
+        let groups: Vec<Vec<usize>> = {
+            let mut by_events: BTreeMap<Vec<&str>, Vec<usize>> = BTreeMap::new();
+            for (position, (_, view)) in mutable.iter().enumerate() {
+                let mut held: Vec<&str> = view
+                    .held_events()
+                    .map(|(pdu, _)| pdu.event_id.as_str())
+                    .collect();
+                held.sort_unstable();
+                by_events.entry(held).or_default().push(position);
+            }
+            by_events.into_values().collect()
+        };
+        for positions in &groups {
             let first = mutable[positions[0]].1.current_state().ok();
             for &position in &positions[1..] {
                 let state = mutable[position].1.current_state().ok();

@@ -10,9 +10,9 @@
 //! - [`same_extremities_same_state`]: servers with the same forward extremities have the same
 //!   current state, whatever their link tables and soft-fail decisions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use super::room_state::{Fate, RejectedAt, RoomState};
+use super::room_state::{Fate, RejectedAt, RoomState, Visibility};
 use crate::matrix::EventId;
 use crate::matrix::auth::Rule;
 
@@ -27,16 +27,15 @@ pub struct Violation {
 
 /// No client of `server` is shown a rejected event.
 pub fn no_rejected_event_shown(server: &str, room: &RoomState) -> Vec<Violation> {
-    room.timeline()
-        .iter()
-        .filter(|entry| entry.is_visible())
-        .filter(|entry| {
-            room.held(&entry.event_id)
-                .is_some_and(|held| matches!(held.fate, Fate::Rejected { .. }))
-        })
-        .map(|entry| Violation {
+    room.timeline_indices()
+        .filter(|&index| matches!(*room.fate_at(index), Fate::Rejected { .. }))
+        .filter(|&index| !matches!(room.visibility(index), Visibility::Hidden(_)))
+        .map(|index| Violation {
             property: "no_rejected_event_shown",
-            detail: format!("{server} shows rejected event {}", entry.event_id),
+            detail: format!(
+                "{server} shows rejected event {}",
+                room.dag().event(index).event_id
+            ),
         })
         .collect()
 }
@@ -46,21 +45,22 @@ pub fn no_rejected_event_shown(server: &str, room: &RoomState) -> Vec<Violation>
 /// server are compared only if `include_given_states`.
 pub fn checks_agree(rooms: &[(&str, &RoomState)], include_given_states: bool) -> Vec<Violation> {
     type Judgement = Option<(RejectedAt, Rule)>;
-    let mut seen: BTreeMap<EventId, Vec<(&str, Judgement, bool)>> = BTreeMap::new();
+    // Looked up by ID only; the violations are put in event ID order at the end.
+    let mut seen: HashMap<&str, Vec<(&str, Judgement, bool)>> = HashMap::new();
     for (server, room) in rooms {
         for (pdu, held) in room.held_events() {
             let judgement = match &held.fate {
                 Fate::Rejected { check, rejection } => Some((*check, rejection.rule)),
                 Fate::Accepted { .. } | Fate::SoftFailed(_) => None,
             };
-            seen.entry(pdu.event_id.clone()).or_default().push((
+            seen.entry(pdu.event_id.as_str()).or_default().push((
                 server,
                 judgement,
                 held.state_given,
             ));
         }
     }
-    let mut violations = Vec::new();
+    let mut disagreeing: Vec<(&str, Vec<Violation>)> = Vec::new();
     for (event_id, judgements) in seen {
         let compared: Vec<&(&str, Judgement, bool)> = judgements
             .iter()
@@ -70,6 +70,7 @@ pub fn checks_agree(rooms: &[(&str, &RoomState)], include_given_states: bool) ->
                     || matches!(judgement, Some((RejectedAt::AuthEvents, _)))
             })
             .collect();
+        let mut violations = Vec::new();
         if let Some(((first_server, first, _), rest)) = compared.split_first() {
             for (server, judgement, _) in rest {
                 if judgement != first {
@@ -82,8 +83,15 @@ pub fn checks_agree(rooms: &[(&str, &RoomState)], include_given_states: bool) ->
                 }
             }
         }
+        if !violations.is_empty() {
+            disagreeing.push((event_id, violations));
+        }
     }
-    violations
+    disagreeing.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    disagreeing
+        .into_iter()
+        .flat_map(|(_, violations)| violations)
+        .collect()
 }
 
 /// Servers with the same forward extremities have the same current state.

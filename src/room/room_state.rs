@@ -296,7 +296,7 @@ impl RoomState {
     }
 
     /// How the event at `index` was judged.
-    fn held_at(&self, index: EventIndex) -> HeldEvent {
+    pub fn held_at(&self, index: EventIndex) -> HeldEvent {
         let stored = self.held[index as usize];
         HeldEvent {
             fate: self.fate_at(index).into_owned(),
@@ -307,8 +307,8 @@ impl RoomState {
         }
     }
 
-    /// The fate of the event at `index`.
-    fn fate_at(&self, index: EventIndex) -> std::borrow::Cow<'_, Fate> {
+    /// The fate of the event at `index` (borrowed when stored aside, built when common).
+    pub fn fate_at(&self, index: EventIndex) -> std::borrow::Cow<'_, Fate> {
         use std::borrow::Cow;
         match self.held[index as usize].fate {
             StoredFate::Delivered => Cow::Owned(Fate::Accepted { labelled: false }),
@@ -384,14 +384,20 @@ impl RoomState {
     /// The client-visible timeline, in order of processing (one entry per held event; built
     /// on demand from the held events, so a server stores no strings per event for it).
     pub fn timeline(&self) -> Vec<TimelineEntry> {
-        (0..self.held.len() as EventIndex)
-            .filter(|&index| !self.dag.is_outlier(index))
+        self.timeline_indices()
             .map(|index| self.timeline_entry(index))
             .collect()
     }
 
-    /// How clients are shown the held event at `index`.
-    fn visibility(&self, index: EventIndex) -> Visibility {
+    /// The DAG indices of the timeline's events, in order: what [`RoomState::timeline`] lists,
+    /// without building its entries (read them with [`Dag::event`], [`RoomState::visibility`]
+    /// and [`RoomState::held_at`]).
+    pub fn timeline_indices(&self) -> impl DoubleEndedIterator<Item = EventIndex> + '_ {
+        (0..self.held.len() as EventIndex).filter(|&index| !self.dag.is_outlier(index))
+    }
+
+    /// How clients are shown the held event at `index` (as its timeline entry says).
+    pub fn visibility(&self, index: EventIndex) -> Visibility {
         if let Some(&at_ms) = self.revealed.get(&index) {
             return Visibility::Revealed { at_ms };
         }
