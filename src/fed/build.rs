@@ -294,9 +294,14 @@ impl FedWorld {
                     .map(|(_, keys, made_at_abs_ms)| (Arc::clone(keys), *made_at_abs_ms)),
             )
         });
+        // Whether each warm start set a timer: for every domain or for none (a policy either
+        // schedules re-checks or does not).
+        let warm_timers = warm_starts
+            .as_ref()
+            .is_some_and(|(_, due)| due.iter().all(Option::is_some));
         if let Some((_, due)) = &warm_starts {
             assert!(
-                due.iter().all(Option::is_some) || due.iter().all(Option::is_none),
+                warm_timers || due.iter().all(Option::is_none),
                 "a policy's warm start sets a timer for every domain or for none"
             );
         }
@@ -306,12 +311,8 @@ impl FedWorld {
             // A newcomer to the federation has fetched nobody's keys yet.
             let newcomer = newcomers.contains(&(server as ServerId));
             let cache = match &warm_starts {
-                Some((warm_slots, due)) if !newcomer => {
-                    let timers = if due.iter().all(Option::is_some) {
-                        domains.len() as u64
-                    } else {
-                        0
-                    };
+                Some((warm_slots, _)) if !newcomer => {
+                    let timers = if warm_timers { domains.len() as u64 } else { 0 };
                     first_seq.push(Some(queue.reserve_seqs(timers)));
                     KeyCache::with_warm_slots(key_policy.clone(), &domains, 0, rng, warm_slots)
                 }
