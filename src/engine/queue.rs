@@ -124,7 +124,15 @@ impl<E> EventQueue<E> {
         );
         let seq = self.next_seq;
         self.next_seq += 1;
-        let entry = Entry { at_ms, seq, event };
+        self.insert(Entry { at_ms, seq, event });
+        if let Some(schedule) = &mut self.schedule {
+            schedule.push(at_ms);
+        }
+    }
+
+    /// Files `entry` in the near heap or its far bucket.
+    fn insert(&mut self, entry: Entry<E>) {
+        let at_ms = entry.at_ms;
         if at_ms - self.now_ms <= NEAR_HORIZON_MS {
             self.near.push(entry);
         } else {
@@ -138,9 +146,6 @@ impl<E> EventQueue<E> {
             bucket.earliest_ms = bucket.earliest_ms.min(at_ms);
             bucket.entries.push(entry);
             self.far_len += 1;
-        }
-        if let Some(schedule) = &mut self.schedule {
-            schedule.push(at_ms);
         }
         self.len_max = self.len_max.max(self.len());
     }
@@ -171,8 +176,7 @@ impl<E> EventQueue<E> {
             self.schedule.is_none(),
             "a recorded schedule cannot replay reserved pushes"
         );
-        self.heap.push(Entry { at_ms, seq, event });
-        self.len_max = self.len_max.max(self.heap.len());
+        self.insert(Entry { at_ms, seq, event });
     }
 
     /// Schedules `event` `delay_ms` after now.
