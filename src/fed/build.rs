@@ -96,12 +96,21 @@ fn further_users(
 /// servers and read back in order. The same sets as inserting every pair of co-members into a
 /// `BTreeSet` per server, at Σ room size² bit writes instead of as many tree inserts.
 fn shared_servers(server_count: u32, plans: &[RoomPlan]) -> Vec<Vec<ServerId>> {
+    shared_servers_of_rooms(
+        server_count,
+        plans
+            .iter()
+            .map(|plan| plan.members.iter().map(|&(server, _)| server).collect())
+            .collect(),
+    )
+}
+
+/// [`shared_servers`] for rooms given as their member servers (in any order, repeats allowed).
+fn shared_servers_of_rooms(server_count: u32, rooms: Vec<Vec<ServerId>>) -> Vec<Vec<ServerId>> {
     // Each room's member servers once (a server is listed once per user it has in the room).
-    let room_servers: Vec<Vec<ServerId>> = plans
-        .iter()
-        .map(|plan| {
-            let mut servers: Vec<ServerId> =
-                plan.members.iter().map(|&(server, _)| server).collect();
+    let room_servers: Vec<Vec<ServerId>> = rooms
+        .into_iter()
+        .map(|mut servers| {
             servers.sort_unstable();
             servers.dedup();
             servers
@@ -451,6 +460,51 @@ impl FedWorld {
                 Some((_, due)) => super::keys::InitialTimers::new(&due, first_seq),
                 None => super::keys::InitialTimers::default(),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition: every pair of co-members of a room, inserted into a set per server.
+    fn shared_by_pairs(server_count: u32, rooms: &[Vec<ServerId>]) -> Vec<Vec<ServerId>> {
+        let mut shared = vec![BTreeSet::new(); server_count as usize];
+        for room in rooms {
+            for &a in room {
+                for &b in room {
+                    if a != b {
+                        shared[a as usize].insert(b);
+                    }
+                }
+            }
+        }
+        shared
+            .into_iter()
+            .map(|set| set.into_iter().collect())
+            .collect()
+    }
+
+    #[test]
+    fn the_bitset_finds_the_same_shared_servers_as_every_pair() {
+        let mut rng = SimRng::stream(7, "shared-servers-test", 0);
+        for server_count in [1, 2, 63, 64, 65, 130, 300] {
+            for _ in 0..20 {
+                let rooms: Vec<Vec<ServerId>> = (0..rng.between(0, 12))
+                    .map(|_| {
+                        // Repeats allowed: a server listed once per user in the room.
+                        (0..rng.between(1, 40))
+                            .map(|_| rng.below(u64::from(server_count)) as ServerId)
+                            .collect()
+                    })
+                    .collect();
+                assert_eq!(
+                    shared_servers_of_rooms(server_count, rooms.clone()),
+                    shared_by_pairs(server_count, &rooms),
+                    "{server_count} servers, rooms {rooms:?}"
+                );
+            }
         }
     }
 }
