@@ -228,7 +228,7 @@ pub struct LinkTable {
     /// arrival or a failed fetch can change. Kept to those so that the common answer to "keys
     /// of this domain arrived" in a room where every link is verified costs one lookup in an
     /// empty map (a key answer reaches every room of the server, once a day per domain under
-    /// P1). Maintained by [`LinkTable::reindex_unsettled`] after every status or domain change.
+    /// P1). Maintained by [`reindex_unsettled`] after every status or domain change.
     unsettled_by_domain: BTreeMap<Arc<str>, BTreeSet<Arc<str>>>,
     /// If set, co-signature checks are shared with other servers (see [`super::shared`]).
     shared: Option<SharedEventFacts>,
@@ -312,14 +312,17 @@ impl LinkTable {
         {
             return self.status(&event.sender);
         }
-        let member_key = match self.links.get_key_value(event.sender.as_str()) {
-            Some((known, _)) => Arc::clone(known),
-            None => intern(&event.sender),
+        // One lookup for a known member; the key is interned only for a new one.
+        let link = match self.links.get_mut(event.sender.as_str()) {
+            Some(link) => link,
+            None => {
+                let member_key = intern(&event.sender);
+                self.links
+                    .entry(Arc::clone(&member_key))
+                    .or_insert_with(|| Link::new(member_key))
+            }
         };
-        let link = self
-            .links
-            .entry(Arc::clone(&member_key))
-            .or_insert_with(|| Link::new(Arc::clone(&member_key)));
+        let member_key = Arc::clone(&link.member_key);
         let replaces = match &link.member_event {
             None => true,
             Some(held) => {
@@ -329,34 +332,35 @@ impl LinkTable {
         if !replaces {
             return link.status;
         }
-        let domain = event
-            .content
-            .get("domain")
-            .and_then(Value::as_str)
-            .map(intern);
+        let claimed = event.content.get("domain").and_then(Value::as_str);
+        // The same claim again (a re-signed copy, a profile change) keeps its interned domain.
+        let domain = match (&link.domain, claimed) {
+            (Some(held), Some(claimed)) if **held == *claimed => Some(Arc::clone(held)),
+            (_, claimed) => claimed.map(intern),
+        };
         if let Some(old_domain) = link.domain.take()
             && Some(&old_domain) != domain.as_ref()
         {
             remove_unsettled(&mut self.unsettled_by_domain, &old_domain, &member_key);
         }
-        let link = self.links.get_mut(&member_key).expect("inserted above");
-        link.localpart = event
-            .content
-            .get("localpart")
-            .and_then(Value::as_str)
-            .map(intern);
+        let claimed_localpart = event.content.get("localpart").and_then(Value::as_str);
+        link.localpart = match (&link.localpart, claimed_localpart) {
+            (Some(held), Some(claimed)) if **held == *claimed => Some(Arc::clone(held)),
+            (_, claimed) => claimed.map(intern),
+        };
         link.domain = domain.clone();
         link.member_event = Some(Arc::clone(event));
-        self.reindex_unsettled(&member_key);
+        reindex_unsettled(&mut self.unsettled_by_domain, link);
+        let verified_before = link.status == LinkStatus::Verified;
         match (domain, keys) {
             (Some(domain), None) => {
-                let reason = LinkReason::AwaitingKeys {
-                    event_id: intern(&event.event_id),
-                    domain: intern(&domain),
-                };
                 // A verified link stays verified until its key is invalidated or the new claim
                 // is checked; anything else waits for the keys.
-                if self.status(&member_key) != LinkStatus::Verified {
+                if !verified_before {
+                    let reason = LinkReason::AwaitingKeys {
+                        event_id: intern(&event.event_id),
+                        domain,
+                    };
                     self.transition(&member_key, LinkStatus::Pending, reason, now_ms);
                 }
             }
@@ -458,26 +462,6 @@ impl LinkTable {
             .unwrap_or_default()
     }
 
-    /// Brings `member_key`'s entry in `unsettled_by_domain` in line with its link's current
-    /// domain and status (an entry under its previous domain is removed by the caller that
-    /// changes the domain).
-    fn reindex_unsettled(&mut self, member_key: &str) {
-        let Some((member_key, link)) = self.links.get_key_value(member_key) else {
-            return;
-        };
-        let Some(domain) = &link.domain else {
-            return;
-        };
-        if link.status == LinkStatus::Verified {
-            remove_unsettled(&mut self.unsettled_by_domain, domain, member_key);
-        } else {
-            self.unsettled_by_domain
-                .entry(Arc::clone(domain))
-                .or_default()
-                .insert(Arc::clone(member_key));
-        }
-    }
-
     /// The index entries of the links the key `(domain, key_id)` verified, by member key.
     fn verified_by_entries(
         &self,
@@ -497,13 +481,13 @@ impl LinkTable {
 
     /// Checks the held member event of `member_key` against `keys` and records the result.
     fn check(&mut self, version: &RoomVersion, member_key: &str, keys: HeldKeys<'_>, now_ms: i64) {
-        let Some(event) = self
-            .links
-            .get(member_key)
-            .and_then(|link| link.member_event.clone())
-        else {
+        let Some((member_key, event)) = self.links.get(member_key).and_then(|link| {
+            let event = link.member_event.clone()?;
+            Some((Arc::clone(&link.member_key), event))
+        }) else {
             return;
         };
+        let member_key = &member_key;
         let now_for_keys_ms = keys.currency_check_time_ms(now_ms);
         let outcome = match &self.shared {
             Some(facts) => {
@@ -519,13 +503,19 @@ impl LinkTable {
         };
         match outcome {
             LinkOutcome::Verified { key_id } => {
-                let domain = intern(
-                    event
-                        .content
-                        .get("domain")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default(),
-                );
+                let claimed = event
+                    .content
+                    .get("domain")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let domain = match self
+                    .links
+                    .get(&**member_key)
+                    .and_then(|l| l.domain.as_ref())
+                {
+                    Some(held) if **held == *claimed => Arc::clone(held),
+                    _ => intern(claimed),
+                };
                 let key_id = intern(&key_id);
                 let reason = LinkReason::Cosigned {
                     event_id: intern(&event.event_id),
@@ -536,7 +526,7 @@ impl LinkTable {
                 self.verified_by_key.insert((
                     Arc::clone(&domain),
                     Arc::clone(&key_id),
-                    intern(member_key),
+                    Arc::clone(member_key),
                 ));
                 let link = self.links.get_mut(member_key).expect("checked above");
                 link.verified_by = Some((domain, key_id));
@@ -570,7 +560,7 @@ impl LinkTable {
         };
         if let Some(verifier) = link.verified_by.take() {
             self.verified_by_key
-                .remove(&(verifier.0, verifier.1, intern(member_key)));
+                .remove(&(verifier.0, verifier.1, Arc::clone(&link.member_key)));
         }
     }
 
@@ -608,8 +598,27 @@ impl LinkTable {
             at_ms,
         });
         if from != to {
-            self.reindex_unsettled(member_key);
+            reindex_unsettled(&mut self.unsettled_by_domain, link);
         }
+    }
+}
+
+/// Brings `link`'s entry in `unsettled_by_domain` in line with its current domain and status
+/// (an entry under its previous domain is removed by the caller that changes the domain).
+fn reindex_unsettled(
+    unsettled_by_domain: &mut BTreeMap<Arc<str>, BTreeSet<Arc<str>>>,
+    link: &Link,
+) {
+    let Some(domain) = &link.domain else {
+        return;
+    };
+    if link.status == LinkStatus::Verified {
+        remove_unsettled(unsettled_by_domain, domain, &link.member_key);
+    } else {
+        unsettled_by_domain
+            .entry(Arc::clone(domain))
+            .or_default()
+            .insert(Arc::clone(&link.member_key));
     }
 }
 
