@@ -49,3 +49,39 @@ fn a_missing_scenario_is_refused_before_anything_runs() {
         "fedsim: no-such-file.toml: cannot read: No such file or directory (os error 2)"
     );
 }
+
+#[test]
+fn a_run_over_its_budget_is_stopped_and_reported_with_how_far_it_got() {
+    let out = std::env::temp_dir().join(format!("fedsim-bench-budget-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    // Every process is past 1 MiB at once: the run is stopped at its first memory sample.
+    let output = Command::new(env!("CARGO_BIN_EXE_fedsim"))
+        .args([
+            "bench",
+            "scenarios/bench-small.toml",
+            "--max-memory-mib",
+            "1",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("fedsim runs");
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("stopped at its memory budget"), "{stdout}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("bench.json")).unwrap()).unwrap();
+    let row = &report["scenarios"][0];
+    assert_eq!(row["completed"], false, "{row}");
+    assert_eq!(row["stopped_by"], "memory", "{row}");
+    assert!(row["peak_memory_mib"].as_f64().unwrap() > 1.0, "{row}");
+    assert!(row["wall_over_crypto_floor"].is_null(), "{row}");
+    // Nothing half-written: a stopped run leaves no summary.
+    assert!(!out.join("bench-small/summary.json").exists());
+    let csv = std::fs::read_to_string(out.join("bench.csv")).unwrap();
+    assert!(
+        csv.lines().nth(1).unwrap().contains(",false,memory,"),
+        "{csv}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

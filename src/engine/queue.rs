@@ -124,7 +124,15 @@ impl<E> EventQueue<E> {
         );
         let seq = self.next_seq;
         self.next_seq += 1;
-        let entry = Entry { at_ms, seq, event };
+        self.insert(Entry { at_ms, seq, event });
+        if let Some(schedule) = &mut self.schedule {
+            schedule.push(at_ms);
+        }
+    }
+
+    /// Files `entry` in the near heap or its far bucket.
+    fn insert(&mut self, entry: Entry<E>) {
+        let at_ms = entry.at_ms;
         if at_ms - self.now_ms <= NEAR_HORIZON_MS {
             self.near.push(entry);
         } else {
@@ -139,10 +147,36 @@ impl<E> EventQueue<E> {
             bucket.entries.push(entry);
             self.far_len += 1;
         }
-        if let Some(schedule) = &mut self.schedule {
-            schedule.push(at_ms);
-        }
         self.len_max = self.len_max.max(self.len());
+    }
+
+    /// Reserves the next `count` sequence numbers and returns the first: events pushed later
+    /// with [`EventQueue::push_reserved`] under these numbers come out exactly as if they had
+    /// been pushed now, in the order of their numbers. (A world whose build would push very
+    /// many events can keep them out of the heap until they are due.)
+    pub fn reserve_seqs(&mut self, count: u64) -> u64 {
+        let first = self.next_seq;
+        self.next_seq += count;
+        first
+    }
+
+    /// Schedules `event` at `at_ms` under `seq`, a number from [`EventQueue::reserve_seqs`]
+    /// (each used once). Not recorded in a schedule (see [`EventQueue::record_schedule`]).
+    pub fn push_reserved(&mut self, at_ms: SimTime, seq: u64, event: E) {
+        assert!(
+            at_ms >= self.now_ms,
+            "event scheduled in the past: at {at_ms} ms, now {} ms",
+            self.now_ms
+        );
+        assert!(
+            seq < self.next_seq,
+            "sequence number {seq} was not reserved"
+        );
+        assert!(
+            self.schedule.is_none(),
+            "a recorded schedule cannot replay reserved pushes"
+        );
+        self.insert(Entry { at_ms, seq, event });
     }
 
     /// Schedules `event` `delay_ms` after now.
@@ -212,6 +246,37 @@ impl<E> EventQueue<E> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn reserved_pushes_come_out_as_if_pushed_when_reserved() {
+        let mut direct = EventQueue::new();
+        for (at_ms, name) in [(10, "r0"), (5, "r1"), (10, "r2"), (10, "a"), (7, "b")] {
+            direct.push(at_ms, name);
+        }
+        let mut reserved = EventQueue::new();
+        let first = reserved.reserve_seqs(3);
+        reserved.push(10, "a");
+        reserved.push(7, "b");
+        // Pushed late and out of order; due times not yet reached.
+        reserved.push_reserved(10, first + 2, "r2");
+        reserved.push_reserved(5, first + 1, "r1");
+        let mut popped = vec![reserved.pop().unwrap().2];
+        reserved.push_reserved(10, first, "r0");
+        while let Some((_, _, name)) = reserved.pop() {
+            popped.push(name);
+        }
+        let expected: Vec<&str> = std::iter::from_fn(|| direct.pop().map(|(_, _, e)| e)).collect();
+        assert_eq!(popped, expected);
+        assert_eq!(popped, vec!["r1", "b", "r0", "r2", "a"]);
+    }
+
+    #[test]
+    #[should_panic(expected = "was not reserved")]
+    fn a_reserved_push_needs_a_reserved_number() {
+        let mut queue = EventQueue::new();
+        queue.push(1, "a");
+        queue.push_reserved(1, 1, "b");
+    }
 
     #[test]
     fn equal_times_come_out_fifo() {

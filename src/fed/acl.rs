@@ -240,7 +240,7 @@ impl FedWorld {
     pub(super) fn slot_for(&mut self, server: ServerId, domain: &str) -> Option<u32> {
         let hs = &self.servers[server as usize];
         if let Some(slot) = hs.slot_of.get(domain) {
-            return Some(*slot);
+            return Some(slot);
         }
         if domain == hs.name {
             return None;
@@ -248,7 +248,7 @@ impl FedWorld {
         let domain_id = super::server_of_domain(domain, self.servers.len())?;
         let hs = &mut self.servers[server as usize];
         let slot = hs.cache.add_slot(domain_id);
-        hs.slot_of.insert(domain.to_owned(), slot);
+        hs.slot_of.insert_met(domain_id, slot);
         self.adv.met_slots.insert((server, slot));
         Some(slot)
     }

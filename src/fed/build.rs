@@ -91,6 +91,60 @@ fn further_users(
         .collect()
 }
 
+/// The servers each server shares a planned room with (its key-cache slots), ascending and
+/// without itself: for each server, the member servers of its rooms marked in a bitset of all
+/// servers and read back in order. The same sets as inserting every pair of co-members into a
+/// `BTreeSet` per server, at Σ room size² bit writes instead of as many tree inserts.
+fn shared_servers(server_count: u32, plans: &[RoomPlan]) -> Vec<Vec<ServerId>> {
+    shared_servers_of_rooms(
+        server_count,
+        plans
+            .iter()
+            .map(|plan| plan.members.iter().map(|&(server, _)| server).collect())
+            .collect(),
+    )
+}
+
+/// [`shared_servers`] for rooms given as their member servers (in any order, repeats allowed).
+fn shared_servers_of_rooms(server_count: u32, rooms: Vec<Vec<ServerId>>) -> Vec<Vec<ServerId>> {
+    // Each room's member servers once (a server is listed once per user it has in the room).
+    let room_servers: Vec<Vec<ServerId>> = rooms
+        .into_iter()
+        .map(|mut servers| {
+            servers.sort_unstable();
+            servers.dedup();
+            servers
+        })
+        .collect();
+    let mut rooms_of: Vec<Vec<u32>> = vec![Vec::new(); server_count as usize];
+    for (room, servers) in room_servers.iter().enumerate() {
+        for &server in servers {
+            rooms_of[server as usize].push(room as u32);
+        }
+    }
+    let mut marked = vec![0u64; (server_count as usize).div_ceil(64)];
+    let mut shared = Vec::with_capacity(server_count as usize);
+    for (server, rooms) in rooms_of.iter().enumerate() {
+        for &room in rooms {
+            for &other in &room_servers[room as usize] {
+                marked[other as usize / 64] |= 1 << (other % 64);
+            }
+        }
+        marked[server / 64] &= !(1 << (server % 64));
+        let count: u32 = marked.iter().map(|word| word.count_ones()).sum();
+        let mut servers = Vec::with_capacity(count as usize);
+        for (word_index, word) in marked.iter_mut().enumerate() {
+            let mut bits = std::mem::take(word);
+            while bits != 0 {
+                servers.push((word_index * 64) as ServerId + bits.trailing_zeros());
+                bits &= bits - 1;
+            }
+        }
+        shared.push(servers);
+    }
+    shared
+}
+
 impl FedWorld {
     /// Builds the room world of `scenario` (which has a `[rooms]` table) for `seed`.
     pub fn build(scenario: &Scenario, seed: u64, trace: Trace) -> FedWorld {
@@ -209,17 +263,8 @@ impl FedWorld {
             scenario.duration.ms(),
         ));
         let newcomers = super::churn::newcomers(&plans);
-        // The domains each server shares a room with (its key-cache slots).
-        let mut shared: Vec<BTreeSet<ServerId>> = vec![BTreeSet::new(); server_count as usize];
-        for plan in &plans {
-            for &(a, _) in &plan.members {
-                for &(b, _) in &plan.members {
-                    if a != b {
-                        shared[a as usize].insert(b);
-                    }
-                }
-            }
-        }
+        // The domains each server shares a room with (its key-cache slots), ascending.
+        let shared = shared_servers(server_count, &plans);
         // Publishers: each key response made at a random time within one lifetime before t = 0.
         let mut verify_memo = VerifyMemo::new(server_count as usize);
         let mut publishers = Vec::new();
@@ -245,24 +290,54 @@ impl FedWorld {
         let mut queue = EventQueue::new();
         let mut servers = Vec::new();
         let mut out: Vec<KeyCacheOutput> = Vec::new();
-        for (server, publisher) in publishers.into_iter().enumerate() {
-            let domains: Vec<ServerId> = shared[server].iter().copied().collect();
-            let mut cache = KeyCache::new(
-                key_policy.clone(),
-                &domains,
-                0,
-                SimRng::stream(seed, "key-cache", server as u64),
+        // Warm caches: every slot as if its domain's published response had been fetched when
+        // it was made, its first re-check timer set. When that start is the same in every cache
+        // (the policy draws nothing for it), each domain's warm slot is made once and shared
+        // until a cache changes it, and the timers are pushed when due (`InitialTimers`), under
+        // the sequence numbers their pushes here would have taken.
+        let warm_starts = KeyCache::warm_start_is_shared(&key_policy).then(|| {
+            KeyCache::warm_starts(
+                &key_policy,
+                published
+                    .iter()
+                    .map(|(_, keys, made_at_abs_ms)| (Arc::clone(keys), *made_at_abs_ms)),
+            )
+        });
+        // Whether each warm start set a timer: for every domain or for none (a policy either
+        // schedules re-checks or does not).
+        let warm_timers = warm_starts
+            .as_ref()
+            .is_some_and(|(_, due)| due.iter().all(Option::is_some));
+        if let Some((_, due)) = &warm_starts {
+            assert!(
+                warm_timers || due.iter().all(Option::is_none),
+                "a policy's warm start sets a timer for every domain or for none"
             );
-            let mut slot_of = super::keys::SlotOf::default();
-            for (slot, domain) in domains.iter().enumerate() {
-                slot_of.insert(server_name(*domain), slot as u32);
-                // A newcomer to the federation has fetched nobody's keys yet.
-                if newcomers.contains(&(server as ServerId)) {
-                    continue;
+        }
+        let mut first_seq = Vec::new();
+        for ((server, publisher), domains) in publishers.into_iter().enumerate().zip(shared) {
+            let rng = SimRng::stream(seed, "key-cache", server as u64);
+            // A newcomer to the federation has fetched nobody's keys yet.
+            let newcomer = newcomers.contains(&(server as ServerId));
+            let cache = match &warm_starts {
+                Some((warm_slots, _)) if !newcomer => {
+                    let timers = if warm_timers { domains.len() as u64 } else { 0 };
+                    first_seq.push(Some(queue.reserve_seqs(timers)));
+                    KeyCache::with_warm_slots(key_policy.clone(), &domains, 0, rng, warm_slots)
                 }
-                let (_, keys, made_at_abs_ms) = &published[*domain as usize];
-                cache.warm(0, slot as u32, Arc::clone(keys), *made_at_abs_ms, &mut out);
-            }
+                _ => {
+                    first_seq.push(None);
+                    let mut cache = KeyCache::new(key_policy.clone(), &domains, 0, rng);
+                    for (slot, domain) in domains.iter().enumerate() {
+                        if newcomer {
+                            continue;
+                        }
+                        let (_, keys, made_at_abs_ms) = &published[*domain as usize];
+                        cache.warm(0, slot as u32, Arc::clone(keys), *made_at_abs_ms, &mut out);
+                    }
+                    cache
+                }
+            };
             for output in out.drain(..) {
                 if let KeyCacheOutput::SetTimer {
                     at_ms,
@@ -287,7 +362,7 @@ impl FedWorld {
                 own_keys: Arc::clone(keys),
                 own_body: Arc::clone(body),
                 cache,
-                slot_of,
+                slot_of: super::keys::SlotOf::with_planned(domains),
                 users: users[server].clone(),
                 rooms: BTreeMap::new(),
                 outbox: BTreeMap::new(),
@@ -381,6 +456,55 @@ impl FedWorld {
             bitrot_rows: Vec::new(),
             bitrot_taken: BTreeSet::new(),
             storm,
+            initial_timers: match warm_starts {
+                Some((_, due)) => super::keys::InitialTimers::new(&due, first_seq),
+                None => super::keys::InitialTimers::default(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition: every pair of co-members of a room, inserted into a set per server.
+    fn shared_by_pairs(server_count: u32, rooms: &[Vec<ServerId>]) -> Vec<Vec<ServerId>> {
+        let mut shared = vec![BTreeSet::new(); server_count as usize];
+        for room in rooms {
+            for &a in room {
+                for &b in room {
+                    if a != b {
+                        shared[a as usize].insert(b);
+                    }
+                }
+            }
+        }
+        shared
+            .into_iter()
+            .map(|set| set.into_iter().collect())
+            .collect()
+    }
+
+    #[test]
+    fn the_bitset_finds_the_same_shared_servers_as_every_pair() {
+        let mut rng = SimRng::stream(7, "shared-servers-test", 0);
+        for server_count in [1, 2, 63, 64, 65, 130, 300] {
+            for _ in 0..20 {
+                let rooms: Vec<Vec<ServerId>> = (0..rng.between(0, 12))
+                    .map(|_| {
+                        // Repeats allowed: a server listed once per user in the room.
+                        (0..rng.between(1, 40))
+                            .map(|_| rng.below(u64::from(server_count)) as ServerId)
+                            .collect()
+                    })
+                    .collect();
+                assert_eq!(
+                    shared_servers_of_rooms(server_count, rooms.clone()),
+                    shared_by_pairs(server_count, &rooms),
+                    "{server_count} servers, rooms {rooms:?}"
+                );
+            }
         }
     }
 }

@@ -708,6 +708,8 @@ pub struct FedWorld {
     bitrot_taken: BTreeSet<(RoomIndex, ServerId)>,
     /// RQ7: requests arriving at the rotating origins per second.
     pub storm: storm::StormLog,
+    /// Warm-started key-cache slots' first re-check timers, pushed when due.
+    initial_timers: keys::InitialTimers,
 }
 
 /// The ID a user has in a room: the member key (member-key rooms) or `@localpart:server`.
@@ -811,7 +813,11 @@ impl FedWorld {
     /// Processes events until the end of the run.
     pub fn run(&mut self, mut progress: impl FnMut(u64)) {
         let _crypto = crate::matrix::crypto_mode::enter(self.scenario.crypto);
-        while let Some(at_ms) = self.queue.peek_time_ms() {
+        loop {
+            self.initial_timers.feed(&mut self.queue, &self.servers);
+            let Some(at_ms) = self.queue.peek_time_ms() else {
+                break;
+            };
             if at_ms > self.end_ms {
                 break;
             }
@@ -1156,11 +1162,7 @@ impl FedWorld {
             }
             Body::Push(pdus) => {
                 // P6: a rotation notice carrying re-signed member events; fetch the keys now.
-                if let Some(slot) = self.servers[to as usize]
-                    .slot_of
-                    .get(&self.servers[from as usize].name)
-                    .copied()
-                {
+                if let Some(slot) = self.servers[to as usize].slot_of.get_id(from) {
                     let mut out = std::mem::take(&mut self.key_outputs);
                     self.servers[to as usize].cache.fetch_now(slot, &mut out);
                     self.apply_key_outputs(to, &mut out, None);
@@ -1552,9 +1554,9 @@ impl FedWorld {
         let version = self.version;
         let policy = self.room_policy.clone();
         let hs = &mut self.servers[server as usize];
-        let rooms: Vec<RoomIndex> = hs.rooms.keys().copied().collect();
         let mut stale_checks = Vec::new();
-        for room in rooms {
+        if version.member_keys {
+            // The held keys are the same for every room of the server: looked up once.
             let keys = CacheKeys {
                 own_name: &hs.name,
                 own_keys: &hs.own_keys,
@@ -1563,36 +1565,35 @@ impl FedWorld {
                 now_abs_ms,
                 archive: &hs.archive,
             };
-            let Some(state) = hs.rooms.get_mut(&room) else {
-                continue;
+            let held = if usable {
+                crate::room::keys::KeySource::held_keys(&keys, domain_name)
+            } else {
+                None
             };
-            if !version.member_keys {
-                continue;
-            }
-            let changed = if usable {
-                match crate::room::keys::KeySource::held_keys(&keys, domain_name) {
-                    Some(held) => {
+            for (&room, state) in hs.rooms.iter_mut() {
+                let changed = match (usable, held) {
+                    (true, Some(held)) => {
                         state
                             .links
                             .keys_available(&version, domain_name, held, now_abs_ms)
                     }
-                    None => Vec::new(),
+                    (true, None) => Vec::new(),
+                    (false, _) => state.links.keys_unavailable(domain_name, now_abs_ms),
+                };
+                if changed.is_empty() {
+                    continue;
                 }
-            } else {
-                state.links.keys_unavailable(domain_name, now_abs_ms)
-            };
-            if !changed.is_empty() {
-                stale_checks.push((room, changed.clone()));
-            }
-            if usable && !changed.is_empty() {
-                self.counters.links_reverified += changed.len() as u64;
-                self.counters.revealed += pipeline::reveal_verified(
-                    &mut state.state,
-                    &state.links,
-                    &policy,
-                    &changed,
-                    now_abs_ms,
-                ) as u64;
+                if usable {
+                    self.counters.links_reverified += changed.len() as u64;
+                    self.counters.revealed += pipeline::reveal_verified(
+                        &mut state.state,
+                        &state.links,
+                        &policy,
+                        &changed,
+                        now_abs_ms,
+                    ) as u64;
+                }
+                stale_checks.push((room, changed));
             }
         }
         for (room, members) in stale_checks {

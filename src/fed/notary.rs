@@ -64,10 +64,7 @@ impl FedWorld {
             return Err(404);
         }
         let hs = &self.servers[notary as usize];
-        let slot = *hs
-            .slot_of
-            .get(&self.servers[domain as usize].name)
-            .ok_or(404u16)?;
+        let slot = hs.slot_of.get_id(domain).ok_or(404u16)?;
         let keys: &Arc<ServerKeys> = hs.cache.slots()[slot as usize].keys().ok_or(404u16)?;
         Ok(Reply::NotaryKeys(Arc::clone(keys)))
     }

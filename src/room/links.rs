@@ -224,8 +224,12 @@ pub struct LinkTable {
     links: BTreeMap<Arc<str>, Link>,
     /// `(domain, key ID)` -> member keys whose link that key verified.
     verified_by_key: BTreeSet<VerifierEntry>,
-    /// domain -> member keys claiming it (any status).
-    by_domain: BTreeSet<(Arc<str>, Arc<str>)>,
+    /// domain -> member keys claiming it whose link is not verified: the only ones a key
+    /// arrival or a failed fetch can change. Kept to those so that the common answer to "keys
+    /// of this domain arrived" in a room where every link is verified costs one lookup in an
+    /// empty map (a key answer reaches every room of the server, once a day per domain under
+    /// P1). Maintained by [`LinkTable::reindex_unsettled`] after every status or domain change.
+    unsettled_by_domain: BTreeMap<Arc<str>, BTreeSet<Arc<str>>>,
     /// If set, co-signature checks are shared with other servers (see [`super::shared`]).
     shared: Option<SharedEventFacts>,
 }
@@ -237,7 +241,7 @@ impl LinkTable {
             invalidation,
             links: BTreeMap::new(),
             verified_by_key: BTreeSet::new(),
-            by_domain: BTreeSet::new(),
+            unsettled_by_domain: BTreeMap::new(),
             shared: None,
         }
     }
@@ -333,12 +337,7 @@ impl LinkTable {
         if let Some(old_domain) = link.domain.take()
             && Some(&old_domain) != domain.as_ref()
         {
-            self.by_domain
-                .remove(&(old_domain, Arc::clone(&member_key)));
-        }
-        if let Some(domain) = &domain {
-            self.by_domain
-                .insert((Arc::clone(domain), Arc::clone(&member_key)));
+            remove_unsettled(&mut self.unsettled_by_domain, &old_domain, &member_key);
         }
         let link = self.links.get_mut(&member_key).expect("inserted above");
         link.localpart = event
@@ -348,6 +347,7 @@ impl LinkTable {
             .map(intern);
         link.domain = domain.clone();
         link.member_event = Some(Arc::clone(event));
+        self.reindex_unsettled(&member_key);
         match (domain, keys) {
             (Some(domain), None) => {
                 let reason = LinkReason::AwaitingKeys {
@@ -383,10 +383,7 @@ impl LinkTable {
         now_ms: i64,
     ) -> Vec<String> {
         let mut changed = Vec::new();
-        for member_key in self.members_claiming(domain) {
-            if self.status(&member_key) == LinkStatus::Verified {
-                continue;
-            }
+        for member_key in self.unsettled_members_claiming(domain) {
             let before = self.status(&member_key);
             self.check(version, &member_key, keys, now_ms);
             if self.status(&member_key) != before {
@@ -399,7 +396,7 @@ impl LinkTable {
     /// The keys of `domain` could not be fetched: pending links claiming it become unverified.
     pub fn keys_unavailable(&mut self, domain: &str, now_ms: i64) -> Vec<String> {
         let mut changed = Vec::new();
-        for member_key in self.members_claiming(domain) {
+        for member_key in self.unsettled_members_claiming(domain) {
             if self.status(&member_key) == LinkStatus::Pending {
                 let reason = LinkReason::KeysUnavailable {
                     domain: intern(domain),
@@ -453,14 +450,32 @@ impl LinkTable {
         changed
     }
 
-    fn members_claiming(&self, domain: &str) -> Vec<String> {
-        let domain = intern(domain);
-        let from = (Arc::clone(&domain), Arc::<str>::from(""));
-        self.by_domain
-            .range(from..)
-            .take_while(|(claimed, _)| *claimed == domain)
-            .map(|(_, member)| member.to_string())
-            .collect()
+    /// The member keys claiming `domain` whose link is not verified, ordered by member key.
+    fn unsettled_members_claiming(&self, domain: &str) -> Vec<String> {
+        self.unsettled_by_domain
+            .get(domain)
+            .map(|members| members.iter().map(|member| member.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Brings `member_key`'s entry in `unsettled_by_domain` in line with its link's current
+    /// domain and status (an entry under its previous domain is removed by the caller that
+    /// changes the domain).
+    fn reindex_unsettled(&mut self, member_key: &str) {
+        let Some((member_key, link)) = self.links.get_key_value(member_key) else {
+            return;
+        };
+        let Some(domain) = &link.domain else {
+            return;
+        };
+        if link.status == LinkStatus::Verified {
+            remove_unsettled(&mut self.unsettled_by_domain, domain, member_key);
+        } else {
+            self.unsettled_by_domain
+                .entry(Arc::clone(domain))
+                .or_default()
+                .insert(Arc::clone(member_key));
+        }
     }
 
     /// The index entries of the links the key `(domain, key_id)` verified, by member key.
@@ -592,6 +607,24 @@ impl LinkTable {
             reason,
             at_ms,
         });
+        if from != to {
+            self.reindex_unsettled(member_key);
+        }
+    }
+}
+
+/// Removes `member_key` from the unsettled members of `domain`, and the domain's entry once it
+/// has none (so an empty map means "every link is verified").
+fn remove_unsettled(
+    unsettled_by_domain: &mut BTreeMap<Arc<str>, BTreeSet<Arc<str>>>,
+    domain: &str,
+    member_key: &str,
+) {
+    if let Some(members) = unsettled_by_domain.get_mut(domain) {
+        members.remove(member_key);
+        if members.is_empty() {
+            unsettled_by_domain.remove(domain);
+        }
     }
 }
 
@@ -647,6 +680,16 @@ mod tests {
     /// A join of the member key from `member_seed`, claiming `alice` on `a.example`, co-signed
     /// by `cosigner` if given.
     fn join(member_seed: u8, cosigner: Option<&ServerSigningKey>, ts_ms: i64) -> Arc<Pdu> {
+        join_claiming(member_seed, "a.example", cosigner, ts_ms)
+    }
+
+    /// [`join`], claiming `domain` instead (co-signed as `domain`).
+    fn join_claiming(
+        member_seed: u8,
+        domain: &str,
+        cosigner: Option<&ServerSigningKey>,
+        ts_ms: i64,
+    ) -> Arc<Pdu> {
         let member = member_signing_key(&[member_seed; 32]);
         let sender = member_key_user_id(&member.verifying_key());
         let draft = EventDraft {
@@ -654,7 +697,7 @@ mod tests {
             sender: sender.clone(),
             event_type: "m.room.member".into(),
             state_key: Some(sender),
-            content: json!({"membership": "join", "localpart": "alice", "domain": "a.example"}),
+            content: json!({"membership": "join", "localpart": "alice", "domain": domain}),
             prev_events: vec!["$p".into()],
             auth_events: vec![],
             depth: 2,
@@ -662,7 +705,7 @@ mod tests {
         };
         let signer = EventSigner::Member {
             member_key: &member,
-            cosigner: cosigner.map(|key| ("a.example", key)),
+            cosigner: cosigner.map(|key| (domain, key)),
         };
         Arc::new(build_pdu(draft, &V, signer).unwrap())
     }
@@ -809,6 +852,81 @@ mod tests {
             table.observe_member_event(&V, &event, ring.held_keys("a.example"), 5_000),
             LinkStatus::Verified
         );
+    }
+
+    /// The unsettled index holds exactly the links with a domain that are not verified.
+    fn assert_unsettled_index_matches_links(table: &LinkTable) {
+        for domain in ["a.example", "b.example"] {
+            let expected: Vec<String> = table
+                .links()
+                .filter(|link| link.domain.as_deref() == Some(domain))
+                .filter(|link| link.status != LinkStatus::Verified)
+                .map(|link| link.member_key.to_string())
+                .collect();
+            assert_eq!(
+                table.unsettled_members_claiming(domain),
+                expected,
+                "{domain}"
+            );
+        }
+        assert!(
+            table
+                .unsettled_by_domain
+                .values()
+                .all(|members| !members.is_empty())
+        );
+    }
+
+    #[test]
+    fn the_unsettled_index_follows_every_status_and_domain_change() {
+        let key_a = server_key("1", 1);
+        let ring_a = ring_with(&key_a, DAY_MS);
+        let mut table = LinkTable::new(InvalidationRule::RevokeAll);
+        // Three members of a.example: one verified at once, one pending, one uncosigned.
+        let verified = join(20, Some(&key_a), 100);
+        let pending = join(21, Some(&key_a), 100);
+        let bare = join(22, None, 100);
+        table.observe_member_event(&V, &verified, ring_a.held_keys("a.example"), 1);
+        table.observe_member_event(&V, &pending, None, 2);
+        table.observe_member_event(&V, &bare, ring_a.held_keys("a.example"), 3);
+        assert_unsettled_index_matches_links(&table);
+        assert_eq!(table.unsettled_by_domain.len(), 1);
+        // Keys arrive: the pending one is checked, the uncosigned one stays unverified, and
+        // the verified one is not touched.
+        let changed =
+            table.keys_available(&V, "a.example", ring_a.held_keys("a.example").unwrap(), 4);
+        assert_eq!(changed, vec![pending.sender.clone()]);
+        assert_unsettled_index_matches_links(&table);
+        // The verifying key is rotated away: both verified links return to the index.
+        table.key_invalidated("a.example", "ed25519:1", KeyInvalidation::Absent, 5);
+        assert_unsettled_index_matches_links(&table);
+        assert_eq!(table.unsettled_members_claiming("a.example").len(), 3);
+        // A member moves its claim to b.example (a newer member event), pending there.
+        let moved = join_claiming(20, "b.example", Some(&server_key("1", 2)), 200);
+        table.observe_member_event(&V, &moved, None, 6);
+        assert_unsettled_index_matches_links(&table);
+        assert_eq!(
+            table.unsettled_members_claiming("b.example"),
+            vec![verified.sender.clone()]
+        );
+        // b.example's keys cannot be fetched; then they arrive and verify it.
+        assert_eq!(
+            table.keys_unavailable("b.example", 7),
+            vec![verified.sender.clone()]
+        );
+        let ring_b = {
+            let mut ring = KeyRing::new();
+            ring.insert(
+                ServerKeys::with_current_key("b.example", &server_key("1", 2), DAY_MS),
+                0,
+            );
+            ring
+        };
+        table.keys_available(&V, "b.example", ring_b.held_keys("b.example").unwrap(), 8);
+        assert_eq!(table.status(&verified.sender), LinkStatus::Verified);
+        assert!(table.unsettled_members_claiming("b.example").is_empty());
+        assert!(!table.unsettled_by_domain.contains_key("b.example"));
+        assert_unsettled_index_matches_links(&table);
     }
 
     #[test]

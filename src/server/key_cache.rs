@@ -181,13 +181,23 @@ pub struct Slot {
     pub valid: bool,
     in_flight: u16,
     waiting: bool,
-    failures: u32,
-    backoff_interval_ms: u64,
-    backoff_until_ms: u64,
+    /// The failures since the last success and the backoff they set (`None`: no failure since,
+    /// which is most slots most of the time; boxed to keep the slot at 64 bytes).
+    backoff: Option<Box<Backoff>>,
     generation: u32,
-    next_due_ms: Option<u64>,
+    /// When the live re-check timer is due, if `has_next_due`.
+    next_due_ms: u64,
+    has_next_due: bool,
     /// Whether the last successful fetch returned the validity already cached.
     unchanged: bool,
+}
+
+/// A slot's failures since its last success and the backoff they set.
+#[derive(Debug, Clone, Default)]
+struct Backoff {
+    failures: u32,
+    interval_ms: u64,
+    until_ms: u64,
 }
 
 impl Slot {
@@ -201,13 +211,18 @@ impl Slot {
             valid: false,
             in_flight: 0,
             waiting: false,
-            failures: 0,
-            backoff_interval_ms: 0,
-            backoff_until_ms: 0,
+            backoff: None,
             generation: 0,
-            next_due_ms: None,
+            next_due_ms: 0,
+            has_next_due: false,
             unchanged: false,
         }
+    }
+
+    /// Until when (simulated ms) a backoff after failures lasts (0 if no failure since the last
+    /// success).
+    fn backoff_until_ms(&self) -> u64 {
+        self.backoff.as_ref().map_or(0, |backoff| backoff.until_ms)
     }
 
     /// The cached, verified key object.
@@ -249,10 +264,105 @@ impl Slot {
     }
 }
 
+/// A cache's slots, by slot index. Usually one [`Slot`] each; a cache made with
+/// [`KeyCache::with_warm_slots`] keeps a slot that nothing has changed since its warm start as
+/// a reference to the warm-start slot of its domain (4 bytes), and makes it its own on the
+/// first change (indexing mutably).
+#[derive(Debug, Clone)]
+pub struct Slots {
+    own: Vec<Slot>,
+    warm: Option<WarmRefs>,
+}
+
+/// The lazy part of [`Slots`].
+#[derive(Debug, Clone)]
+struct WarmRefs {
+    /// Per slot: an index into `Slots::own`, or `WARM | domain` for a slot still in its warm
+    /// start.
+    refs: Vec<u32>,
+    /// The warm-start slot of every domain (shared by the caches of one world).
+    by_domain: Arc<[Slot]>,
+}
+
+/// Marks a slot reference that points at its domain's warm-start slot.
+const WARM: u32 = 1 << 31;
+
+impl Slots {
+    /// The number of slots.
+    pub fn len(&self) -> usize {
+        match &self.warm {
+            None => self.own.len(),
+            Some(warm) => warm.refs.len(),
+        }
+    }
+
+    /// Whether there is no slot.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The slots in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = &Slot> {
+        (0..self.len()).map(|slot| &self[slot])
+    }
+
+    fn push(&mut self, slot: Slot) {
+        if let Some(warm) = &mut self.warm {
+            warm.refs.push(self.own.len() as u32);
+        }
+        self.own.push(slot);
+    }
+}
+
+impl std::ops::Index<usize> for Slots {
+    type Output = Slot;
+
+    fn index(&self, slot: usize) -> &Slot {
+        match &self.warm {
+            None => &self.own[slot],
+            Some(warm) => {
+                let reference = warm.refs[slot];
+                if reference & WARM != 0 {
+                    &warm.by_domain[(reference & !WARM) as usize]
+                } else {
+                    &self.own[reference as usize]
+                }
+            }
+        }
+    }
+}
+
+impl std::ops::IndexMut<usize> for Slots {
+    fn index_mut(&mut self, slot: usize) -> &mut Slot {
+        match &mut self.warm {
+            None => &mut self.own[slot],
+            Some(warm) => {
+                let reference = warm.refs[slot];
+                let own = if reference & WARM != 0 {
+                    // First change: the slot becomes the cache's own, starting from the
+                    // warm-start slot it was.
+                    let own = self.own.len() as u32;
+                    self.own
+                        .push(warm.by_domain[(reference & !WARM) as usize].clone());
+                    warm.refs[slot] = own;
+                    own
+                } else {
+                    reference
+                };
+                &mut self.own[own as usize]
+            }
+        }
+    }
+}
+
+/// What [`KeyCache::warm_starts`] returns: each domain's warm-start slot, and the re-check
+/// timer its warm start set (`(at_ms, generation)`), if any.
+pub type WarmStarts = (Arc<[Slot]>, Vec<Option<(u64, u32)>>);
+
 /// An observer's key cache.
 pub struct KeyCache {
     policy: KeyPolicy,
-    slots: Vec<Slot>,
+    slots: Slots,
     notary_count: u32,
     in_flight_total: u32,
     waiting: VecDeque<u32>,
@@ -280,7 +390,10 @@ impl KeyCache {
     ) -> KeyCache {
         KeyCache {
             policy,
-            slots: domains.iter().map(|domain| Slot::new(*domain)).collect(),
+            slots: Slots {
+                own: domains.iter().map(|domain| Slot::new(*domain)).collect(),
+                warm: None,
+            },
             notary_count,
             in_flight_total: 0,
             waiting: VecDeque::new(),
@@ -289,6 +402,68 @@ impl KeyCache {
             stats: KeyCacheStats::default(),
             clock_offset_ms: 0,
         }
+    }
+
+    /// Whether warming a slot at time 0 ([`KeyCache::warm`]) gives the same slot and the same
+    /// timer in every cache of `policy` (it draws nothing from the cache's own random stream),
+    /// so [`KeyCache::warm_starts`] and [`KeyCache::with_warm_slots`] may stand for it.
+    pub fn warm_start_is_shared(policy: &KeyPolicy) -> bool {
+        policy.recheck != Recheck::Jittered
+    }
+
+    /// The slot each domain `d` of `published` (its keys and when they were fetched, absolute
+    /// ms) has after `warm(0, …)` in a fresh cache of `policy`, and the timer that call set:
+    /// computed by that very call, in a scratch cache with one slot per domain. Only for a
+    /// policy whose warm start is shared ([`KeyCache::warm_start_is_shared`]).
+    pub fn warm_starts(
+        policy: &KeyPolicy,
+        published: impl ExactSizeIterator<Item = (Arc<ServerKeys>, i64)>,
+    ) -> WarmStarts {
+        assert!(KeyCache::warm_start_is_shared(policy));
+        let domains: Vec<DomainId> = (0..published.len() as DomainId).collect();
+        // The scratch cache's stream is never drawn from (the warm start is shared).
+        let rng = SimRng::stream(0, "warm-start-scratch", 0);
+        let mut scratch = KeyCache::new(policy.clone(), &domains, 0, rng);
+        let mut timers = vec![None; domains.len()];
+        let mut out = Vec::new();
+        for (domain, (keys, fetched_at_abs_ms)) in published.enumerate() {
+            scratch.warm(0, domain as u32, keys, fetched_at_abs_ms, &mut out);
+            for output in out.drain(..) {
+                if let KeyCacheOutput::SetTimer {
+                    at_ms, generation, ..
+                } = output
+                {
+                    timers[domain] = Some((at_ms, generation));
+                }
+            }
+        }
+        (scratch.slots.own.into(), timers)
+    }
+
+    /// A cache for `domains` whose slots start as `warm_slots[domain]` (from
+    /// [`KeyCache::warm_starts`]): the same state as [`KeyCache::new`] followed by `warm(0, …)`
+    /// of every slot, without the per-slot copies until a slot changes. The timers those warm
+    /// starts would have set are the caller's to schedule.
+    pub fn with_warm_slots(
+        policy: KeyPolicy,
+        domains: &[DomainId],
+        notary_count: u32,
+        rng: SimRng,
+        warm_slots: &Arc<[Slot]>,
+    ) -> KeyCache {
+        assert!(KeyCache::warm_start_is_shared(&policy));
+        let mut cache = KeyCache::new(policy, &[], notary_count, rng);
+        cache.slots.warm = Some(WarmRefs {
+            refs: domains
+                .iter()
+                .map(|domain| {
+                    assert!(*domain < WARM, "domain index {domain} out of range");
+                    WARM | domain
+                })
+                .collect(),
+            by_domain: Arc::clone(warm_slots),
+        });
+        cache
     }
 
     /// Adds a slot for a domain met for the first time (nothing cached: its keys are fetched
@@ -304,7 +479,7 @@ impl KeyCache {
     }
 
     /// The slots, by slot index.
-    pub fn slots(&self) -> &[Slot] {
+    pub fn slots(&self) -> &Slots {
         &self.slots
     }
 
@@ -366,8 +541,8 @@ impl KeyCache {
         if entry.generation != generation {
             return false; // superseded by a later timer
         }
-        entry.next_due_ms = None;
-        let purpose = if entry.failures > 0 {
+        entry.has_next_due = false;
+        let purpose = if entry.backoff.is_some() {
             Purpose::Retry
         } else {
             Purpose::Periodic
@@ -388,7 +563,7 @@ impl KeyCache {
             self.policy.backoff,
             BackoffKind::Msc4499 | BackoffKind::PerDomainGlobal
         );
-        if backoff_blocks && now_ms < entry.backoff_until_ms {
+        if backoff_blocks && now_ms < entry.backoff_until_ms() {
             self.stats.blocked_by_backoff += 1;
             return;
         }
@@ -409,7 +584,7 @@ impl KeyCache {
             self.policy.backoff,
             BackoffKind::Msc4499 | BackoffKind::PerDomainGlobal
         );
-        if backoff_blocks && now_ms < entry.backoff_until_ms {
+        if backoff_blocks && now_ms < entry.backoff_until_ms() {
             self.stats.blocked_by_backoff += 1;
             return;
         }
@@ -556,7 +731,8 @@ impl KeyCache {
             let entry = &mut self.slots[slot as usize];
             entry.in_flight = 0;
             entry.waiting = false;
-            if let Some(due_ms) = entry.next_due_ms {
+            if entry.has_next_due {
+                let due_ms = entry.next_due_ms;
                 self.set_timer(due_ms.max(now_ms), slot, out);
             }
         }
@@ -596,9 +772,7 @@ impl KeyCache {
         entry.unchanged = entry.valid_until_ms == valid_until_ms;
         entry.valid_until_ms = valid_until_ms;
         entry.fetched_at_ms = now_abs_ms;
-        entry.failures = 0;
-        entry.backoff_interval_ms = 0;
-        entry.backoff_until_ms = 0;
+        entry.backoff = None;
         if !entry.valid {
             entry.valid = true;
             self.stats.revalidations += 1;
@@ -684,23 +858,25 @@ impl KeyCache {
 
     fn schedule_after_failure(&mut self, now_ms: u64, slot: u32, out: &mut Vec<KeyCacheOutput>) {
         let policy = &self.policy;
-        let entry = &mut self.slots[slot as usize];
-        entry.failures += 1;
+        let backoff = self.slots[slot as usize]
+            .backoff
+            .get_or_insert_with(Box::default);
+        backoff.failures += 1;
         let interval_ms = match policy.backoff {
             BackoffKind::None => policy.retry_interval_ms,
-            _ if entry.failures == 1 => policy.backoff_floor_ms,
+            _ if backoff.failures == 1 => policy.backoff_floor_ms,
             _ => {
                 let factor = policy.backoff_jitter_low
                     + self.rng.unit_f64()
                         * (policy.backoff_jitter_high - policy.backoff_jitter_low);
-                let grown = entry.backoff_interval_ms as f64 * policy.backoff_multiplier * factor;
+                let grown = backoff.interval_ms as f64 * policy.backoff_multiplier * factor;
                 (grown as u64).min(policy.backoff_cap_ms)
             }
         };
-        entry.backoff_interval_ms = interval_ms;
-        entry.backoff_until_ms = now_ms + interval_ms;
+        backoff.interval_ms = interval_ms;
+        backoff.until_ms = now_ms + interval_ms;
         if policy.recheck != Recheck::OnDemand {
-            let due_ms = entry.backoff_until_ms;
+            let due_ms = backoff.until_ms;
             self.set_timer(due_ms, slot, out);
         }
     }
@@ -714,7 +890,8 @@ impl KeyCache {
         };
         let entry = &mut self.slots[slot as usize];
         entry.generation += 1;
-        entry.next_due_ms = Some(at_ms);
+        entry.next_due_ms = at_ms;
+        entry.has_next_due = true;
         out.push(KeyCacheOutput::SetTimer {
             at_ms,
             slot,
@@ -1115,6 +1292,132 @@ mod tests {
         let back = harness.fresh_keys(3 * DAY_MS);
         harness.answer(3 * DAY_MS, 0, Via::Direct, back);
         assert_eq!(decisions(&harness.out), vec![Decision::Revalidated]);
+    }
+
+    /// The slots of a cache, as text (every field, keys included).
+    fn slot_dump(cache: &KeyCache) -> Vec<String> {
+        cache
+            .slots()
+            .iter()
+            .map(|slot| format!("{slot:?}"))
+            .collect()
+    }
+
+    #[test]
+    fn shared_warm_slots_behave_as_warming_every_slot() {
+        for recheck in [Recheck::AtExpiry, Recheck::HalfLife, Recheck::OnDemand] {
+            let policy = policy(|p| {
+                p.recheck = recheck;
+                p.max_in_flight = 2;
+            });
+            // Ten domains, each with its own publisher and a response made at its own time.
+            let mut published: Vec<(Arc<ServerKeys>, i64, KeyPublisher)> = (0..10u32)
+                .map(|domain| {
+                    let name = format!("d{domain}.example");
+                    let mut publisher = KeyPublisher::new(
+                        name.clone(),
+                        DAY_MS,
+                        SimRng::stream(2, "k", u64::from(domain)),
+                    );
+                    let made_at_ms = EPOCH_MS - i64::from(domain) * HOUR_MS as i64;
+                    let body = publisher.publish_at(made_at_ms);
+                    let keys = check_direct(&name, &body).unwrap().unwrap();
+                    (keys, made_at_ms, publisher)
+                })
+                .collect();
+            let domains: Vec<DomainId> = vec![1, 4, 5, 9];
+            let mut eager = KeyCache::new(policy.clone(), &domains, 1, SimRng::stream(3, "c", 0));
+            let mut eager_out = Vec::new();
+            for (slot, domain) in domains.iter().enumerate() {
+                let (keys, made_at_ms, _) = &published[*domain as usize];
+                eager.warm(
+                    0,
+                    slot as u32,
+                    Arc::clone(keys),
+                    *made_at_ms,
+                    &mut eager_out,
+                );
+            }
+            let (warm_slots, due) = KeyCache::warm_starts(
+                &policy,
+                published
+                    .iter()
+                    .map(|(keys, at, _)| (Arc::clone(keys), *at)),
+            );
+            let mut lazy = KeyCache::with_warm_slots(
+                policy.clone(),
+                &domains,
+                1,
+                SimRng::stream(3, "c", 0),
+                &warm_slots,
+            );
+            // The timers the warm starts set are the ones warming each slot set.
+            let expected: Vec<KeyCacheOutput> = domains
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, domain)| {
+                    due[*domain as usize].map(|(at_ms, generation)| KeyCacheOutput::SetTimer {
+                        at_ms,
+                        slot: slot as u32,
+                        generation,
+                    })
+                })
+                .collect();
+            assert_eq!(eager_out, expected, "{recheck:?}");
+            assert_eq!(slot_dump(&lazy), slot_dump(&eager), "{recheck:?}");
+            // The same calls on both caches give the same outputs and the same slots.
+            let fresh = {
+                let (_, _, publisher) = &mut published[4];
+                let body = publisher.response(absolute_ms(2 * HOUR_MS));
+                Fetched::Keys(check_direct("d4.example", &body).unwrap().unwrap())
+            };
+            type Step<'a> = Box<dyn Fn(&mut KeyCache, &mut Vec<KeyCacheOutput>) + 'a>;
+            let steps: Vec<Step> = vec![
+                Box::new(|cache, out| {
+                    let generation = cache.slots()[1].generation;
+                    cache.on_timer(HOUR_MS, 1, generation, out);
+                }),
+                Box::new(|cache, out| cache.on_incoming_request(2 * DAY_MS, 0, out)),
+                Box::new(|cache, out| cache.on_incoming_request(HOUR_MS, 3, out)),
+                Box::new(|cache, out| {
+                    cache.on_response(2 * HOUR_MS, 1, Via::Direct, fresh.clone(), out)
+                }),
+                Box::new(|cache, out| {
+                    cache.on_response(
+                        3 * DAY_MS,
+                        0,
+                        Via::Direct,
+                        Fetched::Unreachable("timeout"),
+                        out,
+                    )
+                }),
+                Box::new(|cache, out| cache.fetch_now(2, out)),
+                Box::new(|cache, out| {
+                    let slot = cache.add_slot(7);
+                    cache.fetch_now(slot, out);
+                }),
+                Box::new(|cache, out| cache.resume(3 * DAY_MS, out)),
+                Box::new(|cache, out| cache.forget_all(4 * DAY_MS, out)),
+            ];
+            for (index, step) in steps.iter().enumerate() {
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                step(&mut eager, &mut a);
+                step(&mut lazy, &mut b);
+                assert_eq!(a, b, "{recheck:?} step {index}");
+                assert_eq!(
+                    slot_dump(&lazy),
+                    slot_dump(&eager),
+                    "{recheck:?} step {index}"
+                );
+                assert_eq!(lazy.slots().len(), eager.slots().len());
+            }
+            assert_eq!(format!("{:?}", lazy.stats), format!("{:?}", eager.stats));
+        }
+    }
+
+    #[test]
+    fn a_slot_is_64_bytes() {
+        assert_eq!(std::mem::size_of::<Slot>(), 64);
     }
 
     #[test]
