@@ -1895,7 +1895,6 @@ impl FedWorld {
         let stats = &mut self.servers[server as usize].stats;
         counters.pdus_processed += 1;
         stats.pdus_processed += 1;
-        let is_message = json.get("type").and_then(Value::as_str) == Some("m.room.message");
         match &receipt.verdict {
             Verdict::Accepted { labelled } => {
                 counters.accepted += 1;
@@ -1906,7 +1905,10 @@ impl FedWorld {
                 if receipt.outcome() == pipeline::Outcome::Redacted {
                     counters.redacted += 1;
                 }
-                if is_message && receipt.path != ArrivalPath::Local {
+                // The event's type is read only here (a JSON lookup per accepted receipt).
+                if receipt.path != ArrivalPath::Local
+                    && json.get("type").and_then(Value::as_str) == Some("m.room.message")
+                {
                     counters.message_deliveries += 1;
                 }
             }

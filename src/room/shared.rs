@@ -235,27 +235,40 @@ type LinkAnswers = (String, Vec<(String, Result<[u8; 32], KeyUnusable>)>);
 const MAX_LINK_VERDICTS: usize = 4;
 
 /// Member-link outcomes by event copy (the address of the shared `Arc<Pdu>`, which the entry
-/// holds).
-type LinkVerdicts = HashMap<usize, (Arc<Pdu>, Vec<(LinkAnswers, LinkOutcome)>)>;
+/// holds), with the key IDs the copy asks about ([`link_key_ids`], read once per copy).
+type LinkVerdicts = HashMap<usize, LinkEntry, IdHasher>;
 
-/// The answers [`verify_member_link`] gets for `event` from `domain_keys` at `now_ms`.
+/// One event copy's entry in [`LinkVerdicts`].
+type LinkEntry = (Arc<Pdu>, Vec<String>, Vec<(LinkAnswers, LinkOutcome)>);
+
+/// The key IDs `event` is co-signed with for the domain it claims (sorted; empty when it claims
+/// none): the questions [`verify_member_link`] asks of the domain's keys. A function of the
+/// event's JSON alone.
+fn link_key_ids(event: &Value) -> Vec<String> {
+    let mut key_ids: Vec<String> = cosign_domain(event)
+        .and_then(|domain| event.get("signatures")?.get(domain)?.as_object())
+        .map(|by_domain| by_domain.keys().cloned().collect())
+        .unwrap_or_default();
+    key_ids.sort();
+    key_ids
+}
+
+/// The answers [`verify_member_link`] gets from `domain_keys` at `now_ms` for an event
+/// co-signed with `key_ids` ([`link_key_ids`]).
 fn link_answers(
-    event: &Value,
+    key_ids: &[String],
     domain_keys: &ServerKeys,
     now_ms: i64,
     clamp: ValidityClamp,
 ) -> LinkAnswers {
-    let mut answers = Vec::new();
-    if let Some(by_domain) =
-        cosign_domain(event).and_then(|domain| event.get("signatures")?.get(domain)?.as_object())
-    {
-        for key_id in by_domain.keys() {
+    let answers = key_ids
+        .iter()
+        .map(|key_id| {
             let answer = key_valid_for_member_cosignature(domain_keys, key_id, now_ms, clamp)
                 .map(|key| key.to_bytes());
-            answers.push((key_id.clone(), answer));
-        }
-        answers.sort_by(|a, b| a.0.cmp(&b.0));
-    }
+            (key_id.clone(), answer)
+        })
+        .collect();
     (domain_keys.server_name.clone(), answers)
 }
 
@@ -412,16 +425,27 @@ impl SharedEventFacts {
         now_ms: i64,
         clamp: ValidityClamp,
     ) -> LinkOutcome {
-        let answers = link_answers(&event.json, domain_keys, now_ms, clamp);
         let address = Arc::as_ptr(event) as usize;
-        let known = {
-            let mut links = lock(&self.inner.links);
-            links.get_mut(&address).and_then(|(_, verdicts)| {
-                let position = verdicts.iter().position(|(seen, _)| *seen == answers)?;
-                verdicts[..=position].rotate_right(1);
-                Some(verdicts[0].1.clone())
-            })
-        };
+        let (answers, known) =
+            {
+                let mut links = lock(&self.inner.links);
+                match links.get_mut(&address) {
+                    Some((_, key_ids, verdicts)) => {
+                        let answers = link_answers(key_ids, domain_keys, now_ms, clamp);
+                        let known = verdicts.iter().position(|(seen, _)| *seen == answers).map(
+                            |position| {
+                                verdicts[..=position].rotate_right(1);
+                                verdicts[0].1.clone()
+                            },
+                        );
+                        (answers, known)
+                    }
+                    None => {
+                        let key_ids = link_key_ids(&event.json);
+                        (link_answers(&key_ids, domain_keys, now_ms, clamp), None)
+                    }
+                }
+            };
         if let Some(outcome) = &known
             && !self.inner.verify
         {
@@ -440,9 +464,9 @@ impl SharedEventFacts {
         }
         self.count(Count::MemberLinkComputed);
         let mut links = lock(&self.inner.links);
-        let (_, verdicts) = links
+        let (_, _, verdicts) = links
             .entry(address)
-            .or_insert_with(|| (Arc::clone(event), Vec::new()));
+            .or_insert_with(|| (Arc::clone(event), link_key_ids(&event.json), Vec::new()));
         verdicts.insert(0, (answers, outcome.clone()));
         verdicts.truncate(MAX_LINK_VERDICTS);
         outcome
