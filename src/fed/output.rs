@@ -222,18 +222,25 @@ fn counter_fields(counters: &Counters) -> Vec<(String, u64)> {
     fields
 }
 
+/// The servers joined to `room` at the end (fake members excluded), in server order, with
+/// their room state.
+fn joined_states(
+    world: &FedWorld,
+    room: RoomIndex,
+) -> impl Iterator<Item = (&str, &crate::room::room_state::RoomState)> {
+    world.servers.iter().filter_map(move |server| {
+        server
+            .rooms
+            .get(&room)
+            .filter(|state| state.joined && !world.fake_member(&server.name, room))
+            .map(|state| (server.name.as_str(), &state.state))
+    })
+}
+
 /// Per room: the message view (room::metrics) of each server that joined it.
 pub(crate) fn message_views(world: &FedWorld, room: RoomIndex) -> Vec<MessageView> {
-    world
-        .servers
-        .iter()
-        .filter_map(|server| {
-            server
-                .rooms
-                .get(&room)
-                .filter(|state| state.joined && !world.fake_member(&server.name, room))
-                .map(|state| MessageView::from_room(&server.name, &state.state))
-        })
+    joined_states(world, room)
+        .map(|(name, state)| MessageView::from_room(name, state))
         .collect()
 }
 
@@ -280,19 +287,7 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
     let mut visible = 0u64;
     // Per room, the servers joined at the end (in server order), found once.
     let joined: Vec<Vec<&crate::room::room_state::RoomState>> = (0..world.plans.len() as RoomIndex)
-        .map(|room| {
-            world
-                .servers
-                .iter()
-                .filter_map(|server| {
-                    server
-                        .rooms
-                        .get(&room)
-                        .filter(|state| state.joined && !world.fake_member(&server.name, room))
-                        .map(|state| &state.state)
-                })
-                .collect()
-        })
+        .map(|room| joined_states(world, room).map(|(_, state)| state).collect())
         .collect();
     for sent in world
         .sent
