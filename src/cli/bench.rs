@@ -355,11 +355,13 @@ enum Ended {
 /// Runs `command` (a `fedsim run`), relaying its stderr, and kills it when it exceeds `budget`.
 fn run_within(command: &mut Command, budget: Budget) -> std::io::Result<Ended> {
     let mut child = command.stderr(Stdio::piped()).spawn()?;
-    let progress = relay_progress(&mut child);
+    let (progress, relay) = relay_progress(&mut child);
     let started = Instant::now();
     let mut peak_memory_kib = None;
     loop {
         if let Some(status) = child.try_wait()? {
+            // Its last lines are relayed before our table is printed.
+            let _ = relay.map(std::thread::JoinHandle::join);
             return Ok(Ended::Exited(status));
         }
         if let Some(kib) = status_kib(child.id(), "VmHWM:") {
@@ -373,6 +375,7 @@ fn run_within(command: &mut Command, budget: Budget) -> std::io::Result<Ended> {
         if over_memory || over_wall {
             child.kill()?;
             child.wait()?;
+            let _ = relay.map(std::thread::JoinHandle::join);
             let progress = *progress.lock().unwrap_or_else(|error| error.into_inner());
             return Ok(Ended::Stopped {
                 by: if over_memory { "memory" } else { "wall" },
@@ -385,9 +388,13 @@ fn run_within(command: &mut Command, budget: Budget) -> std::io::Result<Ended> {
 }
 
 /// Copies the child's stderr to ours, remembering the last "simulated X h of Y h" it printed.
-fn relay_progress(child: &mut Child) -> Arc<Mutex<Option<(f64, f64)>>> {
+/// The last (simulated hours reached, run length in hours) a child's progress lines gave.
+type LastProgress = Arc<Mutex<Option<(f64, f64)>>>;
+
+/// Returns the shared last reading and the relaying thread (until the child's stderr closes).
+fn relay_progress(child: &mut Child) -> (LastProgress, Option<std::thread::JoinHandle<()>>) {
     let last = Arc::new(Mutex::new(None));
-    if let Some(stderr) = child.stderr.take() {
+    let relay = child.stderr.take().map(|stderr| {
         let last = Arc::clone(&last);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -396,9 +403,9 @@ fn relay_progress(child: &mut Child) -> Arc<Mutex<Option<(f64, f64)>>> {
                     *last.lock().unwrap_or_else(|error| error.into_inner()) = Some(reached);
                 }
             }
-        });
-    }
-    last
+        })
+    });
+    (last, relay)
 }
 
 /// `(reached, total)` simulated hours from a plain progress line (`world::output::Progress`):
