@@ -292,6 +292,11 @@ impl SignedBodyTemplate {
         })
     }
 
+    /// Prefetch hints for the template's text (see [`crate::engine::prefetch`]).
+    pub fn prefetch(&self) {
+        crate::engine::prefetch::prefetch_bytes(self.text.as_bytes(), 512);
+    }
+
     /// The body with `valid_until_ts_ms`, signed by `key` (the key the template was made for).
     pub fn body(
         &self,

@@ -64,6 +64,29 @@ impl VerifyMemo {
         }
     }
 
+    /// Prefetch hint (see [`crate::engine::prefetch`]): the domain's entries, which the next
+    /// check of one of its bodies reads first.
+    pub fn prefetch_entries(&self, domain: u32) {
+        if let Some(entries) = self.per_domain.get(domain as usize) {
+            crate::engine::prefetch::prefetch_all(entries);
+        }
+    }
+
+    /// Prefetch hint, once the entries are cached: the key objects and bodies they hold (the
+    /// next check compares against, recycles or drops them).
+    pub fn prefetch_entry_targets(&self, domain: u32) {
+        use crate::engine::prefetch::{prefetch_arc, prefetch_arc_str};
+        let Some(entries) = self.per_domain.get(domain as usize) else {
+            return;
+        };
+        for entry in entries.iter().flatten() {
+            prefetch_arc_str(&entry.body);
+            if let Ok(Some(keys)) = &entry.result {
+                prefetch_arc(keys);
+            }
+        }
+    }
+
     /// A direct `/_matrix/key/v2/server` answer from `domain_name`: `Ok(Some(keys))`, or the
     /// reason it was refused.
     pub fn check_direct(&mut self, domain: u32, domain_name: &str, body: &Arc<str>) -> Checked {

@@ -130,6 +130,17 @@ impl KeyPublisher {
         self.lifetime_ms as u64
     }
 
+    /// Prefetch hints (see [`crate::engine::prefetch`]) for what the next response reads: the
+    /// kept template's text and the last body (whose reference count a re-signing drops).
+    pub fn prefetch_response(&self) {
+        if let Some(template) = &self.template {
+            template.prefetch();
+        }
+        if let Some((body, _)) = &self.published {
+            crate::engine::prefetch::prefetch_arc_str(body);
+        }
+    }
+
     /// The last response signed (without re-making it), if any.
     pub fn published_body(&self) -> Option<&Arc<str>> {
         self.published.as_ref().map(|(body, _)| body)
