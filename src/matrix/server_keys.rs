@@ -442,6 +442,7 @@ impl<'a> CanonicalResponse<'a> {
         known: Option<&VerifyingKey>,
     ) -> Option<CanonicalResponse<'a>> {
         let mut cursor = CanonicalCursor {
+            text: body,
             bytes: body.as_bytes(),
             at: 0,
         };
@@ -523,6 +524,8 @@ impl<'a> CanonicalResponse<'a> {
 /// A cursor over bytes expected to be canonical JSON of a known shape (see
 /// [`ServerKeys::parse_canonical_and_verify`]); every method returns `None` on anything else.
 struct CanonicalCursor<'a> {
+    text: &'a str,
+    /// `text`'s bytes.
     bytes: &'a [u8],
     at: usize,
 }
@@ -550,17 +553,20 @@ impl<'a> CanonicalCursor<'a> {
                 _ => self.at += 1,
             }
         }
-        let text = &self.bytes[start..self.at];
+        let text = self.text.get(start..self.at);
         self.at += 1;
-        // Cut at ASCII quotes inside a `str`, so always valid UTF-8.
-        std::str::from_utf8(text).ok()
+        // Cut at ASCII quotes inside a `str`, so always on character boundaries (`get` checks
+        // the two ends; the bytes between are valid UTF-8 as part of the `str`).
+        text
     }
 
     /// An `ed25519:<version>` key ID as an object key, strictly after `previous` (canonical
     /// order, no duplicates).
     fn key_id(&mut self, previous: Option<&str>) -> Option<&'a str> {
         let key_id = self.string()?;
-        KeyId::parse(key_id).ok()?;
+        if !KeyId::is_valid(key_id) {
+            return None;
+        }
         if previous.is_some_and(|previous| previous >= key_id) {
             return None;
         }

@@ -87,6 +87,19 @@ impl VerifyMemo {
         }
     }
 
+    /// Prefetch hint, once the key objects are cached too: their server names' bytes (the
+    /// next check overwrites one of them).
+    pub fn prefetch_entry_names(&self, domain: u32) {
+        let Some(entries) = self.per_domain.get(domain as usize) else {
+            return;
+        };
+        for entry in entries.iter().flatten() {
+            if let Ok(Some(keys)) = &entry.result {
+                crate::engine::prefetch::prefetch_bytes(keys.server_name.as_bytes(), 64);
+            }
+        }
+    }
+
     /// A direct `/_matrix/key/v2/server` answer from `domain_name`: `Ok(Some(keys))`, or the
     /// reason it was refused.
     pub fn check_direct(&mut self, domain: u32, domain_name: &str, body: &Arc<str>) -> Checked {

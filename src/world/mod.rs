@@ -605,6 +605,10 @@ impl World {
             }
             self.memo.prefetch_entry_targets(domain);
             prefetch_bytes(name.as_bytes(), 64);
+            if via.is_some() {
+                // An arrival: the key objects were asked for before the timer's turn.
+                self.memo.prefetch_entry_names(domain);
+            }
         }
     }
 
