@@ -39,7 +39,9 @@ pub fn run_to_dir(
     world.run(|now_ms| progress.update(now_ms));
     progress.finish();
     let run_seconds = started.elapsed().as_secs_f64();
-    write_results(&mut world, out_dir, run_seconds, started)
+    let outcome = write_results(&mut world, out_dir, run_seconds, started);
+    crate::world::drop_in_background(world);
+    outcome
 }
 
 /// Messages sent this close to the end may still be in flight; coverage ignores them.
