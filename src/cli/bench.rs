@@ -22,10 +22,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{Value, json};
 
 use super::CliError;
+use crate::metrics::raw_crypto::{RawCrypto, measure_raw_crypto};
 use crate::metrics::{CsvTable, fixed, write_json};
 
 /// The standard scenarios, smallest first: (name, file).
@@ -111,52 +111,6 @@ impl Stopped {
             Some((reached, total)) => format!("{reached:.1} of {total:.1} simulated hours"),
             None => "before its first progress line".to_owned(),
         }
-    }
-}
-
-/// Raw single-core ed25519 costs measured on this machine (seconds per operation).
-#[derive(Debug, Clone, Copy)]
-pub struct RawCrypto {
-    pub sign_seconds: f64,
-    pub verify_seconds: f64,
-}
-
-/// Times raw ed25519 signing and strict verification of a key-response-sized message: the
-/// median of several batches, so one scheduler hiccup does not move the floor.
-pub fn measure_raw_crypto() -> RawCrypto {
-    const BATCHES: usize = 7;
-    const PER_BATCH: u32 = 200;
-    let key = SigningKey::from_bytes(&[7u8; 32]);
-    let verifying_key = key.verifying_key();
-    let message = vec![b'x'; 300];
-    let signature = key.sign(&message);
-    let median = |mut samples: Vec<f64>| {
-        samples.sort_by(f64::total_cmp);
-        samples[samples.len() / 2]
-    };
-    let sign = (0..BATCHES)
-        .map(|_| {
-            let started = Instant::now();
-            for _ in 0..PER_BATCH {
-                std::hint::black_box(key.sign(std::hint::black_box(&message)));
-            }
-            started.elapsed().as_secs_f64() / f64::from(PER_BATCH)
-        })
-        .collect();
-    let verify = (0..BATCHES)
-        .map(|_| {
-            let started = Instant::now();
-            for _ in 0..PER_BATCH {
-                let result =
-                    verifying_key.verify_strict(std::hint::black_box(&message), &signature);
-                std::hint::black_box(result.is_ok());
-            }
-            started.elapsed().as_secs_f64() / f64::from(PER_BATCH)
-        })
-        .collect();
-    RawCrypto {
-        sign_seconds: median(sign),
-        verify_seconds: median(verify),
     }
 }
 

@@ -86,7 +86,8 @@ fn write_results(
     write_timeseries(world, out_dir)?;
     write_servers(world, out_dir)?;
     let wall_seconds = started.elapsed().as_secs_f64();
-    let (raw_sign_s, raw_verify_s) = raw_crypto_seconds();
+    let raw = crate::metrics::raw_crypto::measure_raw_crypto();
+    let (raw_sign_s, raw_verify_s) = (raw.sign_seconds, raw.verify_seconds);
     let run_info = json!({
         "wall_seconds": rounded(wall_seconds),
         "run_seconds": rounded(run_seconds),
@@ -122,28 +123,6 @@ fn write_results(
         wall_seconds,
         event_hash: world.trace.hash_hex(),
     })
-}
-
-/// One raw ed25519 signature and one strict verification of a 600-byte message, in seconds
-/// (the mean of 200 each, measured now: run-info.json only).
-fn raw_crypto_seconds() -> (f64, f64) {
-    use ed25519_dalek::{Signer, SigningKey};
-    const ROUNDS: u32 = 200;
-    let key = SigningKey::from_bytes(&[7; 32]);
-    let message = vec![b'x'; 600];
-    let started = Instant::now();
-    let mut signature = key.sign(&message);
-    for _ in 0..ROUNDS {
-        signature = key.sign(std::hint::black_box(&message));
-    }
-    let sign_s = started.elapsed().as_secs_f64() / f64::from(ROUNDS + 1);
-    let verifying = key.verifying_key();
-    let started = Instant::now();
-    for _ in 0..ROUNDS {
-        let _ = std::hint::black_box(verifying.verify_strict(&message, &signature));
-    }
-    let verify_s = started.elapsed().as_secs_f64() / f64::from(ROUNDS);
-    (sign_s, verify_s)
 }
 
 /// The counters as `(name, value)` in a stable order (summary metrics and CSV columns).
