@@ -151,7 +151,7 @@ impl BenchRow {
                 .ok_or("run-info.json has no events_processed")?,
             peak_memory_mib: number("peak_memory_kib").map(|kib| kib / 1024.0),
             signatures_made: count(&["signatures_made", "events_signed"]),
-            signature_checks: count(&["verify_checks", "check_memo_entries"]),
+            signature_checks: count(&["signature_checks", "verify_checks", "check_memo_entries"]),
             cpu_seconds: None,
             stopped: None,
         })
@@ -594,6 +594,20 @@ mod tests {
         assert!((row.floor_ratio(raw).unwrap() - 1.5).abs() < 1e-12);
         assert_eq!(row.peak_memory_mib, Some(2.0));
         assert!((row.events_per_second() - 200.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_room_worlds_totals_are_read_before_its_event_only_counts() {
+        let info = json!({
+            "wall_seconds": 1.0,
+            "events_processed": 10,
+            "events_signed": 4,
+            "check_memo_entries": 4,
+            "signatures_made": 6,
+            "signature_checks": 9,
+        });
+        let row = BenchRow::from_run_info("medium", "m.toml", &info).unwrap();
+        assert_eq!((row.signatures_made, row.signature_checks), (6, 9));
     }
 
     #[test]
