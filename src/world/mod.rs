@@ -25,7 +25,7 @@ use crate::server::publisher::KeyPublisher;
 use crate::server::{absolute_ms, outcome_table::InvalidReason};
 
 pub(crate) use output::{Progress, peak_memory_kib};
-pub use output::{RunError, RunOutcome, run_to_dir};
+pub use output::{RunError, RunOutcome, drop_in_background, run_to_dir};
 pub use validity::{Change, Tracker, Transition, Watch, WatchPair};
 
 /// How long a notary waits for an origin before answering from its (possibly stale) cache;
