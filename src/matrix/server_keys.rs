@@ -392,34 +392,163 @@ impl ServerKeys {
     /// its strings and map node are reused, and its decoded verify key when the body lists the
     /// same key bytes, which skips the point decoding). Returns whether the fast path accepted
     /// the body; then `into` equals what [`Self::parse_canonical_and_verify`] returns, field by
-    /// field. On `false`, `into` is unchanged.
+    /// field, and the body's [`CanonicalLayout`] is returned. On `None`, `into` is unchanged.
     pub fn parse_canonical_and_verify_into(
         body: &str,
         expected_server_name: &str,
         into: &mut ServerKeys,
-    ) -> bool {
+    ) -> Option<CanonicalLayout> {
         let known = match into.verify_keys.first_key_value() {
             Some((_, key)) if into.verify_keys.len() == 1 => Some(key),
             _ => None,
         };
-        let Some(parts) = CanonicalResponse::parse_and_verify(body, expected_server_name, known)
-        else {
-            return false;
-        };
+        let parts = CanonicalResponse::parse_and_verify(body, expected_server_name, known)?;
         into.server_name.clear();
         into.server_name.push_str(parts.server_name);
-        let only_entry = into.verify_keys.len() == 1;
-        match into.verify_keys.get_mut(parts.key_id) {
-            Some(key) if only_entry => *key = parts.key,
-            _ => {
-                into.verify_keys.clear();
-                into.verify_keys.insert(parts.key_id.to_owned(), parts.key);
-            }
-        }
+        set_only_key(&mut into.verify_keys, parts.key_id, parts.key);
         into.old_verify_keys = parts.old_verify_keys;
         into.valid_until_ts_ms = parts.valid_until_ts_ms;
+        Some(parts.layout)
+    }
+
+    /// An empty object, to be written over by [`Self::parse_canonical_and_verify_into`].
+    pub fn empty() -> ServerKeys {
+        ServerKeys {
+            server_name: String::new(),
+            verify_keys: BTreeMap::new(),
+            old_verify_keys: BTreeMap::new(),
+            valid_until_ts_ms: 0,
+        }
+    }
+
+    /// The fast path for a re-signed body: `body` has the length of `previous_body`, which the
+    /// canonical fast path accepted for `expected_server_name` as `previous` with `layout`, and
+    /// equals it everywhere but the signature's base64 text and the `valid_until_ts` integer.
+    /// Then the canonical fast path would read exactly the same tokens from `body` but those
+    /// two, so only they are read (the signature must decode to 64 bytes, which also rules out
+    /// a quote, a backslash or a control character inside it; the integer is checked with the
+    /// fast path's own rules), and the signature is verified over `body`'s signed bytes with
+    /// `previous`'s key (decoded from the same bytes). On `true`, `into` holds what
+    /// [`Self::parse_canonical_and_verify`] would return for `body`, and `body`'s layout is
+    /// `layout`; on `false` nothing was decided (take the full fast path) and `into` is
+    /// unchanged.
+    pub fn verify_resigned_into(
+        body: &str,
+        expected_server_name: &str,
+        previous_body: &str,
+        previous: &ServerKeys,
+        layout: CanonicalLayout,
+        into: &mut ServerKeys,
+    ) -> bool {
+        let (new, old) = (body.as_bytes(), previous_body.as_bytes());
+        let CanonicalLayout {
+            signatures_start,
+            signature_start,
+            signature_end,
+            signatures_end,
+            valid_until_start,
+            valid_until_end,
+        } = layout;
+        if new.len() != old.len()
+            || valid_until_end > new.len()
+            || previous.server_name != expected_server_name
+            || previous.verify_keys.len() != 1
+            || new[..signature_start] != old[..signature_start]
+            || new[signature_end..valid_until_start] != old[signature_end..valid_until_start]
+            || new[valid_until_end..] != old[valid_until_end..]
+        {
+            return false;
+        }
+        let Some(signature_text) = body.get(signature_start..signature_end) else {
+            return false;
+        };
+        let Some(signature_bytes) = signing::decode_base64_exact::<64>(signature_text) else {
+            return false;
+        };
+        let Some(integer_text) = body.get(valid_until_start..valid_until_end) else {
+            return false;
+        };
+        let mut cursor = CanonicalCursor {
+            text: integer_text,
+            bytes: integer_text.as_bytes(),
+            at: 0,
+        };
+        let Some(valid_until_ts_ms) = cursor.integer() else {
+            return false;
+        };
+        if cursor.at != integer_text.len() {
+            return false;
+        }
+        let Some((key_id, key)) = previous.verify_keys.first_key_value() else {
+            return false;
+        };
+        if !verify_cut(
+            body,
+            signatures_start,
+            signatures_end,
+            key,
+            &signature_bytes,
+        ) {
+            return false;
+        }
+        into.server_name.clear();
+        into.server_name.push_str(&previous.server_name);
+        set_only_key(&mut into.verify_keys, key_id, *key);
+        into.old_verify_keys.clone_from(&previous.old_verify_keys);
+        into.valid_until_ts_ms = valid_until_ts_ms;
         true
     }
+}
+
+/// Makes `map` exactly `{key_id: key}`, reusing its node when it already holds one entry
+/// under `key_id`.
+fn set_only_key(map: &mut BTreeMap<String, VerifyingKey>, key_id: &str, key: VerifyingKey) {
+    let only_entry = map.len() == 1;
+    match map.get_mut(key_id) {
+        Some(value) if only_entry => *value = key,
+        _ => {
+            map.clear();
+            map.insert(key_id.to_owned(), key);
+        }
+    }
+}
+
+/// Whether `signature` is `key`'s signature over `body` without its bytes
+/// `signatures_start..signatures_end` (the `,"signatures":{…}` member).
+fn verify_cut(
+    body: &str,
+    signatures_start: usize,
+    signatures_end: usize,
+    key: &VerifyingKey,
+    signature: &[u8; 64],
+) -> bool {
+    thread_local! {
+        static MESSAGE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let signature = ed25519_dalek::Signature::from_bytes(signature);
+    MESSAGE.with(|message| {
+        let mut message = message.borrow_mut();
+        message.clear();
+        message.extend_from_slice(&body.as_bytes()[..signatures_start]);
+        message.extend_from_slice(&body.as_bytes()[signatures_end..]);
+        crypto_mode::verify(key, &message, &signature)
+    })
+}
+
+/// Where the tokens that change when a server re-signs the same keys sit in a body the
+/// canonical fast path accepted (byte offsets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CanonicalLayout {
+    /// The `,` that starts the `"signatures"` member.
+    signatures_start: usize,
+    /// The signature's base64 text (between its quotes).
+    signature_start: usize,
+    signature_end: usize,
+    /// Just after the `"signatures"` member.
+    signatures_end: usize,
+    /// The `valid_until_ts` integer.
+    valid_until_start: usize,
+    valid_until_end: usize,
 }
 
 /// What [`ServerKeys::parse_canonical_and_verify`] reads from a canonical body whose signature
@@ -430,6 +559,7 @@ struct CanonicalResponse<'a> {
     key: VerifyingKey,
     old_verify_keys: BTreeMap<String, OldVerifyKey>,
     valid_until_ts_ms: i64,
+    layout: CanonicalLayout,
 }
 
 impl<'a> CanonicalResponse<'a> {
@@ -478,12 +608,16 @@ impl<'a> CanonicalResponse<'a> {
         cursor.eat(b":{")?;
         let signed_key_id = cursor.key_id(None)?;
         cursor.eat(b":")?;
+        let signature_start = cursor.at + 1;
         let signature_text = cursor.string()?;
+        let signature_end = cursor.at - 1;
         cursor.eat(b"}}")?;
         let signatures_end = cursor.at;
         // ,"valid_until_ts":INT,"verify_keys":{ID:{"key":STR}}}
         cursor.eat(b",\"valid_until_ts\":")?;
+        let valid_until_start = cursor.at;
         let valid_until_ts_ms = cursor.integer()?;
+        let valid_until_end = cursor.at;
         cursor.eat(b",\"verify_keys\":{")?;
         let key_id = cursor.key_id(None)?;
         cursor.eat(b":{\"key\":")?;
@@ -497,18 +631,13 @@ impl<'a> CanonicalResponse<'a> {
             return None;
         }
         let signature_bytes = signing::decode_base64_exact::<64>(signature_text)?;
-        thread_local! {
-            static MESSAGE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        let signature = ed25519_dalek::Signature::from_bytes(&signature_bytes);
-        let verified = MESSAGE.with(|message| {
-            let mut message = message.borrow_mut();
-            message.clear();
-            message.extend_from_slice(&body.as_bytes()[..signatures_start]);
-            message.extend_from_slice(&body.as_bytes()[signatures_end..]);
-            crypto_mode::verify(&key, &message, &signature)
-        });
-        if !verified {
+        if !verify_cut(
+            body,
+            signatures_start,
+            signatures_end,
+            &key,
+            &signature_bytes,
+        ) {
             return None;
         }
         Some(CanonicalResponse {
@@ -517,6 +646,14 @@ impl<'a> CanonicalResponse<'a> {
             key,
             old_verify_keys,
             valid_until_ts_ms,
+            layout: CanonicalLayout {
+                signatures_start,
+                signature_start,
+                signature_end,
+                signatures_end,
+                valid_until_start,
+                valid_until_end,
+            },
         })
     }
 }

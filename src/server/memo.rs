@@ -11,7 +11,7 @@ use std::sync::Arc;
 use ed25519_dalek::VerifyingKey;
 use serde_json::Value;
 
-use crate::matrix::server_keys::ServerKeys;
+use crate::matrix::server_keys::{CanonicalLayout, ServerKeys};
 use crate::matrix::signing;
 
 /// Marks a direct (origin) answer in the memo.
@@ -30,7 +30,13 @@ struct Entry {
     fingerprint: u64,
     body: Arc<str>,
     result: Checked,
+    /// For a direct answer the canonical fast path accepted: where its signature and validity
+    /// sit (the next re-signed body is checked against this one).
+    layout: Option<CanonicalLayout>,
 }
+
+/// The latest accepted direct answer of a domain, as [`check_direct_recycling`] uses it.
+pub type PreviousAnswer<'a> = (&'a str, &'a ServerKeys, CanonicalLayout);
 
 /// A notary as its clients know it (from their `trusted_key_servers` configuration).
 #[derive(Debug, Clone)]
@@ -85,6 +91,10 @@ impl VerifyMemo {
                 prefetch_arc(keys);
             }
         }
+        // The latest body is compared byte by byte with the next one (a re-signing).
+        if let Some(latest) = entries.iter().rev().flatten().next() {
+            crate::engine::prefetch::prefetch_bytes(latest.body.as_bytes(), 1024);
+        }
     }
 
     /// Prefetch hint, once the key objects are cached too: their server names' bytes (the
@@ -103,8 +113,8 @@ impl VerifyMemo {
     /// A direct `/_matrix/key/v2/server` answer from `domain_name`: `Ok(Some(keys))`, or the
     /// reason it was refused.
     pub fn check_direct(&mut self, domain: u32, domain_name: &str, body: &Arc<str>) -> Checked {
-        self.memoized(domain, DIRECT, body, |recycled| {
-            check_direct_recycling(domain_name, body, recycled)
+        self.memoized(domain, DIRECT, body, |recycled, previous| {
+            check_direct_recycling(domain_name, body, recycled, previous)
         })
     }
 
@@ -118,8 +128,8 @@ impl VerifyMemo {
         notary: &NotaryIdentity,
         body: &Arc<str>,
     ) -> Checked {
-        self.memoized(domain, notary_index, body, |_| {
-            check_notary(domain_name, notary, body)
+        self.memoized(domain, notary_index, body, |_, _| {
+            (check_notary(domain_name, notary, body), None)
         })
     }
 
@@ -128,7 +138,10 @@ impl VerifyMemo {
         domain: u32,
         via: u32,
         body: &Arc<str>,
-        check: impl FnOnce(Option<Arc<ServerKeys>>) -> Checked,
+        check: impl FnOnce(
+            Option<Arc<ServerKeys>>,
+            Option<PreviousAnswer<'_>>,
+        ) -> (Checked, Option<CanonicalLayout>),
     ) -> Checked {
         let index = domain as usize;
         if self.per_domain.len() <= index {
@@ -160,8 +173,18 @@ impl VerifyMemo {
             }
             _ => None,
         });
+        // The latest entry left (the newer of the two), if it is an accepted direct answer.
+        let entries = &self.per_domain[index];
+        let previous = entries.iter().rev().flatten().next().and_then(|entry| {
+            match (&entry.result, entry.layout) {
+                (Ok(Some(keys)), Some(layout)) if entry.via == via => {
+                    Some((&*entry.body, &**keys, layout))
+                }
+                _ => None,
+            }
+        });
         let started = std::time::Instant::now();
-        let result = check(recycled);
+        let (result, layout) = check(recycled, previous);
         self.check_nanos += started.elapsed().as_nanos() as u64;
         let entries = &mut self.per_domain[index];
         let entry = Some(Entry {
@@ -169,6 +192,7 @@ impl VerifyMemo {
             fingerprint,
             body: body.clone(),
             result: result.clone(),
+            layout,
         });
         match entries {
             [first @ None, second @ Some(_)] => {
@@ -211,20 +235,37 @@ pub fn check_direct(domain_name: &str, body: &str) -> Checked {
 }
 
 /// [`check_direct`], writing the accepted keys over `recycled` (an unshared key object no
-/// longer needed) when there is one and the fast path accepts: the same result, without
-/// allocating a new object or decoding a verify key seen before.
+/// longer needed) when there is one: the same result, without allocating a new object or
+/// decoding a verify key seen before. When `previous` (the domain's latest accepted direct
+/// answer) differs from `body` only in the signature and `valid_until_ts` (a re-signing), only
+/// those are read ([`ServerKeys::verify_resigned_into`]); otherwise the canonical fast path,
+/// then the general path. Also returns the body's layout when a fast path accepted it.
 pub fn check_direct_recycling(
     domain_name: &str,
     body: &str,
     recycled: Option<Arc<ServerKeys>>,
-) -> Checked {
-    if let Some(mut keys) = recycled
-        && let Some(into) = Arc::get_mut(&mut keys)
-        && ServerKeys::parse_canonical_and_verify_into(body, domain_name, into)
+    previous: Option<PreviousAnswer<'_>>,
+) -> (Checked, Option<CanonicalLayout>) {
+    let mut keys = recycled
+        .filter(|keys| Arc::strong_count(keys) == 1 && Arc::weak_count(keys) == 0)
+        .unwrap_or_else(|| Arc::new(ServerKeys::empty()));
+    let into = Arc::get_mut(&mut keys).expect("unshared");
+    if let Some((previous_body, previous_keys, layout)) = previous
+        && ServerKeys::verify_resigned_into(
+            body,
+            domain_name,
+            previous_body,
+            previous_keys,
+            layout,
+            into,
+        )
     {
-        return Ok(Some(keys));
+        return (Ok(Some(keys)), Some(layout));
     }
-    check_direct(domain_name, body)
+    if let Some(layout) = ServerKeys::parse_canonical_and_verify_into(body, domain_name, into) {
+        return (Ok(Some(keys)), Some(layout));
+    }
+    (check_direct_general(domain_name, body), None)
 }
 
 /// Parses and verifies an origin's own answer with serde_json and the general checks.
@@ -388,13 +429,14 @@ mod tests {
                     let before = (*recycled).clone();
                     let copy = Arc::new(before.clone());
                     assert_eq!(
-                        check_direct_recycling("a.example", body, Some(copy)),
+                        check_direct_recycling("a.example", body, Some(copy), None).0,
                         fresh,
                         "{mode:?}: {body}"
                     );
                     let mut into = before.clone();
                     let accepted =
-                        ServerKeys::parse_canonical_and_verify_into(body, "a.example", &mut into);
+                        ServerKeys::parse_canonical_and_verify_into(body, "a.example", &mut into)
+                            .is_some();
                     if !accepted {
                         assert_eq!(into, before, "a refused body leaves the object as it was");
                     } else {
@@ -407,6 +449,71 @@ mod tests {
                 }
             }
             assert!(memo.checks > 40);
+        }
+    }
+
+    /// A body checked against the domain's previous accepted answer (only the signature and
+    /// `valid_until_ts` read) gets exactly the fresh check's verdict and keys: re-signed
+    /// bodies, a rotation (other shape: the full path), and every one-byte replacement of each
+    /// body (quotes, backslashes, digits, a minus, letters, a space), in both modes, with and
+    /// without an object to recycle.
+    #[test]
+    fn a_resigned_body_checked_against_the_previous_answer_gets_the_fresh_verdict() {
+        use crate::matrix::crypto_mode::{self, CryptoMode};
+        for mode in [CryptoMode::Ed25519, CryptoMode::Symbolic] {
+            let _mode = crypto_mode::enter(mode);
+            let mut publisher =
+                KeyPublisher::new("a.example".into(), 1_000, SimRng::stream(1, "keys", 0));
+            let first = publisher.publish_at(0);
+            let (checked, layout) = check_direct_recycling("a.example", &first, None, None);
+            let mut previous = (first.clone(), checked.unwrap().unwrap(), layout.unwrap());
+            let mut resigned_accepted = 0;
+            for step in 1..6i64 {
+                if step == 3 {
+                    publisher.rotate(step * 1_000);
+                }
+                let body = publisher.publish_at(step * 1_000);
+                // The re-signing path is the one taken, except across the rotation.
+                let mut into = ServerKeys::empty();
+                let resigned = ServerKeys::verify_resigned_into(
+                    &body,
+                    "a.example",
+                    &previous.0,
+                    &previous.1,
+                    previous.2,
+                    &mut into,
+                );
+                assert_eq!(resigned, step != 3, "{mode:?} step {step}");
+                let mut variants = vec![body.to_string()];
+                for position in 0..body.len() {
+                    for byte in [b'"', b'\\', b'0', b'9', b'-', b'A', b' '] {
+                        let mut bytes = body.as_bytes().to_vec();
+                        if bytes[position] != byte {
+                            bytes[position] = byte;
+                            variants.push(String::from_utf8(bytes).unwrap());
+                        }
+                    }
+                }
+                for variant in &variants {
+                    let fresh = check_direct("a.example", variant);
+                    let previous_answer = Some((&*previous.0, &*previous.1, previous.2));
+                    let (got, _) =
+                        check_direct_recycling("a.example", variant, None, previous_answer);
+                    assert_eq!(got, fresh, "{mode:?}: {variant}");
+                    let recycled = Some(Arc::new((*previous.1).clone()));
+                    let (got, _) =
+                        check_direct_recycling("a.example", variant, recycled, previous_answer);
+                    assert_eq!(got, fresh, "{mode:?}: {variant}");
+                    if fresh.is_ok() {
+                        resigned_accepted += 1;
+                    }
+                }
+                let (checked, layout) = check_direct_recycling("a.example", &body, None, None);
+                previous = (body.clone(), checked.unwrap().unwrap(), layout.unwrap());
+            }
+            // The real bodies, and the one-byte changes the checks let through (the
+            // signature's last character's unused bits), were accepted.
+            assert!(resigned_accepted >= 5, "{mode:?}: {resigned_accepted}");
         }
     }
 }
