@@ -152,7 +152,8 @@ const NO_SHARED_ID: SharedId = SharedId::MAX;
 
 /// One server's view of one room. See the module documentation for the invariants.
 pub struct RoomState {
-    room_id: String,
+    /// Interned (`room::intern`): the check memo recognises the room by this address.
+    room_id: Arc<str>,
     dag: Dag,
     /// Per event, in index order: how it was judged (see [`StoredHeld`]).
     held: Vec<StoredHeld>,
@@ -188,7 +189,7 @@ impl RoomState {
     /// An empty view of room `room_id` of `version`, with the current-state memo on.
     pub fn new(version: RoomVersion, room_id: &str) -> RoomState {
         RoomState {
-            room_id: room_id.to_owned(),
+            room_id: super::intern::intern(room_id),
             dag: Dag::new(version),
             held: Vec::new(),
             rare_fates: BTreeMap::new(),
@@ -975,7 +976,7 @@ impl RoomState {
             .filter_map(|key| state.get(&key).cloned())
             .collect();
         Ok(EventDraft {
-            room_id: Some(self.room_id.clone()),
+            room_id: Some(self.room_id.to_string()),
             sender: sender.to_owned(),
             event_type: event_type.to_owned(),
             state_key: state_key.map(str::to_owned),
