@@ -675,7 +675,7 @@ impl RoomState {
         };
         let local = self.dag.evaluation(index);
         if local.rejection == found.evaluation.rejection
-            && found.evaluation.state_before.to_map() == *state
+            && found.evaluation.state_before.equals_map(state)
         {
             // Equal: keep one copy of the (whole-room) states instead of this server's.
             self.dag.share_evaluation(index, found.evaluation);
