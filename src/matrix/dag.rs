@@ -431,6 +431,25 @@ impl Dag {
     /// events, as for any event); its state before and after are empty (unknown), and no
     /// inserted event may use it as a prev event.
     pub fn insert_outlier(&mut self, pdu: Arc<Pdu>) -> Result<EventIndex, DagError> {
+        self.insert_outlier_with(pdu, None)
+    }
+
+    /// As [`Dag::insert_outlier`], with check 4's verdict known already (`None`: passed): an
+    /// outlier whose copy, auth events' copies and rejections and create event are the same as
+    /// where the verdict was reached (`room::shared`). Every other check is made as there.
+    pub fn insert_outlier_judged(
+        &mut self,
+        pdu: Arc<Pdu>,
+        rejection: Option<(RejectionCheck, Rejection)>,
+    ) -> Result<EventIndex, DagError> {
+        self.insert_outlier_with(pdu, Some(rejection))
+    }
+
+    fn insert_outlier_with(
+        &mut self,
+        pdu: Arc<Pdu>,
+        judged: Option<Option<(RejectionCheck, Rejection)>>,
+    ) -> Result<EventIndex, DagError> {
         if self.index(&pdu.event_id).is_some() {
             return Err(DagError::DuplicateEventId(pdu.event_id.clone()));
         }
@@ -439,18 +458,10 @@ impl Dag {
             return Err(DagError::SecondCreate(pdu.event_id.clone()));
         }
         let auth = self.resolve_references(&pdu, EdgeKind::Auth, true)?;
-        let auth_pdus: Vec<&Pdu> = auth.iter().map(|&index| self.pdu(index)).collect();
-        let create = self
-            .create
-            .filter(|&create| !self.is_rejected(create))
-            .map(|create| self.pdu(create));
-        let create = if is_create { None } else { create };
-        let rejection =
-            auth::check_against_auth_events(&self.version, &pdu, &auth_pdus, create, |id| {
-                self.index(id).is_some_and(|index| self.is_rejected(index))
-            })
-            .err()
-            .map(|rejection| (RejectionCheck::AuthEvents, rejection));
+        let rejection = match judged {
+            Some(rejection) => rejection,
+            None => self.check_outlier(&pdu, is_create, &auth),
+        };
         let evaluation = match rejection {
             // Most outliers pass: they share one evaluation (an outlier's state is never read).
             None => Arc::clone(accepted_outlier_evaluation()),
@@ -464,6 +475,26 @@ impl Dag {
             }
         };
         Ok(self.add_node(pdu, is_create, Vec::new(), auth, evaluation, true))
+    }
+
+    /// Check 4 on an outlier: the auth rules against its own auth events (held at `auth`).
+    fn check_outlier(
+        &self,
+        pdu: &Pdu,
+        is_create: bool,
+        auth: &[EventIndex],
+    ) -> Option<(RejectionCheck, Rejection)> {
+        let auth_pdus: Vec<&Pdu> = auth.iter().map(|&index| self.pdu(index)).collect();
+        let create = self
+            .create
+            .filter(|&create| !self.is_rejected(create))
+            .map(|create| self.pdu(create));
+        let create = if is_create { None } else { create };
+        auth::check_against_auth_events(&self.version, pdu, &auth_pdus, create, |id| {
+            self.index(id).is_some_and(|index| self.is_rejected(index))
+        })
+        .err()
+        .map(|rejection| (RejectionCheck::AuthEvents, rejection))
     }
 
     /// Replaces the evaluation of the event at `index` by an equal one held elsewhere (another

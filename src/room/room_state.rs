@@ -187,6 +187,19 @@ pub struct RoomState {
     room_facts: Option<Arc<Mutex<RoomFacts>>>,
 }
 
+/// The check-4 part of an evaluation's rejection: what check 4 alone (an outlier's only check)
+/// decided on the event.
+fn check_four_verdict(
+    rejection: &Option<(RejectionCheck, Rejection)>,
+) -> Option<(RejectionCheck, Rejection)> {
+    match rejection {
+        Some((RejectionCheck::AuthEvents, rejection)) => {
+            Some((RejectionCheck::AuthEvents, rejection.clone()))
+        }
+        Some((RejectionCheck::StateBefore, _)) | None => None,
+    }
+}
+
 /// Adds `index` to the ascending, distinct `indices` (nothing if present).
 fn insert_sorted(indices: &mut Vec<EventIndex>, index: EventIndex) {
     if let Err(position) = indices.binary_search(&index) {
@@ -708,28 +721,45 @@ impl RoomState {
                     .index(id)
                     .is_some_and(|index| self.clean[index as usize])
             });
-        let index = self.dag.insert_outlier(Arc::clone(&pdu))?;
+        // Another server's evaluation of the event, if its parents are clean here (then the
+        // create event is held and clean, and `room_facts` is the room of its ID).
+        let found = if parents_clean && !is_create {
+            self.room_facts()
+                .and_then(|facts| lock(&facts).evaluation(&pdu.event_id).cloned())
+        } else {
+            None
+        };
+        // With clean parents, check 4 here reads what it read where the event was evaluated
+        // (the intact copies of the event, of its auth events and of the create event, and the
+        // same rejections: see `room::shared`), so its verdict is that evaluation's check-4
+        // verdict: its rejection if check 4 rejected it, else none (check 5 does not run on an
+        // outlier). A verifying store checks it anyway.
+        let verifies = self.shared.as_ref().is_some_and(SharedEventFacts::verifies);
+        let index = match &found {
+            Some(found) if !verifies => self.dag.insert_outlier_judged(
+                Arc::clone(&pdu),
+                check_four_verdict(&found.evaluation.rejection),
+            )?,
+            _ => self.dag.insert_outlier(Arc::clone(&pdu))?,
+        };
+        if let Some(found) = &found
+            && verifies
+        {
+            assert_eq!(
+                check_four_verdict(&found.evaluation.rejection),
+                self.dag.evaluation(index).rejection,
+                "the shared check-4 verdict on outlier {} differs from this server's",
+                pdu.event_id
+            );
+        }
         let mut clean = false;
         if parents_clean && is_create {
             // The create event is never shared (it is clean wherever it is intact), and its
             // verdict is rule 1 alone, which reads only the event: check 4 as an outlier and
             // checks 4–5 in the graph decide alike.
             clean = self.dag.evaluation(index).rejection.is_none();
-        } else if parents_clean && let Some(shared) = &self.shared {
-            let create_id = if is_create {
-                Some(pdu.event_id.clone())
-            } else {
-                self.dag
-                    .create_index()
-                    .map(|create| self.dag.event(create).event_id.clone())
-            };
-            if let Some(create_id) = create_id {
-                let facts = shared.room(self.dag.version().id, &create_id);
-                let found = lock(&facts).evaluation(&pdu.event_id).cloned();
-                clean = found.is_some_and(|found| {
-                    found.evaluation.rejection == self.dag.evaluation(index).rejection
-                });
-            }
+        } else if let Some(found) = found {
+            clean = found.evaluation.rejection == self.dag.evaluation(index).rejection;
         }
         reserve_gently(&mut self.clean, 1);
         reserve_gently(&mut self.shared_ids, 1);
@@ -1059,6 +1089,166 @@ pub fn create_event_draft(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::json;
+
+    const ALICE: &str = "@alice:x.example";
+    const BOB: &str = "@bob:x.example";
+
+    /// A room version 10 event with the given references (by event ID).
+    fn event(
+        id: &str,
+        sender: &str,
+        event_type: &str,
+        state_key: Option<&str>,
+        content: Value,
+        prev: &[&str],
+        auth: &[&str],
+    ) -> Arc<Pdu> {
+        let mut json = json!({
+            "type": event_type, "sender": sender, "room_id": "!r:x.example",
+            "content": content, "prev_events": prev, "auth_events": auth, "depth": 1,
+            "origin_server_ts": 1,
+        });
+        if let Some(state_key) = state_key {
+            json["state_key"] = json!(state_key);
+        }
+        Arc::new(Pdu::from_json(json, id.to_owned(), &RoomVersion::V10).unwrap())
+    }
+
+    fn held(state_given: bool) -> HeldEvent {
+        HeldEvent {
+            fate: Fate::Accepted { labelled: false },
+            redacted: false,
+            path: ArrivalPath::Send,
+            received_at_ms: 0,
+            state_given,
+        }
+    }
+
+    /// Outliers whose evaluation another server shared get check 4's verdict from it: the same
+    /// rejections and cleanliness as computing check 4 (sharing off, and a verifying store that
+    /// recomputes and compares), for an accepted event, one rejected by check 4 and one
+    /// rejected by check 5 (check 4 passed: accepted as an outlier).
+    #[test]
+    fn shared_outlier_verdicts_equal_check_four_computed() {
+        let events = [
+            event(
+                "$create",
+                ALICE,
+                "m.room.create",
+                Some(""),
+                json!({"creator": ALICE, "room_version": "10"}),
+                &[],
+                &[],
+            ),
+            event(
+                "$alice",
+                ALICE,
+                "m.room.member",
+                Some(ALICE),
+                json!({"membership": "join"}),
+                &["$create"],
+                &["$create"],
+            ),
+            event(
+                "$power",
+                ALICE,
+                "m.room.power_levels",
+                Some(""),
+                json!({"users": {ALICE: 100}}),
+                &["$alice"],
+                &["$create", "$alice"],
+            ),
+            event(
+                "$rules",
+                ALICE,
+                "m.room.join_rules",
+                Some(""),
+                json!({"join_rule": "public"}),
+                &["$power"],
+                &["$create", "$power", "$alice"],
+            ),
+            event(
+                "$bob",
+                BOB,
+                "m.room.member",
+                Some(BOB),
+                json!({"membership": "join"}),
+                &["$rules"],
+                &["$create", "$power", "$rules"],
+            ),
+            // Check 4: Bob's membership is not among the auth events.
+            event(
+                "$no_member",
+                BOB,
+                "m.room.message",
+                None,
+                json!({"body": "x"}),
+                &["$bob"],
+                &["$create", "$power"],
+            ),
+            // Check 5: joined per the auth events, not in the state before (before Bob joined).
+            event(
+                "$too_early",
+                BOB,
+                "m.room.message",
+                None,
+                json!({"body": "y"}),
+                &["$rules"],
+                &["$create", "$power", "$bob"],
+            ),
+            event(
+                "$fine",
+                BOB,
+                "m.room.message",
+                None,
+                json!({"body": "z"}),
+                &["$bob"],
+                &["$create", "$power", "$bob"],
+            ),
+        ];
+        let facts = SharedEventFacts::new();
+        let mut graph = RoomState::with_shared_facts(RoomVersion::V10, "!r:x.example", &facts);
+        let mut in_graph = Vec::new();
+        for pdu in &events {
+            let (index, rejection) = graph.insert(Arc::clone(pdu), None, false).unwrap();
+            graph.record(index, held(false));
+            in_graph.push(rejection.map(|(at, _)| at));
+        }
+        assert_eq!(in_graph[5], Some(RejectedAt::AuthEvents));
+        assert_eq!(in_graph[6], Some(RejectedAt::StateBefore));
+        let outliers = |mut room: RoomState| {
+            let mut seen = Vec::new();
+            for pdu in &events {
+                let (index, rejection) = room.insert_outlier(Arc::clone(pdu), false).unwrap();
+                room.record_outlier(index, held(true));
+                seen.push((rejection, room.is_clean(&pdu.event_id)));
+            }
+            seen
+        };
+        let computed = outliers(RoomState::new(RoomVersion::V10, "!r:x.example"));
+        let shared = outliers(RoomState::with_shared_facts(
+            RoomVersion::V10,
+            "!r:x.example",
+            &facts,
+        ));
+        let verifying = outliers(RoomState::with_shared_facts(
+            RoomVersion::V10,
+            "!r:x.example",
+            &SharedEventFacts::verifying(),
+        ));
+        let rejections = |seen: &[(Option<(RejectedAt, Rejection)>, bool)]| {
+            seen.iter()
+                .map(|(rejection, _)| rejection.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rejections(&shared), rejections(&computed));
+        assert_eq!(rejections(&verifying), rejections(&computed));
+        assert!(computed[5].0.is_some() && computed[6].0.is_none());
+        // Clean where the shared evaluation agrees: not the check-5 rejection.
+        let clean: Vec<bool> = shared.iter().map(|(_, clean)| *clean).collect();
+        assert_eq!(clean, [true, true, true, true, true, true, false, true]);
+    }
 
     proptest! {
         /// The sorted vector of extremities follows the ordered set it replaced.
