@@ -8,6 +8,8 @@
 //! verifies the link, anything else leaves it unverified. Messages already judged stay as they
 //! were (soft-fail decisions are not revisited unless the policy reveals).
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use crate::matrix::member_keys::LinkOutcome;
@@ -45,21 +47,25 @@ impl FedWorld {
         &mut self,
         server: ServerId,
         room: RoomIndex,
-        json: &Value,
+        json: &Arc<Value>,
         path: ArrivalPath,
     ) {
         if !self.version.member_keys || matches!(path, ArrivalPath::EventFetch | ArrivalPath::Local)
         {
             return;
         }
+        let own_member_event = super::WireFacts::of(
+            &self.wire_facts,
+            json,
+            |facts| facts.own_member_event,
+            super::is_own_member_event,
+        );
+        if !own_member_event {
+            return;
+        }
         let Some(sender) = json.get("sender").and_then(Value::as_str) else {
             return;
         };
-        if json.get("type").and_then(Value::as_str) != Some("m.room.member")
-            || json.get("state_key").and_then(Value::as_str) != Some(sender)
-        {
-            return;
-        }
         self.requery_stale_claims(server, room, &[sender.to_owned()]);
     }
 

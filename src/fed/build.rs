@@ -452,7 +452,7 @@ impl FedWorld {
             join_users: BTreeMap::new(),
             wire: HashMap::new(),
             wire_sizes: HashMap::new(),
-            key_questions: HashMap::default(),
+            wire_facts: HashMap::default(),
             stale_requeried: BTreeSet::new(),
             bitrot_rows: Vec::new(),
             bitrot_taken: BTreeSet::new(),

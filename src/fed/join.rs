@@ -50,14 +50,15 @@ impl FedWorld {
         server: ServerId,
         room: RoomIndex,
         event_id: &str,
-    ) -> Option<(StateMap, Vec<EventIndex>)> {
+    ) -> Option<(Arc<StateMap>, Vec<EventIndex>)> {
         let state = &self.servers[server as usize].rooms.get(&room)?.state;
         let dag = state.dag();
         let index = dag.index(event_id)?;
         if dag.is_outlier(index) {
             return None;
         }
-        let state_map = dag.evaluation(index).state_before.to_map();
+        // The snapshot itself when the state has no changes on top of it (no copy).
+        let state_map = dag.evaluation(index).state_before.to_shared_map();
         let mut wanted: BTreeSet<EventIndex> = dag.auth_chain(index).iter().copied().collect();
         for id in state_map.values() {
             let member = dag.index(id)?;
@@ -81,7 +82,7 @@ impl FedWorld {
             .map(|index| wire_copy(&self.wire, dag.event(index)))
             .collect();
         Some(Reply::State {
-            state: Arc::new(state_map),
+            state: state_map,
             events,
         })
     }
@@ -103,7 +104,7 @@ impl FedWorld {
             .cloned()
             .collect();
         Some(Reply::StateIds {
-            state: Arc::new(state_map),
+            state: state_map,
             auth_chain,
         })
     }

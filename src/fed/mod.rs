@@ -702,8 +702,9 @@ pub struct FedWorld {
     /// the world, so an address names one copy): counting bytes re-serialised every PDU of
     /// every transaction otherwise.
     wire_sizes: HashMap<usize, u64>,
-    /// What `key_needed` asks of each copy in `wire`, by the copy's address (as `wire_sizes`).
-    key_questions: HashMap<usize, Option<KeyQuestion>, crate::matrix::dag::IdHasher>,
+    /// What the world reads from each copy in `wire` on every receipt, by the copy's address
+    /// (as `wire_sizes`).
+    wire_facts: HashMap<usize, WireFacts, crate::matrix::dag::IdHasher>,
     /// (server, member event) pairs already re-queried because the copy held was co-signed by
     /// a key that is no longer current (`bitrot.rs`): each is asked for once.
     stale_requeried: BTreeSet<(ServerId, EventId)>,
@@ -763,6 +764,55 @@ struct KeyQuestion {
     key_ids: Vec<String>,
     /// Read only without member keys.
     origin_server_ts: i64,
+}
+
+/// What the world reads from a PDU's JSON on every receipt, whatever the server: a pure function
+/// of the JSON, so a wire copy's is read once (`FedWorld::remember`) and found again by the
+/// copy's address; a copy made elsewhere is read on the spot ([`WireFacts::of`]).
+#[derive(Debug, Clone, PartialEq)]
+struct WireFacts {
+    key_question: Option<KeyQuestion>,
+    /// `type` is `m.room.message` (a message delivery, in `FedWorld::account`).
+    message: bool,
+    /// An `m.room.member` event whose `state_key` is its `sender` (`bitrot.rs`).
+    own_member_event: bool,
+}
+
+impl WireFacts {
+    fn read(member_keys: bool, json: &Value) -> WireFacts {
+        WireFacts {
+            key_question: key_question(member_keys, json),
+            message: is_message(json),
+            own_member_event: is_own_member_event(json),
+        }
+    }
+
+    /// `fact` of the copy `json`: from the wire copy's facts if `json` is one, else read now.
+    fn of<T>(
+        facts: &HashMap<usize, WireFacts, crate::matrix::dag::IdHasher>,
+        json: &Arc<Value>,
+        fact: impl FnOnce(&WireFacts) -> T,
+        read: impl FnOnce(&Value) -> T,
+    ) -> T {
+        match facts.get(&(Arc::as_ptr(json) as usize)) {
+            Some(known) => fact(known),
+            None => read(json),
+        }
+    }
+}
+
+/// Whether the PDU's `type` is `m.room.message`.
+fn is_message(json: &Value) -> bool {
+    json.get("type").and_then(Value::as_str) == Some("m.room.message")
+}
+
+/// Whether the PDU is an `m.room.member` event whose `state_key` is its `sender`.
+fn is_own_member_event(json: &Value) -> bool {
+    let Some(sender) = json.get("sender").and_then(Value::as_str) else {
+        return false;
+    };
+    json.get("type").and_then(Value::as_str) == Some("m.room.member")
+        && json.get("state_key").and_then(Value::as_str) == Some(sender)
 }
 
 fn key_question(member_keys: bool, json: &Value) -> Option<KeyQuestion> {
@@ -1678,8 +1728,8 @@ impl FedWorld {
         // The wire copies' questions were read once when they were made (`remember`); a copy
         // made elsewhere (an attacker's, a re-signed one) is read now.
         let computed;
-        let question = match self.key_questions.get(&(Arc::as_ptr(json) as usize)) {
-            Some(question) => question.as_ref(),
+        let question = match self.wire_facts.get(&(Arc::as_ptr(json) as usize)) {
+            Some(facts) => facts.key_question.as_ref(),
             None => {
                 computed = key_question(self.version.member_keys, json);
                 computed.as_ref()
@@ -1894,7 +1944,7 @@ impl FedWorld {
         receipt
     }
 
-    fn account(&mut self, server: ServerId, receipt: &Receipt, json: &Value) {
+    fn account(&mut self, server: ServerId, receipt: &Receipt, json: &Arc<Value>) {
         let counters = &mut self.counters;
         let stats = &mut self.servers[server as usize].stats;
         counters.pdus_processed += 1;
@@ -1911,7 +1961,7 @@ impl FedWorld {
                 }
                 // The event's type is read only here (a JSON lookup per accepted receipt).
                 if receipt.path != ArrivalPath::Local
-                    && json.get("type").and_then(Value::as_str) == Some("m.room.message")
+                    && WireFacts::of(&self.wire_facts, json, |facts| facts.message, is_message)
                 {
                     counters.message_deliveries += 1;
                 }
@@ -2229,15 +2279,14 @@ impl FedWorld {
         let json = pdu.json;
         self.wire_sizes
             .insert(Arc::as_ptr(&json) as usize, json_bytes(&json));
-        self.key_questions.insert(
+        self.wire_facts.insert(
             Arc::as_ptr(&json) as usize,
-            key_question(self.version.member_keys, &json),
+            WireFacts::read(self.version.member_keys, &json),
         );
         if let Some(replaced) = self.wire.insert(pdu.event_id, Arc::clone(&json)) {
             // Its address may be reused once the last holder drops it.
             self.wire_sizes.remove(&(Arc::as_ptr(&replaced) as usize));
-            self.key_questions
-                .remove(&(Arc::as_ptr(&replaced) as usize));
+            self.wire_facts.remove(&(Arc::as_ptr(&replaced) as usize));
         }
         json
     }
@@ -3086,5 +3135,65 @@ fn reply_bytes(reply: &Reply, sizes: &HashMap<usize, u64>) -> u64 {
         }
         // About the size of a signed key response with an old key or two.
         Reply::NotaryKeys(_) => notary::NOTARY_ANSWER_BYTES,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The old inline reads `account` and `requery_if_stale_claim` did on every receipt.
+    fn read_inline(json: &Value) -> (bool, bool) {
+        let message = json.get("type").and_then(Value::as_str) == Some("m.room.message");
+        let own_member = json
+            .get("sender")
+            .and_then(Value::as_str)
+            .is_some_and(|sender| {
+                json.get("type").and_then(Value::as_str) == Some("m.room.member")
+                    && json.get("state_key").and_then(Value::as_str) == Some(sender)
+            });
+        (message, own_member)
+    }
+
+    #[test]
+    fn wire_facts_answer_as_the_json_does_for_wire_copies_and_others() {
+        let copies = [
+            json!({"type": "m.room.message", "sender": "@a:hs1.example", "content": {}}),
+            json!({"type": "m.room.member", "sender": "@a:hs1.example",
+                   "state_key": "@a:hs1.example", "content": {"domain": "hs1.example"},
+                   "signatures": {"hs1.example": {"ed25519:1": "x"}}}),
+            json!({"type": "m.room.member", "sender": "@a:hs1.example",
+                   "state_key": "@b:hs1.example", "content": {}}),
+            json!({"type": "m.room.member", "state_key": "@a:hs1.example"}),
+            json!({"type": 5, "sender": "@a:hs1.example"}),
+            json!("not an object"),
+        ];
+        for member_keys in [false, true] {
+            let mut facts: HashMap<usize, WireFacts, crate::matrix::dag::IdHasher> =
+                HashMap::default();
+            let wire: Vec<Arc<Value>> = copies.iter().cloned().map(Arc::new).collect();
+            for copy in &wire {
+                facts.insert(
+                    Arc::as_ptr(copy) as usize,
+                    WireFacts::read(member_keys, copy),
+                );
+            }
+            for (copy, json) in wire.iter().zip(&copies) {
+                let elsewhere = Arc::new(json.clone());
+                for probe in [copy, &elsewhere] {
+                    let message = WireFacts::of(&facts, probe, |f| f.message, is_message);
+                    let own =
+                        WireFacts::of(&facts, probe, |f| f.own_member_event, is_own_member_event);
+                    assert_eq!((message, own), read_inline(json), "{json}");
+                    let question = WireFacts::of(
+                        &facts,
+                        probe,
+                        |f| f.key_question.clone(),
+                        |json| key_question(member_keys, json),
+                    );
+                    assert_eq!(question, key_question(member_keys, json), "{json}");
+                }
+            }
+        }
     }
 }

@@ -116,6 +116,31 @@ impl LayeredState {
         }
     }
 
+    /// Whether this state is exactly `map`, without building the whole map: the snapshot and
+    /// the changes are walked together in key order (a change replaces the snapshot's entry
+    /// with the same key), as [`LayeredState::to_map`] would list them.
+    pub fn equals_map(&self, map: &StateMap) -> bool {
+        if self.changes.is_empty() {
+            return *self.snapshot == *map;
+        }
+        let mut snapshot = self.snapshot.iter().peekable();
+        let mut changes = self.changes.iter().peekable();
+        let merged = std::iter::from_fn(|| match (snapshot.peek(), changes.peek()) {
+            (None, None) => None,
+            (Some(_), None) => snapshot.next(),
+            (None, Some(_)) => changes.next(),
+            (Some((held, _)), Some((changed, _))) => match held.cmp(changed) {
+                std::cmp::Ordering::Less => snapshot.next(),
+                std::cmp::Ordering::Greater => changes.next(),
+                std::cmp::Ordering::Equal => {
+                    snapshot.next();
+                    changes.next()
+                }
+            },
+        });
+        merged.eq(map.iter())
+    }
+
     /// The whole state as one map.
     pub fn to_map(&self) -> StateMap {
         if self.changes.is_empty() {
@@ -406,6 +431,25 @@ impl Dag {
     /// events, as for any event); its state before and after are empty (unknown), and no
     /// inserted event may use it as a prev event.
     pub fn insert_outlier(&mut self, pdu: Arc<Pdu>) -> Result<EventIndex, DagError> {
+        self.insert_outlier_with(pdu, None)
+    }
+
+    /// As [`Dag::insert_outlier`], with check 4's verdict known already (`None`: passed): an
+    /// outlier whose copy, auth events' copies and rejections and create event are the same as
+    /// where the verdict was reached (`room::shared`). Every other check is made as there.
+    pub fn insert_outlier_judged(
+        &mut self,
+        pdu: Arc<Pdu>,
+        rejection: Option<(RejectionCheck, Rejection)>,
+    ) -> Result<EventIndex, DagError> {
+        self.insert_outlier_with(pdu, Some(rejection))
+    }
+
+    fn insert_outlier_with(
+        &mut self,
+        pdu: Arc<Pdu>,
+        judged: Option<Option<(RejectionCheck, Rejection)>>,
+    ) -> Result<EventIndex, DagError> {
         if self.index(&pdu.event_id).is_some() {
             return Err(DagError::DuplicateEventId(pdu.event_id.clone()));
         }
@@ -414,18 +458,10 @@ impl Dag {
             return Err(DagError::SecondCreate(pdu.event_id.clone()));
         }
         let auth = self.resolve_references(&pdu, EdgeKind::Auth, true)?;
-        let auth_pdus: Vec<&Pdu> = auth.iter().map(|&index| self.pdu(index)).collect();
-        let create = self
-            .create
-            .filter(|&create| !self.is_rejected(create))
-            .map(|create| self.pdu(create));
-        let create = if is_create { None } else { create };
-        let rejection =
-            auth::check_against_auth_events(&self.version, &pdu, &auth_pdus, create, |id| {
-                self.index(id).is_some_and(|index| self.is_rejected(index))
-            })
-            .err()
-            .map(|rejection| (RejectionCheck::AuthEvents, rejection));
+        let rejection = match judged {
+            Some(rejection) => rejection,
+            None => self.check_outlier(&pdu, is_create, &auth),
+        };
         let evaluation = match rejection {
             // Most outliers pass: they share one evaluation (an outlier's state is never read).
             None => Arc::clone(accepted_outlier_evaluation()),
@@ -439,6 +475,26 @@ impl Dag {
             }
         };
         Ok(self.add_node(pdu, is_create, Vec::new(), auth, evaluation, true))
+    }
+
+    /// Check 4 on an outlier: the auth rules against its own auth events (held at `auth`).
+    fn check_outlier(
+        &self,
+        pdu: &Pdu,
+        is_create: bool,
+        auth: &[EventIndex],
+    ) -> Option<(RejectionCheck, Rejection)> {
+        let auth_pdus: Vec<&Pdu> = auth.iter().map(|&index| self.pdu(index)).collect();
+        let create = self
+            .create
+            .filter(|&create| !self.is_rejected(create))
+            .map(|create| self.pdu(create));
+        let create = if is_create { None } else { create };
+        auth::check_against_auth_events(&self.version, pdu, &auth_pdus, create, |id| {
+            self.index(id).is_some_and(|index| self.is_rejected(index))
+        })
+        .err()
+        .map(|rejection| (RejectionCheck::AuthEvents, rejection))
     }
 
     /// Replaces the evaluation of the event at `index` by an equal one held elsewhere (another
@@ -799,6 +855,46 @@ mod tests {
     use super::*;
 
     const ALICE: &str = "@alice:x.example";
+
+    #[test]
+    fn equals_map_answers_as_comparing_the_whole_map() {
+        let key = |t: &str, k: &str| (t.to_owned(), k.to_owned());
+        let mut base = StateMap::new();
+        for (i, member) in ["@a", "@c", "@e", "@g"].iter().enumerate() {
+            base.insert(key("m.room.member", member), format!("$m{i}"));
+        }
+        base.insert(key("m.room.create", ""), "$create".to_owned());
+        let mut states = vec![LayeredState::from_map(base.clone())];
+        // Changes replacing snapshot entries, before, between and after them.
+        let changes = [
+            (key("m.room.member", "@c"), "$c2"),
+            (key("m.room.member", "@b"), "$b"),
+            (key("m.room.aaa", ""), "$first"),
+            (key("z.last", ""), "$last"),
+            (key("m.room.member", "@g"), "$g2"),
+        ];
+        for (state_key, id) in changes {
+            let next = states.last().unwrap().with(state_key, id.to_owned());
+            states.push(next);
+        }
+        for state in &states {
+            let whole = state.to_map();
+            assert!(state.equals_map(&whole));
+            for other in &states {
+                assert_eq!(state.equals_map(&other.to_map()), whole == other.to_map());
+            }
+            let mut changed = whole.clone();
+            changed.insert(key("m.room.member", "@a"), "$other".to_owned());
+            assert!(!state.equals_map(&changed));
+            let mut shorter = whole.clone();
+            shorter.pop_last();
+            assert!(!state.equals_map(&shorter));
+            let mut longer = whole.clone();
+            longer.insert(key("zz", ""), "$x".to_owned());
+            assert!(!state.equals_map(&longer));
+            assert!(!state.equals_map(&StateMap::new()));
+        }
+    }
 
     /// Builds room version 10 events with auth events picked from the state after `prev`.
     struct Room {

@@ -20,7 +20,7 @@
 //! sender`). A later one replaces an earlier one (by `origin_server_ts`, then arrival); a copy
 //! with the same event ID (re-signed after a rotation) replaces the held JSON.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -29,6 +29,7 @@ use super::intern::intern;
 use super::keys::HeldKeys;
 use super::policy::InvalidationRule;
 use super::shared::SharedEventFacts;
+use crate::matrix::dag::IdHasher;
 use crate::matrix::member_keys::{self, LinkOutcome};
 use crate::matrix::server_keys::ServerKeys;
 use crate::matrix::{Pdu, RoomVersion};
@@ -217,19 +218,25 @@ pub enum LinkVerdict {
 /// domain would cost a B-tree node for the one member most servers have in a room).
 type VerifierEntry = (Arc<str>, Arc<str>, Arc<str>);
 
+/// Unsettled member keys by the domain they claim (see [`LinkTable`]).
+type UnsettledByDomain = HashMap<Arc<str>, BTreeSet<Arc<str>>, IdHasher>;
+
 /// One server's member link table.
 #[derive(Debug, Clone)]
 pub struct LinkTable {
     invalidation: InvalidationRule,
-    links: BTreeMap<Arc<str>, Link>,
+    /// By member key. A hash map (lookup by the 44-character key: every event a server accepts
+    /// asks for its sender's link) whose order reaches nothing: [`LinkTable::links`] sorts.
+    links: HashMap<Arc<str>, Link, IdHasher>,
     /// `(domain, key ID)` -> member keys whose link that key verified.
     verified_by_key: BTreeSet<VerifierEntry>,
     /// domain -> member keys claiming it whose link is not verified: the only ones a key
     /// arrival or a failed fetch can change. Kept to those so that the common answer to "keys
     /// of this domain arrived" in a room where every link is verified costs one lookup in an
     /// empty map (a key answer reaches every room of the server, once a day per domain under
-    /// P1). Maintained by [`reindex_unsettled`] after every status or domain change.
-    unsettled_by_domain: BTreeMap<Arc<str>, BTreeSet<Arc<str>>>,
+    /// P1). Maintained by [`reindex_unsettled`] after every status or domain change. Looked up
+    /// by domain only (each set is ordered by member key).
+    unsettled_by_domain: UnsettledByDomain,
     /// If set, co-signature checks are shared with other servers (see [`super::shared`]).
     shared: Option<SharedEventFacts>,
 }
@@ -239,9 +246,9 @@ impl LinkTable {
     pub fn new(invalidation: InvalidationRule) -> LinkTable {
         LinkTable {
             invalidation,
-            links: BTreeMap::new(),
+            links: HashMap::default(),
             verified_by_key: BTreeSet::new(),
-            unsettled_by_domain: BTreeMap::new(),
+            unsettled_by_domain: HashMap::default(),
             shared: None,
         }
     }
@@ -259,7 +266,9 @@ impl LinkTable {
 
     /// Every link, ordered by member key.
     pub fn links(&self) -> impl Iterator<Item = &Link> {
-        self.links.values()
+        let mut links: Vec<(&Arc<str>, &Link)> = self.links.iter().collect();
+        links.sort_unstable_by_key(|(member_key, _)| *member_key);
+        links.into_iter().map(|(_, link)| link)
     }
 
     /// The status of `member_key`'s link.
@@ -605,10 +614,7 @@ impl LinkTable {
 
 /// Brings `link`'s entry in `unsettled_by_domain` in line with its current domain and status
 /// (an entry under its previous domain is removed by the caller that changes the domain).
-fn reindex_unsettled(
-    unsettled_by_domain: &mut BTreeMap<Arc<str>, BTreeSet<Arc<str>>>,
-    link: &Link,
-) {
+fn reindex_unsettled(unsettled_by_domain: &mut UnsettledByDomain, link: &Link) {
     let Some(domain) = &link.domain else {
         return;
     };
@@ -624,11 +630,7 @@ fn reindex_unsettled(
 
 /// Removes `member_key` from the unsettled members of `domain`, and the domain's entry once it
 /// has none (so an empty map means "every link is verified").
-fn remove_unsettled(
-    unsettled_by_domain: &mut BTreeMap<Arc<str>, BTreeSet<Arc<str>>>,
-    domain: &str,
-    member_key: &str,
-) {
+fn remove_unsettled(unsettled_by_domain: &mut UnsettledByDomain, domain: &str, member_key: &str) {
     if let Some(members) = unsettled_by_domain.get_mut(domain) {
         members.remove(member_key);
         if members.is_empty() {
@@ -884,6 +886,30 @@ mod tests {
                 .values()
                 .all(|members| !members.is_empty())
         );
+    }
+
+    #[test]
+    fn links_come_out_ordered_by_member_key_and_lookups_find_each() {
+        let key = server_key("1", 1);
+        let ring = ring_with(&key, DAY_MS);
+        let mut table = LinkTable::new(InvalidationRule::RevokeAll);
+        let mut members = Vec::new();
+        for seed in [40u8, 3, 77, 12, 250, 9, 101, 58, 33, 1, 190, 66] {
+            let event = join(seed, Some(&key), 100);
+            members.push(event.sender.clone());
+            let keys = (seed % 2 == 0).then(|| ring.held_keys("a.example").unwrap());
+            table.observe_member_event(&V, &event, keys, i64::from(seed));
+        }
+        let listed: Vec<String> = table.links().map(|l| l.member_key.to_string()).collect();
+        let mut expected = members.clone();
+        expected.sort();
+        assert_eq!(listed, expected);
+        for member in &members {
+            let link = table.link(member).expect("held");
+            assert_eq!(&*link.member_key, member.as_str());
+            assert_eq!(table.status(member), link.status);
+        }
+        assert_eq!(table.status("@absent"), LinkStatus::Unknown);
     }
 
     #[test]

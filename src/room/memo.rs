@@ -136,8 +136,17 @@ enum Entry {
     },
 }
 
-/// The entries of one digest, by room version and room ID.
-type Slots = Vec<(&'static str, String, Entry)>;
+/// The entries of one digest, by room version and room ID (interned: see [`same_room`]).
+type Slots = Vec<(&'static str, Arc<str>, Entry)>;
+
+/// Whether the slot's room ID `held` (interned) is `room_id`. A room's `RoomState` holds the
+/// interned copy too, so a receipt's room ID is usually the very same string: equal addresses
+/// and lengths answer without reading the bytes (the held string is a separate allocation, a
+/// cache miss per receipt); any other string is compared byte by byte.
+fn same_room(held: &Arc<str>, room_id: &str) -> bool {
+    (std::ptr::eq(held.as_ptr(), room_id.as_ptr()) && held.len() == room_id.len())
+        || **held == *room_id
+}
 
 /// At most this many `Arc<Value>` copies are remembered by address (the table is cleared when
 /// full; only speed depends on it).
@@ -224,9 +233,9 @@ impl CheckMemo {
             return front_checks(version, room_id, (*copy.json).clone(), keys);
         };
         let slots = self.entries.entry(digest).or_default();
-        let position = slots
-            .iter()
-            .position(|(version_id, room, _)| *version_id == version.id && room == room_id);
+        let position = slots.iter().position(|(version_id, room, _)| {
+            *version_id == version.id && same_room(room, room_id)
+        });
         let Some(position) = position else {
             let entry = match checks::check_format_shared(version, room_id, Arc::clone(&copy.json))
             {
@@ -251,7 +260,7 @@ impl CheckMemo {
                 }
             };
             let answer = answer(&entry);
-            slots.push((version.id, room_id.to_owned(), entry));
+            slots.push((version.id, super::intern::intern(room_id), entry));
             return answer;
         };
         let entry = &mut slots[position].2;
@@ -337,7 +346,28 @@ mod tests {
     use crate::matrix::server_keys::ServerKeys;
     use crate::matrix::signing::{KeyId, ServerSigningKey};
     use crate::room::keys::KeyRing;
+    use crate::room::room_state::RoomState;
     use serde_json::json;
+
+    #[test]
+    fn same_room_answers_as_string_equality() {
+        let held = crate::room::intern::intern("!memo-room:hs1.example");
+        let rooms = [
+            "!memo-room:hs1.example".to_owned(),
+            "!memo-room:hs2.example".to_owned(),
+            "!memo-room:hs1.exampl".to_owned(),
+            String::new(),
+        ];
+        for room in &rooms {
+            assert_eq!(same_room(&held, room), *held == **room, "{room}");
+        }
+        // The interned copy itself (the common case: a RoomState's own room ID), and a prefix
+        // of it at the same address.
+        assert!(same_room(&held, &held));
+        assert!(!same_room(&held, &held[..5]));
+        let state = RoomState::new(RoomVersion::V12, "!memo-room:hs1.example");
+        assert!(std::ptr::eq(state.room_id().as_ptr(), held.as_ptr()));
+    }
 
     #[test]
     fn verdicts_are_shared_only_between_servers_whose_keys_answer_alike() {

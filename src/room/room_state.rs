@@ -15,7 +15,7 @@
 //!   clean) and the current state of an extremity set of clean events are computed once for all
 //!   servers; everything else is computed locally. Results are identical either way.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
@@ -152,14 +152,17 @@ const NO_SHARED_ID: SharedId = SharedId::MAX;
 
 /// One server's view of one room. See the module documentation for the invariants.
 pub struct RoomState {
-    room_id: String,
+    /// Interned (`room::intern`): the check memo recognises the room by this address.
+    room_id: Arc<str>,
     dag: Dag,
     /// Per event, in index order: how it was judged (see [`StoredHeld`]).
     held: Vec<StoredHeld>,
     /// The fates that are neither `Accepted { labelled: false }` nor `{ labelled: true }`, by
     /// event index.
     rare_fates: BTreeMap<EventIndex, Fate>,
-    extremities: BTreeSet<EventIndex>,
+    /// The forward extremities, ascending (a sorted vector: read on every receipt, check 6's
+    /// key; changed by one insertion and a few removals per accepted event).
+    extremities: Vec<EventIndex>,
     /// Per event: how many accepted events name it in `prev_events`.
     accepted_children: Vec<u32>,
     /// Accepted events that named a prev event the DAG did not hold yet, by that prev's ID.
@@ -184,15 +187,42 @@ pub struct RoomState {
     room_facts: Option<Arc<Mutex<RoomFacts>>>,
 }
 
+/// The check-4 part of an evaluation's rejection: what check 4 alone (an outlier's only check)
+/// decided on the event.
+fn check_four_verdict(
+    rejection: &Option<(RejectionCheck, Rejection)>,
+) -> Option<(RejectionCheck, Rejection)> {
+    match rejection {
+        Some((RejectionCheck::AuthEvents, rejection)) => {
+            Some((RejectionCheck::AuthEvents, rejection.clone()))
+        }
+        Some((RejectionCheck::StateBefore, _)) | None => None,
+    }
+}
+
+/// Adds `index` to the ascending, distinct `indices` (nothing if present).
+fn insert_sorted(indices: &mut Vec<EventIndex>, index: EventIndex) {
+    if let Err(position) = indices.binary_search(&index) {
+        indices.insert(position, index);
+    }
+}
+
+/// Removes `index` from the ascending, distinct `indices` (nothing if absent).
+fn remove_sorted(indices: &mut Vec<EventIndex>, index: EventIndex) {
+    if let Ok(position) = indices.binary_search(&index) {
+        indices.remove(position);
+    }
+}
+
 impl RoomState {
     /// An empty view of room `room_id` of `version`, with the current-state memo on.
     pub fn new(version: RoomVersion, room_id: &str) -> RoomState {
         RoomState {
-            room_id: room_id.to_owned(),
+            room_id: super::intern::intern(room_id),
             dag: Dag::new(version),
             held: Vec::new(),
             rare_fates: BTreeMap::new(),
-            extremities: BTreeSet::new(),
+            extremities: Vec::new(),
             accepted_children: Vec::new(),
             children_of_missing: BTreeMap::new(),
             memo: Some(Vec::new()),
@@ -447,7 +477,7 @@ impl RoomState {
     /// The current state: the resolution of the states after the forward extremities
     /// (memoised by the extremity set).
     pub fn current_state(&mut self) -> Result<Arc<StateMap>, ResolveError> {
-        let extremities: Vec<EventIndex> = self.extremities.iter().copied().collect();
+        let extremities: Vec<EventIndex> = self.extremities.clone();
         if extremities.is_empty() {
             return Ok(Arc::new(StateMap::new()));
         }
@@ -658,7 +688,7 @@ impl RoomState {
         };
         let local = self.dag.evaluation(index);
         if local.rejection == found.evaluation.rejection
-            && found.evaluation.state_before.to_map() == *state
+            && found.evaluation.state_before.equals_map(state)
         {
             // Equal: keep one copy of the (whole-room) states instead of this server's.
             self.dag.share_evaluation(index, found.evaluation);
@@ -691,28 +721,45 @@ impl RoomState {
                     .index(id)
                     .is_some_and(|index| self.clean[index as usize])
             });
-        let index = self.dag.insert_outlier(Arc::clone(&pdu))?;
+        // Another server's evaluation of the event, if its parents are clean here (then the
+        // create event is held and clean, and `room_facts` is the room of its ID).
+        let found = if parents_clean && !is_create {
+            self.room_facts()
+                .and_then(|facts| lock(&facts).evaluation(&pdu.event_id).cloned())
+        } else {
+            None
+        };
+        // With clean parents, check 4 here reads what it read where the event was evaluated
+        // (the intact copies of the event, of its auth events and of the create event, and the
+        // same rejections: see `room::shared`), so its verdict is that evaluation's check-4
+        // verdict: its rejection if check 4 rejected it, else none (check 5 does not run on an
+        // outlier). A verifying store checks it anyway.
+        let verifies = self.shared.as_ref().is_some_and(SharedEventFacts::verifies);
+        let index = match &found {
+            Some(found) if !verifies => self.dag.insert_outlier_judged(
+                Arc::clone(&pdu),
+                check_four_verdict(&found.evaluation.rejection),
+            )?,
+            _ => self.dag.insert_outlier(Arc::clone(&pdu))?,
+        };
+        if let Some(found) = &found
+            && verifies
+        {
+            assert_eq!(
+                check_four_verdict(&found.evaluation.rejection),
+                self.dag.evaluation(index).rejection,
+                "the shared check-4 verdict on outlier {} differs from this server's",
+                pdu.event_id
+            );
+        }
         let mut clean = false;
         if parents_clean && is_create {
             // The create event is never shared (it is clean wherever it is intact), and its
             // verdict is rule 1 alone, which reads only the event: check 4 as an outlier and
             // checks 4–5 in the graph decide alike.
             clean = self.dag.evaluation(index).rejection.is_none();
-        } else if parents_clean && let Some(shared) = &self.shared {
-            let create_id = if is_create {
-                Some(pdu.event_id.clone())
-            } else {
-                self.dag
-                    .create_index()
-                    .map(|create| self.dag.event(create).event_id.clone())
-            };
-            if let Some(create_id) = create_id {
-                let facts = shared.room(self.dag.version().id, &create_id);
-                let found = lock(&facts).evaluation(&pdu.event_id).cloned();
-                clean = found.is_some_and(|found| {
-                    found.evaluation.rejection == self.dag.evaluation(index).rejection
-                });
-            }
+        } else if let Some(found) = found {
+            clean = found.evaluation.rejection == self.dag.evaluation(index).rejection;
         }
         reserve_gently(&mut self.clean, 1);
         reserve_gently(&mut self.shared_ids, 1);
@@ -783,10 +830,9 @@ impl RoomState {
         index: EventIndex,
     ) -> Result<Rule, SoftFailReason> {
         let event = self.shared_ids[index as usize];
-        let extremities: Vec<EventIndex> = self.extremities.iter().copied().collect();
         let key = match event {
             NO_SHARED_ID => None,
-            _ => self.shared_key(&extremities),
+            _ => self.shared_key(&self.extremities),
         };
         let facts = if key.is_some() {
             self.room_facts()
@@ -914,18 +960,22 @@ impl RoomState {
         } else if matches!(held.fate, Fate::Accepted { .. }) {
             for &parent in self.dag.prev_indices(index) {
                 self.accepted_children[parent as usize] += 1;
-                self.extremities.remove(&parent);
+                remove_sorted(&mut self.extremities, parent);
             }
-            for prev in &pdu.prev_events {
-                if self.dag.index(prev).is_none() {
-                    *self.children_of_missing.entry(prev.clone()).or_default() += 1;
+            // The DAG resolved one index per prev event ID it held in the graph: if it found
+            // them all, none is missing (and none needs looking up again).
+            if self.dag.prev_indices(index).len() != pdu.prev_events.len() {
+                for prev in &pdu.prev_events {
+                    if self.dag.index(prev).is_none() {
+                        *self.children_of_missing.entry(prev.clone()).or_default() += 1;
+                    }
                 }
             }
             if let Some(children) = self.children_of_missing.remove(&pdu.event_id) {
                 self.accepted_children[index as usize] += children;
             }
             if self.accepted_children[index as usize] == 0 {
-                self.extremities.insert(index);
+                insert_sorted(&mut self.extremities, index);
             }
         }
         self.push_held(index, held);
@@ -960,7 +1010,7 @@ impl RoomState {
     ) -> Result<EventDraft, ResolveError> {
         let state = self.current_state()?;
         let version = *self.version();
-        let mut prevs: Vec<EventIndex> = self.extremities.iter().copied().collect();
+        let mut prevs: Vec<EventIndex> = self.extremities.clone();
         // Keep the deepest (then latest) 20, in index order.
         prevs.sort_by_key(|&index| std::cmp::Reverse((self.dag.event(index).depth, index)));
         prevs.truncate(MAX_PREV_EVENTS);
@@ -975,7 +1025,7 @@ impl RoomState {
             .filter_map(|key| state.get(&key).cloned())
             .collect();
         Ok(EventDraft {
-            room_id: Some(self.room_id.clone()),
+            room_id: Some(self.room_id.to_string()),
             sender: sender.to_owned(),
             event_type: event_type.to_owned(),
             state_key: state_key.map(str::to_owned),
@@ -1032,5 +1082,193 @@ pub fn create_event_draft(
         auth_events: Vec::new(),
         depth: 1,
         origin_server_ts_ms: now_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const ALICE: &str = "@alice:x.example";
+    const BOB: &str = "@bob:x.example";
+
+    /// A room version 10 event with the given references (by event ID).
+    fn event(
+        id: &str,
+        sender: &str,
+        event_type: &str,
+        state_key: Option<&str>,
+        content: Value,
+        prev: &[&str],
+        auth: &[&str],
+    ) -> Arc<Pdu> {
+        let mut json = json!({
+            "type": event_type, "sender": sender, "room_id": "!r:x.example",
+            "content": content, "prev_events": prev, "auth_events": auth, "depth": 1,
+            "origin_server_ts": 1,
+        });
+        if let Some(state_key) = state_key {
+            json["state_key"] = json!(state_key);
+        }
+        Arc::new(Pdu::from_json(json, id.to_owned(), &RoomVersion::V10).unwrap())
+    }
+
+    fn held(state_given: bool) -> HeldEvent {
+        HeldEvent {
+            fate: Fate::Accepted { labelled: false },
+            redacted: false,
+            path: ArrivalPath::Send,
+            received_at_ms: 0,
+            state_given,
+        }
+    }
+
+    /// Outliers whose evaluation another server shared get check 4's verdict from it: the same
+    /// rejections and cleanliness as computing check 4 (sharing off, and a verifying store that
+    /// recomputes and compares), for an accepted event, one rejected by check 4 and one
+    /// rejected by check 5 (check 4 passed: accepted as an outlier).
+    #[test]
+    fn shared_outlier_verdicts_equal_check_four_computed() {
+        let events = [
+            event(
+                "$create",
+                ALICE,
+                "m.room.create",
+                Some(""),
+                json!({"creator": ALICE, "room_version": "10"}),
+                &[],
+                &[],
+            ),
+            event(
+                "$alice",
+                ALICE,
+                "m.room.member",
+                Some(ALICE),
+                json!({"membership": "join"}),
+                &["$create"],
+                &["$create"],
+            ),
+            event(
+                "$power",
+                ALICE,
+                "m.room.power_levels",
+                Some(""),
+                json!({"users": {ALICE: 100}}),
+                &["$alice"],
+                &["$create", "$alice"],
+            ),
+            event(
+                "$rules",
+                ALICE,
+                "m.room.join_rules",
+                Some(""),
+                json!({"join_rule": "public"}),
+                &["$power"],
+                &["$create", "$power", "$alice"],
+            ),
+            event(
+                "$bob",
+                BOB,
+                "m.room.member",
+                Some(BOB),
+                json!({"membership": "join"}),
+                &["$rules"],
+                &["$create", "$power", "$rules"],
+            ),
+            // Check 4: Bob's membership is not among the auth events.
+            event(
+                "$no_member",
+                BOB,
+                "m.room.message",
+                None,
+                json!({"body": "x"}),
+                &["$bob"],
+                &["$create", "$power"],
+            ),
+            // Check 5: joined per the auth events, not in the state before (before Bob joined).
+            event(
+                "$too_early",
+                BOB,
+                "m.room.message",
+                None,
+                json!({"body": "y"}),
+                &["$rules"],
+                &["$create", "$power", "$bob"],
+            ),
+            event(
+                "$fine",
+                BOB,
+                "m.room.message",
+                None,
+                json!({"body": "z"}),
+                &["$bob"],
+                &["$create", "$power", "$bob"],
+            ),
+        ];
+        let facts = SharedEventFacts::new();
+        let mut graph = RoomState::with_shared_facts(RoomVersion::V10, "!r:x.example", &facts);
+        let mut in_graph = Vec::new();
+        for pdu in &events {
+            let (index, rejection) = graph.insert(Arc::clone(pdu), None, false).unwrap();
+            graph.record(index, held(false));
+            in_graph.push(rejection.map(|(at, _)| at));
+        }
+        assert_eq!(in_graph[5], Some(RejectedAt::AuthEvents));
+        assert_eq!(in_graph[6], Some(RejectedAt::StateBefore));
+        let outliers = |mut room: RoomState| {
+            let mut seen = Vec::new();
+            for pdu in &events {
+                let (index, rejection) = room.insert_outlier(Arc::clone(pdu), false).unwrap();
+                room.record_outlier(index, held(true));
+                seen.push((rejection, room.is_clean(&pdu.event_id)));
+            }
+            seen
+        };
+        let computed = outliers(RoomState::new(RoomVersion::V10, "!r:x.example"));
+        let shared = outliers(RoomState::with_shared_facts(
+            RoomVersion::V10,
+            "!r:x.example",
+            &facts,
+        ));
+        let verifying = outliers(RoomState::with_shared_facts(
+            RoomVersion::V10,
+            "!r:x.example",
+            &SharedEventFacts::verifying(),
+        ));
+        let rejections = |seen: &[(Option<(RejectedAt, Rejection)>, bool)]| {
+            seen.iter()
+                .map(|(rejection, _)| rejection.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rejections(&shared), rejections(&computed));
+        assert_eq!(rejections(&verifying), rejections(&computed));
+        assert!(computed[5].0.is_some() && computed[6].0.is_none());
+        // Clean where the shared evaluation agrees: not the check-5 rejection.
+        let clean: Vec<bool> = shared.iter().map(|(_, clean)| *clean).collect();
+        assert_eq!(clean, [true, true, true, true, true, true, false, true]);
+    }
+
+    proptest! {
+        /// The sorted vector of extremities follows the ordered set it replaced.
+        #[test]
+        fn sorted_indices_follow_an_ordered_set(
+            operations in proptest::collection::vec((any::<bool>(), 0u32..40), 0..200),
+        ) {
+            let mut sorted = Vec::new();
+            let mut set = std::collections::BTreeSet::new();
+            for (insert, index) in operations {
+                if insert {
+                    insert_sorted(&mut sorted, index);
+                    set.insert(index);
+                } else {
+                    remove_sorted(&mut sorted, index);
+                    set.remove(&index);
+                }
+                prop_assert_eq!(&sorted, &set.iter().copied().collect::<Vec<_>>());
+                prop_assert_eq!(sorted.first(), set.first());
+            }
+        }
     }
 }
