@@ -770,8 +770,9 @@ struct WireFacts {
     key_question: Option<KeyQuestion>,
     /// `type` is `m.room.message` (a message delivery, in `FedWorld::account`).
     message: bool,
-    /// An `m.room.member` event whose `state_key` is its `sender` (`bitrot.rs`).
-    own_member_event: bool,
+    /// The sender of an `m.room.member` event whose `state_key` is its `sender`, `None` for
+    /// any other event (`bitrot.rs`).
+    own_member_sender: Option<Arc<str>>,
 }
 
 impl WireFacts {
@@ -779,7 +780,7 @@ impl WireFacts {
         WireFacts {
             key_question: key_question(member_keys, json),
             message: is_message(json),
-            own_member_event: is_own_member_event(json),
+            own_member_sender: own_member_sender(json).map(Arc::from),
         }
     }
 
@@ -802,13 +803,12 @@ fn is_message(json: &Value) -> bool {
     json.get("type").and_then(Value::as_str) == Some("m.room.message")
 }
 
-/// Whether the PDU is an `m.room.member` event whose `state_key` is its `sender`.
-fn is_own_member_event(json: &Value) -> bool {
-    let Some(sender) = json.get("sender").and_then(Value::as_str) else {
-        return false;
-    };
-    json.get("type").and_then(Value::as_str) == Some("m.room.member")
-        && json.get("state_key").and_then(Value::as_str) == Some(sender)
+/// The sender of the PDU if it is an `m.room.member` event whose `state_key` is its `sender`.
+fn own_member_sender(json: &Value) -> Option<&str> {
+    let sender = json.get("sender").and_then(Value::as_str)?;
+    let own = json.get("type").and_then(Value::as_str) == Some("m.room.member")
+        && json.get("state_key").and_then(Value::as_str) == Some(sender);
+    own.then_some(sender)
 }
 
 fn key_question(member_keys: bool, json: &Value) -> Option<KeyQuestion> {
@@ -3169,9 +3169,15 @@ mod tests {
                 let elsewhere = Arc::new(json.clone());
                 for probe in [copy, &elsewhere] {
                     let message = WireFacts::of(&facts, probe, |f| f.message, is_message);
-                    let own =
-                        WireFacts::of(&facts, probe, |f| f.own_member_event, is_own_member_event);
-                    assert_eq!((message, own), read_inline(json), "{json}");
+                    let own = WireFacts::of(
+                        &facts,
+                        probe,
+                        |f| f.own_member_sender.as_deref().map(str::to_owned),
+                        |json| own_member_sender(json).map(str::to_owned),
+                    );
+                    assert_eq!((message, own.is_some()), read_inline(json), "{json}");
+                    let sender = json.get("sender").and_then(Value::as_str);
+                    assert_eq!(own.as_deref(), sender.filter(|_| own.is_some()), "{json}");
                     let question = WireFacts::of(
                         &facts,
                         probe,
