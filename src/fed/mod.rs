@@ -467,8 +467,9 @@ impl Homeserver {
     /// The keys this server holds, as the room layer reads them at `now_abs_ms`. (Where a
     /// room of the server is borrowed mutably at the same time, the fields are borrowed one by
     /// one instead.)
-    fn cache_keys(&self, now_abs_ms: i64) -> CacheKeys<'_> {
+    fn cache_keys(&self, own_id: ServerId, now_abs_ms: i64) -> CacheKeys<'_> {
         CacheKeys {
+            own_id,
             own_name: &self.name,
             own_keys: &self.own_keys,
             cache: &self.cache,
@@ -1608,6 +1609,7 @@ impl FedWorld {
         if version.member_keys {
             // The held keys are the same for every room of the server: looked up once.
             let keys = CacheKeys {
+                own_id: server,
                 own_name: &hs.name,
                 own_keys: &hs.own_keys,
                 cache: &hs.cache,
@@ -1732,7 +1734,7 @@ impl FedWorld {
             }
         }?;
         let hs = &self.servers[server as usize];
-        let keys = hs.cache_keys(absolute_ms(self.queue.now_ms()));
+        let keys = hs.cache_keys(server, absolute_ms(self.queue.now_ms()));
         let domain = question.domain.as_str();
         let held = crate::room::keys::KeySource::held_keys(&keys, domain);
         let usable = held.is_some_and(|held| {
@@ -1915,6 +1917,7 @@ impl FedWorld {
         let now_abs_ms = absolute_ms(self.queue.now_ms());
         let hs = &mut self.servers[server as usize];
         let keys = CacheKeys {
+            own_id: server,
             own_name: &hs.name,
             own_keys: &hs.own_keys,
             cache: &hs.cache,
