@@ -45,6 +45,46 @@ fn a_small_world_is_byte_identical_twice_and_differs_for_another_seed() {
 }
 
 #[test]
+fn run_info_counts_every_signature_and_distinct_check_in_the_crypto_floor() {
+    // Under P1 (member keys) a run signs events, co-signs its members' joins with the server
+    // key and publishes key responses; it checks received event copies, key responses and
+    // member links. The floor counts all of them, not only the events.
+    let scenario = scenario(SMALL, &[]);
+    let (dir, _) = run(&scenario, 1, "floor");
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("run-info.json")).unwrap()).unwrap();
+    let count = |field: &str| {
+        info[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("run-info.json has no count {field}: {info} (seed 1)"))
+    };
+    for field in [
+        "events_signed",
+        "cosignatures_made",
+        "key_responses_signed",
+        "check_memo_entries",
+        "key_response_checks",
+        "member_link_checks",
+    ] {
+        assert!(count(field) > 0, "{field} is 0 in {info} (seed 1)");
+    }
+    assert_eq!(
+        count("signatures_made"),
+        count("events_signed") + count("cosignatures_made") + count("key_responses_signed")
+    );
+    assert_eq!(
+        count("signature_checks"),
+        count("check_memo_entries") + count("key_response_checks") + count("member_link_checks")
+    );
+    let floor = |field: &str| info[field].as_f64().unwrap();
+    let expected = count("signatures_made") as f64 * floor("raw_sign_us") / 1e6
+        + count("signature_checks") as f64 * floor("raw_verify_us") / 1e6;
+    // Both sides are rounded in the file.
+    assert!((floor("crypto_floor_seconds") - expected).abs() <= 1e-6 * expected.max(1.0));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn without_faults_every_message_reaches_every_resident_server() {
     for policy in ["P0", "P1"] {
         let scenario = scenario(SMALL, &[&format!("rooms.policy={policy}")]);

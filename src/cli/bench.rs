@@ -22,10 +22,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{Value, json};
 
 use super::CliError;
+use crate::metrics::raw_crypto::{RawCrypto, measure_raw_crypto};
 use crate::metrics::{CsvTable, fixed, write_json};
 
 /// The standard scenarios, smallest first: (name, file).
@@ -114,52 +114,6 @@ impl Stopped {
     }
 }
 
-/// Raw single-core ed25519 costs measured on this machine (seconds per operation).
-#[derive(Debug, Clone, Copy)]
-pub struct RawCrypto {
-    pub sign_seconds: f64,
-    pub verify_seconds: f64,
-}
-
-/// Times raw ed25519 signing and strict verification of a key-response-sized message: the
-/// median of several batches, so one scheduler hiccup does not move the floor.
-pub fn measure_raw_crypto() -> RawCrypto {
-    const BATCHES: usize = 7;
-    const PER_BATCH: u32 = 200;
-    let key = SigningKey::from_bytes(&[7u8; 32]);
-    let verifying_key = key.verifying_key();
-    let message = vec![b'x'; 300];
-    let signature = key.sign(&message);
-    let median = |mut samples: Vec<f64>| {
-        samples.sort_by(f64::total_cmp);
-        samples[samples.len() / 2]
-    };
-    let sign = (0..BATCHES)
-        .map(|_| {
-            let started = Instant::now();
-            for _ in 0..PER_BATCH {
-                std::hint::black_box(key.sign(std::hint::black_box(&message)));
-            }
-            started.elapsed().as_secs_f64() / f64::from(PER_BATCH)
-        })
-        .collect();
-    let verify = (0..BATCHES)
-        .map(|_| {
-            let started = Instant::now();
-            for _ in 0..PER_BATCH {
-                let result =
-                    verifying_key.verify_strict(std::hint::black_box(&message), &signature);
-                std::hint::black_box(result.is_ok());
-            }
-            started.elapsed().as_secs_f64() / f64::from(PER_BATCH)
-        })
-        .collect();
-    RawCrypto {
-        sign_seconds: median(sign),
-        verify_seconds: median(verify),
-    }
-}
-
 /// One scenario's figures, read from the run-info.json its run wrote.
 #[derive(Debug, Clone)]
 pub struct BenchRow {
@@ -197,7 +151,7 @@ impl BenchRow {
                 .ok_or("run-info.json has no events_processed")?,
             peak_memory_mib: number("peak_memory_kib").map(|kib| kib / 1024.0),
             signatures_made: count(&["signatures_made", "events_signed"]),
-            signature_checks: count(&["verify_checks", "check_memo_entries"]),
+            signature_checks: count(&["signature_checks", "verify_checks", "check_memo_entries"]),
             cpu_seconds: None,
             stopped: None,
         })
@@ -640,6 +594,20 @@ mod tests {
         assert!((row.floor_ratio(raw).unwrap() - 1.5).abs() < 1e-12);
         assert_eq!(row.peak_memory_mib, Some(2.0));
         assert!((row.events_per_second() - 200.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_room_worlds_totals_are_read_before_its_event_only_counts() {
+        let info = json!({
+            "wall_seconds": 1.0,
+            "events_processed": 10,
+            "events_signed": 4,
+            "check_memo_entries": 4,
+            "signatures_made": 6,
+            "signature_checks": 9,
+        });
+        let row = BenchRow::from_run_info("medium", "m.toml", &info).unwrap();
+        assert_eq!((row.signatures_made, row.signature_checks), (6, 9));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Architecture invariant: nothing here knows about Matrix. The engine moves opaque events in
 //! time order; `world/` gives them meaning.
 
+pub mod prefetch;
 pub mod queue;
 pub mod rng;
 pub mod time;

@@ -221,6 +221,25 @@ impl<E> EventQueue<E> {
         }
     }
 
+    /// The event the next [`EventQueue::pop`] returns, if any (without moving far buckets in:
+    /// the earliest far event is found in the first bucket). For hints such as prefetching.
+    pub fn peek(&self) -> Option<&E> {
+        let near = self.near.peek();
+        let far = self.far.values().next().and_then(|bucket| {
+            bucket
+                .entries
+                .iter()
+                .min_by_key(|entry| (entry.at_ms, entry.seq))
+        });
+        match (near, far) {
+            (Some(near), Some(far)) if (far.at_ms, far.seq) < (near.at_ms, near.seq) => {
+                Some(&far.event)
+            }
+            (Some(near), _) => Some(&near.event),
+            (None, far) => far.map(|entry| &entry.event),
+        }
+    }
+
     /// Pending events.
     pub fn len(&self) -> usize {
         self.near.len() + self.far_len
@@ -268,6 +287,39 @@ mod tests {
         let expected: Vec<&str> = std::iter::from_fn(|| direct.pop().map(|(_, _, e)| e)).collect();
         assert_eq!(popped, expected);
         assert_eq!(popped, vec!["r1", "b", "r0", "r2", "a"]);
+    }
+
+    #[test]
+    fn peek_shows_the_event_the_next_pop_returns() {
+        let mut queue = EventQueue::new();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut label = 0u64;
+        for _ in 0..200 {
+            // Near and far events, same-millisecond ties included.
+            queue.push(next() % 50_000, label);
+            label += 1;
+        }
+        let mut popped = 0;
+        while let Some(peeked) = queue.peek().copied() {
+            let (_, _, event) = queue.pop().expect("peek saw one");
+            assert_eq!(peeked, event);
+            popped += 1;
+            if popped % 3 == 0 && label < 2_000 {
+                let now_ms = queue.now_ms();
+                for delay_ms in [0, 1_500, 2_500, 9_000 + next() % 20_000] {
+                    queue.push(now_ms + delay_ms, label);
+                    label += 1;
+                }
+            }
+        }
+        assert!(queue.pop().is_none());
+        assert!(popped > 1_000);
     }
 
     #[test]

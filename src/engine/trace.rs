@@ -13,7 +13,7 @@ const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 /// A running hash of processed events, with an optional JSON-lines sink.
 pub struct Trace {
     hash: u64,
-    sink: Option<Box<dyn Write>>,
+    sink: Option<Box<dyn Write + Send>>,
     lines_written: u64,
 }
 
@@ -25,7 +25,7 @@ impl Default for Trace {
 
 impl Trace {
     /// A trace that only hashes (`sink = None`) or also writes JSON lines.
-    pub fn new(sink: Option<Box<dyn Write>>) -> Trace {
+    pub fn new(sink: Option<Box<dyn Write + Send>>) -> Trace {
         Trace {
             hash: FNV_OFFSET,
             sink,

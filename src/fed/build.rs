@@ -447,6 +447,7 @@ impl FedWorld {
             key_outputs: Vec::new(),
             sign_nanos: 0,
             events_signed: 0,
+            cosignatures_made: 0,
             join_attempts: BTreeMap::new(),
             join_users: BTreeMap::new(),
             wire: HashMap::new(),

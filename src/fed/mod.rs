@@ -689,6 +689,10 @@ pub struct FedWorld {
     key_outputs: Vec<KeyCacheOutput>,
     pub sign_nanos: u64,
     pub events_signed: u64,
+    /// Server co-signatures on member events (MSC4430 links): at creation and on re-signing
+    /// after a rotation. With `events_signed` and the publishers' key responses, every ed25519
+    /// signature the run makes (the crypto floor in run-info.json).
+    pub cosignatures_made: u64,
     join_attempts: BTreeMap<(RoomIndex, ServerId), u32>,
     /// The user whose `make_join`/`send_join` is in flight, per (room, server).
     join_users: BTreeMap<(RoomIndex, ServerId), u32>,
@@ -2188,10 +2192,18 @@ impl FedWorld {
                 key,
             }
         };
+        let cosigned = matches!(
+            signer,
+            EventSigner::Member {
+                cosigner: Some(_),
+                ..
+            }
+        );
         let started = std::time::Instant::now();
         let pdu = build_pdu(draft, &version, signer).ok()?;
         self.sign_nanos += started.elapsed().as_nanos() as u64;
         self.events_signed += 1;
+        self.cosignatures_made += u64::from(cosigned);
         Some(self.remember(pdu))
     }
 
@@ -2846,6 +2858,7 @@ impl FedWorld {
                     };
                     let mut json = Value::clone(&event.json);
                     if cosign_member_event(&version, &mut json, &name, &key).is_ok() {
+                        self.cosignatures_made += 1;
                         let json = Arc::new(json);
                         hs.resigned
                             .insert(event.event_id.clone(), Arc::clone(&json));

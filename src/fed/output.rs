@@ -39,7 +39,9 @@ pub fn run_to_dir(
     world.run(|now_ms| progress.update(now_ms));
     progress.finish();
     let run_seconds = started.elapsed().as_secs_f64();
-    write_results(&mut world, out_dir, run_seconds, started)
+    let outcome = write_results(&mut world, out_dir, run_seconds, started);
+    crate::world::drop_in_background(world);
+    outcome
 }
 
 /// Messages sent this close to the end may still be in flight; coverage ignores them.
@@ -84,7 +86,25 @@ fn write_results(
     write_timeseries(world, out_dir)?;
     write_servers(world, out_dir)?;
     let wall_seconds = started.elapsed().as_secs_f64();
-    let (raw_sign_s, raw_verify_s) = raw_crypto_seconds();
+    // The crypto floor (issue 5): every ed25519 signature the run made x one raw signature +
+    // every distinct signature check x one raw strict verification, single core. Signatures:
+    // events, co-signatures of member events, key responses. Distinct checks: received event
+    // copies (CheckMemo entries: check 2), key-response bodies (VerifyMemo), member-link
+    // co-signatures (per event copy and distinct key answers, shared across servers).
+    let key_responses_signed: u64 = world
+        .servers
+        .iter()
+        .map(|server| server.publisher.signatures_made)
+        .sum();
+    let member_link_checks = world
+        .shared_facts
+        .as_ref()
+        .map_or(0, |facts| facts.stats().member_links_computed);
+    let signatures_made = world.events_signed + world.cosignatures_made + key_responses_signed;
+    let signature_checks = world.memo.len() as u64 + world.verify_memo.checks + member_link_checks;
+    let raw = crate::metrics::raw_crypto::measure_raw_crypto();
+    let floor_seconds =
+        signatures_made as f64 * raw.sign_seconds + signature_checks as f64 * raw.verify_seconds;
     let run_info = json!({
         "wall_seconds": rounded(wall_seconds),
         "run_seconds": rounded(run_seconds),
@@ -96,19 +116,16 @@ fn write_results(
         "events_signed": world.events_signed,
         "sign_seconds": rounded(world.sign_nanos as f64 / 1e9),
         "check_memo_entries": world.memo.len(),
-        "raw_sign_us": rounded(raw_sign_s * 1e6),
-        "raw_verify_us": rounded(raw_verify_s * 1e6),
-        // The crypto floor (issue 5): events signed x one raw ed25519 signature + distinct
-        // received copies checked (CheckMemo entries, one signature check each) x one raw
-        // verification, single core. Link co-signature checks per server are not counted.
-        "crypto_floor_seconds": rounded(
-            world.events_signed as f64 * raw_sign_s + world.memo.len() as f64 * raw_verify_s
-        ),
-        "wall_over_crypto_floor": rounded(
-            run_seconds
-                / (world.events_signed as f64 * raw_sign_s + world.memo.len() as f64 * raw_verify_s)
-                    .max(1e-9)
-        ),
+        "cosignatures_made": world.cosignatures_made,
+        "key_responses_signed": key_responses_signed,
+        "key_response_checks": world.verify_memo.checks,
+        "member_link_checks": member_link_checks,
+        "signatures_made": signatures_made,
+        "signature_checks": signature_checks,
+        "raw_sign_us": rounded(raw.sign_seconds * 1e6),
+        "raw_verify_us": rounded(raw.verify_seconds * 1e6),
+        "crypto_floor_seconds": rounded(floor_seconds),
+        "wall_over_crypto_floor": rounded(run_seconds / floor_seconds.max(1e-9)),
     });
     let run_info_path = out_dir.join("run-info.json");
     write_json(&run_info_path, &run_info).map_err(io_error(&run_info_path))?;
@@ -120,28 +137,6 @@ fn write_results(
         wall_seconds,
         event_hash: world.trace.hash_hex(),
     })
-}
-
-/// One raw ed25519 signature and one strict verification of a 600-byte message, in seconds
-/// (the mean of 200 each, measured now: run-info.json only).
-fn raw_crypto_seconds() -> (f64, f64) {
-    use ed25519_dalek::{Signer, SigningKey};
-    const ROUNDS: u32 = 200;
-    let key = SigningKey::from_bytes(&[7; 32]);
-    let message = vec![b'x'; 600];
-    let started = Instant::now();
-    let mut signature = key.sign(&message);
-    for _ in 0..ROUNDS {
-        signature = key.sign(std::hint::black_box(&message));
-    }
-    let sign_s = started.elapsed().as_secs_f64() / f64::from(ROUNDS + 1);
-    let verifying = key.verifying_key();
-    let started = Instant::now();
-    for _ in 0..ROUNDS {
-        let _ = std::hint::black_box(verifying.verify_strict(&message, &signature));
-    }
-    let verify_s = started.elapsed().as_secs_f64() / f64::from(ROUNDS);
-    (sign_s, verify_s)
 }
 
 /// The counters as `(name, value)` in a stable order (summary metrics and CSV columns).

@@ -292,6 +292,11 @@ impl SignedBodyTemplate {
         })
     }
 
+    /// Prefetch hints for the template's text (see [`crate::engine::prefetch`]).
+    pub fn prefetch(&self) {
+        crate::engine::prefetch::prefetch_bytes(self.text.as_bytes(), 512);
+    }
+
     /// The body with `valid_until_ts_ms`, signed by `key` (the key the template was made for).
     pub fn body(
         &self,
@@ -372,7 +377,72 @@ impl ServerKeys {
         body: &str,
         expected_server_name: &str,
     ) -> Option<ServerKeys> {
+        let parts = CanonicalResponse::parse_and_verify(body, expected_server_name, None)?;
+        let mut verify_keys = BTreeMap::new();
+        verify_keys.insert(parts.key_id.to_owned(), parts.key);
+        Some(ServerKeys {
+            server_name: parts.server_name.to_owned(),
+            verify_keys,
+            old_verify_keys: parts.old_verify_keys,
+            valid_until_ts_ms: parts.valid_until_ts_ms,
+        })
+    }
+
+    /// [`Self::parse_canonical_and_verify`] written over `into` (an object no longer needed:
+    /// its strings and map node are reused, and its decoded verify key when the body lists the
+    /// same key bytes, which skips the point decoding). Returns whether the fast path accepted
+    /// the body; then `into` equals what [`Self::parse_canonical_and_verify`] returns, field by
+    /// field. On `false`, `into` is unchanged.
+    pub fn parse_canonical_and_verify_into(
+        body: &str,
+        expected_server_name: &str,
+        into: &mut ServerKeys,
+    ) -> bool {
+        let known = match into.verify_keys.first_key_value() {
+            Some((_, key)) if into.verify_keys.len() == 1 => Some(key),
+            _ => None,
+        };
+        let Some(parts) = CanonicalResponse::parse_and_verify(body, expected_server_name, known)
+        else {
+            return false;
+        };
+        into.server_name.clear();
+        into.server_name.push_str(parts.server_name);
+        let only_entry = into.verify_keys.len() == 1;
+        match into.verify_keys.get_mut(parts.key_id) {
+            Some(key) if only_entry => *key = parts.key,
+            _ => {
+                into.verify_keys.clear();
+                into.verify_keys.insert(parts.key_id.to_owned(), parts.key);
+            }
+        }
+        into.old_verify_keys = parts.old_verify_keys;
+        into.valid_until_ts_ms = parts.valid_until_ts_ms;
+        true
+    }
+}
+
+/// What [`ServerKeys::parse_canonical_and_verify`] reads from a canonical body whose signature
+/// it has checked.
+struct CanonicalResponse<'a> {
+    server_name: &'a str,
+    key_id: &'a str,
+    key: VerifyingKey,
+    old_verify_keys: BTreeMap<String, OldVerifyKey>,
+    valid_until_ts_ms: i64,
+}
+
+impl<'a> CanonicalResponse<'a> {
+    /// The fast path's parse and check (see [`ServerKeys::parse_canonical_and_verify`]).
+    /// `known`: a key decoded earlier, used instead of decoding the verify key again when its
+    /// bytes are the body's (decoding is a pure function of the bytes).
+    fn parse_and_verify(
+        body: &'a str,
+        expected_server_name: &str,
+        known: Option<&VerifyingKey>,
+    ) -> Option<CanonicalResponse<'a>> {
         let mut cursor = CanonicalCursor {
+            text: body,
             bytes: body.as_bytes(),
             at: 0,
         };
@@ -417,7 +487,11 @@ impl ServerKeys {
         cursor.eat(b",\"verify_keys\":{")?;
         let key_id = cursor.key_id(None)?;
         cursor.eat(b":{\"key\":")?;
-        let key = signing::decode_verifying_key_exact(cursor.string()?)?;
+        let key_bytes = signing::decode_base64_exact::<32>(cursor.string()?)?;
+        let key = match known {
+            Some(known) if *known.as_bytes() == key_bytes => *known,
+            _ => signing::verifying_key_from_bytes(&key_bytes)?,
+        };
         cursor.eat(b"}}}")?;
         if cursor.at != body.len() || key_id != signed_key_id {
             return None;
@@ -437,11 +511,10 @@ impl ServerKeys {
         if !verified {
             return None;
         }
-        let mut verify_keys = BTreeMap::new();
-        verify_keys.insert(key_id.to_owned(), key);
-        Some(ServerKeys {
-            server_name: server_name.to_owned(),
-            verify_keys,
+        Some(CanonicalResponse {
+            server_name,
+            key_id,
+            key,
             old_verify_keys,
             valid_until_ts_ms,
         })
@@ -451,6 +524,8 @@ impl ServerKeys {
 /// A cursor over bytes expected to be canonical JSON of a known shape (see
 /// [`ServerKeys::parse_canonical_and_verify`]); every method returns `None` on anything else.
 struct CanonicalCursor<'a> {
+    text: &'a str,
+    /// `text`'s bytes.
     bytes: &'a [u8],
     at: usize,
 }
@@ -478,17 +553,20 @@ impl<'a> CanonicalCursor<'a> {
                 _ => self.at += 1,
             }
         }
-        let text = &self.bytes[start..self.at];
+        let text = self.text.get(start..self.at);
         self.at += 1;
-        // Cut at ASCII quotes inside a `str`, so always valid UTF-8.
-        std::str::from_utf8(text).ok()
+        // Cut at ASCII quotes inside a `str`, so always on character boundaries (`get` checks
+        // the two ends; the bytes between are valid UTF-8 as part of the `str`).
+        text
     }
 
     /// An `ed25519:<version>` key ID as an object key, strictly after `previous` (canonical
     /// order, no duplicates).
     fn key_id(&mut self, previous: Option<&str>) -> Option<&'a str> {
         let key_id = self.string()?;
-        KeyId::parse(key_id).ok()?;
+        if !KeyId::is_valid(key_id) {
+            return None;
+        }
         if previous.is_some_and(|previous| previous >= key_id) {
             return None;
         }

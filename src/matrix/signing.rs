@@ -158,18 +158,21 @@ impl KeyId {
 
     /// Parses `ed25519:<version>`; other algorithms are rejected (the only one Matrix defines).
     pub fn parse(text: &str) -> Result<KeyId, KeyFormatError> {
-        let version = text
-            .strip_prefix("ed25519:")
-            .ok_or_else(|| KeyFormatError::KeyId(text.to_owned()))?;
-        let valid = !version.is_empty()
-            && version
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_');
-        if valid {
+        if KeyId::is_valid(text) {
             Ok(KeyId(text.to_owned()))
         } else {
             Err(KeyFormatError::KeyId(text.to_owned()))
         }
+    }
+
+    /// Whether [`KeyId::parse`] accepts `text` (without making a `KeyId`).
+    pub fn is_valid(text: &str) -> bool {
+        text.strip_prefix("ed25519:").is_some_and(|version| {
+            !version.is_empty()
+                && version
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -543,6 +546,31 @@ mod tests {
 
     fn spec_key() -> ServerSigningKey {
         ServerSigningKey::from_base64_seed(KeyId::parse("ed25519:1").unwrap(), SPEC_SEED).unwrap()
+    }
+
+    #[test]
+    fn key_id_validity_is_exactly_what_parse_accepts() {
+        for text in [
+            "ed25519:a1",
+            "ed25519:",
+            "ed25519:a_B9",
+            "ed25519:a-1",
+            "ed25519:a 1",
+            "ed25519:é",
+            "curve25519:a",
+            "ed25519",
+            "",
+            "ed25519:a:b",
+            "ED25519:a",
+        ] {
+            assert_eq!(
+                KeyId::is_valid(text),
+                KeyId::parse(text).is_ok(),
+                "{text:?}"
+            );
+        }
+        assert!(KeyId::is_valid("ed25519:a1"));
+        assert!(!KeyId::is_valid("ed25519:"));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! A run interrupted at any moment leaves either the previous complete file or the new complete
 //! file, never half of one.
 
+pub mod raw_crypto;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -64,10 +64,48 @@ impl VerifyMemo {
         }
     }
 
+    /// Prefetch hint (see [`crate::engine::prefetch`]): the domain's entries, which the next
+    /// check of one of its bodies reads first.
+    pub fn prefetch_entries(&self, domain: u32) {
+        if let Some(entries) = self.per_domain.get(domain as usize) {
+            crate::engine::prefetch::prefetch_all(entries);
+        }
+    }
+
+    /// Prefetch hint, once the entries are cached: the key objects and bodies they hold (the
+    /// next check compares against, recycles or drops them).
+    pub fn prefetch_entry_targets(&self, domain: u32) {
+        use crate::engine::prefetch::{prefetch_arc, prefetch_arc_str};
+        let Some(entries) = self.per_domain.get(domain as usize) else {
+            return;
+        };
+        for entry in entries.iter().flatten() {
+            prefetch_arc_str(&entry.body);
+            if let Ok(Some(keys)) = &entry.result {
+                prefetch_arc(keys);
+            }
+        }
+    }
+
+    /// Prefetch hint, once the key objects are cached too: their server names' bytes (the
+    /// next check overwrites one of them).
+    pub fn prefetch_entry_names(&self, domain: u32) {
+        let Some(entries) = self.per_domain.get(domain as usize) else {
+            return;
+        };
+        for entry in entries.iter().flatten() {
+            if let Ok(Some(keys)) = &entry.result {
+                crate::engine::prefetch::prefetch_bytes(keys.server_name.as_bytes(), 64);
+            }
+        }
+    }
+
     /// A direct `/_matrix/key/v2/server` answer from `domain_name`: `Ok(Some(keys))`, or the
     /// reason it was refused.
     pub fn check_direct(&mut self, domain: u32, domain_name: &str, body: &Arc<str>) -> Checked {
-        self.memoized(domain, DIRECT, body, || check_direct(domain_name, body))
+        self.memoized(domain, DIRECT, body, |recycled| {
+            check_direct_recycling(domain_name, body, recycled)
+        })
     }
 
     /// A notary's `/_matrix/key/v2/query` answer about `domain_name`: `Ok(None)` when the notary
@@ -80,7 +118,7 @@ impl VerifyMemo {
         notary: &NotaryIdentity,
         body: &Arc<str>,
     ) -> Checked {
-        self.memoized(domain, notary_index, body, || {
+        self.memoized(domain, notary_index, body, |_| {
             check_notary(domain_name, notary, body)
         })
     }
@@ -90,7 +128,7 @@ impl VerifyMemo {
         domain: u32,
         via: u32,
         body: &Arc<str>,
-        check: impl FnOnce() -> Checked,
+        check: impl FnOnce(Option<Arc<ServerKeys>>) -> Checked,
     ) -> Checked {
         let index = domain as usize;
         if self.per_domain.len() <= index {
@@ -109,8 +147,21 @@ impl VerifyMemo {
             }
         }
         self.checks += 1;
+        // The entry the new one will push out (the oldest, when both are taken): its key
+        // object, if nothing else holds it any more, is recycled by the check.
+        let entries = &mut self.per_domain[index];
+        let evicted = match entries {
+            [Some(_), Some(_)] => entries[0].take(),
+            _ => None,
+        };
+        let recycled = evicted.and_then(|entry| match entry.result {
+            Ok(Some(keys)) if Arc::strong_count(&keys) == 1 && Arc::weak_count(&keys) == 0 => {
+                Some(keys)
+            }
+            _ => None,
+        });
         let started = std::time::Instant::now();
-        let result = check();
+        let result = check(recycled);
         self.check_nanos += started.elapsed().as_nanos() as u64;
         let entries = &mut self.per_domain[index];
         let entry = Some(Entry {
@@ -120,6 +171,11 @@ impl VerifyMemo {
             result: result.clone(),
         });
         match entries {
+            [first @ None, second @ Some(_)] => {
+                // The oldest was taken out above.
+                *first = second.take();
+                *second = entry;
+            }
             [first @ None, _] => *first = entry,
             [_, second @ None] => *second = entry,
             [first, second] => {
@@ -152,6 +208,23 @@ pub fn check_direct(domain_name: &str, body: &str) -> Checked {
         return Ok(Some(Arc::new(keys)));
     }
     check_direct_general(domain_name, body)
+}
+
+/// [`check_direct`], writing the accepted keys over `recycled` (an unshared key object no
+/// longer needed) when there is one and the fast path accepts: the same result, without
+/// allocating a new object or decoding a verify key seen before.
+pub fn check_direct_recycling(
+    domain_name: &str,
+    body: &str,
+    recycled: Option<Arc<ServerKeys>>,
+) -> Checked {
+    if let Some(mut keys) = recycled
+        && let Some(into) = Arc::get_mut(&mut keys)
+        && ServerKeys::parse_canonical_and_verify_into(body, domain_name, into)
+    {
+        return Ok(Some(keys));
+    }
+    check_direct(domain_name, body)
 }
 
 /// Parses and verifies an origin's own answer with serde_json and the general checks.
@@ -273,5 +346,67 @@ mod tests {
         let _symbolic = crypto_mode::enter(CryptoMode::Symbolic);
         assert!(check_direct("a.example", real).is_err());
         assert!(check_direct("a.example", symbolic).is_ok());
+    }
+
+    /// Every body a publisher makes over rotations, a key loss and flapping, plus bodies the
+    /// fast path refuses (tampered, another name, a wrong-key signature): checking over a
+    /// recycled key object gives exactly the fresh check's result, and a refused body leaves
+    /// the object as it was. The memo, recycling as it evicts, agrees with fresh checks.
+    #[test]
+    fn checking_over_a_recycled_key_object_equals_a_fresh_check() {
+        use crate::matrix::crypto_mode::{self, CryptoMode};
+        for mode in [CryptoMode::Ed25519, CryptoMode::Symbolic] {
+            let _mode = crypto_mode::enter(mode);
+            let mut publisher =
+                KeyPublisher::new("a.example".into(), 1_000, SimRng::stream(1, "keys", 0));
+            let mut other =
+                KeyPublisher::new("b.example".into(), 1_000, SimRng::stream(1, "keys", 1));
+            let mut bodies: Vec<Arc<str>> = Vec::new();
+            for step in 0..40i64 {
+                let now = step * 1_000;
+                match step {
+                    10 | 25 => publisher.rotate(now),
+                    17 => publisher.lose_key(),
+                    30 => publisher.start_flapping(now, 2_000),
+                    _ => {}
+                }
+                let body = publisher.publish_at(now);
+                bodies.push(body.clone());
+                if step % 7 == 3 {
+                    bodies.push(Arc::from(body.replacen("a.example", "c.example", 1)));
+                    bodies.push(other.publish_at(now));
+                    bodies.push(signed_by_wrong_key(&publisher, 9));
+                }
+            }
+            let mut memo = VerifyMemo::new(1);
+            let mut previous: Option<Arc<ServerKeys>> = None;
+            for body in &bodies {
+                let fresh = check_direct("a.example", body);
+                // Over every earlier object (fresh copies, so each is unshared).
+                for recycled in [previous.clone(), fresh.clone().ok().flatten()] {
+                    let Some(recycled) = recycled else { continue };
+                    let before = (*recycled).clone();
+                    let copy = Arc::new(before.clone());
+                    assert_eq!(
+                        check_direct_recycling("a.example", body, Some(copy)),
+                        fresh,
+                        "{mode:?}: {body}"
+                    );
+                    let mut into = before.clone();
+                    let accepted =
+                        ServerKeys::parse_canonical_and_verify_into(body, "a.example", &mut into);
+                    if !accepted {
+                        assert_eq!(into, before, "a refused body leaves the object as it was");
+                    } else {
+                        assert_eq!(Some(Arc::new(into)), fresh.clone().ok().flatten());
+                    }
+                }
+                assert_eq!(memo.check_direct(0, "a.example", body), fresh);
+                if let Ok(Some(keys)) = &fresh {
+                    previous = Some(keys.clone());
+                }
+            }
+            assert!(memo.checks > 40);
+        }
     }
 }

@@ -25,7 +25,7 @@ use crate::server::publisher::KeyPublisher;
 use crate::server::{absolute_ms, outcome_table::InvalidReason};
 
 pub(crate) use output::{Progress, peak_memory_kib};
-pub use output::{RunError, RunOutcome, run_to_dir};
+pub use output::{RunError, RunOutcome, drop_in_background, run_to_dir};
 pub use validity::{Change, Tracker, Transition, Watch, WatchPair};
 
 /// How long a notary waits for an origin before answering from its (possibly stale) cache;
@@ -301,10 +301,12 @@ impl World {
                 break;
             }
             let (at_ms, _seq, event) = self.queue.pop().expect("peeked");
+            self.prefetch_next(false);
             self.take_samples_until(at_ms);
             self.events_processed += 1;
             self.record(at_ms, &event);
             self.handle(event);
+            self.prefetch_next(true);
             if self.events_processed % 65_536 == 0 {
                 progress(at_ms);
             }
@@ -541,6 +543,73 @@ impl World {
             }
         }
         self.requests.insert(id, request);
+    }
+
+    /// Prefetch hints (see [`crate::engine::prefetch`]; they read state but change nothing)
+    /// for the event the queue returns next. A key fetch is three events in a row (timer,
+    /// arrival at the origin, answer at the observer), each reading per-domain state last
+    /// touched a simulated day ago. Called before an event is handled (`deep = false`: the
+    /// first level, whose addresses are known without reading cold memory) and after it
+    /// (`deep`: also what those lines point to, by now loaded), so the loads overlap with the
+    /// signing and checking in between instead of stalling one after another.
+    fn prefetch_next(&self, deep: bool) {
+        use crate::engine::prefetch::{prefetch, prefetch_all, prefetch_bytes};
+        let (observer, slot, via) = match self.queue.peek() {
+            Some(Event::Recheck { observer, slot, .. }) => (*observer, *slot, None),
+            Some(Event::Arrive { request }) => match self.requests.get(*request) {
+                Some(Request {
+                    kind:
+                        RequestKind::Key {
+                            observer,
+                            slot,
+                            via,
+                            ..
+                        },
+                    ..
+                }) => (observer, slot, Some(via)),
+                _ => return,
+            },
+            _ => return,
+        };
+        let Some(state) = self.observers.get(observer as usize) else {
+            return;
+        };
+        if slot >= state.known_domains {
+            return;
+        }
+        let domain = state.domain_group_start + slot;
+        let server = match via {
+            None | Some(Via::Direct) => match self.net.domain_state(domain) {
+                DomainState::Served(server) => server,
+                _ => return,
+            },
+            Some(Via::Notary(_)) => return,
+        };
+        prefetch(&state.cache.slots()[slot as usize]);
+        // Addresses only: reading whether the publisher exists would itself wait for it.
+        let Some(publisher) = self.publishers.get(server as usize) else {
+            return;
+        };
+        prefetch_all(publisher);
+        if let Some(count) = self.requests_received.get(server as usize) {
+            prefetch(count);
+        }
+        self.memo.prefetch_entries(domain);
+        let Some(name) = self.domain_names.get(domain as usize) else {
+            return;
+        };
+        prefetch(name);
+        if deep {
+            if let Some(publisher) = publisher {
+                publisher.prefetch_response();
+            }
+            self.memo.prefetch_entry_targets(domain);
+            prefetch_bytes(name.as_bytes(), 64);
+            if via.is_some() {
+                // An arrival: the key objects were asked for before the timer's turn.
+                self.memo.prefetch_entry_names(domain);
+            }
+        }
     }
 
     fn arrive(&mut self, now_ms: u64, id: u64) {
