@@ -188,7 +188,7 @@ impl FedWorld {
         };
         let now_abs_ms = absolute_ms(self.queue.now_ms());
         let hs = &self.servers[resident as usize];
-        let keys = hs.cache_keys(now_abs_ms);
+        let keys = hs.cache_keys(resident, now_abs_ms);
         let outcome = keys.held_keys(&domain).map(|held| {
             verify_member_link(
                 &self.version,

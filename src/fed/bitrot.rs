@@ -54,19 +54,15 @@ impl FedWorld {
         {
             return;
         }
-        let own_member_event = super::WireFacts::of(
+        let sender: Option<Arc<str>> = super::WireFacts::of(
             &self.wire_facts,
             json,
-            |facts| facts.own_member_event,
-            super::is_own_member_event,
+            |facts| facts.own_member_sender.clone(),
+            |json| super::own_member_sender(json).map(Arc::from),
         );
-        if !own_member_event {
-            return;
+        if let Some(sender) = sender {
+            self.requery_stale_claims(server, room, &[sender]);
         }
-        let Some(sender) = json.get("sender").and_then(Value::as_str) else {
-            return;
-        };
-        self.requery_stale_claims(server, room, &[sender.to_owned()]);
     }
 
     /// For each of `members` whose link in `server`'s table of `room` is unverified because its
@@ -76,7 +72,7 @@ impl FedWorld {
         &mut self,
         server: ServerId,
         room: RoomIndex,
-        members: &[String],
+        members: &[impl AsRef<str>],
     ) {
         if !self.version.member_keys {
             return;
@@ -87,7 +83,7 @@ impl FedWorld {
         };
         let mut requests = Vec::new();
         for member in members {
-            let Some(link) = state.links.link(member) else {
+            let Some(link) = state.links.link(member.as_ref()) else {
                 continue;
             };
             if link.status != LinkStatus::Unverified {

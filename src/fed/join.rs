@@ -314,6 +314,7 @@ impl FedWorld {
         let now_abs_ms = absolute_ms(self.queue.now_ms());
         let hs = &mut self.servers[server as usize];
         let keys = CacheKeys {
+            own_id: server,
             own_name: &hs.name,
             own_keys: &hs.own_keys,
             cache: &hs.cache,

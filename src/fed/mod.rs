@@ -467,8 +467,9 @@ impl Homeserver {
     /// The keys this server holds, as the room layer reads them at `now_abs_ms`. (Where a
     /// room of the server is borrowed mutably at the same time, the fields are borrowed one by
     /// one instead.)
-    fn cache_keys(&self, now_abs_ms: i64) -> CacheKeys<'_> {
+    fn cache_keys(&self, own_id: ServerId, now_abs_ms: i64) -> CacheKeys<'_> {
         CacheKeys {
+            own_id,
             own_name: &self.name,
             own_keys: &self.own_keys,
             cache: &self.cache,
@@ -774,8 +775,9 @@ struct WireFacts {
     key_question: Option<KeyQuestion>,
     /// `type` is `m.room.message` (a message delivery, in `FedWorld::account`).
     message: bool,
-    /// An `m.room.member` event whose `state_key` is its `sender` (`bitrot.rs`).
-    own_member_event: bool,
+    /// The sender of an `m.room.member` event whose `state_key` is its `sender`, `None` for
+    /// any other event (`bitrot.rs`).
+    own_member_sender: Option<Arc<str>>,
 }
 
 impl WireFacts {
@@ -783,7 +785,7 @@ impl WireFacts {
         WireFacts {
             key_question: key_question(member_keys, json),
             message: is_message(json),
-            own_member_event: is_own_member_event(json),
+            own_member_sender: own_member_sender(json).map(Arc::from),
         }
     }
 
@@ -806,13 +808,12 @@ fn is_message(json: &Value) -> bool {
     json.get("type").and_then(Value::as_str) == Some("m.room.message")
 }
 
-/// Whether the PDU is an `m.room.member` event whose `state_key` is its `sender`.
-fn is_own_member_event(json: &Value) -> bool {
-    let Some(sender) = json.get("sender").and_then(Value::as_str) else {
-        return false;
-    };
-    json.get("type").and_then(Value::as_str) == Some("m.room.member")
-        && json.get("state_key").and_then(Value::as_str) == Some(sender)
+/// The sender of the PDU if it is an `m.room.member` event whose `state_key` is its `sender`.
+fn own_member_sender(json: &Value) -> Option<&str> {
+    let sender = json.get("sender").and_then(Value::as_str)?;
+    let own = json.get("type").and_then(Value::as_str) == Some("m.room.member")
+        && json.get("state_key").and_then(Value::as_str) == Some(sender);
+    own.then_some(sender)
 }
 
 fn key_question(member_keys: bool, json: &Value) -> Option<KeyQuestion> {
@@ -1612,6 +1613,7 @@ impl FedWorld {
         if version.member_keys {
             // The held keys are the same for every room of the server: looked up once.
             let keys = CacheKeys {
+                own_id: server,
                 own_name: &hs.name,
                 own_keys: &hs.own_keys,
                 cache: &hs.cache,
@@ -1736,7 +1738,7 @@ impl FedWorld {
             }
         }?;
         let hs = &self.servers[server as usize];
-        let keys = hs.cache_keys(absolute_ms(self.queue.now_ms()));
+        let keys = hs.cache_keys(server, absolute_ms(self.queue.now_ms()));
         let domain = question.domain.as_str();
         let held = crate::room::keys::KeySource::held_keys(&keys, domain);
         let usable = held.is_some_and(|held| {
@@ -1919,6 +1921,7 @@ impl FedWorld {
         let now_abs_ms = absolute_ms(self.queue.now_ms());
         let hs = &mut self.servers[server as usize];
         let keys = CacheKeys {
+            own_id: server,
             own_name: &hs.name,
             own_keys: &hs.own_keys,
             cache: &hs.cache,
@@ -3182,9 +3185,15 @@ mod tests {
                 let elsewhere = Arc::new(json.clone());
                 for probe in [copy, &elsewhere] {
                     let message = WireFacts::of(&facts, probe, |f| f.message, is_message);
-                    let own =
-                        WireFacts::of(&facts, probe, |f| f.own_member_event, is_own_member_event);
-                    assert_eq!((message, own), read_inline(json), "{json}");
+                    let own = WireFacts::of(
+                        &facts,
+                        probe,
+                        |f| f.own_member_sender.as_deref().map(str::to_owned),
+                        |json| own_member_sender(json).map(str::to_owned),
+                    );
+                    assert_eq!((message, own.is_some()), read_inline(json), "{json}");
+                    let sender = json.get("sender").and_then(Value::as_str);
+                    assert_eq!(own.as_deref(), sender.filter(|_| own.is_some()), "{json}");
                     let question = WireFacts::of(
                         &facts,
                         probe,

@@ -272,6 +272,28 @@ fn link_answers(
     (domain_keys.server_name.clone(), answers)
 }
 
+/// Whether `seen` are the answers [`link_answers`] would give now: compared in place, without
+/// building the answers (a string per key ID and the domain's name) for every receipt.
+fn link_answers_match(
+    seen: &LinkAnswers,
+    key_ids: &[String],
+    domain_keys: &ServerKeys,
+    now_ms: i64,
+    clamp: ValidityClamp,
+) -> bool {
+    let (seen_domain, seen_answers) = seen;
+    *seen_domain == domain_keys.server_name
+        && seen_answers.len() == key_ids.len()
+        && seen_answers
+            .iter()
+            .zip(key_ids)
+            .all(|((seen_key_id, seen_answer), key_id)| {
+                let answer = key_valid_for_member_cosignature(domain_keys, key_id, now_ms, clamp)
+                    .map(|key| key.to_bytes());
+                seen_key_id == key_id && *seen_answer == answer
+            })
+}
+
 /// How often shared facts were reused or computed (summed over rooms and servers).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SharingStats {
@@ -426,26 +448,35 @@ impl SharedEventFacts {
         clamp: ValidityClamp,
     ) -> LinkOutcome {
         let address = Arc::as_ptr(event) as usize;
-        let (answers, known) =
-            {
-                let mut links = lock(&self.inner.links);
-                match links.get_mut(&address) {
-                    Some((_, key_ids, verdicts)) => {
-                        let answers = link_answers(key_ids, domain_keys, now_ms, clamp);
-                        let known = verdicts.iter().position(|(seen, _)| *seen == answers).map(
-                            |position| {
-                                verdicts[..=position].rotate_right(1);
-                                verdicts[0].1.clone()
-                            },
-                        );
-                        (answers, known)
-                    }
-                    None => {
-                        let key_ids = link_key_ids(&event.json);
-                        (link_answers(&key_ids, domain_keys, now_ms, clamp), None)
+        // The answers are built only when a new verdict is stored; a known one is recognised
+        // by comparing in place.
+        let (answers, known) = {
+            let mut links = lock(&self.inner.links);
+            match links.get_mut(&address) {
+                Some((_, key_ids, verdicts)) => {
+                    let position = verdicts.iter().position(|(seen, _)| {
+                        link_answers_match(seen, key_ids, domain_keys, now_ms, clamp)
+                    });
+                    match position {
+                        Some(position) => {
+                            verdicts[..=position].rotate_right(1);
+                            (None, Some(verdicts[0].1.clone()))
+                        }
+                        None => (
+                            Some(link_answers(key_ids, domain_keys, now_ms, clamp)),
+                            None,
+                        ),
                     }
                 }
-            };
+                None => {
+                    let key_ids = link_key_ids(&event.json);
+                    (
+                        Some(link_answers(&key_ids, domain_keys, now_ms, clamp)),
+                        None,
+                    )
+                }
+            }
+        };
         if let Some(outcome) = &known
             && !self.inner.verify
         {
@@ -463,6 +494,7 @@ impl SharedEventFacts {
             return outcome;
         }
         self.count(Count::MemberLinkComputed);
+        let answers = answers.expect("built when no stored verdict matched");
         let mut links = lock(&self.inner.links);
         let (_, _, verdicts) = links
             .entry(address)
@@ -479,4 +511,65 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matrix::server_keys::OldVerifyKey;
+    use crate::matrix::signing::{KeyId, ServerSigningKey};
+
+    fn key(version: &str, seed: u8) -> ServerSigningKey {
+        ServerSigningKey::from_seed(KeyId::ed25519(version).unwrap(), &[seed; 32])
+    }
+
+    /// Comparing stored answers in place agrees with building the answers and comparing, for
+    /// every pair of (key IDs, key object, time) among current, old, unknown and expired keys.
+    #[test]
+    fn link_answers_match_equals_comparing_built_answers() {
+        let mut with_old = ServerKeys::with_current_key("a.example", &key("2", 2), 1_000);
+        with_old.old_verify_keys.insert(
+            "ed25519:1".into(),
+            OldVerifyKey {
+                key: key("1", 1).verifying_key(),
+                expired_ts_ms: 500,
+            },
+        );
+        let keys = [
+            ServerKeys::with_current_key("a.example", &key("1", 1), 1_000),
+            ServerKeys::with_current_key("a.example", &key("1", 3), 1_000),
+            ServerKeys::with_current_key("b.example", &key("1", 1), 1_000),
+            with_old,
+        ];
+        let key_id_sets: [Vec<String>; 4] = [
+            vec![],
+            vec!["ed25519:1".into()],
+            vec!["ed25519:2".into()],
+            vec!["ed25519:1".into(), "ed25519:2".into()],
+        ];
+        let clamp = ValidityClamp::unclamped(0);
+        let mut seen_all = Vec::new();
+        for domain_keys in &keys {
+            for key_ids in &key_id_sets {
+                for now_ms in [10, 2_000] {
+                    seen_all.push(link_answers(key_ids, domain_keys, now_ms, clamp));
+                }
+            }
+        }
+        let mut matches = 0;
+        for seen in &seen_all {
+            for domain_keys in &keys {
+                for key_ids in &key_id_sets {
+                    for now_ms in [10, 2_000] {
+                        let built = link_answers(key_ids, domain_keys, now_ms, clamp);
+                        let in_place =
+                            link_answers_match(seen, key_ids, domain_keys, now_ms, clamp);
+                        assert_eq!(in_place, *seen == built, "{seen:?} vs {built:?}");
+                        matches += usize::from(in_place);
+                    }
+                }
+            }
+        }
+        assert!(matches >= seen_all.len());
+    }
 }
