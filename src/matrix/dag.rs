@@ -392,7 +392,8 @@ impl Dag {
                 Arc::new(LayeredState::from_map(resolved))
             }
         };
-        self.insert_with_state_before(pdu, state_before)
+        // The prev events were resolved above (all held): not looked up again.
+        self.insert_resolved(pdu, state_before, Some(prev))
     }
 
     /// Inserts an event with a state before it given from outside (for example from a
@@ -403,6 +404,17 @@ impl Dag {
         pdu: Arc<Pdu>,
         state_before: Arc<LayeredState>,
     ) -> Result<EventIndex, DagError> {
+        self.insert_resolved(pdu, state_before, None)
+    }
+
+    /// [`Dag::insert_with_state_before`], with the prev events' indices if the caller resolved
+    /// them all already (the same indices `resolve_references` finds: one per prev event ID).
+    fn insert_resolved(
+        &mut self,
+        pdu: Arc<Pdu>,
+        state_before: Arc<LayeredState>,
+        prev: Option<Vec<EventIndex>>,
+    ) -> Result<EventIndex, DagError> {
         if self.index(&pdu.event_id).is_some() {
             return Err(DagError::DuplicateEventId(pdu.event_id.clone()));
         }
@@ -410,7 +422,10 @@ impl Dag {
         if is_create && self.create.is_some() {
             return Err(DagError::SecondCreate(pdu.event_id.clone()));
         }
-        let prev = self.resolve_references(&pdu, EdgeKind::Prev, false)?;
+        let prev = match prev {
+            Some(prev) => prev,
+            None => self.resolve_references(&pdu, EdgeKind::Prev, false)?,
+        };
         let auth = self.resolve_references(&pdu, EdgeKind::Auth, true)?;
         let rejection = self.check_event(&pdu, &auth, &state_before);
         let state_after = match (&rejection, pdu.state_key_pair()) {
@@ -855,6 +870,47 @@ mod tests {
     use super::*;
 
     const ALICE: &str = "@alice:x.example";
+
+    #[test]
+    fn inserted_events_keep_their_prev_events_in_order() {
+        let (mut room, rules) = Room::new();
+        let first = room.add(
+            &[rules],
+            ALICE,
+            "m.room.message",
+            None,
+            json!({"body": "a"}),
+        );
+        let second = room.add(
+            &[rules],
+            ALICE,
+            "m.room.message",
+            None,
+            json!({"body": "b"}),
+        );
+        let both = room.add(
+            &[second, first],
+            ALICE,
+            "m.room.message",
+            None,
+            json!({"body": "c"}),
+        );
+        assert_eq!(room.dag.prev_indices(first), [rules]);
+        assert_eq!(room.dag.prev_indices(both), [second, first]);
+        // The same event with its state given resolves the same prev events itself.
+        let pdu = Arc::clone(room.dag.event(both));
+        let mut other = Dag::new(RoomVersion::V10);
+        for index in 0..both {
+            other.insert(Arc::clone(room.dag.event(index))).unwrap();
+        }
+        let state = Arc::clone(&room.dag.evaluation(both).state_before);
+        let again = other.insert_with_state_before(pdu, state).unwrap();
+        assert_eq!(other.prev_indices(again), [second, first]);
+        assert_eq!(
+            other.evaluation(again).rejection,
+            room.dag.evaluation(both).rejection
+        );
+    }
 
     #[test]
     fn equals_map_answers_as_comparing_the_whole_map() {
