@@ -18,6 +18,7 @@ use crate::server::policy::KeyPolicy;
 use crate::server::publisher::KeyPublisher;
 
 use super::{Counters, Ev, FedWorld, Homeserver, RoomIndex, RoomPlan, ServerStats};
+use crate::room::links::UnsettledTally;
 
 /// The member key of `user` of `server` in `room` (MSC4430 rooms), from its own random stream.
 pub(crate) fn member_key(
@@ -370,6 +371,7 @@ impl FedWorld {
                 resigned: BTreeMap::new(),
                 archive: BTreeMap::new(),
                 notary_asked: BTreeSet::new(),
+                unsettled: UnsettledTally::default(),
                 stats: ServerStats::default(),
             });
         }

@@ -48,7 +48,7 @@ use crate::matrix::server_keys::ServerKeys;
 use crate::matrix::signing::ServerSigningKey;
 use crate::matrix::{EventId, RoomVersion};
 use crate::net::{Network, Outcome, Partition, Route, ServerId, ServerStatus};
-use crate::room::links::{KeyInvalidation, LinkTable};
+use crate::room::links::{KeyInvalidation, LinkTable, UnsettledTally};
 use crate::room::memo::CheckMemo;
 use crate::room::pipeline::{self, Receipt, ServerView, Verdict};
 use crate::room::policy::{ArrivalPath, RoomPolicy};
@@ -460,6 +460,9 @@ pub struct Homeserver {
     pub archive: BTreeMap<String, Arc<ServerKeys>>,
     /// Cache slots already asked of the notary (once each).
     notary_asked: BTreeSet<u32>,
+    /// Which domains its rooms' unsettled links claim (kept by the rooms' link tables): a key
+    /// fetch of any other domain changes no link of this server.
+    unsettled: UnsettledTally,
     pub stats: ServerStats,
 }
 
@@ -1610,7 +1613,9 @@ impl FedWorld {
         let policy = self.room_policy.clone();
         let hs = &mut self.servers[server as usize];
         let mut stale_checks = Vec::new();
-        if version.member_keys {
+        // Only rooms with an unsettled link claiming the domain can change (see
+        // `UnsettledTally`): in the steady state, none.
+        if version.member_keys && hs.unsettled.any_claiming(domain_name) {
             // The held keys are the same for every room of the server: looked up once.
             let keys = CacheKeys {
                 own_id: server,
@@ -2326,6 +2331,7 @@ impl FedWorld {
         };
         let mut links = LinkTable::new(self.room_policy.invalidation);
         links.set_shared_facts(self.shared_facts.clone());
+        links.set_unsettled_tally(Some(self.servers[server as usize].unsettled.clone()));
         ServerRoom {
             state,
             links,

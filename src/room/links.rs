@@ -21,7 +21,7 @@
 //! with the same event ID (re-signed after a rotation) replaces the held JSON.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -218,8 +218,118 @@ pub enum LinkVerdict {
 /// domain would cost a B-tree node for the one member most servers have in a room).
 type VerifierEntry = (Arc<str>, Arc<str>, Arc<str>);
 
-/// Unsettled member keys by the domain they claim (see [`LinkTable`]).
-type UnsettledByDomain = HashMap<Arc<str>, BTreeSet<Arc<str>>, IdHasher>;
+/// One server's count, per domain, of its rooms' link tables that hold an unsettled link (not
+/// verified) claiming that domain. A key fetch of a domain can change links only in those
+/// rooms, so a server whose count for the domain is zero (every link verified: the steady
+/// state) skips its rooms without touching them. Shared by the server's link tables, which
+/// keep it exact as their unsettled index gains and loses domains (also when a table is
+/// cloned or dropped).
+#[derive(Debug, Clone, Default)]
+pub struct UnsettledTally(Arc<Mutex<HashMap<Arc<str>, u32, IdHasher>>>);
+
+impl UnsettledTally {
+    /// Whether some link table of the server holds an unsettled link claiming `domain`.
+    pub fn any_claiming(&self, domain: &str) -> bool {
+        self.counts().contains_key(domain)
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u32, IdHasher>> {
+        // A panic elsewhere cannot leave a count half-updated: every update is one statement.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn add(&self, domain: &Arc<str>) {
+        *self.counts().entry(Arc::clone(domain)).or_default() += 1;
+    }
+
+    fn remove(&self, domain: &str) {
+        let mut counts = self.counts();
+        let count = counts
+            .get_mut(domain)
+            .expect("a domain leaves a tally it entered");
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(domain);
+        }
+    }
+}
+
+/// Unsettled member keys by the domain they claim (see [`LinkTable`]), reported to the
+/// server's [`UnsettledTally`] if one is set.
+#[derive(Debug, Default)]
+struct UnsettledByDomain {
+    members: HashMap<Arc<str>, BTreeSet<Arc<str>>, IdHasher>,
+    tally: Option<UnsettledTally>,
+}
+
+impl UnsettledByDomain {
+    fn get(&self, domain: &str) -> Option<&BTreeSet<Arc<str>>> {
+        self.members.get(domain)
+    }
+
+    /// Adds `member_key` under `domain`.
+    fn insert(&mut self, domain: &Arc<str>, member_key: &Arc<str>) {
+        let members = self.members.entry(Arc::clone(domain)).or_insert_with(|| {
+            if let Some(tally) = &self.tally {
+                tally.add(domain);
+            }
+            BTreeSet::new()
+        });
+        members.insert(Arc::clone(member_key));
+    }
+
+    /// Removes `member_key` from the unsettled members of `domain`, and the domain's entry
+    /// once it has none (so an empty map means "every link is verified").
+    fn remove(&mut self, domain: &str, member_key: &str) {
+        if let Some(members) = self.members.get_mut(domain) {
+            members.remove(member_key);
+            if members.is_empty() {
+                self.members.remove(domain);
+                if let Some(tally) = &self.tally {
+                    tally.remove(domain);
+                }
+            }
+        }
+    }
+
+    /// Reports to `tally` from now on (the domains held so far enter it).
+    fn set_tally(&mut self, tally: Option<UnsettledTally>) {
+        self.leave_tally();
+        if let Some(tally) = &tally {
+            for domain in self.members.keys() {
+                tally.add(domain);
+            }
+        }
+        self.tally = tally;
+    }
+
+    fn leave_tally(&mut self) {
+        if let Some(tally) = self.tally.take() {
+            for domain in self.members.keys() {
+                tally.remove(domain);
+            }
+        }
+    }
+}
+
+impl Clone for UnsettledByDomain {
+    fn clone(&self) -> Self {
+        let mut clone = UnsettledByDomain {
+            members: self.members.clone(),
+            tally: None,
+        };
+        clone.set_tally(self.tally.clone());
+        clone
+    }
+}
+
+impl Drop for UnsettledByDomain {
+    fn drop(&mut self) {
+        self.leave_tally();
+    }
+}
 
 /// One server's member link table.
 #[derive(Debug, Clone)]
@@ -248,9 +358,15 @@ impl LinkTable {
             invalidation,
             links: HashMap::default(),
             verified_by_key: BTreeSet::new(),
-            unsettled_by_domain: HashMap::default(),
+            unsettled_by_domain: UnsettledByDomain::default(),
             shared: None,
         }
+    }
+
+    /// Reports which domains this table's unsettled links claim to the server's `tally` (see
+    /// [`UnsettledTally`]), or stops reporting (`None`).
+    pub fn set_unsettled_tally(&mut self, tally: Option<UnsettledTally>) {
+        self.unsettled_by_domain.set_tally(tally);
     }
 
     /// Shares co-signature checks with every table and room given (a clone of) `facts`, or
@@ -350,7 +466,7 @@ impl LinkTable {
         if let Some(old_domain) = link.domain.take()
             && Some(&old_domain) != domain.as_ref()
         {
-            remove_unsettled(&mut self.unsettled_by_domain, &old_domain, &member_key);
+            self.unsettled_by_domain.remove(&old_domain, &member_key);
         }
         let claimed_localpart = event.content.get("localpart").and_then(Value::as_str);
         link.localpart = match (&link.localpart, claimed_localpart) {
@@ -619,23 +735,9 @@ fn reindex_unsettled(unsettled_by_domain: &mut UnsettledByDomain, link: &Link) {
         return;
     };
     if link.status == LinkStatus::Verified {
-        remove_unsettled(unsettled_by_domain, domain, &link.member_key);
+        unsettled_by_domain.remove(domain, &link.member_key);
     } else {
-        unsettled_by_domain
-            .entry(Arc::clone(domain))
-            .or_default()
-            .insert(Arc::clone(&link.member_key));
-    }
-}
-
-/// Removes `member_key` from the unsettled members of `domain`, and the domain's entry once it
-/// has none (so an empty map means "every link is verified").
-fn remove_unsettled(unsettled_by_domain: &mut UnsettledByDomain, domain: &str, member_key: &str) {
-    if let Some(members) = unsettled_by_domain.get_mut(domain) {
-        members.remove(member_key);
-        if members.is_empty() {
-            unsettled_by_domain.remove(domain);
-        }
+        unsettled_by_domain.insert(domain, &link.member_key);
     }
 }
 
@@ -865,9 +967,20 @@ mod tests {
         );
     }
 
-    /// The unsettled index holds exactly the links with a domain that are not verified.
+    /// The unsettled index holds exactly the links with a domain that are not verified, and
+    /// a tally the table alone reports to names exactly the domains they claim.
     fn assert_unsettled_index_matches_links(table: &LinkTable) {
         for domain in ["a.example", "b.example"] {
+            if let Some(tally) = &table.unsettled_by_domain.tally {
+                assert_eq!(
+                    tally.any_claiming(domain),
+                    table
+                        .links()
+                        .any(|link| link.domain.as_deref() == Some(domain)
+                            && link.status != LinkStatus::Verified),
+                    "tally of {domain}"
+                );
+            }
             let expected: Vec<String> = table
                 .links()
                 .filter(|link| link.domain.as_deref() == Some(domain))
@@ -883,6 +996,7 @@ mod tests {
         assert!(
             table
                 .unsettled_by_domain
+                .members
                 .values()
                 .all(|members| !members.is_empty())
         );
@@ -917,6 +1031,7 @@ mod tests {
         let key_a = server_key("1", 1);
         let ring_a = ring_with(&key_a, DAY_MS);
         let mut table = LinkTable::new(InvalidationRule::RevokeAll);
+        table.set_unsettled_tally(Some(UnsettledTally::default()));
         // Three members of a.example: one verified at once, one pending, one uncosigned.
         let verified = join(20, Some(&key_a), 100);
         let pending = join(21, Some(&key_a), 100);
@@ -925,7 +1040,7 @@ mod tests {
         table.observe_member_event(&V, &pending, None, 2);
         table.observe_member_event(&V, &bare, ring_a.held_keys("a.example"), 3);
         assert_unsettled_index_matches_links(&table);
-        assert_eq!(table.unsettled_by_domain.len(), 1);
+        assert_eq!(table.unsettled_by_domain.members.len(), 1);
         // Keys arrive: the pending one is checked, the uncosigned one stays unverified, and
         // the verified one is not touched.
         let changed =
@@ -960,8 +1075,44 @@ mod tests {
         table.keys_available(&V, "b.example", ring_b.held_keys("b.example").unwrap(), 8);
         assert_eq!(table.status(&verified.sender), LinkStatus::Verified);
         assert!(table.unsettled_members_claiming("b.example").is_empty());
-        assert!(!table.unsettled_by_domain.contains_key("b.example"));
+        assert!(!table.unsettled_by_domain.members.contains_key("b.example"));
         assert_unsettled_index_matches_links(&table);
+    }
+
+    #[test]
+    fn a_servers_tally_counts_its_tables_through_clones_and_drops() {
+        let key = server_key("1", 1);
+        let ring = ring_with(&key, DAY_MS);
+        let tally = UnsettledTally::default();
+        // A table with a pending link set to report afterwards: its domain enters the tally.
+        let mut first = LinkTable::new(InvalidationRule::RevokeAll);
+        first.observe_member_event(&V, &join(30, Some(&key), 100), None, 1);
+        assert!(!tally.any_claiming("a.example"));
+        first.set_unsettled_tally(Some(tally.clone()));
+        assert!(tally.any_claiming("a.example"));
+        // A second room's table with another pending link of the same domain, and a clone.
+        let mut second = LinkTable::new(InvalidationRule::RevokeAll);
+        second.set_unsettled_tally(Some(tally.clone()));
+        second.observe_member_event(&V, &join(31, Some(&key), 100), None, 2);
+        let copy = second.clone();
+        // The first settles: the domain stays (the second and its copy still wait).
+        first.keys_available(&V, "a.example", ring.held_keys("a.example").unwrap(), 3);
+        assert!(tally.any_claiming("a.example"));
+        second.keys_available(&V, "a.example", ring.held_keys("a.example").unwrap(), 4);
+        assert!(tally.any_claiming("a.example"), "the copy still counts");
+        drop(copy);
+        assert!(!tally.any_claiming("a.example"));
+        // A dropped table leaves the tally; one that stops reporting too.
+        let mut third = LinkTable::new(InvalidationRule::RevokeAll);
+        third.set_unsettled_tally(Some(tally.clone()));
+        third.observe_member_event(&V, &join(32, None, 100), ring.held_keys("a.example"), 5);
+        assert!(tally.any_claiming("a.example"));
+        third.set_unsettled_tally(None);
+        assert!(!tally.any_claiming("a.example"));
+        third.set_unsettled_tally(Some(tally.clone()));
+        assert!(tally.any_claiming("a.example"));
+        drop(third);
+        assert!(!tally.any_claiming("a.example"));
     }
 
     #[test]
