@@ -331,9 +331,19 @@ struct Request {
 /// What a key answer's invalidation refers to: the key tracked before the answer, its clamped
 /// validity and the key object the answer carried.
 struct InvalidationContext {
-    tracked_key_id: Option<String>,
+    /// The key object of the tracked key (its first key; its ID is read only if a key is
+    /// invalidated, which few answers do).
+    tracked: Option<Arc<ServerKeys>>,
     tracked_valid_until_ms: i64,
     response: Option<Arc<ServerKeys>>,
+}
+
+impl InvalidationContext {
+    /// The ID of the key tracked before the answer (the slot tracks its object's first key).
+    fn tracked_key_id(&self) -> Option<&str> {
+        let (key_id, _) = key_cache::first_key(self.tracked.as_deref()?)?;
+        Some(key_id)
+    }
 }
 
 /// A PDU waiting in a server's inbound queue for a room.
@@ -1525,7 +1535,7 @@ impl FedWorld {
                                 .or_insert(now_ms);
                         }
                         if let Some(context) = context
-                            && let Some(key_id) = &context.tracked_key_id
+                            && let Some(key_id) = context.tracked_key_id()
                         {
                             self.invalidate_links(
                                 server,
@@ -1577,7 +1587,7 @@ impl FedWorld {
             _ => None,
         };
         let entry = &self.servers[server as usize].cache.slots()[slot as usize];
-        let tracked_key_id = entry.tracked_key_id().map(str::to_owned);
+        let tracked = entry.tracked_keys().cloned();
         let tracked_valid_until_ms = entry.valid_until_ms();
         let mut out = std::mem::take(&mut self.key_outputs);
         self.servers[server as usize].cache.on_response(
@@ -1588,7 +1598,7 @@ impl FedWorld {
             &mut out,
         );
         let context = InvalidationContext {
-            tracked_key_id,
+            tracked,
             tracked_valid_until_ms,
             response: response.clone(),
         };

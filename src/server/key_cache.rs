@@ -240,9 +240,10 @@ impl Slot {
         self.fetched_at_ms
     }
 
-    /// The key ID of the tracked key K (the key links are verified with), if any.
-    pub fn tracked_key_id(&self) -> Option<&str> {
-        self.tracked().map(|(key_id, _)| key_id)
+    /// The key object whose first key is the tracked key K, if any (shared: a caller that needs
+    /// K after the slot changes keeps this instead of reading K out of it now).
+    pub fn tracked_keys(&self) -> Option<&Arc<ServerKeys>> {
+        self.tracked.as_ref()
     }
 
     /// Whether a fetch for this domain is in flight or queued.
@@ -900,7 +901,7 @@ impl KeyCache {
     }
 }
 
-fn first_key(keys: &ServerKeys) -> Option<(&String, &VerifyingKey)> {
+pub(crate) fn first_key(keys: &ServerKeys) -> Option<(&String, &VerifyingKey)> {
     keys.verify_keys.iter().next()
 }
 
