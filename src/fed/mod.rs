@@ -1168,7 +1168,12 @@ impl FedWorld {
         let Some(request) = self.requests.get(&id) else {
             return;
         };
-        let (from, to, deadline_ms) = (request.from, request.to, request.deadline_ms);
+        let (from, to, deadline_ms, purpose) = (
+            request.from,
+            request.to,
+            request.deadline_ms,
+            request.purpose,
+        );
         if !self.is_up(to) {
             self.queue.push(
                 deadline_ms.max(now_ms),
@@ -1180,8 +1185,8 @@ impl FedWorld {
             return;
         }
         self.servers[to as usize].stats.requests_received += 1;
-        self.storm.note(to, self.requests[&id].purpose, now_ms);
-        let body = self.requests[&id].body.clone();
+        self.storm.note(to, purpose, now_ms);
+        let body = request.body.clone();
         let noted = self.note_arrival(from, to, &body);
         let room_asked = adversary::body_room(&body);
         let answer = self.answer(to, from, body);
@@ -1195,7 +1200,6 @@ impl FedWorld {
             if let Some(to_victim) = noted {
                 self.note_answer(to_victim, from, room_asked, bytes);
             }
-            let purpose = self.requests[&id].purpose;
             self.counters.bytes[purpose as usize] += bytes;
             self.servers[to as usize].stats.bytes_sent += bytes;
             if let Some(request) = self.requests.get_mut(&id) {
