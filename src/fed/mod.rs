@@ -346,6 +346,17 @@ impl InvalidationContext {
     }
 }
 
+/// The PDUs of the next transaction from `outbox` (at most 50, marked in flight), unless one is
+/// in flight or waiting to retry, or nothing is queued.
+fn next_transaction(outbox: &mut Outbox) -> Option<Vec<Arc<Value>>> {
+    if outbox.in_flight > 0 || outbox.retry_scheduled || outbox.queue.is_empty() {
+        return None;
+    }
+    let count = outbox.queue.len().min(MAX_PDUS_PER_TRANSACTION);
+    outbox.in_flight = count;
+    Some(outbox.queue.iter().take(count).cloned().collect())
+}
+
 /// A PDU waiting in a server's inbound queue for a room.
 #[derive(Debug, Clone)]
 struct Inbound {
@@ -2160,13 +2171,15 @@ impl FedWorld {
 
     /// Queues `pdu` for `destination` and sends a transaction if none is pending.
     fn queue_pdu(&mut self, server: ServerId, destination: ServerId, pdu: &Arc<Value>) {
-        self.servers[server as usize]
+        let outbox = self.servers[server as usize]
             .outbox
             .entry(destination)
-            .or_default()
-            .queue
-            .push_back(Arc::clone(pdu));
-        self.pump(server, destination);
+            .or_default();
+        outbox.queue.push_back(Arc::clone(pdu));
+        // As `pump`, on the outbox at hand (one lookup per destination and event).
+        if let Some(pdus) = next_transaction(outbox) {
+            self.dispatch(server, destination, Purpose::Send, Body::Send(pdus));
+        }
     }
 
     /// Sends the next transaction to `destination` if none is in flight or waiting to retry.
@@ -2174,13 +2187,9 @@ impl FedWorld {
         let Some(outbox) = self.servers[server as usize].outbox.get_mut(&destination) else {
             return;
         };
-        if outbox.in_flight > 0 || outbox.retry_scheduled || outbox.queue.is_empty() {
-            return;
+        if let Some(pdus) = next_transaction(outbox) {
+            self.dispatch(server, destination, Purpose::Send, Body::Send(pdus));
         }
-        let count = outbox.queue.len().min(MAX_PDUS_PER_TRANSACTION);
-        outbox.in_flight = count;
-        let pdus: Vec<Arc<Value>> = outbox.queue.iter().take(count).cloned().collect();
-        self.dispatch(server, destination, Purpose::Send, Body::Send(pdus));
     }
 
     /// Signs `draft` as `user` of `server` would: the server key (v12), or the member key with
