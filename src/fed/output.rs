@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use crate::engine::Trace;
 use crate::metrics::{CsvTable, fixed, rounded, write_json};
-use crate::room::metrics::{self as room_metrics, MessageView};
+use crate::room::metrics::{self as room_metrics, MessageView, NumberedViews};
 use crate::room::properties;
 use crate::room::room_state::Fate;
 use crate::scenario::Scenario;
@@ -281,15 +281,16 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
     let mut accepted = 0u64;
     let mut visible = 0u64;
     // Per room, the servers joined at the end (in server order), found once.
-    let joined: Vec<Vec<&crate::room::room_state::RoomState>> = (0..world.plans.len() as RoomIndex)
-        .map(|room| joined_states(world, room).map(|(_, state)| state).collect())
+    let joined: Vec<Vec<(&str, &crate::room::room_state::RoomState)>> = (0..world.plans.len()
+        as RoomIndex)
+        .map(|room| joined_states(world, room).collect())
         .collect();
     for sent in world
         .sent
         .iter()
         .filter(|sent| sent.message && sent.at_ms < cutoff_ms)
     {
-        for state in joined.get(sent.room as usize).into_iter().flatten() {
+        for (_, state) in joined.get(sent.room as usize).into_iter().flatten() {
             pairs += 1;
             if let Some(index) = state.dag().index(&sent.event_id) {
                 let fate = state.fate_at(index);
@@ -321,22 +322,24 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
     let mut orphan_sum = 0.0;
     let mut server_rooms = 0u64;
     let mut rooms_compared = 0u64;
-    for room in 0..world.plans.len() as RoomIndex {
-        let views = message_views(world, room);
-        for view in &views {
-            orphan_sum += room_metrics::orphans(view).orphan_ratio;
+    // The numbered views give the same integers as the message views (room::metrics), so the
+    // same floats, summed in the same order.
+    for states in &joined {
+        let views = NumberedViews::new(states.iter().map(|&(name, state)| (name, state)));
+        for view in &views.views {
+            orphan_sum += NumberedViews::orphan_ratio(view);
         }
-        for share in room_metrics::hidden_shares(&views) {
-            hidden_sum += share.hidden_share;
+        for view in &views.views {
+            hidden_sum += views.hidden_share(view);
         }
-        server_rooms += views.len() as u64;
-        if views.len() < 2 {
+        server_rooms += views.views.len() as u64;
+        if views.views.len() < 2 {
             continue;
         }
-        let matrix = room_metrics::divergence_matrix(&views);
+        let matrix = views.divergence_matrix();
         divergence_sum += matrix.mean;
         divergence_max = divergence_max.max(matrix.max);
-        split_sum += room_metrics::visible_somewhere_hidden_elsewhere(&views);
+        split_sum += views.visible_somewhere_hidden_elsewhere();
         rooms_compared += 1;
     }
     let mean = |sum: f64, count: u64| {
@@ -364,7 +367,7 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
                 .servers
                 .iter()
                 .flat_map(|server| server.rooms.values())
-                .map(|state| state.state.held_events().count())
+                .map(|state| state.state.held_count())
                 .sum::<usize>()
         ),
     );
@@ -636,7 +639,7 @@ fn write_servers(world: &FedWorld, out_dir: &Path) -> Result<(), RunError> {
         let held: usize = server
             .rooms
             .values()
-            .map(|room| room.state.held_events().count())
+            .map(|room| room.state.held_count())
             .sum();
         table.row(&[
             server.name.clone(),
@@ -657,4 +660,140 @@ fn write_servers(world: &FedWorld, out_dir: &Path) -> Result<(), RunError> {
     }
     let path = out_dir.join("servers.csv");
     table.write(&path).map_err(io_error(&path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::metrics::Shown;
+    use crate::scenario::parse;
+
+    /// Totals over a world's (room, server) views, to show a run exercised what it compares.
+    #[derive(Debug, Default)]
+    struct Seen {
+        views: usize,
+        hidden: usize,
+        labelled: usize,
+        outliers: u64,
+        visible_replies: usize,
+        reply_orphans: usize,
+        follow_orphans: usize,
+        split_rooms: usize,
+        diverging_rooms: usize,
+    }
+
+    /// Runs the scenario file with `sets` and checks, room by room, that the numbered views give exactly the figures of the message
+    /// views (`room::metrics` over `MessageView::from_room`).
+    fn numbered_views_equal_message_views(file: &str, sets: &[&str]) -> Seen {
+        let path = format!("{}/scenarios/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let sets: Vec<String> = sets.iter().map(|set| set.to_string()).collect();
+        let scenario = parse(file, &text, &sets).unwrap();
+        let mut world = FedWorld::build(&scenario, 1, Trace::default());
+        world.run(|_| {});
+        let mut seen = Seen {
+            outliers: world.counters.outliers_stored,
+            ..Seen::default()
+        };
+        for room in 0..world.plans.len() as RoomIndex {
+            let views = message_views(&world, room);
+            let numbered = NumberedViews::new(joined_states(&world, room));
+            let context = format!("{file} {sets:?} room {room}");
+            assert_eq!(numbered.views.len(), views.len(), "{context}");
+            assert_eq!(
+                numbered.room_messages,
+                room_metrics::room_messages(&views).len(),
+                "{context}"
+            );
+            let shares = numbered.hidden_shares();
+            assert_eq!(shares, room_metrics::hidden_shares(&views), "{context}");
+            let orphans = numbered.orphans();
+            for ((view, fast), orphans) in views.iter().zip(&numbered.views).zip(&orphans) {
+                assert_eq!(*orphans, room_metrics::orphans(view), "{context}");
+                assert_eq!(
+                    NumberedViews::orphan_ratio(fast).to_bits(),
+                    room_metrics::orphans(view).orphan_ratio.to_bits(),
+                    "{context}"
+                );
+                let replies = view
+                    .messages
+                    .values()
+                    .filter(|m| m.reply_to.is_some() && matches!(m.shown, Shown::Visible { .. }))
+                    .count();
+                assert_eq!(fast.visible_replies, replies, "{context}");
+                assert_eq!(fast.held, view.messages.len(), "{context}");
+                seen.labelled += view
+                    .messages
+                    .values()
+                    .filter(|m| matches!(m.shown, Shown::Visible { labelled: true }))
+                    .count();
+            }
+            for (share, fast) in shares.iter().zip(&numbered.views) {
+                assert_eq!(
+                    numbered.hidden_share(fast).to_bits(),
+                    share.hidden_share.to_bits()
+                );
+                seen.hidden += share.hidden;
+            }
+            let matrix = numbered.divergence_matrix();
+            assert_eq!(matrix, room_metrics::divergence_matrix(&views), "{context}");
+            let split = numbered.visible_somewhere_hidden_elsewhere();
+            assert_eq!(
+                split.to_bits(),
+                room_metrics::visible_somewhere_hidden_elsewhere(&views).to_bits(),
+                "{context}"
+            );
+            seen.views += views.len();
+            seen.visible_replies += numbered
+                .views
+                .iter()
+                .map(|v| v.visible_replies)
+                .sum::<usize>();
+            seen.reply_orphans += orphans.iter().map(|o| o.reply_orphans).sum::<usize>();
+            seen.follow_orphans += orphans.iter().map(|o| o.follow_orphans).sum::<usize>();
+            seen.split_rooms += usize::from(split > 0.0);
+            seen.diverging_rooms += usize::from(matrix.max > 0.0);
+        }
+        seen
+    }
+
+    #[test]
+    fn numbered_views_give_the_message_views_figures_with_soft_fails_and_replies() {
+        // RQ5 under P1: a partition and two rotations (one without re-signing) hide messages
+        // on some servers and not others; the workload replies.
+        let seen = numbered_views_equal_message_views("rq5-divergence.toml", &[]);
+        assert!(seen.views > 10, "{seen:?}");
+        assert!(seen.hidden > 0, "{seen:?}");
+        assert!(
+            seen.visible_replies > 0 && seen.reply_orphans > 0,
+            "{seen:?}"
+        );
+        assert!(seen.follow_orphans > 0, "{seen:?}");
+        assert!(seen.split_rooms > 0 && seen.diverging_rooms > 0, "{seen:?}");
+    }
+
+    #[test]
+    fn numbered_views_give_the_message_views_figures_with_labels_outliers_and_lies() {
+        // P5 labels instead of hiding.
+        let seen = numbered_views_equal_message_views("rq5-divergence.toml", &["rooms.policy=P5"]);
+        assert!(seen.labelled > 0, "{seen:?}");
+        // RQ2: a compromise and its containment.
+        let seen = numbered_views_equal_message_views("rq2-containment.toml", &[]);
+        assert!(seen.hidden > 0, "{seen:?}");
+        // RQ10: a lying server's rooms.
+        let seen = numbered_views_equal_message_views("rq10-lying-server-rooms.toml", &[]);
+        assert!(seen.hidden > 0, "{seen:?}");
+        // The benchmark's world, reduced as scripts/test-scenarios.sh does: joins by state
+        // (outliers), many servers per room.
+        let seen = numbered_views_equal_message_views(
+            "bench-medium.toml",
+            &[
+                "duration=6h",
+                "rooms.servers=60",
+                "rooms.rooms=10",
+                "rooms.servers_per_room.max=30",
+            ],
+        );
+        assert!(seen.outliers > 0 && seen.views > 20, "{seen:?}");
+    }
 }
