@@ -280,39 +280,21 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
     let mut pairs = 0u64;
     let mut accepted = 0u64;
     let mut visible = 0u64;
-    // Per room, the servers joined at the end (in server order), found once.
+    // Per room: the servers joined at the end (in server order), and the messages counted.
     let joined: Vec<Vec<(&str, &crate::room::room_state::RoomState)>> = (0..world.plans.len()
         as RoomIndex)
         .map(|room| joined_states(world, room).collect())
         .collect();
+    let mut sent_in: Vec<Vec<&str>> = vec![Vec::new(); joined.len()];
     for sent in world
         .sent
         .iter()
         .filter(|sent| sent.message && sent.at_ms < cutoff_ms)
     {
-        for (_, state) in joined.get(sent.room as usize).into_iter().flatten() {
-            pairs += 1;
-            if let Some(index) = state.dag().index(&sent.event_id) {
-                let fate = state.fate_at(index);
-                if matches!(*fate, Fate::Accepted { .. }) {
-                    accepted += 1;
-                }
-                if matches!(*fate, Fate::Accepted { labelled: false }) {
-                    visible += 1;
-                }
-            }
+        if let Some(sent_in) = sent_in.get_mut(sent.room as usize) {
+            sent_in.push(&sent.event_id);
         }
     }
-    let share = |part: u64, whole: u64| {
-        if whole == 0 {
-            json!(1.0)
-        } else {
-            rounded(part as f64 / whole as f64)
-        }
-    };
-    metrics.insert("message_server_pairs".into(), json!(pairs));
-    metrics.insert("message_coverage".into(), share(accepted, pairs));
-    metrics.insert("message_unlabelled_share".into(), share(visible, pairs));
     // RQ5: divergence of client-visible message sets (room::metrics), per room over its joined
     // servers, then averaged over rooms with at least two of them.
     let mut divergence_sum = 0.0;
@@ -324,8 +306,29 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
     let mut rooms_compared = 0u64;
     // The numbered views give the same integers as the message views (room::metrics), so the
     // same floats, summed in the same order.
-    for states in &joined {
+    for (states, sent_in) in joined.iter().zip(&sent_in) {
         let views = NumberedViews::new(states.iter().map(|&(name, state)| (name, state)));
+        // A message's DAG index on each server: found through the room's numbering where the
+        // server shows or hides the message, looked up in its DAG otherwise (an outlier, or
+        // not held). The same index as a lookup everywhere, so the same counts.
+        for event_id in sent_in {
+            let number = views.number(event_id);
+            for (position, (_, state)) in states.iter().enumerate() {
+                pairs += 1;
+                let index = number
+                    .and_then(|number| views.index_in_view(position, number))
+                    .or_else(|| state.dag().index(event_id));
+                if let Some(index) = index {
+                    let fate = state.fate_at(index);
+                    if matches!(*fate, Fate::Accepted { .. }) {
+                        accepted += 1;
+                    }
+                    if matches!(*fate, Fate::Accepted { labelled: false }) {
+                        visible += 1;
+                    }
+                }
+            }
+        }
         for view in &views.views {
             orphan_sum += NumberedViews::orphan_ratio(view);
         }
@@ -342,6 +345,16 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
         split_sum += views.visible_somewhere_hidden_elsewhere();
         rooms_compared += 1;
     }
+    let share = |part: u64, whole: u64| {
+        if whole == 0 {
+            json!(1.0)
+        } else {
+            rounded(part as f64 / whole as f64)
+        }
+    };
+    metrics.insert("message_server_pairs".into(), json!(pairs));
+    metrics.insert("message_coverage".into(), share(accepted, pairs));
+    metrics.insert("message_unlabelled_share".into(), share(visible, pairs));
     let mean = |sum: f64, count: u64| {
         if count == 0 {
             json!(0.0)
@@ -680,6 +693,7 @@ mod tests {
         follow_orphans: usize,
         split_rooms: usize,
         diverging_rooms: usize,
+        found_by_number: usize,
     }
 
     /// Runs the scenario file with `sets` and checks, room by room, that the numbered views give exactly the figures of the message
@@ -743,6 +757,19 @@ mod tests {
                 room_metrics::visible_somewhere_hidden_elsewhere(&views).to_bits(),
                 "{context}"
             );
+            // Every event the run sent in the room: its DAG index on each server, through the
+            // numbering where the server has it in its view, is the DAG's own.
+            let states: Vec<_> = joined_states(&world, room).collect();
+            for sent in world.sent.iter().filter(|sent| sent.room == room) {
+                let number = numbered.number(&sent.event_id);
+                for (position, (_, state)) in states.iter().enumerate() {
+                    let through_number =
+                        number.and_then(|number| numbered.index_in_view(position, number));
+                    let index = state.dag().index(&sent.event_id);
+                    assert!(through_number.is_none() || through_number == index);
+                    seen.found_by_number += usize::from(through_number.is_some());
+                }
+            }
             seen.views += views.len();
             seen.visible_replies += numbered
                 .views
@@ -770,6 +797,7 @@ mod tests {
         );
         assert!(seen.follow_orphans > 0, "{seen:?}");
         assert!(seen.split_rooms > 0 && seen.diverging_rooms > 0, "{seen:?}");
+        assert!(seen.found_by_number > 1000, "{seen:?}");
     }
 
     #[test]

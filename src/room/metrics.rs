@@ -505,7 +505,15 @@ pub struct NumberedView<'a> {
     visible_bits: Vec<u64>,
     /// The room numbers of the hidden messages, as a bit set.
     hidden_bits: Vec<u64>,
+    /// Per room number: the message's DAG index here, or [`NOT_IN_VIEW`].
+    indices: Vec<EventIndex>,
 }
+
+/// A message of a view while numbering: its room number, its DAG index, whether it is shown.
+type HeldNumber = (u32, EventIndex, bool);
+
+/// [`NumberedView`]'s index of a message the view does not hold.
+const NOT_IN_VIEW: EventIndex = EventIndex::MAX;
 
 /// The message views of several servers of one room, reduced to what [`orphans`],
 /// [`hidden_shares`], [`divergence_matrix`] and [`visible_somewhere_hidden_elsewhere`] need,
@@ -520,6 +528,8 @@ pub struct NumberedViews<'a> {
     pub views: Vec<NumberedView<'a>>,
     /// Distinct messages held by any of the servers (the denominator of hidden shares).
     pub room_messages: usize,
+    /// The room number of each message.
+    numbers: HashMap<&'a str, u32, IdHasher>,
 }
 
 /// [`NumberedViews::new`]'s per-event flags: a message the view shows.
@@ -534,8 +544,9 @@ impl<'a> NumberedViews<'a> {
         let mut numbers: HashMap<&'a str, u32, IdHasher> = HashMap::default();
         let mut flags: Vec<u8> = Vec::new();
         let mut replies: Vec<(bool, &'a str)> = Vec::new();
-        // Per server: its visible and hidden messages' numbers, until all are numbered.
-        let mut numbered: Vec<(NumberedView<'a>, Vec<u32>, Vec<u32>)> = Vec::new();
+        // Per server: its messages' (number, DAG index) and whether each is visible, until all
+        // are numbered.
+        let mut numbered: Vec<(NumberedView<'a>, Vec<HeldNumber>)> = Vec::new();
         for (server, room) in rooms {
             let dag = room.dag();
             let mut view = NumberedView {
@@ -550,8 +561,9 @@ impl<'a> NumberedViews<'a> {
                 orphans: 0,
                 visible_bits: Vec::new(),
                 hidden_bits: Vec::new(),
+                indices: Vec::new(),
             };
-            let (mut visible, mut hidden) = (Vec::new(), Vec::new());
+            let mut held = Vec::new();
             flags.clear();
             flags.resize(dag.len(), 0);
             replies.clear();
@@ -581,7 +593,7 @@ impl<'a> NumberedViews<'a> {
                     Shown::Visible { .. } => {
                         flags[index as usize] = SHOWN_HERE;
                         view.visible += 1;
-                        visible.push(number);
+                        held.push((number, index, true));
                         view.follow_orphans += usize::from(behind);
                         match reply_target_str(&pdu.content) {
                             // Replies are settled once every message's flag is known.
@@ -592,7 +604,7 @@ impl<'a> NumberedViews<'a> {
                     Shown::Hidden(reason) => {
                         flags[index as usize] = HIDDEN_BEHIND;
                         view.hidden += 1;
-                        hidden.push(number);
+                        held.push((number, index, false));
                         *view.hidden_by_reason.entry(reason).or_default() += 1;
                     }
                 }
@@ -605,27 +617,42 @@ impl<'a> NumberedViews<'a> {
                 view.reply_orphans += usize::from(!shown);
                 view.orphans += usize::from(!shown || behind);
             }
-            numbered.push((view, visible, hidden));
+            numbered.push((view, held));
         }
         let words = numbers.len().div_ceil(64);
-        let bits = |numbers: &[u32]| {
-            let mut bits = vec![0u64; words];
-            for &number in numbers {
-                bits[number as usize / 64] |= 1 << (number % 64);
-            }
-            bits
-        };
         NumberedViews {
             views: numbered
                 .into_iter()
-                .map(|(mut view, visible, hidden)| {
-                    view.visible_bits = bits(&visible);
-                    view.hidden_bits = bits(&hidden);
+                .map(|(mut view, held)| {
+                    view.visible_bits = vec![0; words];
+                    view.hidden_bits = vec![0; words];
+                    view.indices = vec![NOT_IN_VIEW; numbers.len()];
+                    for (number, index, visible) in held {
+                        let bits = match visible {
+                            true => &mut view.visible_bits,
+                            false => &mut view.hidden_bits,
+                        };
+                        bits[number as usize / 64] |= 1 << (number % 64);
+                        view.indices[number as usize] = index;
+                    }
                     view
                 })
                 .collect(),
             room_messages: numbers.len(),
+            numbers,
         }
+    }
+
+    /// The room number of `event_id`, if it is a message in one of the views.
+    pub fn number(&self, event_id: &str) -> Option<u32> {
+        self.numbers.get(event_id).copied()
+    }
+
+    /// The DAG index of message `number` ([`NumberedViews::number`]) in the `view`th view, if
+    /// that view holds it (outside the view, as an outlier, its DAG may still hold it).
+    pub fn index_in_view(&self, view: usize, number: u32) -> Option<EventIndex> {
+        let index = self.views[view].indices[number as usize];
+        (index != NOT_IN_VIEW).then_some(index)
     }
 
     /// As [`hidden_shares`] of the views.
