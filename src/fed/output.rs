@@ -2,7 +2,7 @@
 //! `checks`), timeseries.csv, servers.csv and run-info.json (the only file allowed to differ
 //! between identical runs), written atomically.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use crate::engine::Trace;
 use crate::metrics::{CsvTable, fixed, rounded, write_json};
-use crate::room::metrics::{self as room_metrics, MessageView};
+use crate::room::metrics::{self as room_metrics, MessageView, NumberedViews};
 use crate::room::properties;
 use crate::room::room_state::Fate;
 use crate::scenario::Scenario;
@@ -280,27 +280,70 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
     let mut pairs = 0u64;
     let mut accepted = 0u64;
     let mut visible = 0u64;
-    // Per room, the servers joined at the end (in server order), found once.
-    let joined: Vec<Vec<&crate::room::room_state::RoomState>> = (0..world.plans.len() as RoomIndex)
-        .map(|room| joined_states(world, room).map(|(_, state)| state).collect())
+    // Per room: the servers joined at the end (in server order), and the messages counted.
+    let joined: Vec<Vec<(&str, &crate::room::room_state::RoomState)>> = (0..world.plans.len()
+        as RoomIndex)
+        .map(|room| joined_states(world, room).collect())
         .collect();
+    let mut sent_in: Vec<Vec<&str>> = vec![Vec::new(); joined.len()];
     for sent in world
         .sent
         .iter()
         .filter(|sent| sent.message && sent.at_ms < cutoff_ms)
     {
-        for state in joined.get(sent.room as usize).into_iter().flatten() {
-            pairs += 1;
-            if let Some(index) = state.dag().index(&sent.event_id) {
-                let fate = state.fate_at(index);
-                if matches!(*fate, Fate::Accepted { .. }) {
-                    accepted += 1;
-                }
-                if matches!(*fate, Fate::Accepted { labelled: false }) {
-                    visible += 1;
+        if let Some(sent_in) = sent_in.get_mut(sent.room as usize) {
+            sent_in.push(&sent.event_id);
+        }
+    }
+    // RQ5: divergence of client-visible message sets (room::metrics), per room over its joined
+    // servers, then averaged over rooms with at least two of them.
+    let mut divergence_sum = 0.0;
+    let mut divergence_max: f64 = 0.0;
+    let mut split_sum = 0.0;
+    let mut hidden_sum = 0.0;
+    let mut orphan_sum = 0.0;
+    let mut server_rooms = 0u64;
+    let mut rooms_compared = 0u64;
+    // The numbered views give the same integers as the message views (room::metrics), so the
+    // same floats, summed in the same order.
+    for (states, sent_in) in joined.iter().zip(&sent_in) {
+        let views = NumberedViews::new(states.iter().map(|&(name, state)| (name, state)));
+        // A message's DAG index on each server: found through the room's numbering where the
+        // server shows or hides the message, looked up in its DAG otherwise (an outlier, or
+        // not held). The same index as a lookup everywhere, so the same counts.
+        for event_id in sent_in {
+            let number = views.number(event_id);
+            for (position, (_, state)) in states.iter().enumerate() {
+                pairs += 1;
+                let index = number
+                    .and_then(|number| views.index_in_view(position, number))
+                    .or_else(|| state.dag().index(event_id));
+                if let Some(index) = index {
+                    let fate = state.fate_at(index);
+                    if matches!(*fate, Fate::Accepted { .. }) {
+                        accepted += 1;
+                    }
+                    if matches!(*fate, Fate::Accepted { labelled: false }) {
+                        visible += 1;
+                    }
                 }
             }
         }
+        for view in &views.views {
+            orphan_sum += NumberedViews::orphan_ratio(view);
+        }
+        for view in &views.views {
+            hidden_sum += views.hidden_share(view);
+        }
+        server_rooms += views.views.len() as u64;
+        if views.views.len() < 2 {
+            continue;
+        }
+        let matrix = views.divergence_matrix();
+        divergence_sum += matrix.mean;
+        divergence_max = divergence_max.max(matrix.max);
+        split_sum += views.visible_somewhere_hidden_elsewhere();
+        rooms_compared += 1;
     }
     let share = |part: u64, whole: u64| {
         if whole == 0 {
@@ -312,33 +355,6 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
     metrics.insert("message_server_pairs".into(), json!(pairs));
     metrics.insert("message_coverage".into(), share(accepted, pairs));
     metrics.insert("message_unlabelled_share".into(), share(visible, pairs));
-    // RQ5: divergence of client-visible message sets (room::metrics), per room over its joined
-    // servers, then averaged over rooms with at least two of them.
-    let mut divergence_sum = 0.0;
-    let mut divergence_max: f64 = 0.0;
-    let mut split_sum = 0.0;
-    let mut hidden_sum = 0.0;
-    let mut orphan_sum = 0.0;
-    let mut server_rooms = 0u64;
-    let mut rooms_compared = 0u64;
-    for room in 0..world.plans.len() as RoomIndex {
-        let views = message_views(world, room);
-        for view in &views {
-            orphan_sum += room_metrics::orphans(view).orphan_ratio;
-        }
-        for share in room_metrics::hidden_shares(&views) {
-            hidden_sum += share.hidden_share;
-        }
-        server_rooms += views.len() as u64;
-        if views.len() < 2 {
-            continue;
-        }
-        let matrix = room_metrics::divergence_matrix(&views);
-        divergence_sum += matrix.mean;
-        divergence_max = divergence_max.max(matrix.max);
-        split_sum += room_metrics::visible_somewhere_hidden_elsewhere(&views);
-        rooms_compared += 1;
-    }
     let mean = |sum: f64, count: u64| {
         if count == 0 {
             json!(0.0)
@@ -364,7 +380,7 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
                 .servers
                 .iter()
                 .flat_map(|server| server.rooms.values())
-                .map(|state| state.state.held_events().count())
+                .map(|state| state.state.held_count())
                 .sum::<usize>()
         ),
     );
@@ -528,17 +544,10 @@ fn run_checks(world: &mut FedWorld) -> Vec<(String, bool, String)> {
             .collect();
         extremity_violations.extend(properties::same_extremities_same_state(&mut mutable));
         // Servers that hold the same events have the same state.
-        let groups: Vec<Vec<usize>> = {
-            let mut by_events: BTreeMap<Vec<&str>, Vec<usize>> = BTreeMap::new();
-            for (position, (_, view)) in mutable.iter().enumerate() {
-                let mut held: Vec<&str> = view
-                    .held_events()
-                    .map(|(pdu, _)| pdu.event_id.as_str())
-                    .collect();
-                held.sort_unstable();
-                by_events.entry(held).or_default().push(position);
-            }
-            by_events.into_values().collect()
+        let groups = {
+            let rooms: Vec<&crate::room::room_state::RoomState> =
+                mutable.iter().map(|(_, view)| &**view).collect();
+            groups_by_held_events(&rooms)
         };
         for positions in &groups {
             let first = mutable[positions[0]].1.current_state().ok();
@@ -591,6 +600,47 @@ fn run_checks(world: &mut FedWorld) -> Vec<(String, bool, String)> {
     checks
 }
 
+/// The positions of `rooms` grouped by the set of event IDs held (each group ascending), the
+/// groups in the order of their sorted event IDs. The sets are compared as sorted room-wide
+/// numbers (one hash lookup per held event instead of sorting every server's IDs); only one
+/// server per group sorts its IDs, to put the groups in that order.
+fn groups_by_held_events(rooms: &[&crate::room::room_state::RoomState]) -> Vec<Vec<usize>> {
+    let mut numbers: HashMap<&str, u32, crate::matrix::dag::IdHasher> = HashMap::default();
+    let mut by_numbers: HashMap<Vec<u32>, usize> = HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (position, room) in rooms.iter().enumerate() {
+        let dag = room.dag();
+        let mut held: Vec<u32> = (0..room.held_count() as u32)
+            .map(|index| {
+                let next = numbers.len() as u32;
+                *numbers
+                    .entry(dag.event(index).event_id.as_str())
+                    .or_insert(next)
+            })
+            .collect();
+        held.sort_unstable();
+        let group = *by_numbers.entry(held).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[group].push(position);
+    }
+    let mut keyed: Vec<(Vec<&str>, Vec<usize>)> = groups
+        .into_iter()
+        .map(|positions| {
+            let room = rooms[positions[0]];
+            let mut held: Vec<&str> = (0..room.held_count() as u32)
+                .map(|index| room.dag().event(index).event_id.as_str())
+                .collect();
+            held.sort_unstable();
+            (held, positions)
+        })
+        .collect();
+    // The groups' ID lists differ, so this order is total.
+    keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    keyed.into_iter().map(|(_, positions)| positions).collect()
+}
+
 fn write_timeseries(world: &FedWorld, out_dir: &Path) -> Result<(), RunError> {
     let names: Vec<String> = counter_fields(&Counters::default())
         .into_iter()
@@ -636,7 +686,7 @@ fn write_servers(world: &FedWorld, out_dir: &Path) -> Result<(), RunError> {
         let held: usize = server
             .rooms
             .values()
-            .map(|room| room.state.held_events().count())
+            .map(|room| room.state.held_count())
             .sum();
         table.row(&[
             server.name.clone(),
@@ -657,4 +707,179 @@ fn write_servers(world: &FedWorld, out_dir: &Path) -> Result<(), RunError> {
     }
     let path = out_dir.join("servers.csv");
     table.write(&path).map_err(io_error(&path))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::room::metrics::Shown;
+    use crate::scenario::parse;
+
+    /// Totals over a world's (room, server) views, to show a run exercised what it compares.
+    #[derive(Debug, Default)]
+    struct Seen {
+        views: usize,
+        hidden: usize,
+        labelled: usize,
+        outliers: u64,
+        visible_replies: usize,
+        reply_orphans: usize,
+        follow_orphans: usize,
+        split_rooms: usize,
+        diverging_rooms: usize,
+        found_by_number: usize,
+        groups: usize,
+    }
+
+    /// Runs the scenario file with `sets` and checks, room by room, that the numbered views give exactly the figures of the message
+    /// views (`room::metrics` over `MessageView::from_room`).
+    fn numbered_views_equal_message_views(file: &str, sets: &[&str]) -> Seen {
+        let path = format!("{}/scenarios/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let sets: Vec<String> = sets.iter().map(|set| set.to_string()).collect();
+        let scenario = parse(file, &text, &sets).unwrap();
+        let mut world = FedWorld::build(&scenario, 1, Trace::default());
+        world.run(|_| {});
+        let mut seen = Seen {
+            outliers: world.counters.outliers_stored,
+            ..Seen::default()
+        };
+        for room in 0..world.plans.len() as RoomIndex {
+            let views = message_views(&world, room);
+            let numbered = NumberedViews::new(joined_states(&world, room));
+            let context = format!("{file} {sets:?} room {room}");
+            assert_eq!(numbered.views.len(), views.len(), "{context}");
+            assert_eq!(
+                numbered.room_messages,
+                room_metrics::room_messages(&views).len(),
+                "{context}"
+            );
+            let shares = numbered.hidden_shares();
+            assert_eq!(shares, room_metrics::hidden_shares(&views), "{context}");
+            let orphans = numbered.orphans();
+            for ((view, fast), orphans) in views.iter().zip(&numbered.views).zip(&orphans) {
+                assert_eq!(*orphans, room_metrics::orphans(view), "{context}");
+                assert_eq!(
+                    NumberedViews::orphan_ratio(fast).to_bits(),
+                    room_metrics::orphans(view).orphan_ratio.to_bits(),
+                    "{context}"
+                );
+                let replies = view
+                    .messages
+                    .values()
+                    .filter(|m| m.reply_to.is_some() && matches!(m.shown, Shown::Visible { .. }))
+                    .count();
+                assert_eq!(fast.visible_replies, replies, "{context}");
+                assert_eq!(fast.held, view.messages.len(), "{context}");
+                seen.labelled += view
+                    .messages
+                    .values()
+                    .filter(|m| matches!(m.shown, Shown::Visible { labelled: true }))
+                    .count();
+            }
+            for (share, fast) in shares.iter().zip(&numbered.views) {
+                assert_eq!(
+                    numbered.hidden_share(fast).to_bits(),
+                    share.hidden_share.to_bits()
+                );
+                seen.hidden += share.hidden;
+            }
+            let matrix = numbered.divergence_matrix();
+            assert_eq!(matrix, room_metrics::divergence_matrix(&views), "{context}");
+            let split = numbered.visible_somewhere_hidden_elsewhere();
+            assert_eq!(
+                split.to_bits(),
+                room_metrics::visible_somewhere_hidden_elsewhere(&views).to_bits(),
+                "{context}"
+            );
+            // Every event the run sent in the room: its DAG index on each server, through the
+            // numbering where the server has it in its view, is the DAG's own.
+            let states: Vec<_> = joined_states(&world, room).collect();
+            for sent in world.sent.iter().filter(|sent| sent.room == room) {
+                let number = numbered.number(&sent.event_id);
+                for (position, (_, state)) in states.iter().enumerate() {
+                    let through_number =
+                        number.and_then(|number| numbered.index_in_view(position, number));
+                    let index = state.dag().index(&sent.event_id);
+                    assert!(through_number.is_none() || through_number == index);
+                    seen.found_by_number += usize::from(through_number.is_some());
+                }
+            }
+            // Servers grouped by the events they hold, as the sorted-ID map did.
+            let rooms: Vec<&crate::room::room_state::RoomState> = world
+                .servers
+                .iter()
+                .filter_map(|server| server.rooms.get(&room).map(|state| &state.state))
+                .collect();
+            let mut by_events: BTreeMap<Vec<&str>, Vec<usize>> = BTreeMap::new();
+            for (position, view) in rooms.iter().enumerate() {
+                let mut held: Vec<&str> = view
+                    .held_events()
+                    .map(|(pdu, _)| pdu.event_id.as_str())
+                    .collect();
+                held.sort_unstable();
+                by_events.entry(held).or_default().push(position);
+            }
+            let groups: Vec<Vec<usize>> = by_events.into_values().collect();
+            assert_eq!(groups_by_held_events(&rooms), groups, "{context}");
+            seen.groups += groups.len();
+            seen.views += views.len();
+            seen.visible_replies += numbered
+                .views
+                .iter()
+                .map(|v| v.visible_replies)
+                .sum::<usize>();
+            seen.reply_orphans += orphans.iter().map(|o| o.reply_orphans).sum::<usize>();
+            seen.follow_orphans += orphans.iter().map(|o| o.follow_orphans).sum::<usize>();
+            seen.split_rooms += usize::from(split > 0.0);
+            seen.diverging_rooms += usize::from(matrix.max > 0.0);
+        }
+        seen
+    }
+
+    #[test]
+    fn numbered_views_give_the_message_views_figures_with_soft_fails_and_replies() {
+        // RQ5 under P1: a partition and two rotations (one without re-signing) hide messages
+        // on some servers and not others; the workload replies.
+        let seen = numbered_views_equal_message_views("rq5-divergence.toml", &[]);
+        assert!(seen.views > 10, "{seen:?}");
+        assert!(seen.hidden > 0, "{seen:?}");
+        assert!(
+            seen.visible_replies > 0 && seen.reply_orphans > 0,
+            "{seen:?}"
+        );
+        assert!(seen.follow_orphans > 0, "{seen:?}");
+        assert!(seen.split_rooms > 0 && seen.diverging_rooms > 0, "{seen:?}");
+        assert!(seen.found_by_number > 1000, "{seen:?}");
+        assert!(seen.groups >= 3, "{seen:?}");
+    }
+
+    #[test]
+    fn numbered_views_give_the_message_views_figures_with_labels_outliers_and_lies() {
+        // P5 labels instead of hiding.
+        let seen = numbered_views_equal_message_views("rq5-divergence.toml", &["rooms.policy=P5"]);
+        assert!(seen.labelled > 0, "{seen:?}");
+        // RQ2: a compromise and its containment.
+        let seen = numbered_views_equal_message_views("rq2-containment.toml", &[]);
+        assert!(seen.hidden > 0, "{seen:?}");
+        // Servers of one room that hold different events: several groups in a room.
+        assert!(seen.groups > 3, "{seen:?}");
+        // RQ10: a lying server's rooms.
+        let seen = numbered_views_equal_message_views("rq10-lying-server-rooms.toml", &[]);
+        assert!(seen.hidden > 0, "{seen:?}");
+        // The benchmark's world, reduced as scripts/test-scenarios.sh does: joins by state
+        // (outliers), many servers per room.
+        let seen = numbered_views_equal_message_views(
+            "bench-medium.toml",
+            &[
+                "duration=6h",
+                "rooms.servers=60",
+                "rooms.rooms=10",
+                "rooms.servers_per_room.max=30",
+            ],
+        );
+        assert!(seen.outliers > 0 && seen.views > 20, "{seen:?}");
+    }
 }

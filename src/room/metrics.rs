@@ -25,8 +25,8 @@ use serde_json::Value;
 
 use super::links::{LinkStatus, LinkTable, LinkVerdict};
 use super::room_state::{Fate, RejectedAt, RoomState, SoftFailReason, Visibility};
-use crate::matrix::EventId;
 use crate::matrix::dag::{EventIndex, IdHasher};
+use crate::matrix::{EventId, Pdu};
 
 /// The event type the message metrics count.
 pub const MESSAGE_TYPE: &str = "m.room.message";
@@ -143,14 +143,7 @@ impl MessageView {
             if pdu.event_type != MESSAGE_TYPE {
                 continue;
             }
-            let shown = match room.visibility(index) {
-                Visibility::Delivered { labelled } => Shown::Visible { labelled },
-                Visibility::Revealed { .. } => Shown::Visible { labelled: false },
-                Visibility::Hidden(fate) => match HiddenReason::of_fate(&fate) {
-                    Some(reason) => Shown::Hidden(reason),
-                    None => Shown::Visible { labelled: false },
-                },
-            };
+            let shown = shown_at(room, index);
             // Walk back through non-message events to the nearest messages.
             let mut prev_messages = BTreeSet::new();
             let mut seen: BTreeSet<EventIndex> = BTreeSet::new();
@@ -219,14 +212,30 @@ impl MessageView {
     }
 }
 
+/// How `room` shows its held event at `index` to clients, as a message.
+fn shown_at(room: &RoomState, index: EventIndex) -> Shown {
+    match room.visibility(index) {
+        Visibility::Delivered { labelled } => Shown::Visible { labelled },
+        Visibility::Revealed { .. } => Shown::Visible { labelled: false },
+        Visibility::Hidden(fate) => match HiddenReason::of_fate(&fate) {
+            Some(reason) => Shown::Hidden(reason),
+            None => Shown::Visible { labelled: false },
+        },
+    }
+}
+
 /// `content.m.relates_to.m.in_reply_to.event_id`, if a string.
 pub fn reply_target(content: &Value) -> Option<EventId> {
+    reply_target_str(content).map(str::to_owned)
+}
+
+/// [`reply_target`], borrowed.
+pub fn reply_target_str(content: &Value) -> Option<&str> {
     content
         .get("m.relates_to")?
         .get("m.in_reply_to")?
         .get("event_id")?
         .as_str()
-        .map(str::to_owned)
 }
 
 /// `numerator / denominator`, or 0 when the denominator is 0.
@@ -291,7 +300,17 @@ pub fn divergence_matrix(views: &[MessageView]) -> DivergenceMatrix {
             bits
         })
         .collect();
-    let count = views.len();
+    let visible: Vec<&[u64]> = visible.iter().map(Vec::as_slice).collect();
+    bit_set_divergence(
+        views.iter().map(|view| view.server.clone()).collect(),
+        &visible,
+    )
+}
+
+/// The divergence matrix of visible sets given as bit sets of equal length (any numbering of
+/// the messages: the counts are the same), with the servers' names in the same order.
+fn bit_set_divergence(servers: Vec<String>, visible: &[&[u64]]) -> DivergenceMatrix {
+    let count = visible.len();
     let mut matrix = vec![vec![0.0; count]; count];
     let mut sum = 0.0;
     let mut max: f64 = 0.0;
@@ -299,7 +318,7 @@ pub fn divergence_matrix(views: &[MessageView]) -> DivergenceMatrix {
     for i in 0..count {
         for j in (i + 1)..count {
             let (mut union, mut difference) = (0usize, 0usize);
-            for (a, b) in visible[i].iter().zip(&visible[j]) {
+            for (a, b) in visible[i].iter().zip(visible[j]) {
                 union += (a | b).count_ones() as usize;
                 difference += (a ^ b).count_ones() as usize;
             }
@@ -312,7 +331,7 @@ pub fn divergence_matrix(views: &[MessageView]) -> DivergenceMatrix {
         }
     }
     DivergenceMatrix {
-        servers: views.iter().map(|view| view.server.clone()).collect(),
+        servers,
         matrix,
         mean: if pairs == 0 { 0.0 } else { sum / pairs as f64 },
         max,
@@ -460,6 +479,262 @@ pub fn orphans(view: &MessageView) -> Orphans {
         follow_orphans,
         orphans,
         orphan_ratio: ratio(orphans, visible),
+    }
+}
+
+/// One server's messages in [`NumberedViews`]: the figures of its [`MessageView`] that the
+/// room metrics use, counted without building the view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberedView<'a> {
+    pub server: &'a str,
+    /// Held messages (the size of the view).
+    pub held: usize,
+    /// Held and shown.
+    pub visible: usize,
+    /// Held and not shown.
+    pub hidden: usize,
+    /// `hidden` by reason.
+    pub hidden_by_reason: BTreeMap<HiddenReason, usize>,
+    /// Visible messages that are replies.
+    pub visible_replies: usize,
+    /// As [`Orphans`].
+    pub reply_orphans: usize,
+    pub follow_orphans: usize,
+    pub orphans: usize,
+    /// The room numbers of the visible messages, as a bit set (see [`NumberedViews`]).
+    visible_bits: Vec<u64>,
+    /// The room numbers of the hidden messages, as a bit set.
+    hidden_bits: Vec<u64>,
+    /// Per room number: the message's DAG index here, or [`NOT_IN_VIEW`].
+    indices: Vec<EventIndex>,
+}
+
+/// A message of a view while numbering: its room number, its DAG index, whether it is shown.
+type HeldNumber = (u32, EventIndex, bool);
+
+/// [`NumberedView`]'s index of a message the view does not hold.
+const NOT_IN_VIEW: EventIndex = EventIndex::MAX;
+
+/// The message views of several servers of one room, reduced to what [`orphans`],
+/// [`hidden_shares`], [`divergence_matrix`] and [`visible_somewhere_hidden_elsewhere`] need,
+/// built straight from the servers' [`RoomState`]s: the room's messages get one number each
+/// (shared by all servers), each server's shown and hidden messages are bit sets over those
+/// numbers, and the walk to the nearest earlier messages is a single pass over the DAG (one
+/// flag per event: "a nearest earlier message on some path is hidden"). No event ID is copied.
+/// Every figure is the same integer as through [`MessageView::from_room`], so every ratio is
+/// the same float.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberedViews<'a> {
+    pub views: Vec<NumberedView<'a>>,
+    /// Distinct messages held by any of the servers (the denominator of hidden shares).
+    pub room_messages: usize,
+    /// The room number of each message.
+    numbers: HashMap<&'a str, u32, IdHasher>,
+}
+
+/// [`NumberedViews::new`]'s per-event flags: a message the view shows.
+const SHOWN_HERE: u8 = 1;
+/// A message the view hides, or a non-message event one of whose nearest earlier messages
+/// (walking `prev_events` through non-message events) the view hides.
+const HIDDEN_BEHIND: u8 = 2;
+
+impl<'a> NumberedViews<'a> {
+    /// The numbered views of `rooms` (server name, its room state), in the order given.
+    pub fn new(rooms: impl IntoIterator<Item = (&'a str, &'a RoomState)>) -> NumberedViews<'a> {
+        let mut numbers: HashMap<&'a str, u32, IdHasher> = HashMap::default();
+        let mut flags: Vec<u8> = Vec::new();
+        let mut replies: Vec<(bool, &'a str)> = Vec::new();
+        // Per server: its messages' (number, DAG index) and whether each is visible, until all
+        // are numbered.
+        let mut numbered: Vec<(NumberedView<'a>, Vec<HeldNumber>)> = Vec::new();
+        for (server, room) in rooms {
+            let dag = room.dag();
+            let mut view = NumberedView {
+                server,
+                held: 0,
+                visible: 0,
+                hidden: 0,
+                hidden_by_reason: BTreeMap::new(),
+                visible_replies: 0,
+                reply_orphans: 0,
+                follow_orphans: 0,
+                orphans: 0,
+                visible_bits: Vec::new(),
+                hidden_bits: Vec::new(),
+                indices: Vec::new(),
+            };
+            let mut held = Vec::new();
+            flags.clear();
+            flags.resize(dag.len(), 0);
+            replies.clear();
+            // Prev events come before their children in index order, so one forward pass
+            // settles every flag before it is read.
+            for index in 0..dag.len() as EventIndex {
+                let behind = dag
+                    .prev_indices(index)
+                    .iter()
+                    .any(|&prev| flags[prev as usize] & HIDDEN_BEHIND != 0);
+                let pdu: &'a Pdu = dag.event(index);
+                if pdu.event_type != MESSAGE_TYPE {
+                    if behind {
+                        flags[index as usize] = HIDDEN_BEHIND;
+                    }
+                    continue;
+                }
+                // A message ends every walk through it; an outlier one is not in the view, so
+                // it is neither shown nor hidden.
+                if dag.is_outlier(index) {
+                    continue;
+                }
+                view.held += 1;
+                let next = numbers.len() as u32;
+                let number = *numbers.entry(pdu.event_id.as_str()).or_insert(next);
+                match shown_at(room, index) {
+                    Shown::Visible { .. } => {
+                        flags[index as usize] = SHOWN_HERE;
+                        view.visible += 1;
+                        held.push((number, index, true));
+                        view.follow_orphans += usize::from(behind);
+                        match reply_target_str(&pdu.content) {
+                            // Replies are settled once every message's flag is known.
+                            Some(target) => replies.push((behind, target)),
+                            None => view.orphans += usize::from(behind),
+                        }
+                    }
+                    Shown::Hidden(reason) => {
+                        flags[index as usize] = HIDDEN_BEHIND;
+                        view.hidden += 1;
+                        held.push((number, index, false));
+                        *view.hidden_by_reason.entry(reason).or_default() += 1;
+                    }
+                }
+            }
+            view.visible_replies = replies.len();
+            for &(behind, target) in &replies {
+                let shown = dag
+                    .index(target)
+                    .is_some_and(|index| flags[index as usize] & SHOWN_HERE != 0);
+                view.reply_orphans += usize::from(!shown);
+                view.orphans += usize::from(!shown || behind);
+            }
+            numbered.push((view, held));
+        }
+        let words = numbers.len().div_ceil(64);
+        NumberedViews {
+            views: numbered
+                .into_iter()
+                .map(|(mut view, held)| {
+                    view.visible_bits = vec![0; words];
+                    view.hidden_bits = vec![0; words];
+                    view.indices = vec![NOT_IN_VIEW; numbers.len()];
+                    for (number, index, visible) in held {
+                        let bits = match visible {
+                            true => &mut view.visible_bits,
+                            false => &mut view.hidden_bits,
+                        };
+                        bits[number as usize / 64] |= 1 << (number % 64);
+                        view.indices[number as usize] = index;
+                    }
+                    view
+                })
+                .collect(),
+            room_messages: numbers.len(),
+            numbers,
+        }
+    }
+
+    /// The room number of `event_id`, if it is a message in one of the views.
+    pub fn number(&self, event_id: &str) -> Option<u32> {
+        self.numbers.get(event_id).copied()
+    }
+
+    /// The DAG index of message `number` ([`NumberedViews::number`]) in the `view`th view, if
+    /// that view holds it (outside the view, as an outlier, its DAG may still hold it).
+    pub fn index_in_view(&self, view: usize, number: u32) -> Option<EventIndex> {
+        let index = self.views[view].indices[number as usize];
+        (index != NOT_IN_VIEW).then_some(index)
+    }
+
+    /// As [`hidden_shares`] of the views.
+    pub fn hidden_shares(&self) -> Vec<HiddenShare> {
+        self.views
+            .iter()
+            .map(|view| HiddenShare {
+                server: view.server.to_owned(),
+                room_messages: self.room_messages,
+                held: view.held,
+                visible: view.visible,
+                hidden: view.hidden,
+                hidden_by_reason: view
+                    .hidden_by_reason
+                    .iter()
+                    .map(|(reason, count)| (reason.label(), *count))
+                    .collect(),
+                hidden_share: self.hidden_share(view),
+            })
+            .collect()
+    }
+
+    /// [`HiddenShare::hidden_share`] of one of the views.
+    pub fn hidden_share(&self, view: &NumberedView) -> f64 {
+        ratio(view.hidden, self.room_messages)
+    }
+
+    /// As [`orphans`] of each view.
+    pub fn orphans(&self) -> Vec<Orphans> {
+        self.views
+            .iter()
+            .map(|view| Orphans {
+                server: view.server.to_owned(),
+                visible: view.visible,
+                reply_orphans: view.reply_orphans,
+                follow_orphans: view.follow_orphans,
+                orphans: view.orphans,
+                orphan_ratio: NumberedViews::orphan_ratio(view),
+            })
+            .collect()
+    }
+
+    /// [`Orphans::orphan_ratio`] of one of the views.
+    pub fn orphan_ratio(view: &NumberedView) -> f64 {
+        ratio(view.orphans, view.visible)
+    }
+
+    /// As [`divergence_matrix`] of the views.
+    pub fn divergence_matrix(&self) -> DivergenceMatrix {
+        let visible: Vec<&[u64]> = self
+            .views
+            .iter()
+            .map(|view| view.visible_bits.as_slice())
+            .collect();
+        bit_set_divergence(
+            self.views
+                .iter()
+                .map(|view| view.server.to_owned())
+                .collect(),
+            &visible,
+        )
+    }
+
+    /// As [`visible_somewhere_hidden_elsewhere`] of the views.
+    pub fn visible_somewhere_hidden_elsewhere(&self) -> f64 {
+        let words = self.room_messages.div_ceil(64);
+        let mut visible = vec![0u64; words];
+        let mut hidden = vec![0u64; words];
+        for view in &self.views {
+            for (all, bits) in visible.iter_mut().zip(&view.visible_bits) {
+                *all |= bits;
+            }
+            for (all, bits) in hidden.iter_mut().zip(&view.hidden_bits) {
+                *all |= bits;
+            }
+        }
+        let split: u32 = visible
+            .iter()
+            .zip(&hidden)
+            .map(|(visible, hidden)| (visible & hidden).count_ones())
+            .sum();
+        ratio(split as usize, self.room_messages)
     }
 }
 
@@ -951,6 +1226,89 @@ mod tests {
         assert_eq!((result.reply_orphans, result.follow_orphans), (1, 0));
         assert_eq!(result.orphan_ratio, 0.5);
         assert_eq!(orphans(&MessageView::new("none")).orphan_ratio, 0.0);
+    }
+
+    /// The numbered views of the testbed's servers against their message views: every figure.
+    fn assert_numbered_equal(views: &[MessageView], numbered: &NumberedViews) {
+        assert_eq!(numbered.room_messages, room_messages(views).len());
+        assert_eq!(numbered.hidden_shares(), hidden_shares(views));
+        let orphans_each: Vec<Orphans> = views.iter().map(orphans).collect();
+        assert_eq!(numbered.orphans(), orphans_each);
+        assert_eq!(numbered.divergence_matrix(), divergence_matrix(views));
+        assert_eq!(
+            numbered.visible_somewhere_hidden_elsewhere().to_bits(),
+            visible_somewhere_hidden_elsewhere(views).to_bits()
+        );
+    }
+
+    #[test]
+    fn numbered_views_walk_through_state_events_to_hidden_messages() {
+        use crate::room::links::KeyInvalidation;
+        use crate::room::policy::RoomPolicy;
+        use crate::room::testbed::{User, public_room};
+        use serde_json::json;
+        // Under P1 a.example hides bob's m1 (bob's link unverified there); carol then changes
+        // the topic on top of m1 and says m2 on top of the topic, and alice replies to an event
+        // nobody holds. On a.example m2 follows a hidden message through a state event (a
+        // follow orphan), and the reply is a reply orphan.
+        let policy = RoomPolicy::P1;
+        let version = policy.room_version;
+        let carol = User::new(&version, "carol", "c.example");
+        let alice = User::new(&version, "alice", "a.example");
+        let bob = User::new(&version, "bob", "b.example");
+        let (mut federation, _) = public_room(
+            &["a.example", "b.example", "c.example"],
+            &policy,
+            &carol,
+            &[&alice, &bob],
+        );
+        federation.broadcast(&carol, MESSAGE_TYPE, None, json!({"body": "hi"}), 40);
+        federation.server("a.example").links.key_invalidated(
+            "b.example",
+            "ed25519:1",
+            KeyInvalidation::Absent,
+            50,
+        );
+        federation.broadcast(&bob, MESSAGE_TYPE, None, json!({"body": "m1"}), 60);
+        let topic = json!({"topic": "t"});
+        federation.broadcast(&carol, "m.room.topic", Some(""), topic, 65);
+        federation.broadcast(&carol, MESSAGE_TYPE, None, json!({"body": "m2"}), 70);
+        let reply = json!({"body": "re", "m.relates_to": {"m.in_reply_to": {"event_id": "$gone"}}});
+        federation.broadcast(&alice, MESSAGE_TYPE, None, reply, 80);
+        let views: Vec<MessageView> = federation
+            .servers
+            .iter()
+            .map(|server| MessageView::from_room(&server.name, &server.room))
+            .collect();
+        let numbered = NumberedViews::new(
+            federation
+                .servers
+                .iter()
+                .map(|server| (server.name.as_str(), &server.room)),
+        );
+        let on_a = orphans(&views[0]);
+        assert_eq!(on_a.visible, 3, "{on_a:?}");
+        assert_eq!(hidden_shares(&views)[0].hidden, 1);
+        assert_eq!(
+            (on_a.follow_orphans, on_a.reply_orphans),
+            (1, 1),
+            "{on_a:?}"
+        );
+        assert_eq!(numbered.views[0].follow_orphans, 1);
+        assert_eq!(numbered.views[1].reply_orphans, 1);
+        assert_eq!(numbered.views[2].visible_replies, 1);
+        assert_numbered_equal(&views, &numbered);
+        // Any subset and order of the servers.
+        let reversed: Vec<MessageView> = views.iter().rev().take(2).cloned().collect();
+        let numbered = NumberedViews::new(
+            federation
+                .servers
+                .iter()
+                .rev()
+                .take(2)
+                .map(|server| (server.name.as_str(), &server.room)),
+        );
+        assert_numbered_equal(&reversed, &numbered);
     }
 
     #[test]

@@ -325,6 +325,12 @@ impl RoomState {
         (0..self.held.len() as EventIndex).map(|index| (self.dag.event(index), self.held_at(index)))
     }
 
+    /// How many events are held (the length of [`RoomState::held_events`], without building
+    /// them).
+    pub fn held_count(&self) -> usize {
+        self.held.len()
+    }
+
     /// How the event at `index` was judged.
     pub fn held_at(&self, index: EventIndex) -> HeldEvent {
         let stored = self.held[index as usize];
