@@ -34,6 +34,7 @@ mod notary;
 mod output;
 mod pulls;
 mod storm;
+mod vec_map;
 mod workload;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -472,8 +473,9 @@ pub struct Homeserver {
     slot_of: keys::SlotOf,
     /// Localparts of its users.
     pub users: Vec<String>,
-    pub rooms: BTreeMap<RoomIndex, ServerRoom>,
-    outbox: BTreeMap<ServerId, Outbox>,
+    pub rooms: vec_map::VecMap<RoomIndex, ServerRoom>,
+    /// By destination. Lookup-only: listed through [`Homeserver::destinations`], sorted.
+    outbox: HashMap<ServerId, Outbox, crate::matrix::dag::IdHasher>,
     key_waiters: BTreeMap<u32, BTreeSet<RoomIndex>>,
     /// Member events re-signed after a rotation, served by `/event/{id}`.
     resigned: BTreeMap<EventId, Arc<Value>>,
@@ -488,6 +490,12 @@ pub struct Homeserver {
 }
 
 impl Homeserver {
+    /// The destinations it has an outbox for, ascending.
+    fn destinations(&self) -> Vec<ServerId> {
+        let mut destinations: Vec<ServerId> = self.outbox.keys().copied().collect();
+        destinations.sort_unstable();
+        destinations
+    }
     /// The keys this server holds, as the room layer reads them at `now_abs_ms`. (Where a
     /// room of the server is borrowed mutably at the same time, the fields are borrowed one by
     /// one instead.)
@@ -2699,11 +2707,7 @@ impl FedWorld {
                 // Destinations waiting out a backoff are retried now (Synapse wakes a
                 // destination when it hears from it).
                 for server in 0..self.servers.len() as ServerId {
-                    let destinations: Vec<ServerId> = self.servers[server as usize]
-                        .outbox
-                        .keys()
-                        .copied()
-                        .collect();
+                    let destinations = self.servers[server as usize].destinations();
                     for destination in destinations {
                         self.pump(server, destination);
                     }
@@ -2717,11 +2721,7 @@ impl FedWorld {
             RoomActionKind::BringOnline => {
                 for server in targets {
                     self.net.set_server_status(server, ServerStatus::Up);
-                    let destinations: Vec<ServerId> = self.servers[server as usize]
-                        .outbox
-                        .keys()
-                        .copied()
-                        .collect();
+                    let destinations = self.servers[server as usize].destinations();
                     for destination in destinations {
                         self.pump(server, destination);
                     }
