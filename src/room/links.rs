@@ -214,9 +214,12 @@ pub enum LinkVerdict {
     Unverified,
 }
 
-/// `(domain, key ID, member key)`, interned: one flat entry per link (a set per key or per
-/// domain would cost a B-tree node for the one member most servers have in a room).
-type VerifierEntry = (Arc<str>, Arc<str>, Arc<str>);
+/// The links each key verified: one entry `(domain, key ID, member key)`, interned, per
+/// verified link. Lookup-only: what one key verified is found by a pass over the set, sorted by
+/// member key (only when a key is invalidated, which then walks those links anyway). Hashed
+/// rather than ordered: keeping an ordered set compared interned strings node after node on
+/// every verification.
+type VerifiedByKey = hashbrown::HashSet<(Arc<str>, Arc<str>, Arc<str>), IdHasher>;
 
 /// One server's count, per domain, of its rooms' link tables that hold an unsettled link (not
 /// verified) claiming that domain. A key fetch of a domain can change links only in those
@@ -339,7 +342,7 @@ pub struct LinkTable {
     /// asks for its sender's link) whose order reaches nothing: [`LinkTable::links`] sorts.
     links: HashMap<Arc<str>, Link, IdHasher>,
     /// `(domain, key ID)` -> member keys whose link that key verified.
-    verified_by_key: BTreeSet<VerifierEntry>,
+    verified_by_key: VerifiedByKey,
     /// domain -> member keys claiming it whose link is not verified: the only ones a key
     /// arrival or a failed fetch can change. Kept to those so that the common answer to "keys
     /// of this domain arrived" in a room where every link is verified costs one lookup in an
@@ -357,7 +360,7 @@ impl LinkTable {
         LinkTable {
             invalidation,
             links: HashMap::default(),
-            verified_by_key: BTreeSet::new(),
+            verified_by_key: VerifiedByKey::default(),
             unsettled_by_domain: UnsettledByDomain::default(),
             shared: None,
         }
@@ -416,8 +419,9 @@ impl LinkTable {
 
     /// The member keys whose link the key `(domain, key_id)` verified.
     pub fn verified_by(&self, domain: &str, key_id: &str) -> Vec<String> {
-        self.verified_by_entries(domain, key_id)
-            .map(|(_, _, member)| member.to_string())
+        self.verified_by_members(domain, key_id)
+            .iter()
+            .map(|member| member.to_string())
             .collect()
     }
 
@@ -557,14 +561,14 @@ impl LinkTable {
             InvalidationRule::RevokeAll | InvalidationRule::Never => None,
         };
         let (domain, key_id) = (intern(domain), intern(key_id));
-        let affected: Vec<VerifierEntry> = self
-            .verified_by_entries(&domain, &key_id)
-            .cloned()
-            .collect();
+        let affected = self.verified_by_members(&domain, &key_id);
         let mut changed = Vec::with_capacity(affected.len());
-        for entry in affected {
-            self.verified_by_key.remove(&entry);
-            let member_key = entry.2;
+        for member_key in affected {
+            self.verified_by_key.remove(&(
+                Arc::clone(&domain),
+                Arc::clone(&key_id),
+                Arc::clone(&member_key),
+            ));
             let reason = LinkReason::KeyInvalidated {
                 domain: Arc::clone(&domain),
                 key_id: Arc::clone(&key_id),
@@ -587,21 +591,16 @@ impl LinkTable {
             .unwrap_or_default()
     }
 
-    /// The index entries of the links the key `(domain, key_id)` verified, by member key.
-    fn verified_by_entries(
-        &self,
-        domain: &str,
-        key_id: &str,
-    ) -> impl Iterator<Item = &VerifierEntry> {
-        let (domain, key_id) = (intern(domain), intern(key_id));
-        let from = (
-            Arc::clone(&domain),
-            Arc::clone(&key_id),
-            Arc::<str>::from(""),
-        );
-        self.verified_by_key
-            .range(from..)
-            .take_while(move |(by_domain, by_key, _)| *by_domain == domain && *by_key == key_id)
+    /// The member keys whose link the key `(domain, key_id)` verified, ascending.
+    fn verified_by_members(&self, domain: &str, key_id: &str) -> Vec<Arc<str>> {
+        let mut members: Vec<Arc<str>> = self
+            .verified_by_key
+            .iter()
+            .filter(|(by_domain, by_key, _)| **by_domain == *domain && **by_key == *key_id)
+            .map(|(_, _, member)| Arc::clone(member))
+            .collect();
+        members.sort_unstable();
+        members
     }
 
     /// Checks the held member event of `member_key` against `keys` and records the result.
@@ -683,9 +682,9 @@ impl LinkTable {
         let Some(link) = self.links.get_mut(member_key) else {
             return;
         };
-        if let Some(verifier) = link.verified_by.take() {
+        if let Some((domain, key_id)) = link.verified_by.take() {
             self.verified_by_key
-                .remove(&(verifier.0, verifier.1, Arc::clone(&link.member_key)));
+                .remove(&(domain, key_id, Arc::clone(&link.member_key)));
         }
     }
 
