@@ -214,12 +214,66 @@ pub enum LinkVerdict {
     Unverified,
 }
 
-/// The links each key verified: one entry `(domain, key ID, member key)`, interned, per
-/// verified link. Lookup-only: what one key verified is found by a pass over the set, sorted by
-/// member key (only when a key is invalidated, which then walks those links anyway). Hashed
-/// rather than ordered: keeping an ordered set compared interned strings node after node on
-/// every verification.
-type VerifiedByKey = hashbrown::HashSet<(Arc<str>, Arc<str>, Arc<str>), IdHasher>;
+/// The links each key verified: `(domain, key ID)`, interned, to the member keys whose link it
+/// verified. Lookup-only; one key's members are kept sorted. Hashed rather than one ordered
+/// set of `(domain, key ID, member)` triples: inserting into that set compared interned
+/// strings node after node on every verification.
+type VerifiedByKey = hashbrown::HashMap<(Arc<str>, Arc<str>), Members, IdHasher>;
+
+/// A borrowed `(domain, key ID)` that finds its entry in [`VerifiedByKey`] (it hashes as the
+/// owned pair does: one string, then the other).
+#[derive(Hash)]
+struct VerifierKey<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<(Arc<str>, Arc<str>)> for VerifierKey<'_> {
+    fn equivalent(&self, key: &(Arc<str>, Arc<str>)) -> bool {
+        *key.0 == *self.0 && *key.1 == *self.1
+    }
+}
+
+/// Member keys in ascending order, the usual single one kept inline (most servers have one
+/// member in a room, so most keys verified one link in a given table).
+#[derive(Debug, Clone)]
+enum Members {
+    One(Arc<str>),
+    Many(Vec<Arc<str>>),
+}
+
+impl Members {
+    fn as_slice(&self) -> &[Arc<str>] {
+        match self {
+            Members::One(member) => std::slice::from_ref(member),
+            Members::Many(members) => members,
+        }
+    }
+
+    /// Adds `member` if absent.
+    fn insert(&mut self, member: &Arc<str>) {
+        let position = match self.as_slice().binary_search(member) {
+            Ok(_) => return,
+            Err(position) => position,
+        };
+        let mut members = match std::mem::replace(self, Members::Many(Vec::new())) {
+            Members::One(held) => vec![held],
+            Members::Many(held) => held,
+        };
+        members.insert(position, Arc::clone(member));
+        *self = Members::Many(members);
+    }
+
+    /// Removes `member` if present; whether none is left.
+    fn remove(&mut self, member: &str) -> bool {
+        match self {
+            Members::One(held) => **held == *member,
+            Members::Many(members) => {
+                if let Ok(position) = members.binary_search_by(|held| (**held).cmp(member)) {
+                    members.remove(position);
+                }
+                members.is_empty()
+            }
+        }
+    }
+}
 
 /// One server's count, per domain, of its rooms' link tables that hold an unsettled link (not
 /// verified) claiming that domain. A key fetch of a domain can change links only in those
@@ -561,14 +615,14 @@ impl LinkTable {
             InvalidationRule::RevokeAll | InvalidationRule::Never => None,
         };
         let (domain, key_id) = (intern(domain), intern(key_id));
-        let affected = self.verified_by_members(&domain, &key_id);
+        // Every link the key verified turns unverified: its whole entry goes.
+        let affected = self
+            .verified_by_key
+            .remove(&VerifierKey(&domain, &key_id))
+            .map(|members| members.as_slice().to_vec())
+            .unwrap_or_default();
         let mut changed = Vec::with_capacity(affected.len());
         for member_key in affected {
-            self.verified_by_key.remove(&(
-                Arc::clone(&domain),
-                Arc::clone(&key_id),
-                Arc::clone(&member_key),
-            ));
             let reason = LinkReason::KeyInvalidated {
                 domain: Arc::clone(&domain),
                 key_id: Arc::clone(&key_id),
@@ -592,15 +646,10 @@ impl LinkTable {
     }
 
     /// The member keys whose link the key `(domain, key_id)` verified, ascending.
-    fn verified_by_members(&self, domain: &str, key_id: &str) -> Vec<Arc<str>> {
-        let mut members: Vec<Arc<str>> = self
-            .verified_by_key
-            .iter()
-            .filter(|(by_domain, by_key, _)| **by_domain == *domain && **by_key == *key_id)
-            .map(|(_, _, member)| Arc::clone(member))
-            .collect();
-        members.sort_unstable();
-        members
+    fn verified_by_members(&self, domain: &str, key_id: &str) -> &[Arc<str>] {
+        self.verified_by_key
+            .get(&VerifierKey(domain, key_id))
+            .map_or(&[], Members::as_slice)
     }
 
     /// Checks the held member event of `member_key` against `keys` and records the result.
@@ -647,11 +696,15 @@ impl LinkTable {
                     key_id: Arc::clone(&key_id),
                 };
                 self.unindex_verifier(member_key);
-                self.verified_by_key.insert((
-                    Arc::clone(&domain),
-                    Arc::clone(&key_id),
-                    Arc::clone(member_key),
-                ));
+                match self.verified_by_key.get_mut(&VerifierKey(&domain, &key_id)) {
+                    Some(members) => members.insert(member_key),
+                    None => {
+                        self.verified_by_key.insert(
+                            (Arc::clone(&domain), Arc::clone(&key_id)),
+                            Members::One(Arc::clone(member_key)),
+                        );
+                    }
+                }
                 let link = self.links.get_mut(member_key).expect("checked above");
                 link.verified_by = Some((domain, key_id));
                 link.vouches_until_ms = None;
@@ -683,8 +736,12 @@ impl LinkTable {
             return;
         };
         if let Some((domain, key_id)) = link.verified_by.take() {
-            self.verified_by_key
-                .remove(&(domain, key_id, Arc::clone(&link.member_key)));
+            let key = VerifierKey(&domain, &key_id);
+            if let Some(members) = self.verified_by_key.get_mut(&key)
+                && members.remove(&link.member_key)
+            {
+                self.verified_by_key.remove(&key);
+            }
         }
     }
 
@@ -774,6 +831,35 @@ fn old_key_vouches_until_ms(
 
 #[cfg(test)]
 mod tests {
+
+    proptest::proptest! {
+        /// One key's member list answers and lists as an ordered set of its members would.
+        #[test]
+        fn a_keys_members_behave_as_an_ordered_set(
+            operations in proptest::collection::vec((proptest::bool::ANY, 0u8..6), 1..40)
+        ) {
+            let name = |n: u8| -> Arc<str> { Arc::from(format!("@m{n}:a.example")) };
+            let mut members: Option<Members> = None;
+            let mut model = std::collections::BTreeSet::new();
+            for (add, n) in operations {
+                let member = name(n);
+                if add {
+                    match &mut members {
+                        Some(members) => members.insert(&member),
+                        None => members = Some(Members::One(Arc::clone(&member))),
+                    }
+                    model.insert(member);
+                } else if let Some(held) = &mut members {
+                    if held.remove(&member) {
+                        members = None;
+                    }
+                    model.remove(&member);
+                }
+                let listed = members.as_ref().map_or(&[][..], Members::as_slice);
+                proptest::prop_assert!(listed.iter().eq(model.iter()));
+            }
+        }
+    }
     use super::*;
     use crate::matrix::event_builder::{EventDraft, EventSigner, build_pdu};
     use crate::matrix::member_keys::{member_key_user_id, member_signing_key};
