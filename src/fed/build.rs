@@ -266,6 +266,7 @@ impl FedWorld {
         let newcomers = super::churn::newcomers(&plans);
         // The domains each server shares a room with (its key-cache slots), ascending.
         let shared = shared_servers(server_count, &plans);
+        let key_cache_slots: u64 = shared.iter().map(|domains| domains.len() as u64).sum();
         // Publishers: each key response made at a random time within one lifetime before t = 0.
         let mut verify_memo = VerifyMemo::new(server_count as usize);
         let mut publishers = Vec::new();
@@ -428,6 +429,7 @@ impl FedWorld {
             plans,
             room_of_id: HashMap::default(),
             memo: CheckMemo::new(),
+            key_cache_slots,
             shared_facts,
             verify_memo,
             requests: HashMap::default(),

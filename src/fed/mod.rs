@@ -715,6 +715,9 @@ pub struct FedWorld {
     pub sent: Vec<Sent>,
     pub trace: Trace,
     pub events_processed: u64,
+    /// Ordered pairs of servers that share a planned room: each keeps a key-cache slot for the
+    /// other and re-checks its keys (the world's steady-state load grows with this).
+    pub key_cache_slots: u64,
     end_ms: u64,
     window_ms: u64,
     next_sample_ms: u64,

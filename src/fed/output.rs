@@ -35,6 +35,10 @@ pub fn run_to_dir(
     std::fs::create_dir_all(out_dir).map_err(io_error(out_dir))?;
     let started = Instant::now();
     let mut world = FedWorld::build(scenario, seed, Trace::default());
+    let built_seconds = started.elapsed().as_secs_f64();
+    if show_progress && built_seconds >= 5.0 {
+        eprintln!("{}", build_line(&world, built_seconds));
+    }
     let mut progress = Progress::new(show_progress, world.end_ms());
     world.run(|now_ms| progress.update(now_ms));
     progress.finish();
@@ -42,6 +46,23 @@ pub fn run_to_dir(
     let outcome = write_results(&mut world, out_dir, run_seconds, started);
     crate::world::drop_in_background(world);
     outcome
+}
+
+/// What a large world's build costs and implies, printed once it is built: the key-cache
+/// slots (ordered pairs of servers sharing a room) and the key re-checks they need at one per
+/// key lifetime over the run, a floor on the events any run of this world must process.
+fn build_line(world: &FedWorld, built_seconds: f64) -> String {
+    let lifetime_ms = world.config.key_lifetime.ms().max(1);
+    let lifetimes = world.end_ms() / lifetime_ms;
+    format!(
+        "fedsim: world built in {built_seconds:.0} s: {} servers, {} key-cache slots (ordered \
+         pairs of servers sharing a room); at one re-check per {:.1} h key lifetime the run \
+         needs at least {} key re-checks",
+        world.servers.len(),
+        world.key_cache_slots,
+        lifetime_ms as f64 / 3_600_000.0,
+        world.key_cache_slots * lifetimes,
+    )
 }
 
 /// Messages sent this close to the end may still be in flight; coverage ignores them.
@@ -111,6 +132,7 @@ fn write_results(
         "events_processed": world.events_processed,
         "events_per_second": rounded(world.events_processed as f64 / run_seconds.max(1e-9)),
         "queue_len_max": world.queue_len_max(),
+        "key_cache_slots": world.key_cache_slots,
         "peak_memory_kib": peak_memory_kib(),
         "crypto": world.scenario.crypto.as_str(),
         "events_signed": world.events_signed,
@@ -731,6 +753,40 @@ mod tests {
         diverging_rooms: usize,
         found_by_number: usize,
         groups: usize,
+    }
+
+    /// The build line's slot count is every cache's planned slots (one per server it shares
+    /// a room with, counted by pairs of the planned rooms' members) and its floor is that count
+    /// times the key lifetimes in the run.
+    #[test]
+    fn the_build_line_counts_every_pair_sharing_a_room() {
+        let path = format!("{}/scenarios/bench-small.toml", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let sets = ["duration=3d".to_owned(), "rooms.key_lifetime=1d".to_owned()];
+        let scenario = parse("bench-small.toml", &text, &sets).unwrap();
+        let world = FedWorld::build(&scenario, 1, Trace::default());
+        let mut pairs = std::collections::BTreeSet::new();
+        for plan in &world.plans {
+            for &(a, _) in &plan.members {
+                for &(b, _) in &plan.members {
+                    if a != b {
+                        pairs.insert((a, b));
+                    }
+                }
+            }
+        }
+        assert!(!pairs.is_empty());
+        assert_eq!(world.key_cache_slots, pairs.len() as u64);
+        let line = build_line(&world, 7.0);
+        assert!(
+            line.contains(&format!(
+                "{} key-cache slots (ordered pairs of servers sharing a room); at one re-check \
+                 per 24.0 h key lifetime the run needs at least {} key re-checks",
+                pairs.len(),
+                3 * pairs.len()
+            )),
+            "{line}"
+        );
     }
 
     /// Runs the scenario file with `sets` and checks, room by room, that the numbered views give exactly the figures of the message
