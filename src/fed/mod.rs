@@ -496,6 +496,7 @@ impl Homeserver {
         destinations.sort_unstable();
         destinations
     }
+
     /// The keys this server holds, as the room layer reads them at `now_abs_ms`. (Where a
     /// room of the server is borrowed mutably at the same time, the fields are borrowed one by
     /// one instead.)
