@@ -16,10 +16,12 @@ fn fedsim(args: &[&str]) -> Output {
         .expect("fedsim runs")
 }
 
-/// A fresh directory for one test.
+/// A fresh directory for one test, under cargo's scratch directory for integration tests
+/// (`target/tmp`): the next run replaces it, so nothing piles up in `/tmp`.
 fn scratch(name: &str) -> PathBuf {
-    let directory =
-        std::env::temp_dir().join(format!("fedsim-repro-{name}-{}", std::process::id()));
+    let directory = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("fedsim-repro")
+        .join(name);
     let _ = std::fs::remove_dir_all(&directory);
     std::fs::create_dir_all(&directory).unwrap();
     directory

@@ -31,15 +31,17 @@ pub fn load(file: &str, sets: &[&str]) -> Scenario {
     fedsim::scenario::load(Some(Path::new(file)), &owned(sets)).unwrap()
 }
 
-/// A fresh temporary result directory for the run `name`, unique per test binary and process
-/// (any leftover from an earlier run of the same process id is removed).
+/// A fresh result directory for the run `name`, unique per test binary, under cargo's scratch
+/// directory for integration tests (`target/tmp`), not the system's: a directory a test does not
+/// remove is replaced by the next run of the same test (and kept for inspection after a failure)
+/// instead of piling up in `/tmp` with a new process id each run.
 pub fn out_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "fedsim-{}-{}-{name}",
-        env!("CARGO_CRATE_NAME"),
-        std::process::id()
-    ));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("fedsim-{}", env!("CARGO_CRATE_NAME")))
+        .join(name);
     let _ = std::fs::remove_dir_all(&dir);
+    // Some tests write a file at this path rather than a directory.
+    std::fs::create_dir_all(dir.parent().expect("under the scratch directory")).unwrap();
     dir
 }
 
