@@ -16,6 +16,10 @@
 //! full run's wall time the replay needs, `keys%` the share spent writing, signing, parsing and
 //! checking key responses, and `rest%` everything else the model does (key caches, network
 //! draws, request table, metrics, memory traffic).
+//!
+//! The last lines give floors that no model of this scenario can beat: the queue's replay time
+//! plus the two latency draws of each fetch, then that plus signing and verifying each fetched
+//! body, and what 50% of the heap leaves per fetched body for everything else.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -25,6 +29,7 @@ use std::time::Instant;
 use fedsim::engine::queue::SCHEDULE_POP;
 use fedsim::engine::{EventQueue, SimRng, Trace};
 use fedsim::matrix::crypto_mode::{self, CryptoMode};
+use fedsim::net::LatencyDistribution;
 use fedsim::scenario::parse;
 use fedsim::server::memo::VerifyMemo;
 use fedsim::server::publisher::KeyPublisher;
@@ -125,6 +130,60 @@ fn key_response_micros(mode: CryptoMode) -> (f64, f64) {
     (publish_us, check_us)
 }
 
+/// Wall-clock microseconds of the signature work alone on one key response in `mode`: signing
+/// its signed bytes (the body without `signatures`) and verifying that signature, with no JSON
+/// written or parsed. In symbolic mode this is the SHA-256 a signature that covers the bytes
+/// cannot avoid.
+fn signature_only_micros(mode: CryptoMode) -> f64 {
+    let _mode = crypto_mode::enter(mode);
+    let mut publisher = KeyPublisher::new(
+        "d1.example".to_owned(),
+        86_400_000,
+        SimRng::stream(1, "key-seeds", 1),
+    );
+    let body = publisher.publish_at(0);
+    let mut object: serde_json::Value = serde_json::from_str(&body).expect("a published body");
+    object
+        .as_object_mut()
+        .expect("an object")
+        .remove("signatures");
+    // serde_json's maps are sorted and its compact form has no spaces: the canonical length.
+    let signed_bytes = serde_json::to_vec(&object).expect("serialises");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let verifying_key = key.verifying_key();
+    let count = 20_000;
+    let started = Instant::now();
+    for _ in 0..count {
+        let signature = crypto_mode::sign(&key, black_box(&signed_bytes));
+        let signature = ed25519_dalek::Signature::from_bytes(&signature);
+        assert!(crypto_mode::verify(
+            &verifying_key,
+            black_box(&signed_bytes),
+            &signature
+        ));
+    }
+    started.elapsed().as_secs_f64() * 1e6 / count as f64
+}
+
+/// Wall-clock microseconds of one latency draw from the bench scenario's distribution
+/// (log-normal, median 60 ms, sigma 0.6) on one warm stream: what each message's delivery time
+/// costs at least (the run draws from each sender's own stream, which is colder).
+fn latency_draw_micros() -> f64 {
+    let distribution = LatencyDistribution::LogNormal {
+        median_ms: 60.0,
+        sigma: 0.6,
+    };
+    let mut rng = SimRng::stream(1, "latency", 0);
+    let count = 1_000_000;
+    let started = Instant::now();
+    let mut total_ms = 0u64;
+    for _ in 0..count {
+        total_ms = total_ms.wrapping_add(distribution.sample_ms(&mut rng));
+    }
+    black_box(total_ms);
+    started.elapsed().as_secs_f64() * 1e6 / count as f64
+}
+
 fn main() {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
     let sizes: Vec<u32> = arguments
@@ -176,6 +235,8 @@ fn main() {
     }
     let mut fetches = Vec::new();
     let mut heap_rates = Vec::new();
+    // (label, mode, engine-only events/s, fetched bodies per event) of every run.
+    let mut queue_only = Vec::new();
     for (label, scenario) in runs {
         let mut heap_rate = None;
         for mode in &modes {
@@ -208,7 +269,9 @@ fn main() {
             if !heap_rates.iter().any(|(known, _)| *known == label) {
                 heap_rates.push((label.clone(), heap_rate));
             }
-            fetches.push((*mode, world.memo.checks as f64 / events.max(1) as f64));
+            let fetched_per_event = world.memo.checks as f64 / events.max(1) as f64;
+            fetches.push((*mode, fetched_per_event));
+            queue_only.push((label.clone(), *mode, engine_only, fetched_per_event));
             let queue_share = (events as f64 / engine_only) / run_s;
             let keys_share = crypto_s / run_s;
             println!(
@@ -256,5 +319,38 @@ fn main() {
             mode.as_str(),
             shares.join(", ")
         );
+    }
+    // The floor under any model: the queue's own time for the run's schedule (engine only),
+    // the two latency draws of each fetch (its request and its response: this world has no
+    // loss and no partitions) and signing and verifying each fetched body, with nothing else
+    // (no JSON, no key cache, no request table, no metrics). Issue 4's 50% cannot be reached
+    // if this is already below it.
+    let draw_us = latency_draw_micros();
+    for mode in &modes {
+        let signature_us = signature_only_micros(*mode);
+        for (label, run_mode, engine_only, per_event) in &queue_only {
+            if run_mode != mode {
+                continue;
+            }
+            let Some((_, heap)) = heap_rates.iter().find(|(known, _)| known == label) else {
+                continue;
+            };
+            let queue_and_draws_s = 1.0 / engine_only + per_event * 2.0 * draw_us * 1e-6;
+            let floor_s = queue_and_draws_s + per_event * signature_us * 1e-6;
+            // What 50% of the heap's rate leaves per fetched body once the queue and the
+            // draws are paid: the budget for writing, signing, parsing and verifying the body,
+            // the key cache, the request table and the metrics together.
+            let left_per_fetch_us = (0.5 * heap).recip() - queue_and_draws_s;
+            let left_per_fetch_us = left_per_fetch_us / per_event.max(1e-9) * 1e6;
+            println!(
+                "{:>9}: at {label}: the queue alone ({engine_only:.0} events/s) plus two \
+                 latency draws per fetch ({draw_us:.3} us each) cap the engine at {:.1}% of the \
+                 heap, leaving {left_per_fetch_us:.3} us per fetched body for all else at 50%; \
+                 adding sign + verify of each body ({signature_us:.2} us, no JSON): {:.1}%",
+                mode.as_str(),
+                100.0 / queue_and_draws_s / heap,
+                100.0 / floor_s / heap
+            );
+        }
     }
 }
