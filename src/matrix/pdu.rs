@@ -5,7 +5,9 @@
 //! simulator shares it behind an `Arc`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use once_cell::race::OnceBox;
 use serde_json::Value;
 
 use super::room_version::RoomVersion;
@@ -40,6 +42,45 @@ pub struct Pdu {
     /// The complete event as JSON, without `event_id` (which is derived, not sent, in v4+).
     /// Shared: a world keeps one copy of each event's JSON for its wire copy and every parse.
     pub json: std::sync::Arc<Value>,
+    /// See [`Pdu::member_link_strings`].
+    link_strings: LinkStringsCache,
+}
+
+/// Shared handles on the strings a member-link table keeps of a member event (`room::links`):
+/// the member key (the sender), the event ID and the claimed `domain` and `localpart`.
+#[derive(Debug, Clone)]
+pub struct MemberLinkStrings {
+    pub member_key: Arc<str>,
+    pub event_id: Arc<str>,
+    pub domain: Option<Arc<str>>,
+    pub localpart: Option<Arc<str>>,
+}
+
+/// A [`MemberLinkStrings`] made once per parsed event. A cache: it takes part in no comparison
+/// and no output, so two PDUs are equal whatever their caches hold.
+#[derive(Default)]
+struct LinkStringsCache(OnceBox<MemberLinkStrings>);
+
+impl Clone for LinkStringsCache {
+    fn clone(&self) -> Self {
+        let cache = LinkStringsCache::default();
+        if let Some(strings) = self.0.get() {
+            let _ = cache.0.set(Box::new(strings.clone()));
+        }
+        cache
+    }
+}
+
+impl PartialEq for LinkStringsCache {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for LinkStringsCache {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("LinkStringsCache")
+    }
 }
 
 /// Why a JSON object is not a well-formed PDU.
@@ -147,7 +188,19 @@ impl Pdu {
             event_type,
             event_id,
             json,
+            link_strings: LinkStringsCache::default(),
         })
+    }
+
+    /// The strings of this member event that member-link tables keep, made by `make` the first
+    /// time any table asks. A world shares each event's `Pdu` among all the servers that hold
+    /// it, so the strings are looked up (interned) once per event instead of once per server.
+    /// `make` must be a function of the event alone.
+    pub fn member_link_strings(
+        &self,
+        make: impl FnOnce(&Pdu) -> MemberLinkStrings,
+    ) -> &MemberLinkStrings {
+        self.link_strings.0.get_or_init(|| Box::new(make(self)))
     }
 
     /// The state key pair if this is a state event.
@@ -171,6 +224,39 @@ impl Pdu {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn member_link_strings_are_made_once_and_leave_equality_alone() {
+        let event = json!({
+            "type": "m.room.member", "state_key": "@a:x", "sender": "@a:x", "room_id": "!r",
+            "content": {"membership": "join", "domain": "x"}, "prev_events": [],
+            "auth_events": [], "depth": 1, "origin_server_ts": 5
+        });
+        let pdu = Pdu::from_json(event.clone(), "$e".into(), &RoomVersion::V12).unwrap();
+        let fresh = pdu.clone();
+        let make = |pdu: &Pdu| MemberLinkStrings {
+            member_key: Arc::from(pdu.sender.as_str()),
+            event_id: Arc::from(pdu.event_id.as_str()),
+            domain: Some(Arc::from("x")),
+            localpart: None,
+        };
+        let first = Arc::clone(&pdu.member_link_strings(make).event_id);
+        let mut calls = 0;
+        let again = pdu.member_link_strings(|pdu| {
+            calls += 1;
+            make(pdu)
+        });
+        assert_eq!(calls, 0, "the second request reuses the first answer");
+        assert!(Arc::ptr_eq(&first, &again.event_id));
+        // A clone carries what was made; the cache is no part of equality.
+        assert!(Arc::ptr_eq(
+            &first,
+            &pdu.clone().member_link_strings(make).event_id
+        ));
+        assert_eq!(pdu, fresh);
+        let other = Pdu::from_json(event, "$other".into(), &RoomVersion::V12).unwrap();
+        assert_ne!(pdu, other);
+    }
 
     #[test]
     fn parses_a_member_event_and_reports_missing_fields() {

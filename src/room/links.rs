@@ -31,6 +31,7 @@ use super::policy::InvalidationRule;
 use super::shared::SharedEventFacts;
 use crate::matrix::dag::IdHasher;
 use crate::matrix::member_keys::{self, LinkOutcome};
+use crate::matrix::pdu::MemberLinkStrings;
 use crate::matrix::server_keys::ServerKeys;
 use crate::matrix::{Pdu, RoomVersion};
 use crate::server::outcome_table::InvalidReason;
@@ -495,11 +496,12 @@ impl LinkTable {
         {
             return self.status(&event.sender);
         }
-        // One lookup for a known member; the key is interned only for a new one.
+        let strings = link_strings(event);
+        // One lookup for a known member.
         let link = match self.links.get_mut(event.sender.as_str()) {
             Some(link) => link,
             None => {
-                let member_key = intern(&event.sender);
+                let member_key = Arc::clone(&strings.member_key);
                 self.links
                     .entry(Arc::clone(&member_key))
                     .or_insert_with(|| Link::new(member_key))
@@ -515,21 +517,19 @@ impl LinkTable {
         if !replaces {
             return link.status;
         }
-        let claimed = event.content.get("domain").and_then(Value::as_str);
         // The same claim again (a re-signed copy, a profile change) keeps its interned domain.
-        let domain = match (&link.domain, claimed) {
-            (Some(held), Some(claimed)) if **held == *claimed => Some(Arc::clone(held)),
-            (_, claimed) => claimed.map(intern),
+        let domain = match (&link.domain, &strings.domain) {
+            (Some(held), Some(claimed)) if held == claimed => Some(Arc::clone(held)),
+            (_, claimed) => claimed.clone(),
         };
         if let Some(old_domain) = link.domain.take()
             && Some(&old_domain) != domain.as_ref()
         {
             self.unsettled_by_domain.remove(&old_domain, &member_key);
         }
-        let claimed_localpart = event.content.get("localpart").and_then(Value::as_str);
-        link.localpart = match (&link.localpart, claimed_localpart) {
-            (Some(held), Some(claimed)) if **held == *claimed => Some(Arc::clone(held)),
-            (_, claimed) => claimed.map(intern),
+        link.localpart = match (&link.localpart, &strings.localpart) {
+            (Some(held), Some(claimed)) if held == claimed => Some(Arc::clone(held)),
+            (_, claimed) => claimed.clone(),
         };
         link.domain = domain.clone();
         link.member_event = Some(Arc::clone(event));
@@ -541,7 +541,7 @@ impl LinkTable {
                 // is checked; anything else waits for the keys.
                 if !verified_before {
                     let reason = LinkReason::AwaitingKeys {
-                        event_id: intern(&event.event_id),
+                        event_id: Arc::clone(&strings.event_id),
                         domain,
                     };
                     self.transition(&member_key, LinkStatus::Pending, reason, now_ms);
@@ -550,7 +550,7 @@ impl LinkTable {
             (Some(_), Some(keys)) => self.check(version, &member_key, keys, now_ms),
             (None, _) => {
                 let reason = LinkReason::CosignatureFailed {
-                    event_id: intern(&event.event_id),
+                    event_id: Arc::clone(&strings.event_id),
                     outcome: Box::new(LinkOutcome::NoLinkClaimed),
                 };
                 self.unindex_verifier(&member_key);
@@ -676,22 +676,22 @@ impl LinkTable {
         };
         match outcome {
             LinkOutcome::Verified { key_id } => {
-                let claimed = event
-                    .content
-                    .get("domain")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let domain = match self
+                let strings = link_strings(&event);
+                // A verified co-signature names a domain: the claim is there.
+                let domain = strings.domain.clone().unwrap_or_else(|| intern(""));
+                // A re-check by the same key keeps its interned key ID.
+                let held_key_id = self
                     .links
                     .get(&**member_key)
-                    .and_then(|l| l.domain.as_ref())
-                {
-                    Some(held) if **held == *claimed => Arc::clone(held),
-                    _ => intern(claimed),
+                    .and_then(|link| link.verified_by.as_ref())
+                    .map(|(_, held)| held)
+                    .filter(|held| ***held == *key_id);
+                let key_id = match held_key_id {
+                    Some(held) => Arc::clone(held),
+                    None => intern(&key_id),
                 };
-                let key_id = intern(&key_id);
                 let reason = LinkReason::Cosigned {
-                    event_id: intern(&event.event_id),
+                    event_id: Arc::clone(&strings.event_id),
                     domain: Arc::clone(&domain),
                     key_id: Arc::clone(&key_id),
                 };
@@ -719,7 +719,7 @@ impl LinkTable {
                     _ => None,
                 };
                 let reason = LinkReason::CosignatureFailed {
-                    event_id: intern(&event.event_id),
+                    event_id: Arc::clone(&link_strings(&event).event_id),
                     outcome: Box::new(outcome),
                 };
                 self.unindex_verifier(member_key);
@@ -786,6 +786,20 @@ impl LinkTable {
 
 /// Brings `link`'s entry in `unsettled_by_domain` in line with its current domain and status
 /// (an entry under its previous domain is removed by the caller that changes the domain).
+/// The interned strings of the member event `event` (made once per event for the world, see
+/// [`Pdu::member_link_strings`]).
+fn link_strings(event: &Pdu) -> &MemberLinkStrings {
+    event.member_link_strings(|event| {
+        let content_string = |field: &str| event.content.get(field).and_then(Value::as_str);
+        MemberLinkStrings {
+            member_key: intern(&event.sender),
+            event_id: intern(&event.event_id),
+            domain: content_string("domain").map(intern),
+            localpart: content_string("localpart").map(intern),
+        }
+    })
+}
+
 fn reindex_unsettled(unsettled_by_domain: &mut UnsettledByDomain, link: &Link) {
     let Some(domain) = &link.domain else {
         return;
