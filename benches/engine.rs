@@ -342,11 +342,16 @@ fn main() {
             // the key cache, the request table and the metrics together.
             let left_per_fetch_us = (0.5 * heap).recip() - queue_and_draws_s;
             let left_per_fetch_us = left_per_fetch_us / per_event.max(1e-9) * 1e6;
+            let left = if left_per_fetch_us > 0.0 {
+                format!("leaving {left_per_fetch_us:.3} us per fetched body for all else at 50%")
+            } else {
+                "so 50% is out of reach before any key work".to_owned()
+            };
             println!(
                 "{:>9}: at {label}: the queue alone ({engine_only:.0} events/s) plus two \
                  latency draws per fetch ({draw_us:.3} us each) cap the engine at {:.1}% of the \
-                 heap, leaving {left_per_fetch_us:.3} us per fetched body for all else at 50%; \
-                 adding sign + verify of each body ({signature_us:.2} us, no JSON): {:.1}%",
+                 heap, {left}; adding sign + verify of each body ({signature_us:.2} us, no \
+                 JSON): {:.1}%",
                 mode.as_str(),
                 100.0 / queue_and_draws_s / heap,
                 100.0 / floor_s / heap
