@@ -517,20 +517,13 @@ impl LinkTable {
         if !replaces {
             return link.status;
         }
-        // The same claim again (a re-signed copy, a profile change) keeps its interned domain.
-        let domain = match (&link.domain, &strings.domain) {
-            (Some(held), Some(claimed)) if held == claimed => Some(Arc::clone(held)),
-            (_, claimed) => claimed.clone(),
-        };
+        let domain = strings.domain.clone();
         if let Some(old_domain) = link.domain.take()
             && Some(&old_domain) != domain.as_ref()
         {
             self.unsettled_by_domain.remove(&old_domain, &member_key);
         }
-        link.localpart = match (&link.localpart, &strings.localpart) {
-            (Some(held), Some(claimed)) if held == claimed => Some(Arc::clone(held)),
-            (_, claimed) => claimed.clone(),
-        };
+        link.localpart = strings.localpart.clone();
         link.domain = domain.clone();
         link.member_event = Some(Arc::clone(event));
         reindex_unsettled(&mut self.unsettled_by_domain, link);
@@ -784,8 +777,6 @@ impl LinkTable {
     }
 }
 
-/// Brings `link`'s entry in `unsettled_by_domain` in line with its current domain and status
-/// (an entry under its previous domain is removed by the caller that changes the domain).
 /// The interned strings of the member event `event` (made once per event for the world, see
 /// [`Pdu::member_link_strings`]).
 fn link_strings(event: &Pdu) -> &MemberLinkStrings {
@@ -800,6 +791,8 @@ fn link_strings(event: &Pdu) -> &MemberLinkStrings {
     })
 }
 
+/// Brings `link`'s entry in `unsettled_by_domain` in line with its current domain and status
+/// (an entry under its previous domain is removed by the caller that changes the domain).
 fn reindex_unsettled(unsettled_by_domain: &mut UnsettledByDomain, link: &Link) {
     let Some(domain) = &link.domain else {
         return;
