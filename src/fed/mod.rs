@@ -431,6 +431,9 @@ struct ResidentMemo {
     residents: Vec<ServerId>,
     /// One per `m.room.member` entry of `state`, in map order.
     facts: Vec<MemberFact>,
+    /// When only verified links count (RQ9's knob off under member keys): the resident servers
+    /// (sorted) and the link table's [`LinkTable::status_changes`] they were read at.
+    verified: Option<(u64, Vec<ServerId>)>,
 }
 
 /// What one `m.room.member` state entry says about residency on the server holding it.
@@ -2072,11 +2075,19 @@ impl FedWorld {
         let Ok(current) = state.state.current_state() else {
             return Vec::new();
         };
+        let status_changes = state.links.status_changes();
         if let Some(memo) = &state.resident_memo
             && Arc::ptr_eq(&memo.state, &current)
-            && !verified_only
         {
-            return memo.residents.clone();
+            if !verified_only {
+                return memo.residents.clone();
+            }
+            // The verified-only list also depends on link statuses: reused while none changed.
+            if let Some((at_changes, residents)) = &memo.verified
+                && *at_changes == status_changes
+            {
+                return residents.clone();
+            }
         }
         let old_memo = state.resident_memo.take();
         // The previous state's member entries with their facts, walked alongside this state's
@@ -2160,6 +2171,7 @@ impl FedWorld {
             state: current,
             residents: all_residents.into_iter().collect(),
             facts,
+            verified: verified_only.then(|| (status_changes, residents.clone())),
         });
         residents
     }

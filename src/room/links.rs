@@ -407,6 +407,9 @@ pub struct LinkTable {
     unsettled_by_domain: UnsettledByDomain,
     /// If set, co-signature checks are shared with other servers (see [`super::shared`]).
     shared: Option<SharedEventFacts>,
+    /// How many times a link's status has changed: what a reader caching something derived
+    /// from statuses compares (see [`LinkTable::status_changes`]).
+    status_changes: u64,
 }
 
 impl LinkTable {
@@ -418,6 +421,7 @@ impl LinkTable {
             verified_by_key: VerifiedByKey::default(),
             unsettled_by_domain: UnsettledByDomain::default(),
             shared: None,
+            status_changes: 0,
         }
     }
 
@@ -443,6 +447,12 @@ impl LinkTable {
         let mut links: Vec<(&Arc<str>, &Link)> = self.links.iter().collect();
         links.sort_unstable_by_key(|(member_key, _)| *member_key);
         links.into_iter().map(|(_, link)| link)
+    }
+
+    /// A count that moves whenever any link's status changes (and only then): every answer of
+    /// [`LinkTable::status`] is the same as long as this is.
+    pub fn status_changes(&self) -> u64 {
+        self.status_changes
     }
 
     /// The status of `member_key`'s link.
@@ -763,6 +773,9 @@ impl LinkTable {
             return;
         }
         link.status = to;
+        if from != to {
+            self.status_changes += 1;
+        }
         // Most links change once or twice: grow the history one entry at a time.
         link.transitions.reserve_exact(1);
         link.transitions.push(LinkTransition {
@@ -1014,6 +1027,29 @@ mod tests {
                 (LinkStatus::Unverified, LinkStatus::Verified, 50),
             ]
         );
+    }
+
+    #[test]
+    fn the_status_change_count_moves_with_every_status_change_and_only_then() {
+        let key1 = server_key("1", 1);
+        let event = join(9, Some(&key1), 100);
+        let mut table = LinkTable::new(InvalidationRule::RevokeAll);
+        assert_eq!(table.status_changes(), 0);
+        // Unknown -> pending.
+        table.observe_member_event(&V, &event, None, 10);
+        assert_eq!(table.status_changes(), 1);
+        // Seen again before the keys: still pending, no change.
+        table.observe_member_event(&V, &event, None, 11);
+        assert_eq!(table.status_changes(), 1);
+        // Pending -> verified.
+        let ring = ring_with(&key1, DAY_MS);
+        table.keys_available(&V, "a.example", ring.held_keys("a.example").unwrap(), 20);
+        assert_eq!(table.status(&event.sender), LinkStatus::Verified);
+        assert_eq!(table.status_changes(), 2);
+        // Checked again by the same key: verified before and after, no change.
+        table.observe_member_event(&V, &event, ring.held_keys("a.example"), 30);
+        assert_eq!(table.status(&event.sender), LinkStatus::Verified);
+        assert_eq!(table.status_changes(), 2);
     }
 
     #[test]
