@@ -427,13 +427,14 @@ type OwnJoinMemo = (Arc<crate::matrix::StateMap>, Vec<(String, bool)>);
 /// says about its member's domain).
 struct ResidentMemo {
     state: Arc<crate::matrix::StateMap>,
-    /// The resident servers when every claimed domain counts (sorted).
+    /// When only verified links count (RQ9's knob off under member keys), the link table's
+    /// [`LinkTable::status_changes`] the residents were read at (`None`: statuses do not
+    /// matter). The residents are reused only for the same state and the same count.
+    status_changes: Option<u64>,
+    /// The resident servers (sorted).
     residents: Vec<ServerId>,
     /// One per `m.room.member` entry of `state`, in map order.
     facts: Vec<MemberFact>,
-    /// When only verified links count (RQ9's knob off under member keys): the resident servers
-    /// (sorted) and the link table's [`LinkTable::status_changes`] they were read at.
-    verified: Option<(u64, Vec<ServerId>)>,
 }
 
 /// What one `m.room.member` state entry says about residency on the server holding it.
@@ -2065,8 +2066,8 @@ impl FedWorld {
         let count = self.servers.len();
         let version = self.version;
         // RQ9 knob: skip domains claimed only by links this server has not verified (link
-        // statuses change without the state changing, so the residents list is not reused
-        // then; the per-entry facts still are, and the statuses are read afresh).
+        // statuses change without the state changing, so the residents list is then reused only
+        // while no status changed; the per-entry facts are reused either way).
         let verified_only = version.member_keys && !self.config.fan_out_to_unverified_links;
         let own_name = self.servers[server as usize].name.clone();
         let Some(state) = self.servers[server as usize].rooms.get_mut(&room) else {
@@ -2075,19 +2076,12 @@ impl FedWorld {
         let Ok(current) = state.state.current_state() else {
             return Vec::new();
         };
-        let status_changes = state.links.status_changes();
+        let status_changes = verified_only.then(|| state.links.status_changes());
         if let Some(memo) = &state.resident_memo
             && Arc::ptr_eq(&memo.state, &current)
+            && memo.status_changes == status_changes
         {
-            if !verified_only {
-                return memo.residents.clone();
-            }
-            // The verified-only list also depends on link statuses: reused while none changed.
-            if let Some((at_changes, residents)) = &memo.verified
-                && *at_changes == status_changes
-            {
-                return residents.clone();
-            }
+            return memo.residents.clone();
         }
         let old_memo = state.resident_memo.take();
         // The previous state's member entries with their facts, walked alongside this state's
@@ -2127,7 +2121,6 @@ impl FedWorld {
             }
         };
         let mut facts = Vec::new();
-        let mut all_residents = BTreeSet::new();
         let mut residents = BTreeSet::new();
         for ((_, state_key), event_id) in current
             .range((member.to_owned(), String::new())..)
@@ -2156,7 +2149,6 @@ impl FedWorld {
             let Some(resident) = fact.resident else {
                 continue;
             };
-            all_residents.insert(resident);
             // RQ9 knob: skip domains claimed only by links this server has not verified.
             if verified_only
                 && !fact.own_domain
@@ -2169,9 +2161,9 @@ impl FedWorld {
         let residents: Vec<ServerId> = residents.into_iter().collect();
         state.resident_memo = Some(ResidentMemo {
             state: current,
-            residents: all_residents.into_iter().collect(),
+            status_changes,
+            residents: residents.clone(),
             facts,
-            verified: verified_only.then(|| (status_changes, residents.clone())),
         });
         residents
     }
