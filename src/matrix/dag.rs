@@ -279,6 +279,28 @@ struct Node {
     outlier: bool,
 }
 
+/// The indices of an event's parents held in one DAG, found by [`Dag::look_up_parents`]: the
+/// receipt pipeline looks each parent up once, to learn what is missing, and inserts with what
+/// it found. Each event ID costs a hash-table probe whose match is confirmed by comparing the ID
+/// through node, event and string (three cold reads), so looking up again is not free.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldParents {
+    /// The prev events held in the graph (not as outliers), in the event's order.
+    pub prev: Vec<EventIndex>,
+    /// The auth events held (outliers too), in the event's order.
+    pub auth: Vec<EventIndex>,
+}
+
+/// What [`Dag::look_up_parents`] found: the held parents, and the IDs of those not held.
+#[derive(Debug, Clone)]
+pub struct ParentLookup {
+    pub held: HeldParents,
+    /// Prev events not held in the graph (unknown, or held only as outliers), in order.
+    pub missing_prev: Vec<EventId>,
+    /// Auth events not held at all, in order.
+    pub missing_auth: Vec<EventId>,
+}
+
 /// The event DAG of one room. See the module documentation for the invariants.
 pub struct Dag {
     version: RoomVersion,
@@ -366,6 +388,32 @@ impl Dag {
     /// 4 and 5). Returns its index. Inserting an ID already present is an error.
     pub fn insert(&mut self, pdu: Arc<Pdu>) -> Result<EventIndex, DagError> {
         let prev = self.resolve_references(&pdu, EdgeKind::Prev, true)?;
+        self.insert_after_prev(pdu, prev, None)
+    }
+
+    /// [`Dag::insert`] with the parents [`Dag::look_up_parents`] found, none missing.
+    pub fn insert_with_parents(
+        &mut self,
+        pdu: Arc<Pdu>,
+        parents: HeldParents,
+    ) -> Result<EventIndex, DagError> {
+        let prev = if parents.prev.len() == pdu.prev_events.len() {
+            parents.prev
+        } else {
+            // A prev event was missing: looked up again, to name it.
+            self.resolve_references(&pdu, EdgeKind::Prev, true)?
+        };
+        self.insert_after_prev(pdu, prev, Some(parents.auth))
+    }
+
+    /// Inserts an event whose prev events are held at `prev` (all of them), resolving the state
+    /// before it from theirs; `auth`: its auth events' indices if the caller found them all.
+    fn insert_after_prev(
+        &mut self,
+        pdu: Arc<Pdu>,
+        prev: Vec<EventIndex>,
+        auth: Option<Vec<EventIndex>>,
+    ) -> Result<EventIndex, DagError> {
         let state_before = if prev.is_empty() {
             Arc::new(LayeredState::default())
         } else {
@@ -393,7 +441,7 @@ impl Dag {
             }
         };
         // The prev events were resolved above (all held): not looked up again.
-        self.insert_resolved(pdu, state_before, Some(prev))
+        self.insert_resolved(pdu, state_before, Some(prev), auth)
     }
 
     /// Inserts an event with a state before it given from outside (for example from a
@@ -404,16 +452,29 @@ impl Dag {
         pdu: Arc<Pdu>,
         state_before: Arc<LayeredState>,
     ) -> Result<EventIndex, DagError> {
-        self.insert_resolved(pdu, state_before, None)
+        self.insert_resolved(pdu, state_before, None, None)
     }
 
-    /// [`Dag::insert_with_state_before`], with the prev events' indices if the caller resolved
-    /// them all already (the same indices `resolve_references` finds: one per prev event ID).
+    /// [`Dag::insert_with_state_before`] with the parents [`Dag::look_up_parents`] found, no
+    /// auth event missing (prev events not held in the graph are skipped, as there).
+    pub fn insert_with_state_before_and_parents(
+        &mut self,
+        pdu: Arc<Pdu>,
+        state_before: Arc<LayeredState>,
+        parents: HeldParents,
+    ) -> Result<EventIndex, DagError> {
+        self.insert_resolved(pdu, state_before, Some(parents.prev), Some(parents.auth))
+    }
+
+    /// [`Dag::insert_with_state_before`], with the prev and auth events' indices if the caller
+    /// resolved them already (the indices `resolve_references` finds: one per held prev event
+    /// ID, one per auth event ID).
     fn insert_resolved(
         &mut self,
         pdu: Arc<Pdu>,
         state_before: Arc<LayeredState>,
         prev: Option<Vec<EventIndex>>,
+        auth: Option<Vec<EventIndex>>,
     ) -> Result<EventIndex, DagError> {
         if self.index(&pdu.event_id).is_some() {
             return Err(DagError::DuplicateEventId(pdu.event_id.clone()));
@@ -426,7 +487,11 @@ impl Dag {
             Some(prev) => prev,
             None => self.resolve_references(&pdu, EdgeKind::Prev, false)?,
         };
-        let auth = self.resolve_references(&pdu, EdgeKind::Auth, true)?;
+        let auth = match auth {
+            // One index per auth event: none was missing (else looked up, to name the missing).
+            Some(auth) if auth.len() == pdu.auth_events.len() => auth,
+            _ => self.resolve_references(&pdu, EdgeKind::Auth, true)?,
+        };
         let rejection = self.check_event(&pdu, &auth, &state_before);
         let state_after = match (&rejection, pdu.state_key_pair()) {
             (None, Some(key)) => Arc::new(state_before.with(key, pdu.event_id.clone())),
@@ -446,24 +511,27 @@ impl Dag {
     /// events, as for any event); its state before and after are empty (unknown), and no
     /// inserted event may use it as a prev event.
     pub fn insert_outlier(&mut self, pdu: Arc<Pdu>) -> Result<EventIndex, DagError> {
-        self.insert_outlier_with(pdu, None)
+        self.insert_outlier_with(pdu, None, None)
     }
 
-    /// As [`Dag::insert_outlier`], with check 4's verdict known already (`None`: passed): an
+    /// [`Dag::insert_outlier`] with the auth events' indices [`Dag::look_up_auth_events`] found
+    /// (none missing), and check 4's verdict if known already (`Some(None)`: passed): for an
     /// outlier whose copy, auth events' copies and rejections and create event are the same as
     /// where the verdict was reached (`room::shared`). Every other check is made as there.
-    pub fn insert_outlier_judged(
+    pub fn insert_outlier_with_auth(
         &mut self,
         pdu: Arc<Pdu>,
-        rejection: Option<(RejectionCheck, Rejection)>,
+        auth: Vec<EventIndex>,
+        judged: Option<Option<(RejectionCheck, Rejection)>>,
     ) -> Result<EventIndex, DagError> {
-        self.insert_outlier_with(pdu, Some(rejection))
+        self.insert_outlier_with(pdu, judged, Some(auth))
     }
 
     fn insert_outlier_with(
         &mut self,
         pdu: Arc<Pdu>,
         judged: Option<Option<(RejectionCheck, Rejection)>>,
+        auth: Option<Vec<EventIndex>>,
     ) -> Result<EventIndex, DagError> {
         if self.index(&pdu.event_id).is_some() {
             return Err(DagError::DuplicateEventId(pdu.event_id.clone()));
@@ -472,7 +540,11 @@ impl Dag {
         if is_create && self.create.is_some() {
             return Err(DagError::SecondCreate(pdu.event_id.clone()));
         }
-        let auth = self.resolve_references(&pdu, EdgeKind::Auth, true)?;
+        let auth = match auth {
+            // One index per auth event: none was missing (else looked up, to name the missing).
+            Some(auth) if auth.len() == pdu.auth_events.len() => auth,
+            _ => self.resolve_references(&pdu, EdgeKind::Auth, true)?,
+        };
         let rejection = match judged {
             Some(rejection) => rejection,
             None => self.check_outlier(&pdu, is_create, &auth),
@@ -534,6 +606,25 @@ impl Dag {
         pdu: Arc<Pdu>,
         evaluation: Arc<Evaluation>,
     ) -> Result<EventIndex, DagError> {
+        self.insert_evaluated_with(pdu, evaluation, None)
+    }
+
+    /// [`Dag::insert_evaluated`] with the parents [`Dag::look_up_parents`] found, none missing.
+    pub fn insert_evaluated_with_parents(
+        &mut self,
+        pdu: Arc<Pdu>,
+        evaluation: Arc<Evaluation>,
+        parents: HeldParents,
+    ) -> Result<EventIndex, DagError> {
+        self.insert_evaluated_with(pdu, evaluation, Some(parents))
+    }
+
+    fn insert_evaluated_with(
+        &mut self,
+        pdu: Arc<Pdu>,
+        evaluation: Arc<Evaluation>,
+        parents: Option<HeldParents>,
+    ) -> Result<EventIndex, DagError> {
         if self.index(&pdu.event_id).is_some() {
             return Err(DagError::DuplicateEventId(pdu.event_id.clone()));
         }
@@ -541,8 +632,18 @@ impl Dag {
         if is_create && self.create.is_some() {
             return Err(DagError::SecondCreate(pdu.event_id.clone()));
         }
-        let prev = self.resolve_references(&pdu, EdgeKind::Prev, true)?;
-        let auth = self.resolve_references(&pdu, EdgeKind::Auth, true)?;
+        let (prev, auth) = match parents {
+            // One index per parent: none was missing (else looked up, to name the missing).
+            Some(HeldParents { prev, auth })
+                if prev.len() == pdu.prev_events.len() && auth.len() == pdu.auth_events.len() =>
+            {
+                (prev, auth)
+            }
+            _ => (
+                self.resolve_references(&pdu, EdgeKind::Prev, true)?,
+                self.resolve_references(&pdu, EdgeKind::Auth, true)?,
+            ),
+        };
         Ok(self.add_node(pdu, is_create, prev, auth, evaluation, false))
     }
 
@@ -578,6 +679,44 @@ impl Dag {
             outlier,
         });
         index
+    }
+
+    /// Looks up each of the event's prev and auth events once: the indices held (prev events
+    /// only in the graph, as [`Dag::insert`] wants them) and the IDs missing. With nothing
+    /// missing, `held` is what the `*_with_parents` insertions take in place of looking up
+    /// again; with a state given, the held prev events are what
+    /// [`Dag::insert_with_state_before`] links.
+    pub fn look_up_parents(&self, pdu: &Pdu) -> ParentLookup {
+        let mut lookup = ParentLookup {
+            held: HeldParents {
+                prev: Vec::with_capacity(pdu.prev_events.len()),
+                auth: Vec::new(),
+            },
+            missing_prev: Vec::new(),
+            missing_auth: Vec::new(),
+        };
+        for id in &pdu.prev_events {
+            match self.index(id).filter(|&index| !self.is_outlier(index)) {
+                Some(index) => lookup.held.prev.push(index),
+                None => lookup.missing_prev.push(id.clone()),
+            }
+        }
+        (lookup.held.auth, lookup.missing_auth) = self.look_up_auth_events(pdu);
+        lookup
+    }
+
+    /// The auth half of [`Dag::look_up_parents`] (all an outlier needs): the indices of the
+    /// held auth events and the IDs of those not held, each in the event's order.
+    pub fn look_up_auth_events(&self, pdu: &Pdu) -> (Vec<EventIndex>, Vec<EventId>) {
+        let mut held = Vec::with_capacity(pdu.auth_events.len());
+        let mut missing = Vec::new();
+        for id in &pdu.auth_events {
+            match self.index(id) {
+                Some(index) => held.push(index),
+                None => missing.push(id.clone()),
+            }
+        }
+        (held, missing)
     }
 
     /// The indices of the events `pdu` references by `kind`; an unknown one is an error if
@@ -1178,6 +1317,76 @@ mod tests {
         assert_eq!(
             room.dag.insert(Arc::new(second_create)),
             Err(DagError::SecondCreate("$create2".into()))
+        );
+    }
+
+    /// Test that `look_up_parents` finds what `insert` resolves (an outlier counting as a
+    /// missing prev event), that inserting with what it found links the same edges, and that
+    /// a lookup with something missing still gets the error that names it.
+    #[test]
+    fn parents_looked_up_once_insert_as_parents_resolved_again() {
+        let (mut room, tip) = Room::new();
+        let message = room.add(&[tip], ALICE, "m.room.message", None, json!({"body": "a"}));
+        let pdu = Arc::clone(room.dag.event(message));
+        let mut copy = Dag::new(RoomVersion::V10);
+        for index in 0..message {
+            copy.insert(Arc::clone(room.dag.event(index))).unwrap();
+        }
+        let lookup = copy.look_up_parents(&pdu);
+        assert!(lookup.missing_prev.is_empty() && lookup.missing_auth.is_empty());
+        assert_eq!(lookup.held.prev, room.dag.prev_indices(message));
+        let again = copy
+            .insert_with_parents(Arc::clone(&pdu), lookup.held)
+            .unwrap();
+        assert_eq!(again, message);
+        assert_eq!(copy.prev_indices(again), room.dag.prev_indices(message));
+        assert_eq!(
+            copy.auth_event_indices(again),
+            room.dag.auth_event_indices(message)
+        );
+        assert_eq!(
+            copy.evaluation(again).rejection,
+            room.dag.evaluation(message).rejection
+        );
+        // Its prev event held only as an outlier: missing as a prev event, held as an auth one.
+        let mut gap = Dag::new(RoomVersion::V10);
+        for index in 0..tip {
+            gap.insert(Arc::clone(room.dag.event(index))).unwrap();
+        }
+        gap.insert_outlier(Arc::clone(room.dag.event(tip))).unwrap();
+        let tip_id = room.dag.event(tip).event_id.clone();
+        let lookup = gap.look_up_parents(&pdu);
+        assert_eq!(lookup.missing_prev, vec![tip_id.clone()]);
+        assert!(lookup.held.prev.is_empty());
+        assert_eq!(
+            gap.insert_with_parents(Arc::clone(&pdu), lookup.held.clone()),
+            Err(DagError::UnknownPrevEvent {
+                event: pdu.event_id.clone(),
+                missing: tip_id
+            })
+        );
+        // With a state given, the prev events not held in the graph are simply not linked.
+        let state = Arc::clone(&room.dag.evaluation(message).state_before);
+        let given = gap
+            .insert_with_state_before_and_parents(Arc::clone(&pdu), state, lookup.held)
+            .unwrap();
+        assert!(gap.prev_indices(given).is_empty());
+        assert_eq!(
+            gap.auth_event_indices(given),
+            room.dag.auth_event_indices(message)
+        );
+        // An auth event not held: the lookup names it, and inserting with it fails naming it.
+        let mut bare = Dag::new(RoomVersion::V10);
+        bare.insert(Arc::clone(room.dag.event(0))).unwrap();
+        let (auth, missing) = bare.look_up_auth_events(&pdu);
+        assert_eq!(auth.len() + missing.len(), pdu.auth_events.len());
+        assert!(!missing.is_empty());
+        assert_eq!(
+            bare.insert_outlier_with_auth(Arc::clone(&pdu), auth, None),
+            Err(DagError::UnknownAuthEvent {
+                event: pdu.event_id.clone(),
+                missing: missing[0].clone()
+            })
         );
     }
 }

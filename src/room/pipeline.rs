@@ -233,12 +233,8 @@ pub fn receive_outlier_arc_shared<K: KeySource>(
     if room.holds(&pdu.event_id) {
         return receipt;
     }
-    let missing_auth: Vec<EventId> = pdu
-        .auth_events
-        .iter()
-        .filter(|id| !room.holds(id))
-        .cloned()
-        .collect();
+    // Each auth event is looked up once: what is missing, and where the held ones are.
+    let (auth, missing_auth) = room.dag().look_up_auth_events(&pdu);
     if !missing_auth.is_empty() {
         receipt.verdict = Verdict::MissingEvents {
             prev_events: Vec::new(),
@@ -247,7 +243,7 @@ pub fn receive_outlier_arc_shared<K: KeySource>(
         return receipt;
     }
     let redacted = hash_check != ContentHashCheck::Valid;
-    let (index, rejection) = match room.insert_outlier(Arc::clone(&pdu), redacted) {
+    let (index, rejection) = match room.insert_outlier(Arc::clone(&pdu), auth, redacted) {
         Ok(inserted) => inserted,
         Err(error) => {
             receipt.verdict = Verdict::Dropped(DropReason::Dag(error));
@@ -354,21 +350,14 @@ fn receive<K: KeySource>(
         receipt.verdict = Verdict::AlreadyHeld;
         return receipt;
     }
-    let missing_auth: Vec<EventId> = pdu
-        .auth_events
-        .iter()
-        .filter(|id| !room.holds(id))
-        .cloned()
-        .collect();
-    // An outlier has no state to build on: as a prev event it is missing.
-    let missing_prev: Vec<EventId> = match &state_before {
+    // Each parent is looked up once: what is missing, and where the held ones are for the
+    // insertion. An outlier has no state to build on: as a prev event it is missing (with a
+    // state given, prev events not held in the graph are not needed and simply not linked).
+    let lookup = room.dag().look_up_parents(&pdu);
+    let missing_auth = lookup.missing_auth;
+    let missing_prev = match &state_before {
         Some(_) => Vec::new(),
-        None => pdu
-            .prev_events
-            .iter()
-            .filter(|id| !room.holds_in_graph(id))
-            .cloned()
-            .collect(),
+        None => lookup.missing_prev,
     };
     let state_names_unheld = state_before
         .as_ref()
@@ -387,13 +376,14 @@ fn receive<K: KeySource>(
     // 4 and 5. The DAG evaluates them on insertion (once per event).
     let state_given = state_before.is_some();
     let redacted = hash_check != ContentHashCheck::Valid;
-    let (index, rejection) = match room.insert(Arc::clone(&pdu), state_before, redacted) {
-        Ok(inserted) => inserted,
-        Err(error) => {
-            receipt.verdict = Verdict::Dropped(DropReason::Dag(error));
-            return receipt;
-        }
-    };
+    let (index, rejection) =
+        match room.insert(Arc::clone(&pdu), lookup.held, state_before, redacted) {
+            Ok(inserted) => inserted,
+            Err(error) => {
+                receipt.verdict = Verdict::Dropped(DropReason::Dag(error));
+                return receipt;
+            }
+        };
     let mut held = HeldEvent {
         fate: Fate::Accepted { labelled: false },
         redacted,

@@ -26,7 +26,8 @@ use super::shared::{Count, RoomFacts, SharedEventFacts, SharedId, lock};
 use crate::matrix::auth::{AuthState, Rejection, Rule, auth_types_for_event, authorize};
 use crate::matrix::canonical_json::MAX_SAFE_INTEGER;
 use crate::matrix::dag::{
-    Dag, DagError, EventIndex, LayeredState, RejectionCheck, StateMapView, reserve_gently,
+    Dag, DagError, EventIndex, HeldParents, LayeredState, RejectionCheck, StateMapView,
+    reserve_gently,
 };
 use crate::matrix::event_builder::{EventDraft, MAX_PREV_EVENTS};
 use crate::matrix::state_res::{EventSource, ResolveError};
@@ -280,26 +281,28 @@ impl RoomState {
     }
 
     /// Whether an event about to be inserted is clean: intact, no state given, and its prev
-    /// events, auth events and the create event held and clean (the create event itself: intact
-    /// and no state given).
-    fn clean_on_insert(&self, pdu: &Pdu, state_given: bool, redacted: bool) -> bool {
+    /// events, auth events (all held, at `parents`) and the create event held and clean (the
+    /// create event itself: intact and no state given).
+    fn clean_on_insert(
+        &self,
+        pdu: &Pdu,
+        parents: &HeldParents,
+        state_given: bool,
+        redacted: bool,
+    ) -> bool {
         if state_given || redacted {
             return false;
         }
-        let held_clean = |id: &EventId| {
-            self.dag
-                .index(id)
-                .is_some_and(|index| self.clean[index as usize])
-        };
         let is_create = pdu.event_type == "m.room.create" && pdu.state_key.as_deref() == Some("");
         if is_create {
             return true;
         }
+        let clean = |&index: &EventIndex| self.clean[index as usize];
         self.dag
             .create_index()
             .is_some_and(|create| self.clean[create as usize])
-            && pdu.prev_events.iter().all(held_clean)
-            && pdu.auth_events.iter().all(held_clean)
+            && parents.prev.iter().all(clean)
+            && parents.auth.iter().all(clean)
     }
 
     /// Turns the current-state memo on or off (results are identical; only speed differs).
@@ -603,16 +606,19 @@ impl RoomState {
 
     /// Inserts an event whose auth events are held: with its prev events held too (the state
     /// before it is resolved from theirs), or with `state_before` given (a gap, or a join's
-    /// first event). The DAG runs checks 4 and 5, or takes another server's evaluation when the
-    /// event is clean and sharing is on. `redacted`: the copy is check 3's redacted form. The
-    /// caller records the fate with [`RoomState::record`].
+    /// first event). `parents`: what [`Dag::look_up_parents`] found for it, no auth event
+    /// missing and, without a given state, no prev event either. The DAG runs checks 4 and 5,
+    /// or takes another server's evaluation when the event is clean and sharing is on.
+    /// `redacted`: the copy is check 3's redacted form. The caller records the fate with
+    /// [`RoomState::record`].
     pub(crate) fn insert(
         &mut self,
         pdu: Arc<Pdu>,
+        parents: HeldParents,
         state_before: Option<Arc<StateMap>>,
         redacted: bool,
     ) -> Result<(EventIndex, Option<(RejectedAt, Rejection)>), DagError> {
-        let clean = self.clean_on_insert(&pdu, state_before.is_some(), redacted);
+        let clean = self.clean_on_insert(&pdu, &parents, state_before.is_some(), redacted);
         let is_create = pdu.event_type == "m.room.create" && pdu.state_key.as_deref() == Some("");
         let facts = if clean && !is_create {
             self.room_facts()
@@ -622,10 +628,11 @@ impl RoomState {
         let mut clean = clean;
         let (index, shared_id) = match (state_before, facts) {
             (Some(state), _) => {
-                let adoptable = !redacted && self.given_state_parents_clean(&pdu, &state);
-                let index = self.dag.insert_with_state_before(
+                let adoptable = !redacted && self.given_state_parents_clean(&parents, &state);
+                let index = self.dag.insert_with_state_before_and_parents(
                     Arc::clone(&pdu),
                     Arc::new(LayeredState::from_map((*state).clone())),
+                    parents,
                 )?;
                 let shared_id = if adoptable {
                     self.adopt_given_state(index, &state)
@@ -639,9 +646,9 @@ impl RoomState {
                 if let Some(shared) = &self.shared {
                     shared.count(Count::EvaluationUnshareable);
                 }
-                (self.dag.insert(pdu)?, NO_SHARED_ID)
+                (self.dag.insert_with_parents(pdu, parents)?, NO_SHARED_ID)
             }
-            (None, Some(facts)) => self.insert_shared(pdu, &facts)?,
+            (None, Some(facts)) => self.insert_shared(pdu, parents, &facts)?,
         };
         debug_assert_eq!(index as usize, self.clean.len());
         reserve_gently(&mut self.clean, 1);
@@ -663,9 +670,9 @@ impl RoomState {
         Ok((index, rejection))
     }
 
-    /// Whether an event given the state before it could be clean: its auth events, every event
-    /// of the given state and the create event are held and clean.
-    fn given_state_parents_clean(&self, pdu: &Pdu, state: &StateMap) -> bool {
+    /// Whether an event given the state before it could be clean: its auth events (held, at
+    /// `parents`), every event of the given state and the create event are held and clean.
+    fn given_state_parents_clean(&self, parents: &HeldParents, state: &StateMap) -> bool {
         let held_clean = |id: &EventId| {
             self.dag
                 .index(id)
@@ -674,7 +681,7 @@ impl RoomState {
         self.dag
             .create_index()
             .is_some_and(|create| self.clean[create as usize])
-            && pdu.auth_events.iter().all(held_clean)
+            && parents.auth.iter().all(|&index| self.clean[index as usize])
             && state.values().all(held_clean)
     }
 
@@ -708,11 +715,13 @@ impl RoomState {
     /// answer, checked against its own auth events only. It is clean (usable as a clean auth
     /// event by clean events) when it is intact, its auth events and the create event are clean,
     /// and another server evaluated it clean with the same verdict (so every rejection flag a
-    /// descendant reads is the same; its state is never read). The caller records it with
-    /// [`RoomState::record_outlier`].
+    /// descendant reads is the same; its state is never read). `auth`: its auth events'
+    /// indices as [`Dag::look_up_auth_events`] found them, none missing. The caller records it
+    /// with [`RoomState::record_outlier`].
     pub(crate) fn insert_outlier(
         &mut self,
         pdu: Arc<Pdu>,
+        auth: Vec<EventIndex>,
         redacted: bool,
     ) -> Result<(EventIndex, Option<(RejectedAt, Rejection)>), DagError> {
         let is_create = pdu.event_type == "m.room.create" && pdu.state_key.as_deref() == Some("");
@@ -722,11 +731,7 @@ impl RoomState {
                     .dag
                     .create_index()
                     .is_some_and(|create| self.clean[create as usize]))
-            && pdu.auth_events.iter().all(|id| {
-                self.dag
-                    .index(id)
-                    .is_some_and(|index| self.clean[index as usize])
-            });
+            && auth.iter().all(|&index| self.clean[index as usize]);
         // Another server's evaluation of the event, if its parents are clean here (then the
         // create event is held and clean, and `room_facts` is the room of its ID).
         let found = if parents_clean && !is_create {
@@ -741,13 +746,13 @@ impl RoomState {
         // verdict: its rejection if check 4 rejected it, else none (check 5 does not run on an
         // outlier). A verifying store checks it anyway.
         let verifies = self.shared.as_ref().is_some_and(SharedEventFacts::verifies);
-        let index = match &found {
-            Some(found) if !verifies => self.dag.insert_outlier_judged(
-                Arc::clone(&pdu),
-                check_four_verdict(&found.evaluation.rejection),
-            )?,
-            _ => self.dag.insert_outlier(Arc::clone(&pdu))?,
+        let judged = match &found {
+            Some(found) if !verifies => Some(check_four_verdict(&found.evaluation.rejection)),
+            _ => None,
         };
+        let index = self
+            .dag
+            .insert_outlier_with_auth(Arc::clone(&pdu), auth, judged)?;
         if let Some(found) = &found
             && verifies
         {
@@ -793,6 +798,7 @@ impl RoomState {
     fn insert_shared(
         &mut self,
         pdu: Arc<Pdu>,
+        parents: HeldParents,
         facts: &Arc<Mutex<RoomFacts>>,
     ) -> Result<(EventIndex, SharedId), DagError> {
         let shared = self.shared.clone().expect("facts come from a store");
@@ -800,12 +806,15 @@ impl RoomState {
         match found {
             Some(found) if !shared.verifies() => {
                 shared.count(Count::EvaluationReused);
-                Ok((self.dag.insert_evaluated(pdu, found.evaluation)?, found.id))
+                let index =
+                    self.dag
+                        .insert_evaluated_with_parents(pdu, found.evaluation, parents)?;
+                Ok((index, found.id))
             }
             Some(found) => {
                 let evaluation = found.evaluation;
                 let event_id = pdu.event_id.clone();
-                let index = self.dag.insert(pdu)?;
+                let index = self.dag.insert_with_parents(pdu, parents)?;
                 let local = self.dag.evaluation(index);
                 assert!(
                     local.rejection == evaluation.rejection
@@ -817,7 +826,7 @@ impl RoomState {
                 Ok((index, found.id))
             }
             None => {
-                let index = self.dag.insert(Arc::clone(&pdu))?;
+                let index = self.dag.insert_with_parents(Arc::clone(&pdu), parents)?;
                 shared.count(Count::EvaluationComputed);
                 let id = lock(facts).store_evaluation(
                     pdu.event_id.clone(),
@@ -1217,7 +1226,8 @@ mod tests {
         let mut graph = RoomState::with_shared_facts(RoomVersion::V10, "!r:x.example", &facts);
         let mut in_graph = Vec::new();
         for pdu in &events {
-            let (index, rejection) = graph.insert(Arc::clone(pdu), None, false).unwrap();
+            let parents = graph.dag().look_up_parents(pdu).held;
+            let (index, rejection) = graph.insert(Arc::clone(pdu), parents, None, false).unwrap();
             graph.record(index, held(false));
             in_graph.push(rejection.map(|(at, _)| at));
         }
@@ -1226,7 +1236,8 @@ mod tests {
         let outliers = |mut room: RoomState| {
             let mut seen = Vec::new();
             for pdu in &events {
-                let (index, rejection) = room.insert_outlier(Arc::clone(pdu), false).unwrap();
+                let (auth, _) = room.dag().look_up_auth_events(pdu);
+                let (index, rejection) = room.insert_outlier(Arc::clone(pdu), auth, false).unwrap();
                 room.record_outlier(index, held(true));
                 seen.push((rejection, room.is_clean(&pdu.event_id)));
             }
