@@ -281,8 +281,9 @@ struct Node {
 
 /// The indices of an event's parents held in one DAG, found by [`Dag::look_up_parents`]: the
 /// receipt pipeline looks each parent up once, to learn what is missing, and inserts with what
-/// it found. Each event ID costs a hash-table probe whose match is confirmed by comparing the ID
-/// through node, event and string (three cold reads), so looking up again is not free.
+/// it found. A lookup is a hash-table probe whose match is confirmed by comparing the ID through
+/// node, event and string; repeating it reads warm memory but is still work (looking up three
+/// times cost 1.4% of bench-medium's instructions, docs/notes/perf.md session 17).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldParents {
     /// The prev events held in the graph (not as outliers), in the event's order.
@@ -397,12 +398,7 @@ impl Dag {
         pdu: Arc<Pdu>,
         parents: HeldParents,
     ) -> Result<EventIndex, DagError> {
-        let prev = if parents.prev.len() == pdu.prev_events.len() {
-            parents.prev
-        } else {
-            // A prev event was missing: looked up again, to name it.
-            self.resolve_references(&pdu, EdgeKind::Prev, true)?
-        };
+        let prev = self.found_or_resolved(&pdu, EdgeKind::Prev, Some(parents.prev))?;
         self.insert_after_prev(pdu, prev, Some(parents.auth))
     }
 
@@ -487,11 +483,7 @@ impl Dag {
             Some(prev) => prev,
             None => self.resolve_references(&pdu, EdgeKind::Prev, false)?,
         };
-        let auth = match auth {
-            // One index per auth event: none was missing (else looked up, to name the missing).
-            Some(auth) if auth.len() == pdu.auth_events.len() => auth,
-            _ => self.resolve_references(&pdu, EdgeKind::Auth, true)?,
-        };
+        let auth = self.found_or_resolved(&pdu, EdgeKind::Auth, auth)?;
         let rejection = self.check_event(&pdu, &auth, &state_before);
         let state_after = match (&rejection, pdu.state_key_pair()) {
             (None, Some(key)) => Arc::new(state_before.with(key, pdu.event_id.clone())),
@@ -540,11 +532,7 @@ impl Dag {
         if is_create && self.create.is_some() {
             return Err(DagError::SecondCreate(pdu.event_id.clone()));
         }
-        let auth = match auth {
-            // One index per auth event: none was missing (else looked up, to name the missing).
-            Some(auth) if auth.len() == pdu.auth_events.len() => auth,
-            _ => self.resolve_references(&pdu, EdgeKind::Auth, true)?,
-        };
+        let auth = self.found_or_resolved(&pdu, EdgeKind::Auth, auth)?;
         let rejection = match judged {
             Some(rejection) => rejection,
             None => self.check_outlier(&pdu, is_create, &auth),
@@ -633,17 +621,11 @@ impl Dag {
             return Err(DagError::SecondCreate(pdu.event_id.clone()));
         }
         let (prev, auth) = match parents {
-            // One index per parent: none was missing (else looked up, to name the missing).
-            Some(HeldParents { prev, auth })
-                if prev.len() == pdu.prev_events.len() && auth.len() == pdu.auth_events.len() =>
-            {
-                (prev, auth)
-            }
-            _ => (
-                self.resolve_references(&pdu, EdgeKind::Prev, true)?,
-                self.resolve_references(&pdu, EdgeKind::Auth, true)?,
-            ),
+            Some(HeldParents { prev, auth }) => (Some(prev), Some(auth)),
+            None => (None, None),
         };
+        let prev = self.found_or_resolved(&pdu, EdgeKind::Prev, prev)?;
+        let auth = self.found_or_resolved(&pdu, EdgeKind::Auth, auth)?;
         Ok(self.add_node(pdu, is_create, prev, auth, evaluation, false))
     }
 
@@ -717,6 +699,24 @@ impl Dag {
             }
         }
         (held, missing)
+    }
+
+    /// The indices of every event `pdu` references by `kind`: `found` if the caller found one
+    /// per reference, else looked up here (then an unknown one is the error that names it).
+    fn found_or_resolved(
+        &self,
+        pdu: &Pdu,
+        kind: EdgeKind,
+        found: Option<Vec<EventIndex>>,
+    ) -> Result<Vec<EventIndex>, DagError> {
+        let count = match kind {
+            EdgeKind::Prev => pdu.prev_events.len(),
+            EdgeKind::Auth => pdu.auth_events.len(),
+        };
+        match found {
+            Some(found) if found.len() == count => Ok(found),
+            _ => self.resolve_references(pdu, kind, true),
+        }
     }
 
     /// The indices of the events `pdu` references by `kind`; an unknown one is an error if
