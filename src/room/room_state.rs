@@ -151,6 +151,18 @@ const MEMO_CAPACITY: usize = 2;
 /// The shared number of an event that has none (not clean, or not shared).
 const NO_SHARED_ID: SharedId = SharedId::MAX;
 
+/// What one server keeps per held event besides its DAG node and its fate, written when the
+/// event is inserted (the children count grows as accepted children are recorded).
+#[derive(Debug, Clone, Copy)]
+struct LocalFacts {
+    /// Its room-wide number in the shared facts, or [`NO_SHARED_ID`].
+    shared_id: SharedId,
+    /// How many accepted events name it in `prev_events`.
+    accepted_children: u32,
+    /// Clean in the sense of [`super::shared`] (its evaluation may be shared).
+    clean: bool,
+}
+
 /// One server's view of one room. See the module documentation for the invariants.
 pub struct RoomState {
     /// Interned (`room::intern`): the check memo recognises the room by this address.
@@ -164,8 +176,6 @@ pub struct RoomState {
     /// The forward extremities, ascending (a sorted vector: read on every receipt, check 6's
     /// key; changed by one insertion and a few removals per accepted event).
     extremities: Vec<EventIndex>,
-    /// Per event: how many accepted events name it in `prev_events`.
-    accepted_children: Vec<u32>,
     /// Accepted events that named a prev event the DAG did not hold yet, by that prev's ID.
     children_of_missing: BTreeMap<EventId, u32>,
     /// Current states by extremity set, most recently used first (at most [`MEMO_CAPACITY`]).
@@ -178,10 +188,10 @@ pub struct RoomState {
     /// timeline event (s2s backfill after a state-and-auth-chain join): then they neither
     /// become nor end forward extremities (as Synapse treats backfilled events).
     backfill_is_history: bool,
-    /// Per event: clean in the sense of [`super::shared`] (its evaluation may be shared).
-    clean: Vec<bool>,
-    /// Per event: its room-wide number in the shared facts, or [`NO_SHARED_ID`].
-    shared_ids: Vec<SharedId>,
+    /// Per event, in index order: what this server keeps besides the DAG node and the fate
+    /// (see [`LocalFacts`]). One vector rather than one per field: a receipt reads these for
+    /// each parent, and parents are cold, so each separate vector cost a cache miss.
+    local: Vec<LocalFacts>,
     /// Facts shared with other servers, if sharing is on.
     shared: Option<SharedEventFacts>,
     /// This room's entry in `shared`, once the create event is held and clean.
@@ -224,13 +234,11 @@ impl RoomState {
             held: Vec::new(),
             rare_fates: BTreeMap::new(),
             extremities: Vec::new(),
-            accepted_children: Vec::new(),
             children_of_missing: BTreeMap::new(),
             memo: Some(Vec::new()),
             revealed: BTreeMap::new(),
             backfill_is_history: false,
-            clean: Vec::new(),
-            shared_ids: Vec::new(),
+            local: Vec::new(),
             shared: None,
             room_facts: None,
         }
@@ -255,7 +263,9 @@ impl RoomState {
         self.shared = facts;
         self.room_facts = None;
         // Room-wide numbers belong to the store that gave them.
-        self.shared_ids.fill(NO_SHARED_ID);
+        for facts in &mut self.local {
+            facts.shared_id = NO_SHARED_ID;
+        }
     }
 
     /// Whether the held event is clean (its evaluation is the same on every server where it is
@@ -263,7 +273,7 @@ impl RoomState {
     pub fn is_clean(&self, event_id: &str) -> bool {
         self.dag
             .index(event_id)
-            .is_some_and(|index| self.clean[index as usize])
+            .is_some_and(|index| self.local[index as usize].clean)
     }
 
     /// This room's shared facts, if sharing is on and the create event is held and clean.
@@ -271,7 +281,7 @@ impl RoomState {
         if self.room_facts.is_none() {
             let shared = self.shared.as_ref()?;
             let create = self.dag.create_index()?;
-            if !self.clean[create as usize] {
+            if !self.local[create as usize].clean {
                 return None;
             }
             let create_id = &self.dag.event(create).event_id;
@@ -297,10 +307,10 @@ impl RoomState {
         if is_create {
             return true;
         }
-        let clean = |&index: &EventIndex| self.clean[index as usize];
+        let clean = |&index: &EventIndex| self.local[index as usize].clean;
         self.dag
             .create_index()
-            .is_some_and(|create| self.clean[create as usize])
+            .is_some_and(|create| self.local[create as usize].clean)
             && parents.prev.iter().all(clean)
             && parents.auth.iter().all(clean)
     }
@@ -559,7 +569,7 @@ impl RoomState {
     fn shared_key(&self, events: &[EventIndex]) -> Option<Vec<SharedId>> {
         let mut key = Vec::with_capacity(events.len());
         for &index in events {
-            let id = self.shared_ids[index as usize];
+            let id = self.local[index as usize].shared_id;
             if id == NO_SHARED_ID {
                 return None;
             }
@@ -650,11 +660,7 @@ impl RoomState {
             }
             (None, Some(facts)) => self.insert_shared(pdu, parents, &facts)?,
         };
-        debug_assert_eq!(index as usize, self.clean.len());
-        reserve_gently(&mut self.clean, 1);
-        reserve_gently(&mut self.shared_ids, 1);
-        self.clean.push(clean);
-        self.shared_ids.push(shared_id);
+        self.push_local(index, clean, shared_id);
         let rejection = self
             .dag
             .evaluation(index)
@@ -670,18 +676,32 @@ impl RoomState {
         Ok((index, rejection))
     }
 
+    /// Records the local facts of the event just inserted at `index`.
+    fn push_local(&mut self, index: EventIndex, clean: bool, shared_id: SharedId) {
+        debug_assert_eq!(index as usize, self.local.len());
+        reserve_gently(&mut self.local, 1);
+        self.local.push(LocalFacts {
+            shared_id,
+            accepted_children: 0,
+            clean,
+        });
+    }
+
     /// Whether an event given the state before it could be clean: its auth events (held, at
     /// `parents`), every event of the given state and the create event are held and clean.
     fn given_state_parents_clean(&self, parents: &HeldParents, state: &StateMap) -> bool {
         let held_clean = |id: &EventId| {
             self.dag
                 .index(id)
-                .is_some_and(|index| self.clean[index as usize])
+                .is_some_and(|index| self.local[index as usize].clean)
         };
         self.dag
             .create_index()
-            .is_some_and(|create| self.clean[create as usize])
-            && parents.auth.iter().all(|&index| self.clean[index as usize])
+            .is_some_and(|create| self.local[create as usize].clean)
+            && parents
+                .auth
+                .iter()
+                .all(|&index| self.local[index as usize].clean)
             && state.values().all(held_clean)
     }
 
@@ -730,8 +750,8 @@ impl RoomState {
                 || self
                     .dag
                     .create_index()
-                    .is_some_and(|create| self.clean[create as usize]))
-            && auth.iter().all(|&index| self.clean[index as usize]);
+                    .is_some_and(|create| self.local[create as usize].clean))
+            && auth.iter().all(|&index| self.local[index as usize].clean);
         // Another server's evaluation of the event, if its parents are clean here (then the
         // create event is held and clean, and `room_facts` is the room of its ID).
         let found = if parents_clean && !is_create {
@@ -772,10 +792,7 @@ impl RoomState {
         } else if let Some(found) = found {
             clean = found.evaluation.rejection == self.dag.evaluation(index).rejection;
         }
-        reserve_gently(&mut self.clean, 1);
-        reserve_gently(&mut self.shared_ids, 1);
-        self.clean.push(clean);
-        self.shared_ids.push(NO_SHARED_ID);
+        self.push_local(index, clean, NO_SHARED_ID);
         let rejection = self
             .dag
             .evaluation(index)
@@ -788,8 +805,6 @@ impl RoomState {
     /// Records how the outlier at `index` was judged (no extremities, no timeline entry).
     pub(crate) fn record_outlier(&mut self, index: EventIndex, held: HeldEvent) {
         debug_assert_eq!(index as usize, self.held.len());
-        reserve_gently(&mut self.accepted_children, 1);
-        self.accepted_children.push(0);
         self.push_held(index, held);
     }
 
@@ -844,7 +859,7 @@ impl RoomState {
         &mut self,
         index: EventIndex,
     ) -> Result<Rule, SoftFailReason> {
-        let event = self.shared_ids[index as usize];
+        let event = self.local[index as usize].shared_id;
         let key = match event {
             NO_SHARED_ID => None,
             _ => self.shared_key(&self.extremities),
@@ -919,7 +934,7 @@ impl RoomState {
     /// Shared across servers for clean events (a pure function of the event's copy and its
     /// state before, both fixed by the event ID then).
     pub(crate) fn allowing_rule_before(&mut self, index: EventIndex) -> Option<Rule> {
-        let id = self.shared_ids[index as usize];
+        let id = self.local[index as usize].shared_id;
         let facts = if id == NO_SHARED_ID {
             None
         } else {
@@ -962,19 +977,17 @@ impl RoomState {
             self.held.len(),
             "events are recorded in order"
         );
-        reserve_gently(&mut self.accepted_children, 1);
-        self.accepted_children.push(0);
         let pdu = Arc::clone(self.dag.event(index));
         let history = self.backfill_is_history && held.path == ArrivalPath::Backfill;
         if matches!(held.fate, Fate::Accepted { .. }) && history {
             // History before the first timeline event: counted as a child of its prev events
             // (they are history too) but never a forward extremity itself.
             for &parent in self.dag.prev_indices(index) {
-                self.accepted_children[parent as usize] += 1;
+                self.local[parent as usize].accepted_children += 1;
             }
         } else if matches!(held.fate, Fate::Accepted { .. }) {
             for &parent in self.dag.prev_indices(index) {
-                self.accepted_children[parent as usize] += 1;
+                self.local[parent as usize].accepted_children += 1;
                 remove_sorted(&mut self.extremities, parent);
             }
             // The DAG resolved one index per prev event ID it held in the graph: if it found
@@ -987,9 +1000,9 @@ impl RoomState {
                 }
             }
             if let Some(children) = self.children_of_missing.remove(&pdu.event_id) {
-                self.accepted_children[index as usize] += children;
+                self.local[index as usize].accepted_children += children;
             }
-            if self.accepted_children[index as usize] == 0 {
+            if self.local[index as usize].accepted_children == 0 {
                 insert_sorted(&mut self.extremities, index);
             }
         }
