@@ -313,6 +313,10 @@ pub struct Dag {
 }
 
 impl Dag {
+    /// How many of the events inserted last [`Dag::look_up_parents`] compares a prev event's
+    /// ID with before it asks the ID table.
+    const RECENT: usize = 4;
+
     /// An empty DAG for a room of `version`.
     pub fn new(version: RoomVersion) -> Dag {
         Dag {
@@ -678,13 +682,27 @@ impl Dag {
             missing_auth: Vec::new(),
         };
         for id in &pdu.prev_events {
-            match self.index(id).filter(|&index| !self.is_outlier(index)) {
+            let found = self.recent_index(id).or_else(|| self.index(id));
+            match found.filter(|&index| !self.is_outlier(index)) {
                 Some(index) => lookup.held.prev.push(index),
                 None => lookup.missing_prev.push(id.clone()),
             }
         }
         (lookup.held.auth, lookup.missing_auth) = self.look_up_auth_events(pdu);
         lookup
+    }
+
+    /// The index of `event_id` if it is one of the [`Dag::RECENT`] events inserted last. An
+    /// arriving event's prev events are nearly always among them (events arrive about in
+    /// order), and comparing with the tail of the node array, which the insertion reads next
+    /// anyway for the parents' states, spares the ID table's two cold reads (control bytes and
+    /// slot; docs/notes/perf.md session 18). Exact: IDs are compared in full.
+    fn recent_index(&self, event_id: &str) -> Option<EventIndex> {
+        let start = self.nodes.len().saturating_sub(Self::RECENT);
+        (start..self.nodes.len())
+            .rev()
+            .find(|&position| self.nodes[position].pdu.event_id == event_id)
+            .map(|position| position as EventIndex)
     }
 
     /// The auth half of [`Dag::look_up_parents`] (all an outlier needs): the indices of the
@@ -1318,6 +1336,40 @@ mod tests {
             room.dag.insert(Arc::new(second_create)),
             Err(DagError::SecondCreate("$create2".into()))
         );
+    }
+
+    /// Test that prev events are found wherever they are: among the events inserted last
+    /// (compared first) and further back (the ID table), in the event's order.
+    #[test]
+    fn prev_events_are_found_among_the_recent_events_and_before_them() {
+        let (mut room, tip) = Room::new();
+        let mut last = tip;
+        for body in 0..2 * Dag::RECENT {
+            last = room.add(
+                &[last],
+                ALICE,
+                "m.room.message",
+                None,
+                json!({"body": body}),
+            );
+        }
+        // `old` is far behind the last events, `last` is the newest.
+        let old = tip - 1;
+        let merge = room.add(&[last, old], ALICE, "m.room.message", None, json!({}));
+        let pdu = Arc::clone(room.dag.event(merge));
+        let mut copy = Dag::new(RoomVersion::V10);
+        for index in 0..merge {
+            copy.insert(Arc::clone(room.dag.event(index))).unwrap();
+        }
+        assert_eq!(
+            copy.recent_index(&room.dag.event(last).event_id),
+            Some(last)
+        );
+        assert_eq!(copy.recent_index(&room.dag.event(old).event_id), None);
+        let lookup = copy.look_up_parents(&pdu);
+        assert!(lookup.missing_prev.is_empty());
+        assert_eq!(lookup.held.prev, [last, old]);
+        assert_eq!(lookup.held.prev, room.dag.prev_indices(merge));
     }
 
     /// Test that `look_up_parents` finds what `insert` resolves (an outlier counting as a
