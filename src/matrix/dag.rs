@@ -1,6 +1,7 @@
 //! The event DAG of one room: events interned to dense indices, their `prev_events` and
-//! `auth_events` edges (a petgraph graph), memoised auth chains, and for each event the state
-//! before and after it and whether it was rejected.
+//! `auth_events` edges (index lists per node; [`Dag::graph`] builds a petgraph graph on demand),
+//! memoised auth chains, and for each event the state before and after it and whether it was
+//! rejected.
 //!
 //! Invariants:
 //! - Indices are assigned in insertion order, and an event is only inserted once every event it
@@ -281,9 +282,10 @@ struct Node {
 
 /// The indices of an event's parents held in one DAG, found by [`Dag::look_up_parents`]: the
 /// receipt pipeline looks each parent up once, to learn what is missing, and inserts with what
-/// it found. A lookup is a hash-table probe whose match is confirmed by comparing the ID through
-/// node, event and string; repeating it reads warm memory but is still work (looking up three
-/// times cost 1.4% of bench-medium's instructions, docs/notes/perf.md session 17).
+/// it found. A lookup is a comparison with the last inserted events (prev events) or a probe of
+/// the ID table, whose control bytes and slot are cold reads in a large world; repeating it
+/// reads warm memory but is still work (looking up three times cost 1.4% of bench-medium's
+/// instructions, docs/notes/perf.md sessions 17–18).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldParents {
     /// The prev events held in the graph (not as outliers), in the event's order.

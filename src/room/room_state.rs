@@ -273,7 +273,7 @@ impl RoomState {
     pub fn is_clean(&self, event_id: &str) -> bool {
         self.dag
             .index(event_id)
-            .is_some_and(|index| self.local[index as usize].clean)
+            .is_some_and(|index| self.clean_at(index))
     }
 
     /// This room's shared facts, if sharing is on and the create event is held and clean.
@@ -281,7 +281,7 @@ impl RoomState {
         if self.room_facts.is_none() {
             let shared = self.shared.as_ref()?;
             let create = self.dag.create_index()?;
-            if !self.local[create as usize].clean {
+            if !self.clean_at(create) {
                 return None;
             }
             let create_id = &self.dag.event(create).event_id;
@@ -307,10 +307,10 @@ impl RoomState {
         if is_create {
             return true;
         }
-        let clean = |&index: &EventIndex| self.local[index as usize].clean;
+        let clean = |&index: &EventIndex| self.clean_at(index);
         self.dag
             .create_index()
-            .is_some_and(|create| self.local[create as usize].clean)
+            .is_some_and(|create| self.clean_at(create))
             && parents.prev.iter().all(clean)
             && parents.auth.iter().all(clean)
     }
@@ -676,6 +676,11 @@ impl RoomState {
         Ok((index, rejection))
     }
 
+    /// Whether the held event at `index` is clean.
+    fn clean_at(&self, index: EventIndex) -> bool {
+        self.local[index as usize].clean
+    }
+
     /// Records the local facts of the event just inserted at `index`.
     fn push_local(&mut self, index: EventIndex, clean: bool, shared_id: SharedId) {
         debug_assert_eq!(index as usize, self.local.len());
@@ -690,18 +695,12 @@ impl RoomState {
     /// Whether an event given the state before it could be clean: its auth events (held, at
     /// `parents`), every event of the given state and the create event are held and clean.
     fn given_state_parents_clean(&self, parents: &HeldParents, state: &StateMap) -> bool {
-        let held_clean = |id: &EventId| {
-            self.dag
-                .index(id)
-                .is_some_and(|index| self.local[index as usize].clean)
-        };
+        let held_clean =
+            |id: &EventId| self.dag.index(id).is_some_and(|index| self.clean_at(index));
         self.dag
             .create_index()
-            .is_some_and(|create| self.local[create as usize].clean)
-            && parents
-                .auth
-                .iter()
-                .all(|&index| self.local[index as usize].clean)
+            .is_some_and(|create| self.clean_at(create))
+            && parents.auth.iter().all(|&index| self.clean_at(index))
             && state.values().all(held_clean)
     }
 
@@ -750,8 +749,8 @@ impl RoomState {
                 || self
                     .dag
                     .create_index()
-                    .is_some_and(|create| self.local[create as usize].clean))
-            && auth.iter().all(|&index| self.local[index as usize].clean);
+                    .is_some_and(|create| self.clean_at(create)))
+            && auth.iter().all(|&index| self.clean_at(index));
         // Another server's evaluation of the event, if its parents are clean here (then the
         // create event is held and clean, and `room_facts` is the room of its ID).
         let found = if parents_clean && !is_create {
