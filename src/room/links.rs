@@ -389,13 +389,48 @@ impl Drop for UnsettledByDomain {
     }
 }
 
+/// A [`LinkTable`] entry: the link's status (what every event received asks) beside the key,
+/// the rest of the link boxed. A table holds one per member per server per room and grows by
+/// doubling; with the whole 136-byte [`Link`] inline, a slot was 152 bytes and every growth
+/// moved them all (docs/notes/perf.md session 20). `status` always equals `link.status`
+/// ([`LinkTable::transition`] sets both); the other fields are reached through `Deref`.
+#[derive(Debug, Clone)]
+struct LinkSlot {
+    status: LinkStatus,
+    link: Box<Link>,
+}
+
+impl LinkSlot {
+    fn new(member_key: Arc<str>) -> LinkSlot {
+        let link = Link::new(member_key);
+        LinkSlot {
+            status: link.status,
+            link: Box::new(link),
+        }
+    }
+}
+
+impl std::ops::Deref for LinkSlot {
+    type Target = Link;
+
+    fn deref(&self) -> &Link {
+        &self.link
+    }
+}
+
+impl std::ops::DerefMut for LinkSlot {
+    fn deref_mut(&mut self) -> &mut Link {
+        &mut self.link
+    }
+}
+
 /// One server's member link table.
 #[derive(Debug, Clone)]
 pub struct LinkTable {
     invalidation: InvalidationRule,
     /// By member key. A hash map (lookup by the 44-character key: every event a server accepts
     /// asks for its sender's link) whose order reaches nothing: [`LinkTable::links`] sorts.
-    links: HashMap<Arc<str>, Link, IdHasher>,
+    links: HashMap<Arc<str>, LinkSlot, IdHasher>,
     /// `(domain, key ID)` -> member keys whose link that key verified.
     verified_by_key: VerifiedByKey,
     /// domain -> member keys claiming it whose link is not verified: the only ones a key
@@ -439,12 +474,16 @@ impl LinkTable {
 
     /// The link of `member_key`, if anything is known about it.
     pub fn link(&self, member_key: &str) -> Option<&Link> {
-        self.links.get(member_key)
+        self.links.get(member_key).map(|slot| &*slot.link)
     }
 
     /// Every link, ordered by member key.
     pub fn links(&self) -> impl Iterator<Item = &Link> {
-        let mut links: Vec<(&Arc<str>, &Link)> = self.links.iter().collect();
+        let mut links: Vec<(&Arc<str>, &Link)> = self
+            .links
+            .iter()
+            .map(|(member_key, slot)| (member_key, &*slot.link))
+            .collect();
         links.sort_unstable_by_key(|(member_key, _)| *member_key);
         links.into_iter().map(|(_, link)| link)
     }
@@ -479,7 +518,7 @@ impl LinkTable {
 
     /// The MSC4428 `member_info` entry: the verified user ID, or `None` (`null`).
     pub fn user_id(&self, member_key: &str) -> Option<String> {
-        self.links.get(member_key).and_then(Link::user_id)
+        self.links.get(member_key).and_then(|slot| slot.user_id())
     }
 
     /// The member keys whose link the key `(domain, key_id)` verified.
@@ -514,7 +553,7 @@ impl LinkTable {
                 let member_key = Arc::clone(&strings.member_key);
                 self.links
                     .entry(Arc::clone(&member_key))
-                    .or_insert_with(|| Link::new(member_key))
+                    .or_insert_with(|| LinkSlot::new(member_key))
             }
         };
         let member_key = Arc::clone(&link.member_key);
@@ -757,7 +796,7 @@ impl LinkTable {
                 let member_key = intern(member_key);
                 self.links
                     .entry(Arc::clone(&member_key))
-                    .or_insert_with(|| Link::new(member_key))
+                    .or_insert_with(|| LinkSlot::new(member_key))
             }
         };
         if to != LinkStatus::Verified {
@@ -773,6 +812,7 @@ impl LinkTable {
             return;
         }
         link.status = to;
+        link.link.status = to;
         if from != to {
             self.status_changes += 1;
         }
@@ -937,13 +977,23 @@ mod tests {
         ring
     }
 
+    /// Asserts `member`'s status, as the table answers it and as its link records it (the
+    /// table keeps a copy beside the key, see `LinkSlot`).
+    fn assert_status(table: &LinkTable, member: &str, expected: LinkStatus) {
+        assert_eq!(table.status(member), expected);
+        let recorded = table
+            .link(member)
+            .map_or(LinkStatus::Unknown, |link| link.status);
+        assert_eq!(recorded, expected);
+    }
+
     #[test]
     fn unknown_pending_verified_then_invalidated_then_reverified_after_resigning() {
         let key1 = server_key("1", 1);
         let event = join(9, Some(&key1), 100);
         let member = event.sender.clone();
         let mut table = LinkTable::new(InvalidationRule::RevokeAll);
-        assert_eq!(table.status(&member), LinkStatus::Unknown);
+        assert_status(&table, &member, LinkStatus::Unknown);
         assert_eq!(table.verdict(&member, 0), LinkVerdict::Pending);
         // Seen before the keys are held: pending.
         assert_eq!(
@@ -955,7 +1005,7 @@ mod tests {
         let changed =
             table.keys_available(&V, "a.example", ring.held_keys("a.example").unwrap(), 20);
         assert_eq!(changed, vec![member.clone()]);
-        assert_eq!(table.status(&member), LinkStatus::Verified);
+        assert_status(&table, &member, LinkStatus::Verified);
         assert_eq!(table.user_id(&member).as_deref(), Some("@alice:a.example"));
         assert_eq!(
             table.verified_by("a.example", "ed25519:1"),
@@ -969,7 +1019,7 @@ mod tests {
             30,
         );
         assert_eq!(changed, vec![member.clone()]);
-        assert_eq!(table.status(&member), LinkStatus::Unverified);
+        assert_status(&table, &member, LinkStatus::Unverified);
         assert_eq!(table.verdict(&member, 400), LinkVerdict::Unverified);
         assert_eq!(table.user_id(&member), None);
         assert!(table.verified_by("a.example", "ed25519:1").is_empty());
@@ -986,7 +1036,7 @@ mod tests {
         let mut ring = KeyRing::new();
         ring.insert(rotated, 25);
         table.keys_available(&V, "a.example", ring.held_keys("a.example").unwrap(), 40);
-        assert_eq!(table.status(&member), LinkStatus::Unverified);
+        assert_status(&table, &member, LinkStatus::Unverified);
         let last = table
             .link(&member)
             .unwrap()
@@ -1005,7 +1055,7 @@ mod tests {
         );
         assert_eq!(resigned.event_id, event.event_id);
         table.observe_member_event(&V, &resigned, ring.held_keys("a.example"), 50);
-        assert_eq!(table.status(&member), LinkStatus::Verified);
+        assert_status(&table, &member, LinkStatus::Verified);
         assert_eq!(
             table.verified_by("a.example", "ed25519:2"),
             vec![member.clone()]
