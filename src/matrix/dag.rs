@@ -241,7 +241,8 @@ impl IdIndex {
 /// doubling it: a large world holds several vectors with one element per event per room per
 /// server, and doubling leaves about 28% of their capacity unused on average, growth by half
 /// about 18%. (Growth by a quarter, ~10%, saved only ~9 MiB of full-size bench-medium's peak
-/// but copied twice as often: 5.5% more last-level data misses on the proxy, session 20.)
+/// but copied twice as often: growth by half has 5.5% fewer last-level data misses on the
+/// proxy, docs/notes/perf.md session 20.)
 /// Still amortised O(1).
 pub fn reserve_gently<T>(vec: &mut Vec<T>, additional: usize) {
     if vec.capacity() - vec.len() < additional {
