@@ -392,8 +392,8 @@ impl Drop for UnsettledByDomain {
 /// A [`LinkTable`] entry: the link's status (what every event received asks) beside the key,
 /// the rest of the link boxed. A table holds one per member per server per room and grows by
 /// doubling; with the whole 136-byte [`Link`] inline, a slot was 152 bytes and every growth
-/// moved them all (docs/notes/perf.md session 20). `status` always equals `link.status`
-/// ([`LinkTable::transition`] sets both); the other fields are reached through `Deref`.
+/// moved them all (docs/notes/perf.md session 20). `status` always equals `link.status`: only
+/// [`LinkSlot::set_status`] changes either. The other fields are reached through `Deref`.
 #[derive(Debug, Clone)]
 struct LinkSlot {
     status: LinkStatus,
@@ -407,6 +407,12 @@ impl LinkSlot {
             status: link.status,
             link: Box::new(link),
         }
+    }
+
+    /// Sets the status in both places it is kept.
+    fn set_status(&mut self, status: LinkStatus) {
+        self.status = status;
+        self.link.status = status;
     }
 }
 
@@ -811,8 +817,7 @@ impl LinkTable {
         {
             return;
         }
-        link.status = to;
-        link.link.status = to;
+        link.set_status(to);
         if from != to {
             self.status_changes += 1;
         }
