@@ -92,19 +92,7 @@ pub struct HeldEvent {
     pub state_given: bool,
 }
 
-/// How a [`HeldEvent`] is stored: 16 bytes, with the common fates inline and a rare one
-/// (rejected, soft-failed) in [`RoomState::rare_fates`] (a world holds one per event per
-/// server).
-#[derive(Debug, Clone, Copy)]
-struct StoredHeld {
-    received_at_ms: i64,
-    fate: StoredFate,
-    path: ArrivalPath,
-    redacted: bool,
-    state_given: bool,
-}
-
-/// The fate of a [`StoredHeld`].
+/// The fate of a held event as [`LocalFacts`] stores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StoredFate {
     Delivered,
@@ -151,25 +139,38 @@ const MEMO_CAPACITY: usize = 2;
 /// The shared number of an event that has none (not clean, or not shared).
 const NO_SHARED_ID: SharedId = SharedId::MAX;
 
-/// What one server keeps per held event besides its DAG node and its fate, written when the
-/// event is inserted (the children count grows as accepted children are recorded).
+/// What one server keeps per held event besides its DAG node: 24 bytes (a world holds one per
+/// event per server). Written in two steps: `shared_id` and `clean` when the event is
+/// inserted, the [`HeldEvent`] part (`received_at_ms` to `state_given`) when it is recorded
+/// (`RoomState::record`, `record_outlier`); the children count grows as accepted children are
+/// recorded. A common fate is stored inline, a rare one (rejected, soft-failed) in
+/// [`RoomState::rare_fates`].
 #[derive(Debug, Clone, Copy)]
 struct LocalFacts {
+    received_at_ms: i64,
     /// Its room-wide number in the shared facts, or [`NO_SHARED_ID`].
     shared_id: SharedId,
     /// How many accepted events name it in `prev_events`.
     accepted_children: u32,
+    fate: StoredFate,
+    path: ArrivalPath,
+    redacted: bool,
+    state_given: bool,
     /// Clean in the sense of [`super::shared`] (its evaluation may be shared).
     clean: bool,
 }
+
+// The size the comment above promises (one per event per server adds up).
+const _: () = assert!(std::mem::size_of::<LocalFacts>() == 24);
 
 /// One server's view of one room. See the module documentation for the invariants.
 pub struct RoomState {
     /// Interned (`room::intern`): the check memo recognises the room by this address.
     room_id: Arc<str>,
     dag: Dag,
-    /// Per event, in index order: how it was judged (see [`StoredHeld`]).
-    held: Vec<StoredHeld>,
+    /// How many events are recorded (their [`HeldEvent`] part of [`RoomState::local`] written):
+    /// all inserted events but the one between its insertion and its recording.
+    recorded: usize,
     /// The fates that are neither `Accepted { labelled: false }` nor `{ labelled: true }`, by
     /// event index.
     rare_fates: BTreeMap<EventIndex, Fate>,
@@ -181,16 +182,17 @@ pub struct RoomState {
     /// Current states by extremity set, most recently used first (at most [`MEMO_CAPACITY`]).
     memo: Option<Vec<(Vec<EventIndex>, Arc<StateMap>)>>,
     /// Events hidden by the link rule and revealed later (policy A6): index -> when. The
-    /// timeline itself is derived from the DAG and `held` (one entry per held event, in
+    /// timeline itself is derived from the DAG and `local` (one entry per held event, in
     /// processing order = index order), so nothing is stored per event for it.
     revealed: BTreeMap<EventIndex, i64>,
     /// Whether events arriving on the `Backfill` path are history before the server's first
     /// timeline event (s2s backfill after a state-and-auth-chain join): then they neither
     /// become nor end forward extremities (as Synapse treats backfilled events).
     backfill_is_history: bool,
-    /// Per event, in index order: what this server keeps besides the DAG node and the fate
-    /// (see [`LocalFacts`]). One vector rather than one per field: a receipt reads these for
-    /// each parent, and parents are cold, so each separate vector cost a cache miss.
+    /// Per event, in index order: what this server keeps besides the DAG node (see
+    /// [`LocalFacts`]). One vector rather than one per field: a receipt reads these for each
+    /// parent and writes one for the new event, and in a large world each vector's line is
+    /// cold, so each separate vector cost a cache miss (docs/notes/perf.md sessions 18, 21).
     local: Vec<LocalFacts>,
     /// Facts shared with other servers, if sharing is on.
     shared: Option<SharedEventFacts>,
@@ -231,7 +233,7 @@ impl RoomState {
         RoomState {
             room_id: super::intern::intern(room_id),
             dag: Dag::new(version),
-            held: Vec::new(),
+            recorded: 0,
             rare_fates: BTreeMap::new(),
             extremities: Vec::new(),
             children_of_missing: BTreeMap::new(),
@@ -335,18 +337,18 @@ impl RoomState {
 
     /// Every held event with how it was judged, in DAG index order.
     pub fn held_events(&self) -> impl Iterator<Item = (&Arc<Pdu>, HeldEvent)> {
-        (0..self.held.len() as EventIndex).map(|index| (self.dag.event(index), self.held_at(index)))
+        (0..self.recorded as EventIndex).map(|index| (self.dag.event(index), self.held_at(index)))
     }
 
     /// How many events are held (the length of [`RoomState::held_events`], without building
     /// them).
     pub fn held_count(&self) -> usize {
-        self.held.len()
+        self.recorded
     }
 
     /// How the event at `index` was judged.
     pub fn held_at(&self, index: EventIndex) -> HeldEvent {
-        let stored = self.held[index as usize];
+        let stored = self.recorded_at(index);
         HeldEvent {
             fate: self.fate_at(index).into_owned(),
             redacted: stored.redacted,
@@ -359,14 +361,25 @@ impl RoomState {
     /// The fate of the event at `index` (borrowed when stored aside, built when common).
     pub fn fate_at(&self, index: EventIndex) -> std::borrow::Cow<'_, Fate> {
         use std::borrow::Cow;
-        match self.held[index as usize].fate {
+        match self.recorded_at(index).fate {
             StoredFate::Delivered => Cow::Owned(Fate::Accepted { labelled: false }),
             StoredFate::Labelled => Cow::Owned(Fate::Accepted { labelled: true }),
             StoredFate::Rare => Cow::Borrowed(&self.rare_fates[&index]),
         }
     }
 
-    /// Stores `held` as the event at `index` (the next one).
+    /// The local facts of the recorded event at `index` (panics for one not recorded, as
+    /// reading past the end of a vector would).
+    fn recorded_at(&self, index: EventIndex) -> &LocalFacts {
+        assert!(
+            (index as usize) < self.recorded,
+            "event {index} is not recorded ({} are)",
+            self.recorded
+        );
+        &self.local[index as usize]
+    }
+
+    /// Stores `held` as the event at `index` (the next one to record, inserted already).
     fn push_held(&mut self, index: EventIndex, held: HeldEvent) {
         let fate = match held.fate {
             Fate::Accepted { labelled: false } => StoredFate::Delivered,
@@ -376,14 +389,14 @@ impl RoomState {
                 StoredFate::Rare
             }
         };
-        reserve_gently(&mut self.held, 1);
-        self.held.push(StoredHeld {
-            received_at_ms: held.received_at_ms,
-            fate,
-            path: held.path,
-            redacted: held.redacted,
-            state_given: held.state_given,
-        });
+        debug_assert_eq!(index as usize, self.recorded);
+        let local = &mut self.local[index as usize];
+        local.received_at_ms = held.received_at_ms;
+        local.fate = fate;
+        local.path = held.path;
+        local.redacted = held.redacted;
+        local.state_given = held.state_given;
+        self.recorded += 1;
     }
 
     /// Whether the event is held.
@@ -442,7 +455,7 @@ impl RoomState {
     /// without building its entries (read them with [`Dag::event`], [`RoomState::visibility`]
     /// and [`RoomState::held_at`]).
     pub fn timeline_indices(&self) -> impl DoubleEndedIterator<Item = EventIndex> + '_ {
-        (0..self.held.len() as EventIndex).filter(|&index| !self.dag.is_outlier(index))
+        (0..self.recorded as EventIndex).filter(|&index| !self.dag.is_outlier(index))
     }
 
     /// How clients are shown the held event at `index` (as its timeline entry says).
@@ -450,7 +463,7 @@ impl RoomState {
         if let Some(&at_ms) = self.revealed.get(&index) {
             return Visibility::Revealed { at_ms };
         }
-        match self.held[index as usize].fate {
+        match self.recorded_at(index).fate {
             StoredFate::Delivered => Visibility::Delivered { labelled: false },
             StoredFate::Labelled => Visibility::Delivered { labelled: true },
             StoredFate::Rare => Visibility::Hidden(self.rare_fates[&index].clone()),
@@ -465,7 +478,7 @@ impl RoomState {
             sender: pdu.sender.clone(),
             event_type: pdu.event_type.clone(),
             is_state: pdu.is_state(),
-            at_ms: self.held[index as usize].received_at_ms,
+            at_ms: self.recorded_at(index).received_at_ms,
             visibility: self.visibility(index),
         }
     }
@@ -482,12 +495,12 @@ impl RoomState {
     fn is_visible(&self, index: EventIndex) -> bool {
         !self.dag.is_outlier(index)
             && (self.revealed.contains_key(&index)
-                || self.held[index as usize].fate != StoredFate::Rare)
+                || self.recorded_at(index).fate != StoredFate::Rare)
     }
 
     /// The events clients are shown, in order.
     pub fn visible_event_ids(&self) -> Vec<EventId> {
-        (0..self.held.len() as EventIndex)
+        (0..self.recorded as EventIndex)
             .filter(|&index| self.is_visible(index))
             .map(|index| self.dag.event(index).event_id.clone())
             .collect()
@@ -681,7 +694,8 @@ impl RoomState {
         self.local[index as usize].clean
     }
 
-    /// Records the local facts of the event just inserted at `index`.
+    /// Records the local facts of the event just inserted at `index` (its [`HeldEvent`] part
+    /// comes with `push_held`).
     fn push_local(&mut self, index: EventIndex, clean: bool, shared_id: SharedId) {
         debug_assert_eq!(index as usize, self.local.len());
         reserve_gently(&mut self.local, 1);
@@ -689,6 +703,12 @@ impl RoomState {
             shared_id,
             accepted_children: 0,
             clean,
+            // Until `push_held` records the event (nothing reads them before: `recorded_at`).
+            received_at_ms: 0,
+            fate: StoredFate::Delivered,
+            path: ArrivalPath::Send,
+            redacted: false,
+            state_given: false,
         });
     }
 
@@ -803,7 +823,7 @@ impl RoomState {
 
     /// Records how the outlier at `index` was judged (no extremities, no timeline entry).
     pub(crate) fn record_outlier(&mut self, index: EventIndex, held: HeldEvent) {
-        debug_assert_eq!(index as usize, self.held.len());
+        debug_assert_eq!(index as usize, self.recorded);
         self.push_held(index, held);
     }
 
@@ -972,8 +992,7 @@ impl RoomState {
     /// timeline.
     pub(crate) fn record(&mut self, index: EventIndex, held: HeldEvent) {
         debug_assert_eq!(
-            index as usize,
-            self.held.len(),
+            index as usize, self.recorded,
             "events are recorded in order"
         );
         let pdu = Arc::clone(self.dag.event(index));
