@@ -381,6 +381,10 @@ impl RoomState {
 
     /// Stores `held` as the event at `index` (the next one to record, inserted already).
     fn push_held(&mut self, index: EventIndex, held: HeldEvent) {
+        debug_assert_eq!(
+            index as usize, self.recorded,
+            "events are recorded in order"
+        );
         let fate = match held.fate {
             Fate::Accepted { labelled: false } => StoredFate::Delivered,
             Fate::Accepted { labelled: true } => StoredFate::Labelled,
@@ -389,7 +393,6 @@ impl RoomState {
                 StoredFate::Rare
             }
         };
-        debug_assert_eq!(index as usize, self.recorded);
         let local = &mut self.local[index as usize];
         local.received_at_ms = held.received_at_ms;
         local.fate = fate;
@@ -823,7 +826,6 @@ impl RoomState {
 
     /// Records how the outlier at `index` was judged (no extremities, no timeline entry).
     pub(crate) fn record_outlier(&mut self, index: EventIndex, held: HeldEvent) {
-        debug_assert_eq!(index as usize, self.recorded);
         self.push_held(index, held);
     }
 
