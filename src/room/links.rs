@@ -536,9 +536,15 @@ impl LinkTable {
     }
 
     /// A member event was accepted into a room (PDU checks 1–5 passed). If it is the member's own
-    /// event (`state_key == sender`), it becomes the link's claim when it is newer than the held
-    /// one (or the same event re-signed), and is checked: against `keys` (the keys held for
-    /// `content.domain`) if given, else the link turns pending. Returns the link's status after.
+    /// event (`state_key == sender`, see [`claims_link`]), it becomes the link's claim when it is
+    /// newer than the held one (or the same event re-signed), and is checked: against `keys`
+    /// (the keys held for `content.domain`) if given, else the link turns pending. Returns the
+    /// link's status after.
+    ///
+    /// Every server observes every member event of its rooms (live, and the whole membership
+    /// at its own join), so this looks the member up once to update the claim and once to
+    /// record a check, and re-indexes the unsettled links once, at the end: a new member
+    /// verified at once never enters the unsettled index only to leave it again.
     pub fn observe_member_event(
         &mut self,
         version: &RoomVersion,
@@ -546,9 +552,7 @@ impl LinkTable {
         keys: Option<HeldKeys<'_>>,
         now_ms: i64,
     ) -> LinkStatus {
-        if event.event_type != "m.room.member"
-            || event.state_key.as_deref() != Some(event.sender.as_str())
-        {
+        if !claims_link(event) {
             return self.status(&event.sender);
         }
         let strings = link_strings(event);
@@ -562,7 +566,6 @@ impl LinkTable {
                     .or_insert_with(|| LinkSlot::new(member_key))
             }
         };
-        let member_key = Arc::clone(&link.member_key);
         let replaces = match &link.member_event {
             None => true,
             Some(held) => {
@@ -572,6 +575,7 @@ impl LinkTable {
         if !replaces {
             return link.status;
         }
+        let member_key = Arc::clone(&link.member_key);
         let domain = strings.domain.clone();
         if let Some(old_domain) = link.domain.take()
             && Some(&old_domain) != domain.as_ref()
@@ -581,7 +585,6 @@ impl LinkTable {
         link.localpart = strings.localpart.clone();
         link.domain = domain.clone();
         link.member_event = Some(Arc::clone(event));
-        reindex_unsettled(&mut self.unsettled_by_domain, link);
         let verified_before = link.status == LinkStatus::Verified;
         match (domain, keys) {
             (Some(domain), None) => {
@@ -592,20 +595,38 @@ impl LinkTable {
                         event_id: Arc::clone(&strings.event_id),
                         domain,
                     };
-                    self.transition(&member_key, LinkStatus::Pending, reason, now_ms);
+                    record_transition(
+                        link,
+                        &mut self.status_changes,
+                        LinkStatus::Pending,
+                        reason,
+                        now_ms,
+                    );
                 }
+                reindex_unsettled(&mut self.unsettled_by_domain, link);
+                link.status
             }
-            (Some(_), Some(keys)) => self.check(version, &member_key, keys, now_ms),
+            (Some(_), Some(keys)) => {
+                let outcome = self.judge(version, event, keys, now_ms);
+                self.record_check(version, &member_key, event, keys, outcome, now_ms)
+            }
             (None, _) => {
                 let reason = LinkReason::CosignatureFailed {
                     event_id: Arc::clone(&strings.event_id),
                     outcome: Box::new(LinkOutcome::NoLinkClaimed),
                 };
-                self.unindex_verifier(&member_key);
-                self.transition(&member_key, LinkStatus::Unverified, reason, now_ms);
+                unindex_verifier(&mut self.verified_by_key, link);
+                record_transition(
+                    link,
+                    &mut self.status_changes,
+                    LinkStatus::Unverified,
+                    reason,
+                    now_ms,
+                );
+                // Without a domain the link is in no domain's unsettled set.
+                link.status
             }
         }
-        self.status(&member_key)
     }
 
     /// The keys of `domain` are now held (first fetch, or a re-fetch after a rotation): every
@@ -619,9 +640,17 @@ impl LinkTable {
     ) -> Vec<String> {
         let mut changed = Vec::new();
         for member_key in self.unsettled_members_claiming(domain) {
-            let before = self.status(&member_key);
-            self.check(version, &member_key, keys, now_ms);
-            if self.status(&member_key) != before {
+            let Some((interned, event, before)) =
+                self.links.get(member_key.as_str()).and_then(|link| {
+                    let event = link.member_event.clone()?;
+                    Some((Arc::clone(&link.member_key), event, link.status))
+                })
+            else {
+                continue;
+            };
+            let outcome = self.judge(version, &event, keys, now_ms);
+            let after = self.record_check(version, &interned, &event, keys, outcome, now_ms);
+            if after != before {
                 changed.push(member_key);
             }
         }
@@ -700,19 +729,19 @@ impl LinkTable {
             .map_or(&[], Members::as_slice)
     }
 
-    /// Checks the held member event of `member_key` against `keys` and records the result.
-    fn check(&mut self, version: &RoomVersion, member_key: &str, keys: HeldKeys<'_>, now_ms: i64) {
-        let Some((member_key, event)) = self.links.get(member_key).and_then(|link| {
-            let event = link.member_event.clone()?;
-            Some((Arc::clone(&link.member_key), event))
-        }) else {
-            return;
-        };
-        let member_key = &member_key;
+    /// What a check of the member event `event` against `keys` concludes (shared with the
+    /// world's other tables if this one shares its facts).
+    fn judge(
+        &self,
+        version: &RoomVersion,
+        event: &Arc<Pdu>,
+        keys: HeldKeys<'_>,
+        now_ms: i64,
+    ) -> LinkOutcome {
         let now_for_keys_ms = keys.currency_check_time_ms(now_ms);
-        let outcome = match &self.shared {
+        match &self.shared {
             Some(facts) => {
-                facts.member_link(version, &event, keys.keys, now_for_keys_ms, keys.clamp)
+                facts.member_link(version, event, keys.keys, now_for_keys_ms, keys.clamp)
             }
             None => member_keys::verify_member_link(
                 version,
@@ -721,118 +750,152 @@ impl LinkTable {
                 now_for_keys_ms,
                 keys.clamp,
             ),
-        };
+        }
+    }
+
+    /// Records `outcome`, the check of `member_key`'s held member event `event` against `keys`:
+    /// the verifier index, the link's transition and its place in the unsettled index (one
+    /// lookup of the link). Returns the link's status after.
+    fn record_check(
+        &mut self,
+        version: &RoomVersion,
+        member_key: &Arc<str>,
+        event: &Pdu,
+        keys: HeldKeys<'_>,
+        outcome: LinkOutcome,
+        now_ms: i64,
+    ) -> LinkStatus {
+        let LinkTable {
+            invalidation,
+            links,
+            verified_by_key,
+            unsettled_by_domain,
+            status_changes,
+            ..
+        } = self;
+        let link = links
+            .get_mut(&**member_key)
+            .expect("a checked link is held");
+        let strings = link_strings(event);
+        let previous_verifier = unindex_verifier(verified_by_key, link);
         match outcome {
             LinkOutcome::Verified { key_id } => {
-                let strings = link_strings(&event);
                 // A verified co-signature names a domain: the claim is there.
                 let domain = strings.domain.clone().unwrap_or_else(|| intern(""));
-                // A re-check by the same key keeps its interned key ID.
-                let held_key_id = self
-                    .links
-                    .get(&**member_key)
-                    .and_then(|link| link.verified_by.as_ref())
-                    .map(|(_, held)| held)
-                    .filter(|held| ***held == *key_id);
-                let key_id = match held_key_id {
-                    Some(held) => Arc::clone(held),
-                    None => intern(&key_id),
+                // An interned key ID this table already holds is reused: the link's previous
+                // verifier (a re-check by the same key), else the index's entry for the key.
+                let key_id = match previous_verifier {
+                    Some((_, held)) if *held == *key_id => held,
+                    _ => match verified_by_key.get_key_value(&VerifierKey(&domain, &key_id)) {
+                        Some(((_, held), _)) => Arc::clone(held),
+                        None => intern(&key_id),
+                    },
                 };
                 let reason = LinkReason::Cosigned {
                     event_id: Arc::clone(&strings.event_id),
                     domain: Arc::clone(&domain),
                     key_id: Arc::clone(&key_id),
                 };
-                self.unindex_verifier(member_key);
-                match self.verified_by_key.get_mut(&VerifierKey(&domain, &key_id)) {
+                match verified_by_key.get_mut(&VerifierKey(&domain, &key_id)) {
                     Some(members) => members.insert(member_key),
                     None => {
-                        self.verified_by_key.insert(
+                        verified_by_key.insert(
                             (Arc::clone(&domain), Arc::clone(&key_id)),
                             Members::One(Arc::clone(member_key)),
                         );
                     }
                 }
-                let link = self.links.get_mut(member_key).expect("checked above");
                 link.verified_by = Some((domain, key_id));
                 link.vouches_until_ms = None;
-                self.transition(member_key, LinkStatus::Verified, reason, now_ms);
+                record_transition(link, status_changes, LinkStatus::Verified, reason, now_ms);
             }
             outcome => {
-                let vouches_until_ms = match (&outcome, self.invalidation) {
+                let vouches_until_ms = match (&outcome, *invalidation) {
                     (
                         LinkOutcome::NoCurrentKey { key_id, .. },
                         InvalidationRule::ExpiryIsNotRevocation,
-                    ) => old_key_vouches_until_ms(version, &event, keys, key_id),
+                    ) => old_key_vouches_until_ms(version, event, keys, key_id),
                     _ => None,
                 };
                 let reason = LinkReason::CosignatureFailed {
-                    event_id: Arc::clone(&link_strings(&event).event_id),
+                    event_id: Arc::clone(&strings.event_id),
                     outcome: Box::new(outcome),
                 };
-                self.unindex_verifier(member_key);
-                self.transition(member_key, LinkStatus::Unverified, reason, now_ms);
-                if let Some(link) = self.links.get_mut(member_key) {
-                    link.vouches_until_ms = vouches_until_ms;
-                }
+                record_transition(link, status_changes, LinkStatus::Unverified, reason, now_ms);
+                link.vouches_until_ms = vouches_until_ms;
             }
         }
+        reindex_unsettled(unsettled_by_domain, link);
+        link.status
     }
 
-    fn unindex_verifier(&mut self, member_key: &str) {
-        let Some(link) = self.links.get_mut(member_key) else {
-            return;
-        };
-        if let Some((domain, key_id)) = link.verified_by.take() {
-            let key = VerifierKey(&domain, &key_id);
-            if let Some(members) = self.verified_by_key.get_mut(&key)
-                && members.remove(&link.member_key)
-            {
-                self.verified_by_key.remove(&key);
-            }
-        }
-    }
-
-    /// Records a transition (also a re-verification that keeps the status, so a re-signed event
-    /// shows in the history).
+    /// Records a transition of a held link by key, and re-indexes it (see [`record_transition`]).
     fn transition(&mut self, member_key: &str, to: LinkStatus, reason: LinkReason, at_ms: i64) {
-        let link = match self.links.get_mut(member_key) {
-            Some(link) => link,
-            None => {
-                let member_key = intern(member_key);
-                self.links
-                    .entry(Arc::clone(&member_key))
-                    .or_insert_with(|| LinkSlot::new(member_key))
-            }
-        };
-        if to != LinkStatus::Verified {
-            link.verified_by = None;
-        }
-        let from = link.status;
-        if from == to
-            && link
-                .transitions
-                .last()
-                .is_some_and(|last| last.reason == reason)
-        {
-            return;
-        }
-        link.set_status(to);
-        if from != to {
-            self.status_changes += 1;
-        }
-        // Most links change once or twice: grow the history one entry at a time.
-        link.transitions.reserve_exact(1);
-        link.transitions.push(LinkTransition {
-            from,
-            to,
-            reason,
-            at_ms,
-        });
-        if from != to {
-            reindex_unsettled(&mut self.unsettled_by_domain, link);
-        }
+        let link = self
+            .links
+            .get_mut(member_key)
+            .expect("only held links change");
+        record_transition(link, &mut self.status_changes, to, reason, at_ms);
+        reindex_unsettled(&mut self.unsettled_by_domain, link);
     }
+}
+
+/// Whether `event` carries its sender's link claim: the sender's own `m.room.member` event
+/// (`state_key == sender`). Only those change a link ([`LinkTable::observe_member_event`]).
+pub fn claims_link(event: &Pdu) -> bool {
+    event.event_type == "m.room.member" && event.state_key.as_deref() == Some(event.sender.as_str())
+}
+
+/// Takes `link`'s verifier and removes the link from that key's entry in `verified_by_key`
+/// (the entry goes with its last link). Returns the verifier taken.
+fn unindex_verifier(
+    verified_by_key: &mut VerifiedByKey,
+    link: &mut Link,
+) -> Option<(Arc<str>, Arc<str>)> {
+    let (domain, key_id) = link.verified_by.take()?;
+    let key = VerifierKey(&domain, &key_id);
+    if let Some(members) = verified_by_key.get_mut(&key)
+        && members.remove(&link.member_key)
+    {
+        verified_by_key.remove(&key);
+    }
+    Some((domain, key_id))
+}
+
+/// Records a transition of `link` (also a re-verification that keeps the status, so a
+/// re-signed event shows in the history). The caller re-indexes the unsettled links
+/// ([`reindex_unsettled`]) once it has changed all it changes.
+fn record_transition(
+    link: &mut LinkSlot,
+    status_changes: &mut u64,
+    to: LinkStatus,
+    reason: LinkReason,
+    at_ms: i64,
+) {
+    if to != LinkStatus::Verified {
+        link.verified_by = None;
+    }
+    let from = link.status;
+    if from == to
+        && link
+            .transitions
+            .last()
+            .is_some_and(|last| last.reason == reason)
+    {
+        return;
+    }
+    link.set_status(to);
+    if from != to {
+        *status_changes += 1;
+    }
+    // Most links change once or twice: grow the history one entry at a time.
+    link.transitions.reserve_exact(1);
+    link.transitions.push(LinkTransition {
+        from,
+        to,
+        reason,
+        at_ms,
+    });
 }
 
 /// The interned strings of the member event `event` (made once per event for the world, see

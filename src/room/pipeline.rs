@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use super::checks::FormatError;
 use super::keys::KeySource;
-use super::links::{LinkStatus, LinkTable, LinkVerdict};
+use super::links::{self, LinkStatus, LinkTable, LinkVerdict};
 use super::memo::{CheckMemo, FrontChecks, PduCopy, front_checks};
 use super::policy::{ArrivalPath, LinkAction, RoomPolicy, UnverifiedStateEvents};
 use super::room_state::{Fate, HeldEvent, RejectedAt, RoomState, SoftFailReason};
@@ -436,6 +436,10 @@ fn observe_link<K: KeySource>(
     pdu: &Arc<Pdu>,
     now_ms: i64,
 ) -> LinkStatus {
+    // Most events claim nothing: their sender's status, without reading `content.domain`.
+    if !links::claims_link(pdu) {
+        return server.links.status(&pdu.sender);
+    }
     let domain_keys = pdu
         .content
         .get("domain")
