@@ -59,13 +59,24 @@ impl FedWorld {
         }
         // The snapshot itself when the state has no changes on top of it (no copy).
         let state_map = dag.evaluation(index).state_before.to_shared_map();
-        let mut wanted: BTreeSet<EventIndex> = dag.auth_chain(index).iter().copied().collect();
+        // One mark per held event rather than an ordered set: a large room's state names
+        // thousands of events whose auth chains mostly overlap, and every join asks for them.
+        let mut wanted = vec![false; dag.len()];
+        let mut mark = |chain: &[EventIndex]| {
+            for &event in chain {
+                wanted[event as usize] = true;
+            }
+        };
+        mark(dag.auth_chain(index));
         for id in state_map.values() {
             let member = dag.index(id)?;
-            wanted.insert(member);
-            wanted.extend(dag.auth_chain(member).iter().copied());
+            mark(std::slice::from_ref(&member));
+            mark(dag.auth_chain(member));
         }
-        Some((state_map, wanted.into_iter().collect()))
+        let events = (0..dag.len() as EventIndex)
+            .filter(|&event| wanted[event as usize])
+            .collect();
+        Some((state_map, events))
     }
 
     /// The `send_join` (state mode) and `/state` answer of `server` for `event_id`.

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::links::{LinkTable, LinkVerdict};
 use super::policy::ArrivalPath;
-use super::shared::{Count, RoomFacts, SharedEventFacts, SharedId, lock};
+use super::shared::{Count, RoomFacts, SharedEvaluation, SharedEventFacts, SharedId, lock};
 use crate::matrix::auth::{AuthState, Rejection, Rule, auth_types_for_event, authorize};
 use crate::matrix::canonical_json::MAX_SAFE_INTEGER;
 use crate::matrix::dag::{
@@ -655,15 +655,25 @@ impl RoomState {
         let (index, shared_id) = match (state_before, facts) {
             (Some(state), _) => {
                 let adoptable = !redacted && self.given_state_parents_clean(&parents, &state);
+                let found = if adoptable {
+                    self.evaluated_with_state(&pdu.event_id, &state)
+                } else {
+                    None
+                };
+                // The state before it as another server evaluated it, when that is the given
+                // state: the same entries, without copying a whole room's state per join.
+                let state_before = match &found {
+                    Some(found) => Arc::clone(&found.evaluation.state_before),
+                    None => Arc::new(LayeredState::from_map((*state).clone())),
+                };
                 let index = self.dag.insert_with_state_before_and_parents(
                     Arc::clone(&pdu),
-                    Arc::new(LayeredState::from_map((*state).clone())),
+                    state_before,
                     parents,
                 )?;
-                let shared_id = if adoptable {
-                    self.adopt_given_state(index, &state)
-                } else {
-                    NO_SHARED_ID
+                let shared_id = match found {
+                    Some(found) => self.adopt_evaluation(index, found),
+                    None => NO_SHARED_ID,
                 };
                 clean = shared_id != NO_SHARED_ID;
                 (index, shared_id)
@@ -730,21 +740,28 @@ impl RoomState {
     /// An event inserted with a state given from outside (a join's state, a `/state` answer) is
     /// clean when another server evaluated it clean — from its prev events — with exactly this
     /// state before it and the same verdict: then its evaluation here is that one (the same
-    /// copies, rejections and state are read), and its descendants can share as usual. Returns
-    /// its room-wide number, or [`NO_SHARED_ID`] if it is not clean.
-    fn adopt_given_state(&mut self, index: EventIndex, state: &StateMap) -> SharedId {
-        let Some(facts) = self.room_facts() else {
-            return NO_SHARED_ID;
-        };
-        let event_id = self.dag.event(index).event_id.clone();
-        let found = lock(&facts).evaluation(&event_id).cloned();
-        let Some(found) = found else {
-            return NO_SHARED_ID;
-        };
-        let local = self.dag.evaluation(index);
-        if local.rejection == found.evaluation.rejection
-            && found.evaluation.state_before.equals_map(state)
-        {
+    /// copies, rejections and state are read), and its descendants can share as usual. This
+    /// finds that evaluation if the state before it is `state`; [`RoomState::adopt_evaluation`]
+    /// compares the verdict once the event is inserted.
+    fn evaluated_with_state(
+        &mut self,
+        event_id: &str,
+        state: &StateMap,
+    ) -> Option<SharedEvaluation> {
+        let facts = self.room_facts()?;
+        let found = lock(&facts).evaluation(event_id).cloned()?;
+        found
+            .evaluation
+            .state_before
+            .equals_map(state)
+            .then_some(found)
+    }
+
+    /// Adopts `found` (see [`RoomState::evaluated_with_state`]) as the evaluation of the event
+    /// just inserted at `index` if its verdict is this server's. Returns the event's room-wide
+    /// number, or [`NO_SHARED_ID`] if it is not clean.
+    fn adopt_evaluation(&mut self, index: EventIndex, found: SharedEvaluation) -> SharedId {
+        if self.dag.evaluation(index).rejection == found.evaluation.rejection {
             // Equal: keep one copy of the (whole-room) states instead of this server's.
             self.dag.share_evaluation(index, found.evaluation);
             found.id
