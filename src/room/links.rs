@@ -24,6 +24,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
+use smallvec::SmallVec;
 
 use super::intern::intern;
 use super::keys::HeldKeys;
@@ -173,8 +174,9 @@ pub struct Link {
     pub verified_by: Option<(Arc<str>, Arc<str>)>,
     /// P7: after an expiry, the link still vouches for events sent up to this time.
     pub vouches_until_ms: Option<i64>,
-    /// Every transition, oldest first.
-    pub transitions: Vec<LinkTransition>,
+    /// Every transition, oldest first. Most links change once (unknown to verified), so the
+    /// first transition lives in the link itself rather than in an allocation of its own.
+    pub transitions: SmallVec<[LinkTransition; 1]>,
 }
 
 impl Link {
@@ -187,7 +189,7 @@ impl Link {
             localpart: None,
             verified_by: None,
             vouches_until_ms: None,
-            transitions: Vec::new(),
+            transitions: SmallVec::new(),
         }
     }
 
