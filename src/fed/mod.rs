@@ -2149,9 +2149,12 @@ impl FedWorld {
             let Some(resident) = fact.resident else {
                 continue;
             };
-            // RQ9 knob: skip domains claimed only by links this server has not verified.
+            // RQ9 knob: skip domains claimed only by links this server has not verified. A
+            // domain already found resident needs no other member's link (a server has several
+            // users in a room): that saves a link-table probe per such member.
             if verified_only
                 && !fact.own_domain
+                && !residents.contains(&resident)
                 && state.links.status(state_key) != crate::room::links::LinkStatus::Verified
             {
                 continue;
