@@ -1842,23 +1842,37 @@ impl FedWorld {
             self.counters.not_in_room += pdus.len() as u64;
             return;
         };
-        state
-            .inbound
-            .extend(pdus.into_iter().map(|json| Inbound::new(json, path, from)));
-        self.drain(to, room);
+        let mut items = pdus.into_iter().map(|json| Inbound::new(json, path, from));
+        if state.inbound.is_empty() && items.len() == 1 {
+            // Most transactions carry one PDU for a room with nothing waiting: it is processed
+            // as if it had been queued and taken straight out, without writing the queue's
+            // buffer (a cold line of this server's room per receipt).
+            self.drain_from(to, room, items.next());
+        } else {
+            state.inbound.extend(items);
+            self.drain(to, room);
+        }
     }
 
     /// Processes a room's inbound queue until it is empty or parked.
     fn drain(&mut self, server: ServerId, room: RoomIndex) {
+        self.drain_from(server, room, None);
+    }
+
+    /// As [`FedWorld::drain`], with `first` (if any) in front of the queue.
+    fn drain_from(&mut self, server: ServerId, room: RoomIndex, mut first: Option<Inbound>) {
         loop {
             let now_ms = self.queue.now_ms();
             let Some(state) = self.servers[server as usize].rooms.get_mut(&room) else {
                 return;
             };
             if state.blocked.is_some() || !state.joined {
+                if let Some(item) = first.take() {
+                    state.inbound.push_front(item);
+                }
                 return;
             }
-            let Some(mut item) = state.inbound.pop_front() else {
+            let Some(mut item) = first.take().or_else(|| state.inbound.pop_front()) else {
                 return;
             };
             if !item.key_wait_done
