@@ -524,6 +524,22 @@ impl LinkTable {
         }
     }
 
+    /// [`LinkTable::verdict`] for a member whose link `status` the caller has just read (the
+    /// table unchanged since): the link is read again only if it is unverified (for its P7
+    /// bound), not once more per event received.
+    pub fn verdict_with_status(
+        &self,
+        status: LinkStatus,
+        member_key: &str,
+        origin_server_ts_ms: i64,
+    ) -> LinkVerdict {
+        match status {
+            LinkStatus::Verified => LinkVerdict::Verified,
+            LinkStatus::Unknown | LinkStatus::Pending => LinkVerdict::Pending,
+            LinkStatus::Unverified => self.verdict(member_key, origin_server_ts_ms),
+        }
+    }
+
     /// The MSC4428 `member_info` entry: the verified user ID, or `None` (`null`).
     pub fn user_id(&self, member_key: &str) -> Option<String> {
         self.links.get(member_key).and_then(|slot| slot.user_id())
@@ -1055,6 +1071,15 @@ mod tests {
             .link(member)
             .map_or(LinkStatus::Unknown, |link| link.status);
         assert_eq!(recorded, expected);
+        // The receipt path's verdict from a status just read is the verdict, whatever the
+        // event's timestamp (P7's bound included).
+        for origin_server_ts_ms in [i64::MIN, 0, 1_000, 10_000_000, i64::MAX] {
+            assert_eq!(
+                table.verdict_with_status(expected, member, origin_server_ts_ms),
+                table.verdict(member, origin_server_ts_ms),
+                "{member} at {origin_server_ts_ms}"
+            );
+        }
     }
 
     #[test]

@@ -415,7 +415,7 @@ fn receive<K: KeySource>(
         let status = observe_link(server, &version, &pdu, now_ms);
         receipt.link_after = Some(status);
         if fate == (Fate::Accepted { labelled: false }) {
-            fate = link_rule(server.links, server.policy, &pdu, path);
+            fate = link_rule(server.links, status, server.policy, &pdu, path);
         }
     }
     held.fate = fate.clone();
@@ -451,11 +451,18 @@ fn observe_link<K: KeySource>(
 }
 
 /// MSC4430's rule for an event that passed checks 1–6: what the sender's link status does to it.
-fn link_rule(links: &LinkTable, policy: &RoomPolicy, pdu: &Pdu, path: ArrivalPath) -> Fate {
+/// `status` is the sender's link status, just read from `links`.
+fn link_rule(
+    links: &LinkTable,
+    status: LinkStatus,
+    policy: &RoomPolicy,
+    pdu: &Pdu,
+    path: ArrivalPath,
+) -> Fate {
     if !policy.link_rule {
         return Fate::Accepted { labelled: false };
     }
-    let verdict = links.verdict(&pdu.sender, pdu.origin_server_ts);
+    let verdict = links.verdict_with_status(status, &pdu.sender, pdu.origin_server_ts);
     let action = match verdict {
         LinkVerdict::Verified => return Fate::Accepted { labelled: false },
         LinkVerdict::Pending => policy.pending_link,
@@ -556,7 +563,13 @@ mod tests {
         let label = Fate::Accepted { labelled: true };
         let p1 = RoomPolicy::P1;
         let rule = |policy: &RoomPolicy, sender: &str, state: bool, path| {
-            link_rule(&links, policy, &event(sender, state), path)
+            link_rule(
+                &links,
+                links.status(sender),
+                policy,
+                &event(sender, state),
+                path,
+            )
         };
         assert_eq!(
             rule(&p1, &unverified, false, ArrivalPath::Send),
