@@ -511,17 +511,7 @@ impl LinkTable {
 
     /// How the link of `member_key` judges an event it sent at `origin_server_ts_ms`.
     pub fn verdict(&self, member_key: &str, origin_server_ts_ms: i64) -> LinkVerdict {
-        match self.links.get(member_key) {
-            None => LinkVerdict::Pending,
-            Some(link) => match link.status {
-                LinkStatus::Verified => LinkVerdict::Verified,
-                LinkStatus::Unknown | LinkStatus::Pending => LinkVerdict::Pending,
-                LinkStatus::Unverified => match link.vouches_until_ms {
-                    Some(until_ms) if origin_server_ts_ms <= until_ms => LinkVerdict::Verified,
-                    _ => LinkVerdict::Unverified,
-                },
-            },
-        }
+        self.verdict_with_status(self.status(member_key), member_key, origin_server_ts_ms)
     }
 
     /// [`LinkTable::verdict`] for a member whose link `status` the caller has just read (the
@@ -536,7 +526,16 @@ impl LinkTable {
         match status {
             LinkStatus::Verified => LinkVerdict::Verified,
             LinkStatus::Unknown | LinkStatus::Pending => LinkVerdict::Pending,
-            LinkStatus::Unverified => self.verdict(member_key, origin_server_ts_ms),
+            LinkStatus::Unverified => {
+                let vouches_until_ms = self
+                    .links
+                    .get(member_key)
+                    .and_then(|link| link.vouches_until_ms);
+                match vouches_until_ms {
+                    Some(until_ms) if origin_server_ts_ms <= until_ms => LinkVerdict::Verified,
+                    _ => LinkVerdict::Unverified,
+                }
+            }
         }
     }
 
@@ -1071,12 +1070,23 @@ mod tests {
             .link(member)
             .map_or(LinkStatus::Unknown, |link| link.status);
         assert_eq!(recorded, expected);
-        // The receipt path's verdict from a status just read is the verdict, whatever the
-        // event's timestamp (P7's bound included).
+        // The verdict follows the status, and an unverified link vouches only up to its P7
+        // bound, whatever the event's timestamp.
+        let vouches_until_ms = table.link(member).and_then(|link| link.vouches_until_ms);
         for origin_server_ts_ms in [i64::MIN, 0, 1_000, 10_000_000, i64::MAX] {
+            let verdict = match expected {
+                LinkStatus::Verified => LinkVerdict::Verified,
+                LinkStatus::Unknown | LinkStatus::Pending => LinkVerdict::Pending,
+                LinkStatus::Unverified
+                    if vouches_until_ms.is_some_and(|until| origin_server_ts_ms <= until) =>
+                {
+                    LinkVerdict::Verified
+                }
+                LinkStatus::Unverified => LinkVerdict::Unverified,
+            };
             assert_eq!(
-                table.verdict_with_status(expected, member, origin_server_ts_ms),
                 table.verdict(member, origin_server_ts_ms),
+                verdict,
                 "{member} at {origin_server_ts_ms}"
             );
         }
