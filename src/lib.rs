@@ -9,6 +9,7 @@ pub mod fed;
 pub mod matrix;
 pub mod metrics;
 pub mod net;
+pub mod prefault;
 pub mod room;
 pub mod scenario;
 pub mod server;

@@ -8,8 +8,9 @@ use fedsim::cli::CliError;
 /// in size-class pages inside large arenas that Linux backs with transparent huge pages, so
 /// those touches miss the TLB far less: full-size bench-medium runs ~16% faster (docs/notes/
 /// perf.md, session 15). Results do not depend on the allocator (nothing is ordered by address).
+/// Wrapped so that fresh pages are faulted in on the spare core (`fedsim::prefault`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: fedsim::prefault::PrefaultingAlloc = fedsim::prefault::PrefaultingAlloc;
 
 #[derive(Parser)]
 #[command(
@@ -52,6 +53,9 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run(_) | Command::Sweep(_)) {
+        fedsim::prefault::start();
+    }
     let result: Result<(), CliError> = match cli.command {
         Command::Versions => {
             print_versions();

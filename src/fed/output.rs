@@ -134,6 +134,7 @@ fn write_results(
         "queue_len_max": world.queue_len_max(),
         "key_cache_slots": world.key_cache_slots,
         "peak_memory_kib": peak_memory_kib(),
+        "prefault": crate::prefault::active(),
         "crypto": world.scenario.crypto.as_str(),
         "events_signed": world.events_signed,
         "sign_seconds": rounded(world.sign_nanos as f64 / 1e9),

@@ -163,6 +163,7 @@ fn write_results(world: &World, out_dir: &Path, wall_seconds: f64) -> Result<Run
         "events_per_second": rounded(world.events_processed as f64 / wall_seconds.max(1e-9)),
         "queue_len_max": world.queue_len_max(),
         "peak_memory_kib": peak_memory_kib(),
+        "prefault": crate::prefault::active(),
         "signatures_made": world
             .publishers
             .iter()
