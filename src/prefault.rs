@@ -6,18 +6,21 @@
 //! 8–10% of bench-medium's samples, all of it on the one thread that runs the simulation
 //! (docs/notes/perf.md, sessions 20 and 22), while the second core idled.
 //!
-//! [`start`] reserves one large arena for mimalloc up front (mimalloc allocates from reserved
-//! arenas before asking the OS for more) and starts a thread that asks the kernel to fault in
-//! the arena's pages (`madvise(MADV_POPULATE_WRITE)`) a bounded distance ahead of the highest
-//! address the allocator has handed out, which [`PrefaultingAlloc`] records. So the simulation
-//! thread finds its new pages present and the zeroing runs on the other core.
+//! At the process's first allocation, [`PrefaultingAlloc`] reserves one large arena for mimalloc
+//! (mimalloc allocates from its arenas in the order they were made, so this one serves first)
+//! and from then on records the highest address it hands out inside it. [`start`] (called by
+//! `fedsim run` and `fedsim sweep`) starts a thread that asks the kernel to fault in the
+//! arena's pages (`madvise(MADV_POPULATE_WRITE)`) up to [`MARGIN_BYTES`] past that frontier. So
+//! the simulation thread finds its new pages present and the zeroing runs on the other core.
 //!
 //! Nothing observable changes: `MADV_POPULATE_WRITE` only makes pages present (it never changes
 //! their contents, and a page already present is left alone), so it can run concurrently with
 //! the program's own use of the same pages; no result depends on where the allocator puts
-//! things. Peak resident memory can read at most [`MARGIN_BYTES`] higher, pages faulted in that
-//! the allocator had not used yet. Off with `FEDSIM_PREFAULT=0`, and a no-op where the kernel
-//! lacks `MADV_POPULATE_WRITE` (before Linux 5.14) or on other systems.
+//! things (tests/prefault.rs compares result files with the helper on and off). Peak resident
+//! memory reads higher by the pages faulted in that the allocator had not used yet: the margin
+//! and holes below the frontier (44–81 MiB on bench-medium); run-info.json says whether the
+//! helper ran. Off with `FEDSIM_PREFAULT=0` (then no arena is reserved either), and a no-op
+//! where the kernel lacks `MADV_POPULATE_WRITE` (before Linux 5.14) or on other systems.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
