@@ -111,6 +111,9 @@ unsafe impl GlobalAlloc for PrefaultingAlloc {
     }
 }
 
+// Declared here rather than through libmimalloc-sys's `extended` and `arena` features: two
+// functions. These are mimalloc v3's signatures (the `mimalloc` crate's default), where an
+// arena ID is a pointer; v2's is an `int`.
 #[cfg(target_os = "linux")]
 unsafe extern "C" {
     /// mimalloc: reserve `size` bytes of OS memory as an arena (0 on success).
