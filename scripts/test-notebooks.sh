@@ -33,9 +33,9 @@ echo "== notebooks: venv ready ($((SECONDS - started)) s)"
 
 fedsim=${FEDSIM_BIN:-}
 if [ -z "$fedsim" ]; then
-    # The same build as `cargo test --release` (which CI has just run): building the binary alone
-    # would resolve dependency features without dev-dependencies and recompile fedsim.
-    cargo test --release --no-run --quiet
+    # The binary users run (`cargo run --release`, fat LTO): built once, then reused by the
+    # other scripts and by CI's run of the README main command.
+    cargo build --release --bin fedsim --quiet
     fedsim=target/release/fedsim
 fi
 results=target/notebook-results

@@ -14,8 +14,9 @@ fail() { echo "test-scenarios: FAILED: $*" >&2; exit 1; }
 
 fedsim=${FEDSIM_BIN:-}
 if [ -z "$fedsim" ]; then
-    # The same build as `cargo test --release` (which CI has just run).
-    cargo test --release --no-run --quiet
+    # The binary users run (`cargo run --release`, fat LTO): built once, then reused by the
+    # other scripts and by CI's run of the README main command.
+    cargo build --release --bin fedsim --quiet
     fedsim=target/release/fedsim
 fi
 if [ -n "${FEDSIM_RESULTS:-}" ]; then

@@ -44,9 +44,9 @@ id munge >/dev/null 2>&1 || fail "the munge package did not create the munge use
 # 2. The binary and the single-machine reference are built/run while the daemons start.
 fedsim=${FEDSIM_BIN:-}
 if [ -z "$fedsim" ]; then
-    # The same build as `cargo test --release` (which CI has just run): building the binary alone
-    # would resolve dependency features without dev-dependencies and recompile fedsim.
-    cargo test --release --no-run --quiet
+    # The binary users run (`cargo run --release`, fat LTO): built once, then reused by the
+    # other scripts and by CI's run of the README main command.
+    cargo build --release --bin fedsim --quiet
     fedsim=$repo/target/release/fedsim
 fi
 fedsim=$(realpath "$fedsim")

@@ -100,8 +100,9 @@ fn check_event(version: &RoomVersion, event: &Value) -> Result<(), TestCaseError
     Ok(())
 }
 
-/// 2,500 events per room version under `cargo test --release` (what CI runs); fewer in
-/// unoptimised builds, where ruma's debug code makes each case ~15x slower.
+/// 2,500 events per room version in optimised builds (CI runs `cargo test --profile
+/// release-nolto`); fewer in unoptimised builds, where ruma's debug code makes each case ~15x
+/// slower.
 fn config() -> ProptestConfig {
     ProptestConfig {
         cases: if cfg!(debug_assertions) { 400 } else { 2500 },
