@@ -72,13 +72,19 @@ fn moves_frontier(highest: usize, start: usize, size: usize, end: usize) -> bool
     end > highest && end.wrapping_sub(start) <= size && size != 0
 }
 
+/// Reserves the arena at the process's first allocation (one relaxed load afterwards).
+#[inline(always)]
+fn reserve_once() {
+    if !RESERVE_TRIED.load(Ordering::Relaxed) {
+        reserve_arena();
+    }
+}
+
 // SAFETY: every call is passed on to mimalloc unchanged; `note` only reads the returned address.
 unsafe impl GlobalAlloc for PrefaultingAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if !RESERVE_TRIED.load(Ordering::Relaxed) {
-            reserve_arena();
-        }
+        reserve_once();
         // SAFETY: the caller's contract is mimalloc's.
         let block = unsafe { mimalloc::MiMalloc.alloc(layout) };
         note(block, layout.size());
@@ -87,9 +93,7 @@ unsafe impl GlobalAlloc for PrefaultingAlloc {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if !RESERVE_TRIED.load(Ordering::Relaxed) {
-            reserve_arena();
-        }
+        reserve_once();
         // SAFETY: as for `alloc`.
         let block = unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) };
         note(block, layout.size());
