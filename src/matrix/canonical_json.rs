@@ -207,7 +207,58 @@ pub fn parse_strict(text: &str) -> Result<Value, CanonicalJsonError> {
     deserializer
         .end()
         .map_err(|error| CanonicalJsonError::Syntax(error.to_string()))?;
+    // serde_json hands `-0`, `-0.0` and `-0e0` alike to the visitor (as the float -0.0), so the
+    // last two, floats the visitor cannot see as such, are found in the text.
+    if let Some((offset, literal)) = float_literal(text) {
+        let line = 1 + text[..offset].matches('\n').count();
+        let column = 1 + offset - text[..offset].rfind('\n').map_or(0, |newline| newline + 1);
+        return Err(CanonicalJsonError::Syntax(format!(
+            "floats are not allowed in canonical JSON (got {literal}) at line {line} column {column}"
+        )));
+    }
     Ok(value)
+}
+
+/// The first number in JSON `text` written with a fraction or an exponent (outside strings),
+/// with its byte offset.
+fn float_literal(text: &str) -> Option<(usize, &str)> {
+    let bytes = text.as_bytes();
+    let mut position = 0;
+    let mut in_string = false;
+    while position < bytes.len() {
+        let byte = bytes[position];
+        if in_string {
+            match byte {
+                // Skips the escaped character (an escaped quote does not end the string).
+                b'\\' => position += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            position += 1;
+            continue;
+        }
+        if byte == b'"' {
+            in_string = true;
+            position += 1;
+        } else if byte == b'-' || byte.is_ascii_digit() {
+            let start = position;
+            while position < bytes.len()
+                && matches!(
+                    bytes[position],
+                    b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
+                )
+            {
+                position += 1;
+            }
+            let literal = &text[start..position];
+            if literal.contains(['.', 'e', 'E']) {
+                return Some((start, literal));
+            }
+        } else {
+            position += 1;
+        }
+    }
+    None
 }
 
 /// Parses `text` like [`parse_strict`] but reads integer-valued numbers written with a fraction
@@ -399,7 +450,16 @@ mod tests {
     #[test]
     fn strict_parsing_rejects_floats_ranges_and_duplicates() {
         assert_eq!(parse_strict(r#"{"a": -0}"#).unwrap(), json!({"a": 0}));
+        // Strings that look like numbers, and escaped quotes, are not numbers.
+        assert_eq!(
+            parse_strict(r#"{"a\"": "-0.0", "b": ["1e5", -0]}"#).unwrap(),
+            json!({"a\"": "-0.0", "b": ["1e5", 0]})
+        );
         for bad in [
+            // serde_json reads these three as it reads `-0`.
+            r#"{"a": -0.0}"#,
+            r#"{"a": [-0e0]}"#,
+            r#"{"a": {"b": -0.0E+7}}"#,
             r#"{"a": 1.5}"#,
             r#"{"a": 1e10}"#,
             r#"{"a": 2.0}"#,
@@ -419,6 +479,11 @@ mod tests {
         assert!(message.contains("duplicate key \"a\""), "{message}");
         let message = parse_strict(r#"{"a": 0.5}"#).unwrap_err().to_string();
         assert!(message.contains("floats are not allowed"), "{message}");
+        let message = parse_strict("{\n  \"a\": -0.0}").unwrap_err().to_string();
+        assert!(
+            message.contains("(got -0.0) at line 2 column 8"),
+            "{message}"
+        );
     }
 
     #[test]
