@@ -37,7 +37,7 @@ pub struct Pdu {
     pub depth: i64,
     pub origin_server_ts: i64,
     /// For `m.room.redaction`: the redacted event, read from `content.redacts` (v11+) or the
-    /// top-level `redacts` (earlier versions).
+    /// top-level `redacts` (earlier versions; a v11+ top-level `redacts` is ignored).
     pub redacts: Option<EventId>,
     /// The complete event as JSON, without `event_id` (which is derived, not sent, in v4+).
     /// Shared: a world keeps one copy of each event's JSON for its wire copy and every parse.
@@ -166,12 +166,13 @@ impl Pdu {
         let redacts = if event_type != "m.room.redaction" {
             None
         } else if version.redacts_in_content {
-            // v11 moved `redacts` into the content; servers still accept the top-level copy.
+            // v11 moved `redacts` into the content. A top-level one is no part of the format
+            // any more, nor covered by the hashes or signatures (anyone relaying the event could
+            // add or change it), so it is neither read nor type-checked, as in Synapse and ruma.
             content
                 .get("redacts")
                 .and_then(Value::as_str)
                 .map(str::to_owned)
-                .or(string("redacts")?)
         } else {
             string("redacts")?
         };
@@ -256,6 +257,54 @@ mod tests {
         assert_eq!(pdu, fresh);
         let other = Pdu::from_json(event, "$other".into(), &RoomVersion::V12).unwrap();
         assert_ne!(pdu, other);
+    }
+
+    /// Test that v11+ reads a redaction's target from the content only: a top-level `redacts`
+    /// (unsigned there, so anyone relaying could set it) neither names the target nor makes
+    /// the event malformed, whereas v10 reads and type-checks it.
+    #[test]
+    fn v11_redactions_read_redacts_from_the_content_only() {
+        let redaction = |content: serde_json::Value, top_level: Option<serde_json::Value>| {
+            let mut event = json!({
+                "type": "m.room.redaction", "sender": "@a:x", "room_id": "!r",
+                "content": content, "prev_events": [], "auth_events": [], "depth": 1,
+                "origin_server_ts": 5
+            });
+            if let Some(top_level) = top_level {
+                event["redacts"] = top_level;
+            }
+            event
+        };
+        let parse = |event, version| Pdu::from_json(event, "$e".into(), version);
+        let tampered = redaction(json!({"redacts": "$t"}), Some(json!(5)));
+        assert_eq!(
+            parse(tampered.clone(), &RoomVersion::V11)
+                .unwrap()
+                .redacts
+                .as_deref(),
+            Some("$t")
+        );
+        let top_level_only = redaction(json!({}), Some(json!("$t")));
+        assert_eq!(
+            parse(top_level_only.clone(), &RoomVersion::V12)
+                .unwrap()
+                .redacts,
+            None
+        );
+        assert_eq!(
+            parse(top_level_only, &RoomVersion::V10)
+                .unwrap()
+                .redacts
+                .as_deref(),
+            Some("$t")
+        );
+        assert_eq!(
+            parse(tampered, &RoomVersion::V10),
+            Err(PduFormatError::WrongType {
+                field: "redacts",
+                expected: "a string"
+            })
+        );
     }
 
     #[test]
