@@ -173,9 +173,11 @@ pub fn servers_needed_for_signatures(version: &RoomVersion, pdu: &Pdu) -> Vec<St
         }
     };
     add(&pdu.sender);
+    // The authoriser's signature on any membership, as check 2 asks for it (auth rule 4.2
+    // reads so; `event_builder::authorising_user`): asking for its keys on joins only left the
+    // verdict on a leave or ban carrying the key to whatever keys were cached.
     if version.restricted_joins
         && pdu.event_type == "m.room.member"
-        && pdu.membership() == Some("join")
         && let Some(authoriser) = pdu
             .content
             .get("join_authorised_via_users_server")
@@ -354,6 +356,23 @@ mod tests {
         let server_key = key(1);
         let pdu = signed_message(&server_key);
         assert_eq!(servers_needed_for_signatures(&v12, &pdu), vec!["a.example"]);
+        // A membership naming an authoriser (a leave here, not only a join) needs its server's
+        // keys too, as check 2 asks for its signature.
+        let leave = Pdu::from_json(
+            json!({
+                "type": "m.room.member", "sender": "@bob:b.example", "state_key": "@bob:b.example",
+                "room_id": "!r", "content": {"membership": "leave",
+                    "join_authorised_via_users_server": "@carol:c.example"},
+                "prev_events": [], "auth_events": [], "depth": 1, "origin_server_ts": 1
+            }),
+            "$leave".into(),
+            &v12,
+        )
+        .unwrap();
+        assert_eq!(
+            servers_needed_for_signatures(&v12, &leave),
+            ["b.example", "c.example"]
+        );
         let mut ring = KeyRing::new();
         assert!(matches!(
             check_signatures(&v12, &pdu, &ring),
