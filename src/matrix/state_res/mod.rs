@@ -152,17 +152,19 @@ struct PartialState<'a, 'm> {
 }
 
 impl PartialState<'_, '_> {
+    /// The entry for the key, and whether the iterative auth checks of this resolution put it
+    /// there (rather than the v2.0 base).
     fn get(
         &self,
         event_type: &str,
         state_key: &str,
         events: &impl EventSource,
-    ) -> Option<EventIndex> {
+    ) -> Option<(EventIndex, bool)> {
         if let Some(&index) = self.overlay.get(&(event_type, state_key)) {
-            return Some(index);
+            return Some((index, true));
         }
         let id = self.base?.get(event_type, state_key)?;
-        events.index_of(id)
+        events.index_of(id).map(|index| (index, false))
     }
 }
 
@@ -265,7 +267,9 @@ fn resolve_inner<M: Borrow<StateMap>>(
         .copied()
         .filter(|&event| !in_power_order.contains(event))
         .collect();
-    let power_levels = partial.get("m.room.power_levels", "", events);
+    let power_levels = partial
+        .get("m.room.power_levels", "", events)
+        .map(|(index, _)| index);
     let remaining_order = mainline_order(&remaining, power_levels, events);
 
     // 4. Apply the iterative auth checks to that list, starting from the partially resolved
@@ -532,8 +536,14 @@ fn iterative_auth_checks<'a, S: EventSource>(
         )
         .into_iter()
         .filter_map(|key| {
-            let current = partial.get(&key.0, &key.1, events)?;
-            (!events.is_rejected(current)).then(|| (key, events.pdu(current)))
+            // An entry these checks admitted counts even if this server once rejected its event
+            // at check 5: the spec's "not rejected" is about falling back to the event's own
+            // auth events, and such events are "handled as usual by the algorithm". Skipping it
+            // let a ban admitted here coexist with a topic its target set meanwhile, authorised
+            // by the target's old join (and made the result hang on a server-local verdict). A
+            // rejected v2.0 base entry is still skipped, as Synapse and ruma do.
+            let (current, admitted_here) = partial.get(&key.0, &key.1, events)?;
+            (admitted_here || !events.is_rejected(current)).then(|| (key, events.pdu(current)))
         })
         .collect();
         let view = IterativeAuthView {

@@ -240,3 +240,191 @@ fn split_by_key_and_value() {
         ]
     );
 }
+
+/// Room events with real types and this server's rejection verdicts.
+struct RoomSource {
+    pdus: Vec<Pdu>,
+    auth: Vec<Vec<EventIndex>>,
+    chains: Vec<Vec<EventIndex>>,
+    rejected: Vec<bool>,
+}
+
+impl RoomSource {
+    /// `events`: (id, type, sender, state key, content, auth event IDs, rejected here), room
+    /// version 11, auth events first; timestamps in list order.
+    #[allow(clippy::type_complexity)]
+    fn new(events: &[(&str, &str, &str, &str, serde_json::Value, &[&str], bool)]) -> RoomSource {
+        let mut source = RoomSource {
+            pdus: Vec::new(),
+            auth: Vec::new(),
+            chains: Vec::new(),
+            rejected: Vec::new(),
+        };
+        for (ts, (id, event_type, sender, state_key, content, auth, rejected)) in
+            events.iter().enumerate()
+        {
+            let auth_ids: Vec<EventIndex> = auth
+                .iter()
+                .map(|parent| source.index_of(parent).expect("auth events first"))
+                .collect();
+            let mut chain: Vec<EventIndex> = Vec::new();
+            for &parent in &auth_ids {
+                chain.push(parent);
+                chain.extend(&source.chains[parent as usize]);
+            }
+            chain.sort_unstable();
+            chain.dedup();
+            let pdu = Pdu::from_json(
+                json!({
+                    "type": event_type, "sender": sender, "state_key": state_key,
+                    "content": content, "room_id": "!r:x",
+                    "prev_events": [], "auth_events": auth, "depth": 1, "origin_server_ts": ts,
+                }),
+                (*id).to_owned(),
+                &RoomVersion::V11,
+            )
+            .unwrap();
+            source.pdus.push(pdu);
+            source.auth.push(auth_ids);
+            source.chains.push(chain);
+            source.rejected.push(*rejected);
+        }
+        source
+    }
+
+    fn state(&self, ids: &[&str]) -> StateMap {
+        ids.iter()
+            .map(|id| {
+                let pdu = &self.pdus[self.index_of(id).unwrap() as usize];
+                (pdu.state_key_pair().unwrap(), pdu.event_id.clone())
+            })
+            .collect()
+    }
+}
+
+impl EventSource for RoomSource {
+    fn index_of(&self, event_id: &str) -> Option<EventIndex> {
+        self.pdus
+            .iter()
+            .position(|pdu| pdu.event_id == event_id)
+            .map(|position| position as EventIndex)
+    }
+    fn pdu(&self, index: EventIndex) -> &Pdu {
+        &self.pdus[index as usize]
+    }
+    fn auth_indices(&self, index: EventIndex) -> &[EventIndex] {
+        &self.auth[index as usize]
+    }
+    fn is_rejected(&self, index: EventIndex) -> bool {
+        self.rejected[index as usize]
+    }
+    fn is_rejected_by_auth_events(&self, _: EventIndex) -> bool {
+        false
+    }
+    fn create_index(&self) -> Option<EventIndex> {
+        self.index_of("$create")
+    }
+    fn event_count(&self) -> usize {
+        self.pdus.len()
+    }
+    fn auth_chain(&self, index: EventIndex) -> &[EventIndex] {
+        &self.chains[index as usize]
+    }
+}
+
+/// Test that an event this server rejected at check 5 (against the state before it), once the
+/// iterative auth checks admit it into the partial state, counts there for the events checked
+/// after it: Alice's ban of Bob (`$ban`, rejected here) wins the power phase, so Bob's topic,
+/// sent meanwhile and authorised only by his old join, fails, and the result is the one a
+/// server that accepted the ban computes. (Skipping the admitted entry fell back to the topic's
+/// own auth events: Bob banned yet his topic kept.)
+#[test]
+fn an_entry_admitted_by_the_iterative_checks_counts_though_rejected_here() {
+    let resolve_with = |ban_rejected_here: bool| {
+        let source = RoomSource::new(&[
+            (
+                "$create",
+                "m.room.create",
+                "@alice:x",
+                "",
+                json!({"room_version": "11"}),
+                &[],
+                false,
+            ),
+            (
+                "$alice",
+                "m.room.member",
+                "@alice:x",
+                "@alice:x",
+                json!({"membership": "join"}),
+                &["$create"],
+                false,
+            ),
+            (
+                "$levels",
+                "m.room.power_levels",
+                "@alice:x",
+                "",
+                json!({"users": {"@alice:x": 100, "@bob:x": 50}}),
+                &["$create", "$alice"],
+                false,
+            ),
+            (
+                "$rules",
+                "m.room.join_rules",
+                "@alice:x",
+                "",
+                json!({"join_rule": "public"}),
+                &["$create", "$levels", "$alice"],
+                false,
+            ),
+            (
+                "$bob",
+                "m.room.member",
+                "@bob:x",
+                "@bob:x",
+                json!({"membership": "join"}),
+                &["$create", "$levels", "$rules"],
+                false,
+            ),
+            (
+                "$topic",
+                "m.room.topic",
+                "@alice:x",
+                "",
+                json!({"topic": "zero"}),
+                &["$create", "$levels", "$alice"],
+                false,
+            ),
+            (
+                "$ban",
+                "m.room.member",
+                "@alice:x",
+                "@bob:x",
+                json!({"membership": "ban"}),
+                &["$create", "$levels", "$alice", "$bob"],
+                ban_rejected_here,
+            ),
+            (
+                "$bob_topic",
+                "m.room.topic",
+                "@bob:x",
+                "",
+                json!({"topic": "bob"}),
+                &["$create", "$levels", "$bob"],
+                false,
+            ),
+        ]);
+        let common = ["$create", "$alice", "$levels", "$rules"];
+        let with = |extra: [&str; 2]| source.state(&[&common[..], &extra[..]].concat());
+        let states = [with(["$bob", "$bob_topic"]), with(["$ban", "$topic"])];
+        resolve(&RoomVersion::V11, &states, &source).unwrap()
+    };
+    let resolved = resolve_with(true);
+    let entry = |state: &StateMap, event_type: &str, state_key: &str| {
+        state[&(event_type.to_owned(), state_key.to_owned())].clone()
+    };
+    assert_eq!(entry(&resolved, "m.room.member", "@bob:x"), "$ban");
+    assert_eq!(entry(&resolved, "m.room.topic", ""), "$topic");
+    assert_eq!(resolved, resolve_with(false));
+}
