@@ -5,12 +5,16 @@
 //!
 //! ```text
 //! unknown --member event seen, no keys held for its domain--> pending
+//! verified --a newer member event (a new claim), no keys held for its domain--> pending
 //! unknown/pending/unverified --co-signature by a current key of the domain--> verified
 //! unknown/pending --co-signature missing, bad or by a non-current key--> unverified
 //! pending --the domain's keys cannot be fetched--> unverified
 //! verified --the verifying key is invalidated (per InvalidationRule)--> unverified
 //! unverified --new keys verify the held event, or a re-signed copy arrives--> verified
 //! ```
+//!
+//! An unverified link stays unverified when a new claim waits for keys (it is re-checked when
+//! they arrive): naming a domain whose keys are not held must not turn a revoked link pending.
 //!
 //! Every transition is recorded with its reason and the time (simulated ms). The table is an
 //! input-driven state machine: it never reads a clock and never fetches; the key layer tells it
@@ -583,11 +587,15 @@ impl LinkTable {
                     .or_insert_with(|| LinkSlot::new(member_key))
             }
         };
+        // The same event again (a re-signed copy): its ID covers its content hash, so the claim
+        // (domain and localpart) is the one already judged.
+        let same_event = link
+            .member_event
+            .as_ref()
+            .is_some_and(|held| held.event_id == event.event_id);
         let replaces = match &link.member_event {
             None => true,
-            Some(held) => {
-                held.event_id == event.event_id || held.origin_server_ts <= event.origin_server_ts
-            }
+            Some(held) => same_event || held.origin_server_ts <= event.origin_server_ts,
         };
         if !replaces {
             return link.status;
@@ -602,16 +610,25 @@ impl LinkTable {
         link.localpart = strings.localpart.clone();
         link.domain = domain.clone();
         link.member_event = Some(Arc::clone(event));
-        let verified_before = link.status == LinkStatus::Verified;
         match (domain, keys) {
             (Some(domain), None) => {
-                // A verified link stays verified until its key is invalidated or the new claim
-                // is checked; anything else waits for the keys.
-                if !verified_before {
+                // The claim waits for the domain's keys. A verified link keeps its status only
+                // for the claim it verified: a new claim (another domain or localpart) is
+                // unchecked, and showing it or applying server ACLs to it would trust what
+                // nobody verified. An unverified link stays unverified: a revoked member key
+                // must not escape soft-failing by naming a domain whose keys are not held
+                // (pending links deliver under P1). The keys' arrival checks the claim.
+                let keeps_status = match link.status {
+                    LinkStatus::Verified => same_event,
+                    LinkStatus::Unverified => true,
+                    LinkStatus::Unknown | LinkStatus::Pending => false,
+                };
+                if !keeps_status {
                     let reason = LinkReason::AwaitingKeys {
                         event_id: Arc::clone(&strings.event_id),
                         domain,
                     };
+                    unindex_verifier(&mut self.verified_by_key, link);
                     record_transition(
                         link,
                         &mut self.status_changes,
@@ -1309,6 +1326,83 @@ mod tests {
         assert_eq!(table.status("@absent"), LinkStatus::Unknown);
     }
 
+    /// Test that a verified link does not vouch for a newer claim nobody checked: a newer
+    /// member event claiming b.example without its co-signature, while b.example's keys are not
+    /// held, makes the link pending (no user ID shown, no longer indexed under a.example's key),
+    /// and b.example's keys then judge the claim; the same event again keeps the status.
+    #[test]
+    fn a_new_claim_waiting_for_keys_is_not_verified_by_the_old_one() {
+        let key_a = server_key("1", 1);
+        let ring_a = ring_with(&key_a, DAY_MS);
+        let mut table = LinkTable::new(InvalidationRule::RevokeAll);
+        let first = join(40, Some(&key_a), 100);
+        let member = first.sender.clone();
+        let keys_a = ring_a.held_keys("a.example");
+        assert_eq!(
+            table.observe_member_event(&V, &first, keys_a, 1),
+            LinkStatus::Verified
+        );
+        // The same event again, keys not at hand: the verified claim stands.
+        assert_eq!(
+            table.observe_member_event(&V, &first, None, 2),
+            LinkStatus::Verified
+        );
+        let moved = join_claiming(40, "b.example", None, 200);
+        assert_eq!(
+            table.observe_member_event(&V, &moved, None, 3),
+            LinkStatus::Pending
+        );
+        assert_status(&table, &member, LinkStatus::Pending);
+        assert_eq!(table.user_id(&member), None);
+        assert_eq!(table.verdict(&member, 201), LinkVerdict::Pending);
+        // a.example's key no longer counts as having verified it.
+        table.key_invalidated("a.example", "ed25519:1", KeyInvalidation::NotFound, 4);
+        assert_status(&table, &member, LinkStatus::Pending);
+        let mut ring_b = KeyRing::new();
+        ring_b.insert(
+            ServerKeys::with_current_key("b.example", &server_key("1", 2), DAY_MS),
+            0,
+        );
+        let keys_b = ring_b.held_keys("b.example").unwrap();
+        assert_eq!(
+            table.keys_available(&V, "b.example", keys_b, 5),
+            [member.clone()]
+        );
+        assert_status(&table, &member, LinkStatus::Unverified);
+    }
+
+    /// Test that a revoked link stays unverified when a newer member event names a domain whose
+    /// keys are not held (a compromised member key cannot turn its messages from soft-failed to
+    /// pending that way), and that the claim is judged when that domain's keys arrive.
+    #[test]
+    fn a_revoked_link_stays_unverified_while_a_new_claim_waits_for_keys() {
+        let key_a = server_key("1", 1);
+        let ring_a = ring_with(&key_a, DAY_MS);
+        let mut table = LinkTable::new(InvalidationRule::RevokeAll);
+        let first = join(41, Some(&key_a), 100);
+        let member = first.sender.clone();
+        table.observe_member_event(&V, &first, ring_a.held_keys("a.example"), 1);
+        table.key_invalidated("a.example", "ed25519:1", KeyInvalidation::NotFound, 2);
+        assert_status(&table, &member, LinkStatus::Unverified);
+        let key_b = server_key("1", 3);
+        let claim = join_claiming(41, "b.example", Some(&key_b), 300);
+        assert_eq!(
+            table.observe_member_event(&V, &claim, None, 3),
+            LinkStatus::Unverified
+        );
+        assert_eq!(table.verdict(&member, 301), LinkVerdict::Unverified);
+        // b.example's keys arrive: its co-signature verifies the new claim.
+        let mut ring_b = KeyRing::new();
+        ring_b.insert(ServerKeys::with_current_key("b.example", &key_b, DAY_MS), 0);
+        let keys_b = ring_b.held_keys("b.example").unwrap();
+        assert_eq!(
+            table.keys_available(&V, "b.example", keys_b, 4),
+            [member.clone()]
+        );
+        assert_status(&table, &member, LinkStatus::Verified);
+        assert_eq!(table.user_id(&member).as_deref(), Some("@alice:b.example"));
+    }
+
     #[test]
     fn the_unsettled_index_follows_every_status_and_domain_change() {
         let key_a = server_key("1", 1);
@@ -1334,7 +1428,8 @@ mod tests {
         table.key_invalidated("a.example", "ed25519:1", KeyInvalidation::Absent, 5);
         assert_unsettled_index_matches_links(&table);
         assert_eq!(table.unsettled_members_claiming("a.example").len(), 3);
-        // A member moves its claim to b.example (a newer member event), pending there.
+        // A member moves its claim to b.example (a newer member event): unsettled there (and
+        // still unverified, as its link was revoked).
         let moved = join_claiming(20, "b.example", Some(&server_key("1", 2)), 200);
         table.observe_member_event(&V, &moved, None, 6);
         assert_unsettled_index_matches_links(&table);
@@ -1342,11 +1437,9 @@ mod tests {
             table.unsettled_members_claiming("b.example"),
             vec![verified.sender.clone()]
         );
-        // b.example's keys cannot be fetched; then they arrive and verify it.
-        assert_eq!(
-            table.keys_unavailable("b.example", 7),
-            vec![verified.sender.clone()]
-        );
+        // b.example's keys cannot be fetched (nothing changes); then they arrive and verify it.
+        assert!(table.keys_unavailable("b.example", 7).is_empty());
+        assert_unsettled_index_matches_links(&table);
         let ring_b = {
             let mut ring = KeyRing::new();
             ring.insert(
