@@ -1034,3 +1034,82 @@ fn checks_agree_flags_a_rejection_caused_by_a_given_state() {
     assert_eq!(flagged.len(), 1);
     assert!(flagged[0].detail.contains(&message.event_id));
 }
+
+/// Test that a member event this server rejected never becomes the member's link claim, however
+/// many copies arrive: alice's server sends a new self-join for her, claiming another
+/// localpart, on top of carol's ban of her (citing her old join, so its auth events allow it);
+/// c.example rejects it at check 5, and a second copy (as `/get_missing_events` would bring)
+/// is already held and leaves her shown ID alone.
+#[test]
+fn a_second_copy_of_a_rejected_member_event_does_not_change_the_link() {
+    let policy = RoomPolicy::P1;
+    let version = policy.room_version;
+    let carol = User::new(&version, "carol", "c.example");
+    let alice = User::new(&version, "alice", "a.example");
+    let bob = User::new(&version, "bob", "b.example");
+    let (mut fed, _) = public_room(
+        &["a.example", "b.example", "c.example"],
+        &policy,
+        &carol,
+        &[&alice, &bob],
+    );
+    let alice_join = fed
+        .server("c.example")
+        .room
+        .current_state_event("m.room.member", &alice.id())
+        .unwrap()
+        .unwrap()
+        .event_id
+        .clone();
+    let shown = fed.server("c.example").links.user_id(&alice.id());
+    assert_eq!(shown.as_deref(), Some("@alice:a.example"));
+    let ban = fed
+        .server("c.example")
+        .send(
+            &carol,
+            "m.room.member",
+            Some(&alice.id()),
+            json!({"membership": "ban"}),
+            200,
+        )
+        .unwrap();
+    fed.deliver(&ban, &["a.example"], 200);
+    let mut draft = fed
+        .server("a.example")
+        .room
+        .draft_event(
+            &alice.id(),
+            "m.room.member",
+            Some(&alice.id()),
+            json!({"membership": "join", "localpart": "mallory", "domain": "a.example"}),
+            300,
+        )
+        .unwrap();
+    draft.auth_events = draft
+        .auth_events
+        .into_iter()
+        .map(|id| {
+            if id == ban.event_id {
+                alice_join.clone()
+            } else {
+                id
+            }
+        })
+        .collect();
+    let pdu = fed.server("a.example").sign(&alice, draft).unwrap();
+    let first = fed
+        .server("c.example")
+        .receive(&pdu, ArrivalPath::Send, 310);
+    assert!(
+        matches!(first.verdict, Verdict::Rejected { .. }),
+        "{:?}",
+        first.verdict
+    );
+    assert_eq!(fed.server("c.example").links.user_id(&alice.id()), shown);
+    let second = fed
+        .server("c.example")
+        .receive(&pdu, ArrivalPath::MissingEvents, 320);
+    assert_eq!(second.verdict, Verdict::AlreadyHeld);
+    assert_eq!(second.link_after, Some(LinkStatus::Verified));
+    assert_eq!(fed.server("c.example").links.user_id(&alice.id()), shown);
+}

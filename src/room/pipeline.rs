@@ -343,9 +343,19 @@ fn receive<K: KeySource>(
     receipt.event_id = Some(pdu.event_id.clone());
     receipt.hash_check = Some(hash_check);
     if room.holds(&pdu.event_id) {
-        // A copy with new signatures (re-signed after a rotation) still refreshes the link.
+        // A copy with new signatures (re-signed after a rotation) still refreshes the link,
+        // unless this server rejected the event: its first copy's claim did not count (checks
+        // 4 and 5 come before the link), and neither does any later copy's.
         if version.member_keys && hash_check == ContentHashCheck::Valid {
-            receipt.link_after = Some(observe_link(server, &version, &pdu, now_ms));
+            let rejected_here = links::claims_link(&pdu)
+                && room
+                    .held(&pdu.event_id)
+                    .is_some_and(|held| matches!(held.fate, Fate::Rejected { .. }));
+            receipt.link_after = Some(if rejected_here {
+                server.links.status(&pdu.sender)
+            } else {
+                observe_link(server, &version, &pdu, now_ms)
+            });
         }
         receipt.verdict = Verdict::AlreadyHeld;
         return receipt;
