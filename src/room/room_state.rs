@@ -15,7 +15,7 @@
 //!   clean) and the current state of an extremity set of clean events are computed once for all
 //!   servers; everything else is computed locally. Results are identical either way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
@@ -1023,9 +1023,15 @@ impl RoomState {
                 self.local[parent as usize].accepted_children += 1;
             }
         } else if matches!(held.fate, Fate::Accepted { .. }) {
+            let mut hidden_parent = false;
             for &parent in self.dag.prev_indices(index) {
-                self.local[parent as usize].accepted_children += 1;
+                let facts = &mut self.local[parent as usize];
+                facts.accepted_children += 1;
+                hidden_parent |= facts.fate == StoredFate::Rare;
                 remove_sorted(&mut self.extremities, parent);
+            }
+            if hidden_parent {
+                self.drop_extremities_behind_hidden(index);
             }
             // The DAG resolved one index per prev event ID it held in the graph: if it found
             // them all, none is missing (and none needs looking up again).
@@ -1044,6 +1050,37 @@ impl RoomState {
             }
         }
         self.push_held(index, held);
+    }
+
+    /// The accepted event at `index` names a prev event this server soft-failed or rejected:
+    /// such an event never became a forward extremity, so its own prev events stayed ones in
+    /// its place. The new event descends from them, so they stop being extremities, through
+    /// any chain of soft-failed or rejected ancestors (Synapse's `_get_prevs_before_rejected`);
+    /// else they would dangle, named again in this server's next `prev_events` and resolved
+    /// into its current state beside the event that descends from them.
+    fn drop_extremities_behind_hidden(&mut self, index: EventIndex) {
+        let is_hidden = |local: &[LocalFacts], event: EventIndex| {
+            local[event as usize].fate == StoredFate::Rare
+        };
+        let mut hidden: Vec<EventIndex> = self
+            .dag
+            .prev_indices(index)
+            .iter()
+            .copied()
+            .filter(|&parent| is_hidden(&self.local, parent))
+            .collect();
+        let mut walked = BTreeSet::new();
+        while let Some(event) = hidden.pop() {
+            if !walked.insert(event) {
+                continue;
+            }
+            for &parent in self.dag.prev_indices(event) {
+                remove_sorted(&mut self.extremities, parent);
+                if is_hidden(&self.local, parent) {
+                    hidden.push(parent);
+                }
+            }
+        }
     }
 
     /// Reveals the timeline entries of `sender` hidden only by the link rule (policy A6).
@@ -1188,6 +1225,69 @@ mod tests {
             received_at_ms: 0,
             state_given,
         }
+    }
+
+    /// Test that an accepted event naming a soft-failed prev event also ends the extremities
+    /// behind it, through a chain of soft-failed events, and leaves other branches alone:
+    /// $a stays an extremity while only soft-failed events name it, and stops being one when
+    /// $d, built on them, is accepted; $b, on a branch of its own, stays.
+    #[test]
+    fn an_accepted_event_on_soft_failed_parents_ends_the_extremities_behind_them() {
+        let message = |id: &str, prev: &str| {
+            event(
+                id,
+                ALICE,
+                "m.room.message",
+                None,
+                json!({"body": id}),
+                &[prev],
+                &["$create", "$alice"],
+            )
+        };
+        let events = [
+            event(
+                "$create",
+                ALICE,
+                "m.room.create",
+                Some(""),
+                json!({"creator": ALICE, "room_version": "10"}),
+                &[],
+                &[],
+            ),
+            event(
+                "$alice",
+                ALICE,
+                "m.room.member",
+                Some(ALICE),
+                json!({"membership": "join"}),
+                &["$create"],
+                &["$create"],
+            ),
+            message("$a", "$alice"),
+            message("$b", "$alice"),
+            message("$c1", "$a"),
+            message("$c2", "$c1"),
+            message("$d", "$c2"),
+        ];
+        let mut room = RoomState::new(RoomVersion::V10, "!r:x.example");
+        let mut extremities_before_d = Vec::new();
+        for pdu in &events {
+            if pdu.event_id == "$d" {
+                extremities_before_d = room.forward_extremities();
+            }
+            let parents = room.dag().look_up_parents(pdu).held;
+            let (index, rejection) = room.insert(Arc::clone(pdu), parents, None, false).unwrap();
+            assert!(rejection.is_none());
+            let mut judged = held(false);
+            if pdu.event_id.starts_with("$c") {
+                judged.fate = Fate::SoftFailed(SoftFailReason::Link(
+                    crate::room::links::LinkVerdict::Unverified,
+                ));
+            }
+            room.record(index, judged);
+        }
+        assert_eq!(extremities_before_d, ["$a", "$b"]);
+        assert_eq!(room.forward_extremities(), ["$b", "$d"]);
     }
 
     /// Outliers whose evaluation another server shared get check 4's verdict from it: the same
