@@ -105,6 +105,9 @@ fn check_join(
             format!("{target} is banned"),
         ));
     }
+    // No join-rules event, or one without `join_rule`: no rule below matches, so 5.3.7 rejects,
+    // as the rules read and as ruma-state-res does (tests/auth_differential.rs compares).
+    // Synapse reads a missing rule as `invite` instead (domain.md §5.3).
     let join_rule = join_rule_of(state);
     let invited_or_joined = matches!(current, "invite" | "join");
     match join_rule {
