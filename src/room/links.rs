@@ -1366,7 +1366,7 @@ mod tests {
         let keys_b = ring_b.held_keys("b.example").unwrap();
         assert_eq!(
             table.keys_available(&V, "b.example", keys_b, 5),
-            [member.clone()]
+            [member.as_str()]
         );
         assert_status(&table, &member, LinkStatus::Unverified);
     }
@@ -1397,7 +1397,7 @@ mod tests {
         let keys_b = ring_b.held_keys("b.example").unwrap();
         assert_eq!(
             table.keys_available(&V, "b.example", keys_b, 4),
-            [member.clone()]
+            [member.as_str()]
         );
         assert_status(&table, &member, LinkStatus::Verified);
         assert_eq!(table.user_id(&member).as_deref(), Some("@alice:b.example"));
