@@ -62,6 +62,8 @@ pub enum FormatError {
     BadMemberStateKey(String),
     #[error("in this room version the create event has no room_id, prev_events or auth_events")]
     CreateShape,
+    #[error("no `hashes.sha256` string: the PDU format requires the content hash")]
+    MissingContentHash,
 }
 
 /// Check 1: parses `json` into a [`Pdu`] of `version` in the room `room_id`, computing its event
@@ -94,6 +96,16 @@ pub fn check_format_shared(
         HashError::NotAnObject => FormatError::Fields(PduFormatError::NotAnObject),
     })?;
     let pdu = Pdu::from_shared_json(json, event_id, version).map_err(FormatError::Fields)?;
+    // The PDU format requires `hashes.sha256` (pdu_base.yaml): without it the event is
+    // malformed (dropped, as Synapse refuses it), whereas a hash that does not match is check
+    // 3's to handle (the redacted copy is kept).
+    let content_hash = pdu
+        .json
+        .get("hashes")
+        .and_then(|hashes| hashes.get("sha256"));
+    if !content_hash.is_some_and(Value::is_string) {
+        return Err(FormatError::MissingContentHash);
+    }
     event_builder::check_field_limits(
         &pdu.sender,
         &pdu.event_type,
@@ -188,7 +200,7 @@ pub fn servers_needed_for_signatures(version: &RoomVersion, pdu: &Pdu) -> Vec<St
     servers
 }
 
-/// Check 3: if `hashes.sha256` is missing or does not match, the event is replaced by its
+/// Check 3: if `hashes.sha256` does not match (or does not decode), the event is replaced by its
 /// redacted form (same event ID: the reference hash covers only the redacted form). Returns the
 /// event to process further and what the hash check found.
 pub fn check_hashes(version: &RoomVersion, pdu: Pdu) -> (Pdu, ContentHashCheck) {
@@ -412,5 +424,18 @@ mod tests {
         let (intact, check) = check_hashes(&v12, pdu.clone());
         assert_eq!(check, ContentHashCheck::Valid);
         assert_eq!(intact, pdu);
+        // Without a content hash (or with one that is not a string) the event is malformed:
+        // check 1 drops it, check 3 never sees it.
+        for hashes in [None, Some(json!({})), Some(json!({"sha256": 5}))] {
+            let mut unhashed = serde_json::Value::clone(&pdu.json);
+            match hashes {
+                None => drop(unhashed.as_object_mut().unwrap().remove("hashes")),
+                Some(hashes) => unhashed["hashes"] = hashes,
+            }
+            assert!(matches!(
+                check_format(&v12, "!room:a.example", unhashed),
+                Err(FormatError::MissingContentHash)
+            ));
+        }
     }
 }
