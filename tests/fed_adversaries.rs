@@ -292,3 +292,82 @@ fn adversary_runs_are_byte_identical_and_independent_of_shared_facts() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// RQ2 with an observer cut off from the compromised origin before the rotation, under
+/// fail-closed P2: hs5 drops hs1's key and its member links before t0, and so shows none of the
+/// attacker's messages. It counts as contained at t0 (0 s), at key and at link level, not as
+/// "never": every observer is contained, and the slowest is one of the others.
+const CONTAINED_BEFORE: &str = r#"
+name = "contained-before-the-rotation"
+duration = "16h"
+
+[network]
+latency = { kind = "log-normal", median = "60ms", sigma = 0.5 }
+
+[metrics]
+sample_interval = "10m"
+
+[rooms]
+servers = 12
+rooms = 3
+servers_per_room = { min = 12, max = 12 }
+users_per_server = { min = 1, max = 1 }
+policy = "P2"
+key_lifetime = "2h"
+messages_per_room_per_hour = 6.0
+join_window = "30m"
+
+[[rooms.actions]]
+at = "1h"
+kind = "partition"
+a = [5]
+b = [1]
+
+[[rooms.actions]]
+at = "6h"
+kind = "compromise"
+servers = [1]
+
+[[rooms.actions]]
+at = "12h"
+kind = "rotate-key"
+servers = [1]
+
+[[rooms.actions]]
+at = "13h"
+kind = "attacker-send"
+servers = [1]
+count = 3
+"#;
+
+#[test]
+fn an_observer_contained_before_the_rotation_counts_zero_not_never() {
+    let (_, summary) = run(
+        &scenario(CONTAINED_BEFORE, &[]),
+        1,
+        "contained-before-the-rotation",
+    );
+    let metrics = &summary["metrics"];
+    for level in ["links", "keys"] {
+        assert_eq!(
+            metrics[format!("containment_{level}_share")].as_f64(),
+            Some(1.0),
+            "{level}: {metrics:#}"
+        );
+        let p100 = metrics[format!("containment_{level}_s_p100")]
+            .as_f64()
+            .unwrap();
+        assert!(p100 > 0.0, "{level}: the slowest observer is not hs5");
+    }
+    // hs5 shows none of the attacker's messages (sent from 13 h on by hs1's member keys).
+    // while observers still holding hs1's old key show some.
+    let world = world(CONTAINED_BEFORE, &[], 1);
+    let mut shown_elsewhere = 0;
+    for room in 0..3 {
+        assert!(joined(&world, 5, room));
+        let attacker = member_id(&world, room, 1);
+        assert_eq!(accepted_from(&world, 5, room, &attacker, 13 * 3_600_000), 0);
+        shown_elsewhere += accepted_from(&world, 2, room, &attacker, 13 * 3_600_000);
+    }
+    assert!(shown_elsewhere > 0);
+}

@@ -102,10 +102,18 @@ fn metrics_over_a_room_where_one_server_hides_a_member() {
     let containment = metrics::containment(&times, 45);
     assert_eq!(containment.p50_ms, Some(5));
     assert_eq!(containment.p100_ms, None);
+    // Asked from after it turned, the link is unverified from that moment on (an observer
+    // contained before the rotation counts 0, not "never").
     assert_eq!(
         metrics::unverified_since(&federation.servers[0].links, &bob.id(), 51),
-        None
+        Some(51)
     );
+    let late = [metrics::unverified_since(
+        &federation.servers[0].links,
+        &bob.id(),
+        51,
+    )];
+    assert_eq!(metrics::containment(&late, 51).p100_ms, Some(0));
 }
 
 /// A late joiner (d.example) that cannot fetch b.example's keys backfills a room under P1: bob's

@@ -2901,11 +2901,37 @@ impl FedWorld {
         let now_ms = self.queue.now_ms();
         if self.attacker.servers.contains_key(&server) && self.attacker.t0_ms.is_none() {
             self.attacker.t0_ms = Some(now_ms);
+            self.note_keys_contained_before(server, now_ms);
         }
         self.servers[server as usize]
             .publisher
             .rotate(absolute_ms(now_ms));
         self.resign_and_notify(server, resign);
+    }
+
+    /// RQ2 at t0 (the compromised `origin` is about to rotate): an observer whose cache does
+    /// not hold the compromised key as valid now (dropped already, e.g. fail-closed while cut
+    /// off from the origin, or never fetched) has it contained from t0 on: its containment time
+    /// is 0, not "never" (an invalidation recorded later cannot be earlier than t0).
+    fn note_keys_contained_before(&mut self, origin: ServerId, t0_ms: u64) {
+        let key = self.servers[origin as usize].publisher.current_key();
+        let (key_id, verifying_key) = (key.key_id.as_str().to_owned(), key.verifying_key());
+        let origin_name = self.servers[origin as usize].name.clone();
+        for (index, server) in self.servers.iter().enumerate() {
+            let observer = index as ServerId;
+            if observer == origin || self.attacker.servers.contains_key(&observer) {
+                continue;
+            }
+            let holds = server.slot_of.get(&origin_name).is_some_and(|slot| {
+                server.cache.slots()[slot as usize].holds_valid(&key_id, &verifying_key)
+            });
+            if !holds {
+                self.attacker
+                    .key_invalidated_at
+                    .entry((observer, origin))
+                    .or_insert(t0_ms);
+            }
+        }
     }
 
     /// After a key change: the server re-signs its users' current member events (except

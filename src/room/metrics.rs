@@ -781,14 +781,18 @@ pub fn containment(unverified_at_ms: &[Option<i64>], start_ms: i64) -> Containme
     }
 }
 
-/// The first time at or after `since_ms` at which `member_key`'s link turned unverified in
-/// `links` (from the link's recorded transitions); `None` if it has not.
+/// The first time at or after `since_ms` at which `member_key`'s link in `links` is unverified
+/// (from the link's recorded transitions): `since_ms` itself if it was unverified then (it
+/// turned earlier: contained from the start), else the first turn after; `None` if neither.
 pub fn unverified_since(links: &LinkTable, member_key: &str, since_ms: i64) -> Option<i64> {
-    links
-        .link(member_key)?
-        .transitions
+    let transitions = &links.link(member_key)?.transitions;
+    let before = transitions.partition_point(|transition| transition.at_ms < since_ms);
+    if before > 0 && transitions[before - 1].to == LinkStatus::Unverified {
+        return Some(since_ms);
+    }
+    transitions[before..]
         .iter()
-        .find(|transition| transition.to == LinkStatus::Unverified && transition.at_ms >= since_ms)
+        .find(|transition| transition.to == LinkStatus::Unverified)
         .map(|transition| transition.at_ms)
 }
 
