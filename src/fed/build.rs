@@ -438,6 +438,8 @@ impl FedWorld {
             samples: Vec::new(),
             rooms_disagreeing: Vec::new(),
             last_heal_ms: None,
+            agreed_after_heal_ms: None,
+            agreement_watch_until_ms: None,
             attacker: Default::default(),
             adv: Default::default(),
             key_adv: Default::default(),

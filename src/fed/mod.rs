@@ -710,6 +710,13 @@ pub struct FedWorld {
     pub rooms_disagreeing: Vec<u32>,
     /// When the last `heal` action ran (sim ms).
     pub last_heal_ms: Option<u64>,
+    /// RQ13: the first time at or after the last heal at which every room's resident servers
+    /// agreed on the current state, if seen within [`AGREEMENT_WATCH_MS`] (or one sample window,
+    /// if longer) of the heal, checked after every event there; later agreement is read off
+    /// the samples.
+    pub agreed_after_heal_ms: Option<u64>,
+    /// Until when (sim ms) agreement is checked after every event, while none has been seen.
+    agreement_watch_until_ms: Option<u64>,
     pub attacker: Attacker,
     /// The adversaries of `adversary.rs` (fake `domain` claims).
     pub adv: Adversaries,
@@ -792,6 +799,10 @@ fn membership_content(
 fn server_of_domain(domain: &str, servers: usize) -> Option<ServerId> {
     ServerRef::Name(domain.to_owned()).index(servers as u32)
 }
+
+/// How long after a heal (sim ms) RQ13's agreement is checked after every event (each check
+/// walks every room's resident servers, so a room that never converges costs this long).
+const AGREEMENT_WATCH_MS: u64 = 10 * 60 * 1000;
 
 /// What [`FedWorld::key_needed`] asks of a PDU's JSON, whatever the server: the domain whose
 /// keys its checks need (v12: the sender's server, for the event's `origin_server_ts`; member
@@ -923,6 +934,7 @@ impl FedWorld {
             let (kind, entity) = event.trace_code();
             self.trace.record(at_ms, kind, entity);
             self.handle(event);
+            self.watch_agreement(at_ms);
             if self.events_processed % 4_096 == 0 {
                 progress(at_ms);
             }
@@ -952,6 +964,21 @@ impl FedWorld {
         };
         if let Some(server) = self.servers.get(server as usize) {
             server.cache.prefetch_slot(slot);
+        }
+    }
+
+    /// RQ13: right after a heal, whether the rooms agree now (after each event, for
+    /// [`AGREEMENT_WATCH_MS`] or a sample window): the samples alone put the convergence time
+    /// on their grid, and the sample at the heal's own instant is taken before the heal.
+    fn watch_agreement(&mut self, at_ms: u64) {
+        let Some(until_ms) = self.agreement_watch_until_ms else {
+            return;
+        };
+        if at_ms > until_ms {
+            self.agreement_watch_until_ms = None;
+        } else if self.rooms_disagreeing_now() == 0 {
+            self.agreed_after_heal_ms = Some(at_ms);
+            self.agreement_watch_until_ms = None;
         }
     }
 
@@ -2754,6 +2781,9 @@ impl FedWorld {
             RoomActionKind::Heal => {
                 self.net.heal();
                 self.last_heal_ms = Some(now_ms);
+                self.agreed_after_heal_ms = None;
+                self.agreement_watch_until_ms =
+                    Some(now_ms + self.window_ms.max(AGREEMENT_WATCH_MS));
                 // Destinations waiting out a backoff are retried now (Synapse wakes a
                 // destination when it hears from it).
                 for server in 0..self.servers.len() as ServerId {

@@ -412,19 +412,21 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
     // RQ13 (c): state agreement at the end and the time it took after the last heal.
     let disagreeing_at_end = world.rooms_disagreeing_now();
     metrics.insert("rooms_disagreeing_at_end".into(), json!(disagreeing_at_end));
-    let last_disagreement_ms = world
-        .samples
-        .iter()
-        .zip(&world.rooms_disagreeing)
-        .rfind(|(_, disagreeing)| **disagreeing > 0)
-        .map(|((at_ms, _), _)| *at_ms);
+    // The first agreement after the heal: seen within a sample window of it (checked after
+    // every event), else the first agreeing sample after it (on the samples' grid).
     let converged = match (world.last_heal_ms, disagreeing_at_end) {
-        (Some(_), 0) => {
-            let heal_ms = world.last_heal_ms.unwrap_or(0);
-            let after_ms = last_disagreement_ms
-                .filter(|at_ms| *at_ms >= heal_ms)
-                .map_or(0, |at_ms| at_ms + world.window_ms - heal_ms);
-            rounded(after_ms as f64 / 1000.0)
+        (Some(heal_ms), 0) => {
+            let agreed_ms = world.agreed_after_heal_ms.or_else(|| {
+                world
+                    .samples
+                    .iter()
+                    .zip(&world.rooms_disagreeing)
+                    .find(|((at_ms, _), disagreeing)| *at_ms > heal_ms && **disagreeing == 0)
+                    .map(|((at_ms, _), _)| *at_ms)
+            });
+            // No sample after the heal agreed, but the end does.
+            let agreed_ms = agreed_ms.unwrap_or(world.end_ms());
+            rounded((agreed_ms - heal_ms) as f64 / 1000.0)
         }
         _ => Value::Null,
     };
