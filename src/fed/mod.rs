@@ -633,6 +633,8 @@ pub struct Counters {
     /// `/state` requests made for events whose prev events could not be had.
     pub state_fetches: u64,
     pub attacker_messages_sent: u64,
+    /// Receipts of attacker events on observers (servers not compromised), by outcome: shown,
+    /// labelled, hidden or dropped after t0, and shown before it.
     pub attacker_accepted_after_t0: u64,
     pub attacker_labelled_after_t0: u64,
     pub attacker_hidden_after_t0: u64,
@@ -2103,7 +2105,9 @@ impl FedWorld {
         let Some(event_id) = &receipt.event_id else {
             return;
         };
-        if !self.attacker.events.contains(event_id) {
+        // On observers only, as RQ2's containment times: a compromised server that receives its
+        // attacker's events back (referenced by other servers' events) is no observer.
+        if !self.attacker.events.contains(event_id) || self.attacker.servers.contains_key(&server) {
             return;
         }
         let after_t0 = self
