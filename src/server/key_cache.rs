@@ -731,18 +731,25 @@ impl KeyCache {
         }
     }
 
-    /// Restart after a crash: requests in flight are lost; due timers fire now.
+    /// Restart after a crash: requests in flight are lost; due timers fire now. Under a
+    /// periodic policy a re-check that was in flight or queued was due too (its timer had fired
+    /// and cleared its due time): it is made again now, else nothing would ever re-check that
+    /// domain again and its key would stay valid for the rest of the run.
     pub fn resume(&mut self, now_ms: u64, out: &mut Vec<KeyCacheOutput>) {
         self.in_flight_total = 0;
         self.waiting.clear();
         self.epoch += 1;
+        let periodic = self.is_periodic();
         for slot in 0..self.slots.len() as u32 {
             let entry = &mut self.slots[slot as usize];
+            let lost_fetch = entry.in_flight > 0 || entry.waiting;
             entry.in_flight = 0;
             entry.waiting = false;
             if entry.has_next_due {
                 let due_ms = entry.next_due_ms;
                 self.set_timer(due_ms.max(now_ms), slot, out);
+            } else if lost_fetch && periodic {
+                self.set_timer(now_ms, slot, out);
             }
         }
     }
@@ -1442,5 +1449,26 @@ mod tests {
                 .iter()
                 .all(|slot| slot.keys().is_none())
         );
+    }
+
+    /// Test that a restart re-makes the periodic re-checks a crash lost: one in flight (its
+    /// timer had fired) and one queued behind the concurrency cap are both re-armed for now,
+    /// and an answer to the lost request is ignored (a new epoch).
+    #[test]
+    fn a_restart_remakes_the_re_checks_a_crash_lost() {
+        let mut harness = harness(KeyPolicy::msc4430(), 1);
+        harness.fire(DAY_MS, 0);
+        assert_eq!(sends(&harness.out).len(), 1, "re-check sent at expiry");
+        harness.out.clear();
+        harness.cache.resume(DAY_MS + HOUR_MS, &mut harness.out);
+        assert_eq!(timers(&harness.out), [DAY_MS + HOUR_MS]);
+
+        let mut harness = self::harness(policy(|p| p.max_in_flight = 1), 2);
+        harness.fire(DAY_MS, 0);
+        harness.fire(DAY_MS, 1);
+        assert_eq!(harness.cache.stats.queued, 1);
+        harness.out.clear();
+        harness.cache.resume(DAY_MS + HOUR_MS, &mut harness.out);
+        assert_eq!(timers(&harness.out), [DAY_MS + HOUR_MS, DAY_MS + HOUR_MS]);
     }
 }
