@@ -184,6 +184,19 @@ servers = ["hs7.example"]
 victim = "hs6.example"
 "#;
 
+/// Test that a resident fetches the victim's keys for a fake claim only while it holds none:
+/// with one-day keys, each of the seven servers in the rooms (hs0–hs5 and the attacker) asks
+/// once, however many rooms' fake member events reach it over `/send` (19 requests when each
+/// one re-fetched).
+#[test]
+fn a_fake_claim_fetches_the_victims_keys_once_per_resident() {
+    let world = world(AMPLIFICATION, &["rooms.key_lifetime=1d"], 7);
+    let adv = &world.counters.adv;
+    assert_eq!(adv.fake_domain_joins_started, 3);
+    assert!(adv.victim_pdus > 100, "{adv:?}");
+    assert!((1..=7).contains(&adv.victim_requests_key), "{adv:?}");
+}
+
 #[test]
 fn a_fake_domain_claim_sends_room_traffic_to_the_victim_unless_gated_or_not_routed() {
     let p1 = world(AMPLIFICATION, &[], 7);

@@ -1851,7 +1851,12 @@ impl FedWorld {
                 }
             })
         });
-        if usable || domain == hs.name {
+        // A member event the claimed domain did not sign (a fake `domain` claim, RQ9) cannot
+        // be helped by a fetch once the domain's keys are held: MSC4430 asks for one only
+        // without an unexpired cached copy (the send_join path's `key_fetch_could_help` says
+        // the same). Without this each fake claim re-fetched the victim's keys.
+        let fake_claim_keys_held = question.key_ids.is_empty() && held.is_some();
+        if usable || fake_claim_keys_held || domain == hs.name {
             return None;
         }
         let domain = domain.to_owned();
