@@ -139,14 +139,19 @@ pub fn charts_for(table: &SweepTable, title_prefix: &str) -> Vec<(String, LineCh
     let mut charts = Vec::new();
     for (metric_index, metric) in table.metric_names.iter().enumerate() {
         let mut series_list = Vec::new();
+        // Runs whose cell is empty (null: a share never reached, a ratio with nothing to
+        // divide): not a number to average, so left out, and the title says how many.
+        let mut left_out = 0;
         for series_name in &series_names {
             let mut points = Vec::new();
             for x_value in &x_values {
-                let values: Vec<f64> = ok_rows
+                let cells: Vec<Option<f64>> = ok_rows
                     .iter()
                     .filter(|row| &series_key(row) == series_name && &x_of(row) == x_value)
-                    .filter_map(|row| row.metrics[metric_index])
+                    .map(|row| row.metrics[metric_index])
                     .collect();
+                let values: Vec<f64> = cells.iter().flatten().copied().collect();
+                left_out += cells.len() - values.len();
                 if let Some(summary) = MeanCi::of(&values) {
                     points.push(Point {
                         x: position_of(x_value),
@@ -165,11 +170,15 @@ pub fn charts_for(table: &SweepTable, title_prefix: &str) -> Vec<(String, LineCh
         if series_list.is_empty() {
             continue;
         }
-        let interval = if table.param_paths.is_empty() {
+        let mut interval = if table.param_paths.is_empty() {
             "one run per seed".to_string()
         } else {
             format!("mean ± 95% CI over {seeds} seeds")
         };
+        if left_out > 0 {
+            let runs = if left_out == 1 { "run" } else { "runs" };
+            interval.push_str(&format!("; {left_out} {runs} without a value left out"));
+        }
         charts.push((
             file_stem(metric),
             LineChart {
@@ -470,6 +479,17 @@ mod tests {
         // The failed run contributes nothing: 'always' has a point at rate 1 only.
         assert_eq!(latency.series[1].points.len(), 1);
         assert!(latency.title.contains("latency_ms by rate"));
+        assert!(!latency.title.contains("left out"), "{}", latency.title);
+        // Seed 2's empty `requests` cell (null) is not averaged, and the title says so.
+        let (_, requests) = &charts[1];
+        assert_eq!(requests.series[0].points[0].summary.count, 1);
+        assert!(
+            requests
+                .title
+                .ends_with("; 1 run without a value left out)"),
+            "{}",
+            requests.title
+        );
     }
 
     #[test]
