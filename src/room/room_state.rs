@@ -1217,6 +1217,30 @@ mod tests {
         Arc::new(Pdu::from_json(json, id.to_owned(), &RoomVersion::V10).unwrap())
     }
 
+    /// The create event and Alice's join (`$create`, `$alice`), room version 10.
+    fn room_start() -> [Arc<Pdu>; 2] {
+        [
+            event(
+                "$create",
+                ALICE,
+                "m.room.create",
+                Some(""),
+                json!({"creator": ALICE, "room_version": "10"}),
+                &[],
+                &[],
+            ),
+            event(
+                "$alice",
+                ALICE,
+                "m.room.member",
+                Some(ALICE),
+                json!({"membership": "join"}),
+                &["$create"],
+                &["$create"],
+            ),
+        ]
+    }
+
     fn held(state_given: bool) -> HeldEvent {
         HeldEvent {
             fate: Fate::Accepted { labelled: false },
@@ -1244,25 +1268,10 @@ mod tests {
                 &["$create", "$alice"],
             )
         };
+        let [create, join] = room_start();
         let events = [
-            event(
-                "$create",
-                ALICE,
-                "m.room.create",
-                Some(""),
-                json!({"creator": ALICE, "room_version": "10"}),
-                &[],
-                &[],
-            ),
-            event(
-                "$alice",
-                ALICE,
-                "m.room.member",
-                Some(ALICE),
-                json!({"membership": "join"}),
-                &["$create"],
-                &["$create"],
-            ),
+            create,
+            join,
             message("$a", "$alice"),
             message("$b", "$alice"),
             message("$c1", "$a"),
@@ -1296,25 +1305,10 @@ mod tests {
     /// rejected by check 5 (check 4 passed: accepted as an outlier).
     #[test]
     fn shared_outlier_verdicts_equal_check_four_computed() {
+        let [create, join] = room_start();
         let events = [
-            event(
-                "$create",
-                ALICE,
-                "m.room.create",
-                Some(""),
-                json!({"creator": ALICE, "room_version": "10"}),
-                &[],
-                &[],
-            ),
-            event(
-                "$alice",
-                ALICE,
-                "m.room.member",
-                Some(ALICE),
-                json!({"membership": "join"}),
-                &["$create"],
-                &["$create"],
-            ),
+            create,
+            join,
             event(
                 "$power",
                 ALICE,

@@ -16,54 +16,102 @@ type TestEvent<'a> = (
     &'a [&'a str],
 );
 
-/// Events with explicit auth edges and naive auth chains.
+/// Events with explicit auth edges and naive auth chains, and this server's rejections.
+#[derive(Default)]
 struct TestSource {
     pdus: Vec<Pdu>,
     auth: Vec<Vec<EventIndex>>,
     chains: Vec<Vec<EventIndex>>,
+    rejected: Vec<bool>,
+    create: Option<EventIndex>,
 }
+
+/// One room event for [`TestSource::room`]: (id, type, sender, state key, content, auth event
+/// IDs, rejected here).
+type RoomEvent<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    serde_json::Value,
+    &'a [&'a str],
+    bool,
+);
 
 impl TestSource {
     /// `events`: (id, sender, state key, ts, content, auth event ids); all `m.room.topic`-like
     /// state events of type `t`, or power levels when the id starts with "PL".
     fn new(events: &[TestEvent<'_>]) -> TestSource {
-        let mut source = TestSource {
-            pdus: Vec::new(),
-            auth: Vec::new(),
-            chains: Vec::new(),
-        };
+        let mut source = TestSource::default();
         for (id, sender, state_key, ts, content, auth) in events {
             let event_type = if id.starts_with("PL") {
                 "m.room.power_levels"
             } else {
                 "t"
             };
-            let auth_ids: Vec<EventIndex> = auth
-                .iter()
-                .map(|parent| source.index_of(parent).expect("auth events first"))
-                .collect();
-            let mut chain: Vec<EventIndex> = Vec::new();
-            for &parent in &auth_ids {
-                chain.push(parent);
-                chain.extend(&source.chains[parent as usize]);
-            }
-            chain.sort_unstable();
-            chain.dedup();
-            let pdu = Pdu::from_json(
-                json!({
-                    "type": event_type, "sender": sender, "state_key": state_key,
-                    "content": content, "room_id": "!r:x",
-                    "prev_events": [], "auth_events": auth, "depth": 1, "origin_server_ts": ts,
-                }),
-                (*id).to_owned(),
-                &RoomVersion::V10,
-            )
-            .unwrap();
-            source.pdus.push(pdu);
-            source.auth.push(auth_ids);
-            source.chains.push(chain);
+            let json = json!({
+                "type": event_type, "sender": sender, "state_key": state_key,
+                "content": content, "room_id": "!r:x",
+                "prev_events": [], "auth_events": auth, "depth": 1, "origin_server_ts": ts,
+            });
+            source.push(id, json, auth, false, &RoomVersion::V10);
         }
         source
+    }
+
+    /// Room events with real types, room version 11, timestamps in list order.
+    fn room(events: &[RoomEvent<'_>]) -> TestSource {
+        let mut source = TestSource::default();
+        for (ts, (id, event_type, sender, state_key, content, auth, rejected)) in
+            events.iter().enumerate()
+        {
+            let json = json!({
+                "type": event_type, "sender": sender, "state_key": state_key,
+                "content": content, "room_id": "!r:x",
+                "prev_events": [], "auth_events": auth, "depth": 1, "origin_server_ts": ts,
+            });
+            source.push(id, json, auth, *rejected, &RoomVersion::V11);
+        }
+        source
+    }
+
+    /// Adds one event (its auth events first).
+    fn push(
+        &mut self,
+        id: &str,
+        json: serde_json::Value,
+        auth: &[&str],
+        rejected: bool,
+        version: &RoomVersion,
+    ) {
+        let auth_ids: Vec<EventIndex> = auth
+            .iter()
+            .map(|parent| self.index_of(parent).expect("auth events first"))
+            .collect();
+        let mut chain: Vec<EventIndex> = Vec::new();
+        for &parent in &auth_ids {
+            chain.push(parent);
+            chain.extend(&self.chains[parent as usize]);
+        }
+        chain.sort_unstable();
+        chain.dedup();
+        let pdu = Pdu::from_json(json, id.to_owned(), version).unwrap();
+        if pdu.event_type == "m.room.create" {
+            self.create = Some(self.pdus.len() as EventIndex);
+        }
+        self.pdus.push(pdu);
+        self.auth.push(auth_ids);
+        self.chains.push(chain);
+        self.rejected.push(rejected);
+    }
+
+    fn state(&self, ids: &[&str]) -> StateMap {
+        ids.iter()
+            .map(|id| {
+                let pdu = &self.pdus[self.index_of(id).unwrap() as usize];
+                (pdu.state_key_pair().unwrap(), pdu.event_id.clone())
+            })
+            .collect()
     }
 
     fn ids(&self, order: &[EventIndex]) -> Vec<&str> {
@@ -87,14 +135,14 @@ impl EventSource for TestSource {
     fn auth_indices(&self, index: EventIndex) -> &[EventIndex] {
         &self.auth[index as usize]
     }
-    fn is_rejected(&self, _: EventIndex) -> bool {
-        false
+    fn is_rejected(&self, index: EventIndex) -> bool {
+        self.rejected[index as usize]
     }
     fn is_rejected_by_auth_events(&self, _: EventIndex) -> bool {
         false
     }
     fn create_index(&self) -> Option<EventIndex> {
-        None
+        self.create
     }
     fn event_count(&self) -> usize {
         self.pdus.len()
@@ -241,97 +289,6 @@ fn split_by_key_and_value() {
     );
 }
 
-/// Room events with real types and this server's rejection verdicts.
-struct RoomSource {
-    pdus: Vec<Pdu>,
-    auth: Vec<Vec<EventIndex>>,
-    chains: Vec<Vec<EventIndex>>,
-    rejected: Vec<bool>,
-}
-
-impl RoomSource {
-    /// `events`: (id, type, sender, state key, content, auth event IDs, rejected here), room
-    /// version 11, auth events first; timestamps in list order.
-    #[allow(clippy::type_complexity)]
-    fn new(events: &[(&str, &str, &str, &str, serde_json::Value, &[&str], bool)]) -> RoomSource {
-        let mut source = RoomSource {
-            pdus: Vec::new(),
-            auth: Vec::new(),
-            chains: Vec::new(),
-            rejected: Vec::new(),
-        };
-        for (ts, (id, event_type, sender, state_key, content, auth, rejected)) in
-            events.iter().enumerate()
-        {
-            let auth_ids: Vec<EventIndex> = auth
-                .iter()
-                .map(|parent| source.index_of(parent).expect("auth events first"))
-                .collect();
-            let mut chain: Vec<EventIndex> = Vec::new();
-            for &parent in &auth_ids {
-                chain.push(parent);
-                chain.extend(&source.chains[parent as usize]);
-            }
-            chain.sort_unstable();
-            chain.dedup();
-            let pdu = Pdu::from_json(
-                json!({
-                    "type": event_type, "sender": sender, "state_key": state_key,
-                    "content": content, "room_id": "!r:x",
-                    "prev_events": [], "auth_events": auth, "depth": 1, "origin_server_ts": ts,
-                }),
-                (*id).to_owned(),
-                &RoomVersion::V11,
-            )
-            .unwrap();
-            source.pdus.push(pdu);
-            source.auth.push(auth_ids);
-            source.chains.push(chain);
-            source.rejected.push(*rejected);
-        }
-        source
-    }
-
-    fn state(&self, ids: &[&str]) -> StateMap {
-        ids.iter()
-            .map(|id| {
-                let pdu = &self.pdus[self.index_of(id).unwrap() as usize];
-                (pdu.state_key_pair().unwrap(), pdu.event_id.clone())
-            })
-            .collect()
-    }
-}
-
-impl EventSource for RoomSource {
-    fn index_of(&self, event_id: &str) -> Option<EventIndex> {
-        self.pdus
-            .iter()
-            .position(|pdu| pdu.event_id == event_id)
-            .map(|position| position as EventIndex)
-    }
-    fn pdu(&self, index: EventIndex) -> &Pdu {
-        &self.pdus[index as usize]
-    }
-    fn auth_indices(&self, index: EventIndex) -> &[EventIndex] {
-        &self.auth[index as usize]
-    }
-    fn is_rejected(&self, index: EventIndex) -> bool {
-        self.rejected[index as usize]
-    }
-    fn is_rejected_by_auth_events(&self, _: EventIndex) -> bool {
-        false
-    }
-    fn create_index(&self) -> Option<EventIndex> {
-        self.index_of("$create")
-    }
-    fn event_count(&self) -> usize {
-        self.pdus.len()
-    }
-    fn auth_chain(&self, index: EventIndex) -> &[EventIndex] {
-        &self.chains[index as usize]
-    }
-}
-
 /// Test that an event this server rejected at check 5 (against the state before it), once the
 /// iterative auth checks admit it into the partial state, counts there for the events checked
 /// after it: Alice's ban of Bob (`$ban`, rejected here) wins the power phase, so Bob's topic,
@@ -341,7 +298,7 @@ impl EventSource for RoomSource {
 #[test]
 fn an_entry_admitted_by_the_iterative_checks_counts_though_rejected_here() {
     let resolve_with = |ban_rejected_here: bool| {
-        let source = RoomSource::new(&[
+        let source = TestSource::room(&[
             (
                 "$create",
                 "m.room.create",
