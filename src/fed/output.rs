@@ -412,8 +412,8 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
     // RQ13 (c): state agreement at the end and the time it took after the last heal.
     let disagreeing_at_end = world.rooms_disagreeing_now();
     metrics.insert("rooms_disagreeing_at_end".into(), json!(disagreeing_at_end));
-    // The first agreement after the heal: seen within a sample window of it (checked after
-    // every event), else the first agreeing sample after it (on the samples' grid).
+    // The first agreement after the heal: seen while `FedWorld::watch_agreement` checked after
+    // every event, else the first agreeing sample after it (on the samples' grid), else the end.
     let converged = match (world.last_heal_ms, disagreeing_at_end) {
         (Some(heal_ms), 0) => {
             let agreed_ms = world.agreed_after_heal_ms.or_else(|| {

@@ -1452,23 +1452,22 @@ mod tests {
     }
 
     /// Test that a restart re-makes the periodic re-checks a crash lost: one in flight (its
-    /// timer had fired) and one queued behind the concurrency cap are both re-armed for now,
-    /// and an answer to the lost request is ignored (a new epoch).
+    /// timer had fired) and one queued behind the concurrency cap are both re-armed for now.
     #[test]
     fn a_restart_remakes_the_re_checks_a_crash_lost() {
-        let mut harness = harness(KeyPolicy::msc4430(), 1);
-        harness.fire(DAY_MS, 0);
-        assert_eq!(sends(&harness.out).len(), 1, "re-check sent at expiry");
-        harness.out.clear();
-        harness.cache.resume(DAY_MS + HOUR_MS, &mut harness.out);
-        assert_eq!(timers(&harness.out), [DAY_MS + HOUR_MS]);
+        let mut in_flight = harness(KeyPolicy::msc4430(), 1);
+        in_flight.fire(DAY_MS, 0);
+        assert_eq!(sends(&in_flight.out).len(), 1, "re-check sent at expiry");
+        in_flight.out.clear();
+        in_flight.cache.resume(DAY_MS + HOUR_MS, &mut in_flight.out);
+        assert_eq!(timers(&in_flight.out), [DAY_MS + HOUR_MS]);
 
-        let mut harness = self::harness(policy(|p| p.max_in_flight = 1), 2);
-        harness.fire(DAY_MS, 0);
-        harness.fire(DAY_MS, 1);
-        assert_eq!(harness.cache.stats.queued, 1);
-        harness.out.clear();
-        harness.cache.resume(DAY_MS + HOUR_MS, &mut harness.out);
-        assert_eq!(timers(&harness.out), [DAY_MS + HOUR_MS, DAY_MS + HOUR_MS]);
+        let mut capped = harness(policy(|p| p.max_in_flight = 1), 2);
+        capped.fire(DAY_MS, 0);
+        capped.fire(DAY_MS, 1);
+        assert_eq!(capped.cache.stats.queued, 1);
+        capped.out.clear();
+        capped.cache.resume(DAY_MS + HOUR_MS, &mut capped.out);
+        assert_eq!(timers(&capped.out), [DAY_MS + HOUR_MS, DAY_MS + HOUR_MS]);
     }
 }
