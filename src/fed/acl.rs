@@ -219,21 +219,6 @@ impl FedWorld {
         }
     }
 
-    /// Whether fetching `slot`'s keys could let `server` check `pdu`: it holds no keys for the
-    /// domain yet, or the domain signed the event under some key ID. A member event claiming a
-    /// domain that did not co-sign it (a fake claim) cannot be helped by any fetch.
-    pub(super) fn key_fetch_could_help(&self, server: ServerId, pdu: &Value, slot: u32) -> bool {
-        let entry = &self.servers[server as usize].cache.slots()[slot as usize];
-        if entry.keys().is_none() {
-            return true;
-        }
-        let domain = &self.servers[entry.domain as usize].name;
-        pdu.get("signatures")
-            .and_then(|signatures| signatures.get(domain))
-            .and_then(Value::as_object)
-            .is_some_and(|by_key| !by_key.is_empty())
-    }
-
     /// The key-cache slot of `server` for `domain`, added when the domain is met for the first
     /// time (a member claims a domain outside the server's planned rooms: a real server fetches
     /// keys of any domain it meets). `None` if the domain names no server of the world.

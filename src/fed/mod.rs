@@ -1356,9 +1356,7 @@ impl FedWorld {
                 // A joiner whose key the resident does not hold (P0 fetches on demand): fetch it
                 // and answer "try again" (the joiner retries in JOIN_RETRY_MS) instead of
                 // dropping the join at check 2 for ever.
-                if let Some(slot) = self.key_needed(to, &pdu)
-                    && self.key_fetch_could_help(to, &pdu, slot)
-                {
+                if let Some(slot) = self.key_needed(to, &pdu) {
                     let mut out = std::mem::take(&mut self.key_outputs);
                     self.servers[to as usize].cache.fetch_now(slot, &mut out);
                     self.apply_key_outputs(to, &mut out, None);
@@ -1853,8 +1851,9 @@ impl FedWorld {
         });
         // A member event the claimed domain did not sign (a fake `domain` claim, RQ9) cannot
         // be helped by a fetch once the domain's keys are held: MSC4430 asks for one only
-        // without an unexpired cached copy (the send_join path's `key_fetch_could_help` says
-        // the same). Without this each fake claim re-fetched the victim's keys.
+        // without an unexpired cached copy. Without this each fake claim re-fetched the
+        // victim's keys. The one rule for both paths that fetch on a PDU's behalf: `/send`
+        // receipts and a resident answering `send_join`.
         let fake_claim_keys_held = question.key_ids.is_empty() && held.is_some();
         if usable || fake_claim_keys_held || domain == hs.name {
             return None;
