@@ -72,7 +72,7 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     (
         "P9",
-        "MSC4499 cache discipline, in part: negative caching 60 s floor -> 1 h cap and request coalescing; its first-seen-wins key binding is not modelled (a new key under a known key ID replaces the old one, as under P1)",
+        "MSC4499 cache discipline: first-seen-wins key binding (a later body under a known key ID is ignored), negative caching 60 s floor -> 1 h cap, request coalescing; not modelled: notary-learned bindings being provisional",
     ),
     (
         "half-life",

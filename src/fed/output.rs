@@ -14,6 +14,7 @@ use crate::room::metrics::{self as room_metrics, MessageView, NumberedViews};
 use crate::room::properties;
 use crate::room::room_state::Fate;
 use crate::scenario::Scenario;
+use crate::server::policy::KeyBinding;
 use crate::world::{Progress, RunError, RunOutcome, peak_memory_kib};
 
 use super::{Counters, Done, FedWorld, Purpose, RoomIndex};
@@ -295,6 +296,16 @@ fn headline_metrics(world: &mut FedWorld) -> Map<String, Value> {
             "gaps_backed_off".into(),
             json!(world.counters.gaps_backed_off),
         );
+    }
+    // Only under first-seen-wins (P9), where collisions can happen (other runs keep their
+    // files): key entries ignored because their ID was bound to another body, over all servers.
+    if world.key_policy.key_binding == KeyBinding::FirstSeenWins {
+        let collisions: u64 = world
+            .servers
+            .iter()
+            .map(|server| server.cache.stats.key_collisions)
+            .sum();
+        metrics.insert("key_collisions".into(), json!(collisions));
     }
     world.adversary_metrics(&mut metrics);
     // Coverage: of the (message, server joined at the end) pairs, the share where the server

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::time::{format_duration_ms, parse_duration_ms};
 use crate::server::policy::{
-    BackoffKind, KeyPolicy, Malformed, OldKeys, PRESET_NAMES, Recheck, Transport, Unreachable,
+    BackoffKind, KeyBinding, KeyPolicy, Malformed, OldKeys, PRESET_NAMES, Recheck, Transport,
+    Unreachable,
 };
 
 pub use rooms::{
@@ -340,6 +341,8 @@ pub struct PolicySpec {
     pub push: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timer_granularity: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_binding: Option<KeyBinding>,
 }
 
 impl PolicySpec {
@@ -408,6 +411,9 @@ impl PolicySpec {
         }
         if let Some(value) = self.timer_granularity {
             policy.timer_granularity_ms = value.ms();
+        }
+        if let Some(value) = self.key_binding {
+            policy.key_binding = value;
         }
         Ok(policy)
     }

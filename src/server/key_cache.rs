@@ -6,7 +6,7 @@
 //! the fetch in flight, and the backoff after failures. What a re-check answer means for K is
 //! [`outcome_table`](super::outcome_table)'s decision.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
@@ -17,7 +17,7 @@ use crate::net::{DomainId, Outcome};
 
 use super::memo::{NotaryIdentity, VerifyMemo};
 use super::outcome_table::{self, Effect, InvalidReason, RecheckResult};
-use super::policy::{BackoffKind, KeyPolicy, Recheck, Transport};
+use super::policy::{BackoffKind, KeyBinding, KeyPolicy, Recheck, Transport};
 use super::{absolute_ms, sim_ms};
 
 /// Where a key request goes.
@@ -152,6 +152,9 @@ pub struct KeyCacheStats {
     pub fetches_by_purpose: [u64; 4],
     /// Pushes received.
     pub pushes_received: u64,
+    /// Key entries of answers ignored because their key ID was already bound to another body
+    /// (first-seen-wins, P9).
+    pub key_collisions: u64,
 }
 
 impl KeyCacheStats {
@@ -374,6 +377,10 @@ pub struct KeyCache {
     /// This server's clock minus the true time (ms): applied to every validity comparison
     /// (clock skew); timers still fire on the true simulated clock.
     clock_offset_ms: i64,
+    /// Under [`KeyBinding::FirstSeenWins`]: the body each (slot, key ID) was first seen with,
+    /// current or old; kept past expiry and invalidation (MSC4499: no "collision amnesia").
+    /// Empty under [`KeyBinding::Latest`].
+    bindings: BTreeMap<(u32, String), VerifyingKey>,
 }
 
 /// The least time between two re-checks of one domain, so a response that is already expired
@@ -402,6 +409,7 @@ impl KeyCache {
             epoch: 0,
             stats: KeyCacheStats::default(),
             clock_offset_ms: 0,
+            bindings: BTreeMap::new(),
         }
     }
 
@@ -409,7 +417,8 @@ impl KeyCache {
     /// timer in every cache of `policy` (it draws nothing from the cache's own random stream),
     /// so [`KeyCache::warm_starts`] and [`KeyCache::with_warm_slots`] may stand for it.
     pub fn warm_start_is_shared(policy: &KeyPolicy) -> bool {
-        policy.recheck != Recheck::Jittered
+        // First-seen-wins records each cache's own bindings as it warms.
+        policy.recheck != Recheck::Jittered && policy.key_binding == KeyBinding::Latest
     }
 
     /// The slot each domain `d` of `published` (its keys and when they were fetched, absolute
@@ -528,6 +537,9 @@ impl KeyCache {
         out: &mut Vec<KeyCacheOutput>,
     ) {
         let valid_until_ms = self.clamp(keys.valid_until_ts_ms, fetched_at_abs_ms);
+        let keys = self
+            .bind_first_seen(slot, keys)
+            .expect("a published answer lists a current key, and a warm slot binds nothing yet");
         let entry = &mut self.slots[slot as usize];
         entry.tracked = tracking(&keys);
         entry.keys = Some(keys);
@@ -648,6 +660,16 @@ impl KeyCache {
             Fetched::Keys(keys) => self.clamp(keys.valid_until_ts_ms, now_abs_ms),
             _ => i64::MIN,
         };
+        // What the cache may adopt from the answer: all of it, or under first-seen-wins what
+        // is left once entries under key IDs bound to other bodies are ignored (nothing if no
+        // current key is left). The effect on K is still read from the whole answer: a domain
+        // listing K's ID with other bytes no longer vouches for K either way.
+        let usable_keys = match &fetched {
+            Fetched::Keys(keys) if effective_valid_until_ms > now_abs_ms => {
+                self.bind_first_seen(slot, Arc::clone(keys))
+            }
+            _ => None,
+        };
         let entry = &mut self.slots[slot as usize];
         let key_expired = now_abs_ms >= entry.valid_until_ms;
         let effect = match (entry.tracked(), &fetched) {
@@ -662,12 +684,8 @@ impl KeyCache {
                 )
             }
             // Nothing tracked yet (first fetch, or after a database loss): any usable key is new.
-            (None, Fetched::Keys(_)) if effective_valid_until_ms > now_abs_ms => Effect::Refresh,
+            (None, Fetched::Keys(_)) if usable_keys.is_some() => Effect::Refresh,
             (None, _) => Effect::Unchanged,
-        };
-        let usable_keys = match fetched {
-            Fetched::Keys(keys) if effective_valid_until_ms > now_abs_ms => Some(keys),
-            _ => None,
         };
         match effect {
             Effect::Refresh => {
@@ -724,6 +742,8 @@ impl KeyCache {
         self.in_flight_total = 0;
         self.waiting.clear();
         self.epoch += 1;
+        // The bindings were in the lost database too.
+        self.bindings.clear();
         if self.is_periodic() || self.policy.recheck == Recheck::Never {
             for slot in 0..self.slots.len() as u32 {
                 self.set_timer(now_ms, slot, out);
@@ -797,6 +817,46 @@ impl KeyCache {
                 decision: Decision::Revalidated,
             });
         }
+    }
+
+    /// Under [`KeyBinding::FirstSeenWins`], binds each key ID of `keys` not bound yet for
+    /// `slot` to its body, and returns `keys` without the entries whose ID is bound to another
+    /// body (counted as collisions; MSC4499: keep the old body, no trial verification), or
+    /// `None` if no current key is left. Under [`KeyBinding::Latest`], `keys` as they are.
+    fn bind_first_seen(&mut self, slot: u32, keys: Arc<ServerKeys>) -> Option<Arc<ServerKeys>> {
+        if self.policy.key_binding == KeyBinding::Latest {
+            return Some(keys);
+        }
+        let mut bind = |key_id: &String, key: &VerifyingKey| -> bool {
+            let bound = self.bindings.entry((slot, key_id.clone())).or_insert(*key);
+            bound == key
+        };
+        // Current keys first: an answer listing one ID in both maps with two bodies binds the
+        // current one, and its old entry collides (MSC4499's intra-payload rule).
+        let collided_current: Vec<String> = keys
+            .verify_keys
+            .iter()
+            .filter(|(key_id, key)| !bind(key_id, key))
+            .map(|(key_id, _)| key_id.clone())
+            .collect();
+        let collided_old: Vec<String> = keys
+            .old_verify_keys
+            .iter()
+            .filter(|(key_id, old)| !bind(key_id, &old.key))
+            .map(|(key_id, _)| key_id.clone())
+            .collect();
+        if collided_current.is_empty() && collided_old.is_empty() {
+            return Some(keys);
+        }
+        self.stats.key_collisions += (collided_current.len() + collided_old.len()) as u64;
+        let mut kept = ServerKeys::clone(&keys);
+        for key_id in &collided_current {
+            kept.verify_keys.remove(key_id);
+        }
+        for key_id in &collided_old {
+            kept.old_verify_keys.remove(key_id);
+        }
+        (!kept.verify_keys.is_empty()).then(|| Arc::new(kept))
     }
 
     fn start_fetch(&mut self, slot: u32, purpose: Purpose, out: &mut Vec<KeyCacheOutput>) {
@@ -1469,5 +1529,119 @@ mod tests {
         capped.out.clear();
         capped.cache.resume(DAY_MS + HOUR_MS, &mut capped.out);
         assert_eq!(timers(&capped.out), [DAY_MS + HOUR_MS, DAY_MS + HOUR_MS]);
+    }
+
+    fn held_key_ids(harness: &Harness) -> (Vec<String>, Vec<String>) {
+        let keys = harness.cache.slots()[0].keys().expect("keys held");
+        (
+            keys.verify_keys.keys().cloned().collect(),
+            keys.old_verify_keys.keys().cloned().collect(),
+        )
+    }
+
+    /// MSC4499's first-seen-wins (P9): a server that lost its key and made a new one under the
+    /// same key ID (or a domain's new owner doing so) is a collision. The old key is still
+    /// invalidated (the domain no longer vouches for it), but the new body is never adopted,
+    /// however often it is fetched. Under P1 the new body replaces the old one.
+    #[test]
+    fn first_seen_wins_never_adopts_a_new_body_under_a_known_key_id() {
+        for (preset, adopted) in [("P1", true), ("P9", false)] {
+            let mut harness = harness(KeyPolicy::preset(preset).unwrap(), 1);
+            harness.fire(DAY_MS, 0);
+            harness.publisher.lose_key();
+            let new_body = harness.fresh_keys(DAY_MS + 50);
+            harness.answer(DAY_MS + 100, 0, Via::Direct, new_body.clone());
+            let invalidated = Decision::Invalidated(InvalidReason::DifferentBytes);
+            let held = harness.cache.slots()[0].keys().cloned();
+            if adopted {
+                assert_eq!(
+                    decisions(&harness.out),
+                    [invalidated, Decision::Revalidated]
+                );
+                assert_eq!(
+                    Some(held.unwrap()),
+                    Some(match new_body {
+                        Fetched::Keys(keys) => keys,
+                        _ => unreachable!(),
+                    })
+                );
+                assert_eq!(harness.cache.stats.key_collisions, 0);
+                continue;
+            }
+            assert_eq!(decisions(&harness.out), [invalidated], "{preset}");
+            assert!(held.is_none(), "{preset}: nothing usable is held");
+            assert_eq!(harness.cache.stats.key_collisions, 1);
+            // Asked again an hour later (MSC4499's backoff cap), the same answer collides again:
+            // the binding is not purged by the invalidation.
+            harness.answer(DAY_MS + HOUR_MS, 0, Via::Direct, new_body);
+            assert!(decisions(&harness.out).is_empty());
+            assert!(harness.cache.slots()[0].keys().is_none());
+            assert!(!harness.cache.slots()[0].valid);
+            assert_eq!(harness.cache.stats.key_collisions, 2);
+        }
+    }
+
+    /// First-seen-wins still follows a rotation (a new key ID; the old key moves to
+    /// `old_verify_keys` with its own bytes), and a database loss forgets the bindings.
+    #[test]
+    fn first_seen_wins_follows_rotations_and_forgets_with_the_database() {
+        let mut harness = harness(KeyPolicy::preset("P9").unwrap(), 1);
+        harness.publisher.rotate(absolute_ms(HOUR_MS));
+        let rotated = harness.fresh_keys(2 * HOUR_MS);
+        harness.answer(2 * HOUR_MS, 0, Via::Direct, rotated);
+        assert_eq!(
+            decisions(&harness.out),
+            [
+                Decision::Invalidated(InvalidReason::MovedToOld),
+                Decision::Revalidated
+            ]
+        );
+        assert_eq!(harness.cache.stats.key_collisions, 0);
+        assert_eq!(
+            held_key_ids(&harness),
+            (vec!["ed25519:a2".to_owned()], vec!["ed25519:a1".to_owned()])
+        );
+        harness.out.clear();
+        harness.cache.forget_all(3 * HOUR_MS, &mut harness.out);
+        harness.publisher.lose_key();
+        let after_loss = harness.fresh_keys(4 * HOUR_MS);
+        harness.answer(4 * HOUR_MS, 0, Via::Direct, after_loss);
+        assert_eq!(decisions(&harness.out), [Decision::Revalidated]);
+        assert_eq!(harness.cache.stats.key_collisions, 0);
+    }
+
+    /// An answer listing one key ID in both maps with two bodies binds the current one; the old
+    /// entry collides and is left out of what the cache holds (MSC4499's intra-payload rule).
+    #[test]
+    fn first_seen_wins_drops_an_old_entry_that_contradicts_a_current_one() {
+        let mut harness = harness(KeyPolicy::preset("P9").unwrap(), 1);
+        let Fetched::Keys(honest) = harness.fresh_keys(HOUR_MS) else {
+            unreachable!()
+        };
+        let other = crate::matrix::signing::ServerSigningKey::from_seed(
+            crate::matrix::signing::KeyId::ed25519("a1").unwrap(),
+            &[7; 32],
+        )
+        .verifying_key();
+        let mut contradictory = ServerKeys::clone(&honest);
+        contradictory.old_verify_keys.insert(
+            "ed25519:a1".to_owned(),
+            crate::matrix::server_keys::OldVerifyKey {
+                key: other,
+                expired_ts_ms: absolute_ms(HOUR_MS),
+            },
+        );
+        harness.answer(
+            HOUR_MS,
+            0,
+            Via::Direct,
+            Fetched::Keys(Arc::new(contradictory)),
+        );
+        assert!(decisions(&harness.out).is_empty());
+        assert_eq!(harness.cache.stats.key_collisions, 1);
+        assert_eq!(
+            held_key_ids(&harness),
+            (vec!["ed25519:a1".to_owned()], vec![])
+        );
     }
 }

@@ -85,6 +85,21 @@ pub enum OldKeys {
     UntilExpiredTs,
 }
 
+/// Which key body a cache binds to a `(domain, key ID)` when answers disagree over time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyBinding {
+    /// The latest answer wins: a new body under a known key ID replaces the old one (today's
+    /// caches, and MSC4430 as written).
+    Latest,
+    /// MSC4499's "First Seen Wins": the first body seen for a key ID stays bound for good (not
+    /// purged at expiry); a later answer listing another body under that ID is a collision and
+    /// that entry is ignored, with no trial verification. Protects history from a lying server
+    /// or a domain's new owner reusing a key ID, at the price of refusing a server that lost its
+    /// key and made a new one under the same ID.
+    FirstSeenWins,
+}
+
 /// A complete key re-check policy.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct KeyPolicy {
@@ -129,6 +144,8 @@ pub struct KeyPolicy {
     /// Re-check timers are rounded up to a multiple of this (0 = exact): batching re-checks so
     /// an idle host wakes at most once per granule (RQ12).
     pub timer_granularity_ms: u64,
+    /// Which body a known key ID stays bound to (P9: first seen wins).
+    pub key_binding: KeyBinding,
 }
 
 /// The preset names `policy.preset` accepts.
@@ -174,6 +191,7 @@ impl KeyPolicy {
             old_keys: OldKeys::CurrentOnly,
             push: false,
             timer_granularity_ms: 0,
+            key_binding: KeyBinding::Latest,
         }
     }
 
@@ -206,10 +224,13 @@ impl KeyPolicy {
             // Expiry is not revocation: P1, but a key moved to old_verify_keys keeps verifying
             // events up to its expired_ts (only 404 or a foreign key revokes everything).
             "P7" => policy.old_keys = OldKeys::UntilExpiredTs,
+            // MSC4499's cache discipline: negative caching (60 s floor, 1 h cap), coalescing
+            // (already P1's), and first-seen-wins key bindings.
             "P9" => {
                 policy.backoff = BackoffKind::Msc4499;
                 policy.backoff_floor_ms = MINUTE_MS;
                 policy.backoff_cap_ms = HOUR_MS;
+                policy.key_binding = KeyBinding::FirstSeenWins;
             }
             "half-life" => policy.recheck = Recheck::HalfLife,
             "jittered" => policy.recheck = Recheck::Jittered,

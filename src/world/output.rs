@@ -12,7 +12,7 @@ use crate::engine::Trace;
 use crate::engine::time::format_duration_ms;
 use crate::metrics::{CsvTable, fixed, percentile, rounded, write_json};
 use crate::scenario::{ChartKind, Scenario};
-use crate::server::policy::Recheck;
+use crate::server::policy::{KeyBinding, Recheck};
 
 use super::World;
 use super::build::slug;
@@ -285,6 +285,11 @@ fn headline_metrics(world: &World) -> Map<String, Value> {
             format!("{key}.invalidations"),
             stats.invalidations_total().into(),
         );
+        // Only under first-seen-wins (P9), where collisions can happen (other runs keep their
+        // files).
+        if observer.cache.policy().key_binding == KeyBinding::FirstSeenWins {
+            metrics.insert(format!("{key}.key_collisions"), stats.key_collisions.into());
+        }
     }
     if let ([figure], [observer]) = (figures.as_slice(), world.observers.as_slice()) {
         metrics.insert("requests_per_s_mean".into(), rounded(figure.mean_per_s));
