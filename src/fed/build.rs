@@ -374,6 +374,8 @@ impl FedWorld {
                 notary_asked: BTreeSet::new(),
                 unsettled: UnsettledTally::default(),
                 stats: ServerStats::default(),
+                epoch: 0,
+                deferred: Vec::new(),
             });
         }
         let network = &scenario.network;

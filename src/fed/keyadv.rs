@@ -104,7 +104,7 @@ impl FedWorld {
                 }
                 RoomActionKind::ExpireDomain => {
                     let mode = action.mode.unwrap_or(DeadMode::NotFound);
-                    self.net.set_server_status(server, ServerStatus::Departed);
+                    self.go_down(server, ServerStatus::Departed);
                     self.net
                         .set_domain_state(server, DomainState::dead(mode, 404));
                     self.key_adv.expired_at.entry(server).or_insert(now_ms);
@@ -133,6 +133,9 @@ impl FedWorld {
         hs.outbox.clear();
         hs.key_waiters.clear();
         hs.resigned.clear();
+        // A fresh server: nothing the old one left undone, and no answer to its requests.
+        hs.deferred.clear();
+        hs.epoch += 1;
         hs.cache.forget_all(now_ms, &mut out);
         self.apply_key_outputs(server, &mut out, None);
         self.key_outputs = out;

@@ -195,6 +195,9 @@ enum Ev {
     RetryTransaction {
         server: ServerId,
         destination: ServerId,
+        /// The outbox's retry generation when it was set: a heal or a restart retries at once
+        /// and makes this one stale.
+        generation: u32,
     },
     KeyTimer {
         server: ServerId,
@@ -226,6 +229,7 @@ impl Ev {
             Ev::RetryTransaction {
                 server,
                 destination,
+                ..
             } => (7, u64::from(*server) << 32 | u64::from(*destination)),
             Ev::KeyTimer { server, slot, .. } => (8, u64::from(*server) << 32 | u64::from(*slot)),
             Ev::Action { index } => (9, u64::from(*index)),
@@ -322,6 +326,9 @@ enum Reply {
 
 struct Request {
     from: ServerId,
+    /// The sender's [`Homeserver::epoch`] when it sent: a reply to a server that went down
+    /// since is lost with the process that waited for it.
+    sender_epoch: u32,
     to: ServerId,
     purpose: Purpose,
     body: Body,
@@ -465,6 +472,8 @@ struct Outbox {
     in_flight: usize,
     failures: u32,
     retry_scheduled: bool,
+    /// Bumped whenever a scheduled retry is superseded (heal, restart).
+    retry_generation: u32,
 }
 
 /// One homeserver.
@@ -491,6 +500,12 @@ pub struct Homeserver {
     /// fetch of any other domain changes no link of this server.
     unsettled: UnsettledTally,
     pub stats: ServerStats,
+    /// Bumped each time the server goes down: replies to requests sent before are lost.
+    epoch: u32,
+    /// What fell due while the server was down (its timers, retries, joins, the ends of its
+    /// requests), replayed in order when it comes back (`BringOnline`); a server that never
+    /// comes back never acts again.
+    deferred: Vec<Ev>,
 }
 
 impl Homeserver {
@@ -1068,6 +1083,20 @@ impl FedWorld {
 
     fn handle(&mut self, event: Ev) {
         let now_ms = self.queue.now_ms();
+        // A server that is down does nothing: what falls due for it waits until it comes back
+        // (the ends of its requests: `complete`).
+        let owner = match &event {
+            Ev::Join { server, .. }
+            | Ev::RetryTransaction { server, .. }
+            | Ev::KeyTimer { server, .. } => Some(*server),
+            _ => None,
+        };
+        if let Some(owner) = owner
+            && !self.is_up(owner)
+        {
+            self.servers[owner as usize].deferred.push(event);
+            return;
+        }
         match event {
             Ev::CreateRoom { room } => self.create_room(room),
             Ev::Join {
@@ -1127,10 +1156,16 @@ impl FedWorld {
             Ev::RetryTransaction {
                 server,
                 destination,
+                generation,
             } => {
-                if let Some(outbox) = self.servers[server as usize].outbox.get_mut(&destination) {
-                    outbox.retry_scheduled = false;
+                let Some(outbox) = self.servers[server as usize].outbox.get_mut(&destination)
+                else {
+                    return;
+                };
+                if outbox.retry_generation != generation {
+                    return;
                 }
+                outbox.retry_scheduled = false;
                 self.pump(server, destination);
             }
             Ev::KeyTimer {
@@ -1138,19 +1173,6 @@ impl FedWorld {
                 slot,
                 generation,
             } => {
-                if !self.is_up(server) {
-                    // A server that is down re-checks when it comes back.
-                    let at_ms = now_ms + 60_000;
-                    self.queue.push(
-                        at_ms,
-                        Ev::KeyTimer {
-                            server,
-                            slot,
-                            generation,
-                        },
-                    );
-                    return;
-                }
                 let mut out = std::mem::take(&mut self.key_outputs);
                 self.servers[server as usize]
                     .cache
@@ -1234,6 +1256,7 @@ impl FedWorld {
             id,
             Request {
                 from,
+                sender_epoch: self.servers[from as usize].epoch,
                 to,
                 purpose,
                 body,
@@ -1466,6 +1489,24 @@ impl FedWorld {
         let Some(request) = self.requests.remove(&id) else {
             return;
         };
+        if !self.is_up(request.from) {
+            // Handled when the sender comes back, as lost (below).
+            let from = request.from;
+            self.requests.insert(id, request);
+            self.servers[from as usize]
+                .deferred
+                .push(Ev::Complete { request: id, done });
+            return;
+        }
+        // The sender went down since it sent: the answer reached nobody. A lost transaction
+        // changes nothing more (`go_down` put its PDUs back in line); anything else the
+        // server was waiting for has failed.
+        let lost = request.sender_epoch != self.servers[request.from as usize].epoch;
+        let done = if lost { Done::Timeout } else { done };
+        if lost && matches!(request.body, Body::Send(_)) {
+            self.counters.requests[request.purpose as usize][done.index()] += 1;
+            return;
+        }
         self.counters.requests[request.purpose as usize][done.index()] += 1;
         let reply = if done == Done::Ok {
             request.reply
@@ -1501,12 +1542,14 @@ impl FedWorld {
                         let delay_ms =
                             (TRANSACTION_RETRY_FLOOR_MS << shift).min(TRANSACTION_RETRY_CAP_MS);
                         outbox.retry_scheduled = true;
+                        let generation = outbox.retry_generation;
                         let now_ms = self.queue.now_ms();
                         self.queue.push(
                             now_ms + delay_ms,
                             Ev::RetryTransaction {
                                 server: from,
                                 destination: request.to,
+                                generation,
                             },
                         );
                     }
@@ -2277,6 +2320,10 @@ impl FedWorld {
 
     /// Sends the next transaction to `destination` if none is in flight or waiting to retry.
     fn pump(&mut self, server: ServerId, destination: ServerId) {
+        if !self.is_up(server) {
+            // Its outbox waits: `BringOnline` pumps it.
+            return;
+        }
         let Some(outbox) = self.servers[server as usize].outbox.get_mut(&destination) else {
             return;
         };
@@ -2771,6 +2818,38 @@ impl FedWorld {
         refs.iter().filter_map(|r| r.index(count)).collect()
     }
 
+    /// `server` stops (crash, death, an expired domain): from now on it sends nothing, and
+    /// answers to what it sent before are lost.
+    fn go_down(&mut self, server: ServerId, status: ServerStatus) {
+        self.net.set_server_status(server, status);
+        let hs = &mut self.servers[server as usize];
+        hs.epoch += 1;
+        // Transactions in flight are lost; their PDUs are still queued (a homeserver keeps
+        // its outgoing events in its database) and go again when it comes back.
+        for outbox in hs.outbox.values_mut() {
+            outbox.in_flight = 0;
+        }
+    }
+
+    /// `server` sends to every destination with PDUs waiting now, including those waiting out
+    /// a backoff (their scheduled retry becomes stale). Nothing if it is down.
+    fn retry_destinations_now(&mut self, server: ServerId) {
+        if !self.is_up(server) {
+            return;
+        }
+        for destination in self.servers[server as usize].destinations() {
+            let outbox = self.servers[server as usize]
+                .outbox
+                .get_mut(&destination)
+                .expect("a listed destination");
+            if outbox.retry_scheduled {
+                outbox.retry_scheduled = false;
+                outbox.retry_generation += 1;
+            }
+            self.pump(server, destination);
+        }
+    }
+
     fn act(&mut self, index: usize) {
         let now_ms = self.queue.now_ms();
         let action = self.config.actions[index].clone();
@@ -2793,26 +2872,25 @@ impl FedWorld {
                 self.agreement_watch_until_ms =
                     Some(now_ms + self.window_ms.max(AGREEMENT_WATCH_MS));
                 // Destinations waiting out a backoff are retried now (Synapse wakes a
-                // destination when it hears from it).
+                // destination when it hears from it), by servers that are up.
                 for server in 0..self.servers.len() as ServerId {
-                    let destinations = self.servers[server as usize].destinations();
-                    for destination in destinations {
-                        self.pump(server, destination);
-                    }
+                    self.retry_destinations_now(server);
                 }
             }
             RoomActionKind::TakeOffline => {
                 for server in targets {
-                    self.net.set_server_status(server, ServerStatus::Crashed);
+                    self.go_down(server, ServerStatus::Crashed);
                 }
             }
             RoomActionKind::BringOnline => {
                 for server in targets {
                     self.net.set_server_status(server, ServerStatus::Up);
-                    let destinations = self.servers[server as usize].destinations();
-                    for destination in destinations {
-                        self.pump(server, destination);
+                    // What fell due while it was down, in order, then its outboxes.
+                    let deferred = std::mem::take(&mut self.servers[server as usize].deferred);
+                    for event in deferred {
+                        self.handle(event);
                     }
+                    self.retry_destinations_now(server);
                 }
             }
             RoomActionKind::RotateKey => {
