@@ -125,12 +125,16 @@ where
         .flat_map(|series| series.mean_points.iter().chain(series.p99_points.iter()));
     let (mut x_min, mut x_max, mut y_min, mut y_max) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for (x, y) in all_points {
+        // Log axes: a zero (or negative) value has no place on them, and a range that
+        // reaches zero never ends drawing its ticks.
         if *y > 0.0 {
             y_min = y_min.min(*y);
             y_max = y_max.max(*y);
         }
-        x_min = x_min.min(*x);
-        x_max = x_max.max(*x);
+        if *x > 0.0 {
+            x_min = x_min.min(*x);
+            x_max = x_max.max(*x);
+        }
     }
     if x_min > x_max {
         (x_min, x_max) = (1.0, 10.0);

@@ -815,6 +815,12 @@ fn validate(scenario: &Scenario) -> Result<(), Invalid> {
             _ => {}
         }
         for (value_index, count) in observers.known_domains.iter().enumerate() {
+            if *count == 0 {
+                return Err((
+                    format!("{path}.known_domains[{value_index}]"),
+                    "must be at least 1 (an observer that knows no domain does nothing)".to_owned(),
+                ));
+            }
             if *count > domains.count {
                 return Err((
                     format!("{path}.known_domains[{value_index}]"),
@@ -868,6 +874,18 @@ fn validate(scenario: &Scenario) -> Result<(), Invalid> {
         }
         for (action_index, action) in phase.actions.iter().enumerate() {
             let path = format!("phases[{phase_index}].actions[{action_index}]");
+            let at_ms = phase.at.ms() + action.at.ms();
+            if at_ms > scenario.duration.ms() {
+                return Err((
+                    format!("{path}.at"),
+                    format!(
+                        "the phase's {} plus {} is after the end of the run ({})",
+                        format_duration_ms(phase.at.ms()),
+                        format_duration_ms(action.at.ms()),
+                        format_duration_ms(scenario.duration.ms())
+                    ),
+                ));
+            }
             validate_action(&path, action, scenario, &group_names)?;
         }
     }
@@ -879,10 +897,39 @@ fn validate(scenario: &Scenario) -> Result<(), Invalid> {
             format!("{budget} is out of range (allowed: a number > 0)"),
         ));
     }
-    if scenario.metrics.sample_interval.ms() == 0 {
+    validate_metrics(scenario)
+}
+
+/// The sampling knobs both worlds read: a sample interval or warm-up as long as the run leaves
+/// every rate unmeasured (all 0.0), which reads like a result.
+pub(super) fn validate_metrics(scenario: &Scenario) -> Result<(), Invalid> {
+    let duration_ms = scenario.duration.ms();
+    let interval_ms = scenario.metrics.sample_interval.ms();
+    if interval_ms == 0 {
         return Err((
             "metrics.sample_interval".to_owned(),
             "must be longer than 0ms".to_owned(),
+        ));
+    }
+    if interval_ms > duration_ms {
+        return Err((
+            "metrics.sample_interval".to_owned(),
+            format!(
+                "{} is longer than the run ({}): nothing would be sampled",
+                format_duration_ms(interval_ms),
+                format_duration_ms(duration_ms)
+            ),
+        ));
+    }
+    let warmup_ms = scenario.metrics.warmup.ms();
+    if warmup_ms >= duration_ms {
+        return Err((
+            "metrics.warmup".to_owned(),
+            format!(
+                "{} leaves nothing of the run ({}) to measure",
+                format_duration_ms(warmup_ms),
+                format_duration_ms(duration_ms)
+            ),
         ));
     }
     Ok(())
@@ -1078,6 +1125,14 @@ fn validate_action(
             ] {
                 if let Some(value) = value {
                     check_fraction(format!("{path}.{field}"), value)?;
+                    if action.partition != Some(PartitionKind::Asymmetric) {
+                        return Err((
+                            format!("{path}.{field}"),
+                            "applies only to partition = \"asymmetric\" (symmetric and one-way \
+                             partitions lose everything they cut)"
+                                .to_owned(),
+                        ));
+                    }
                 }
             }
         }

@@ -392,6 +392,36 @@ fn rooms_policy_has_member_keys(name: &str) -> bool {
 /// Validates a scenario with a `[rooms]` table (the key-world tables are not used).
 pub(super) fn validate(scenario: &Scenario, rooms: &Rooms) -> Result<(), Invalid> {
     validate_network(&scenario.network)?;
+    // The key world's tables would be accepted and silently not run: refuse them.
+    let key_world_only = [
+        (
+            scenario.network.random_partitions.rate_per_day > 0.0,
+            "network.random_partitions",
+            "random partitions are not modelled in a room-world scenario; script them with \
+             [[rooms.actions]] kind = \"partition\" / \"heal\"",
+        ),
+        (
+            !scenario.phases.is_empty(),
+            "phases",
+            "[[phases]] run only in key-world scenarios; a room-world scenario scripts its \
+             faults with [[rooms.actions]]",
+        ),
+        (
+            !scenario.observers.is_empty(),
+            "observers",
+            "[[observers]] belong to key-world scenarios; a room-world scenario's servers are \
+             set by [rooms]",
+        ),
+        (
+            !scenario.federation.domain_groups.is_empty() || scenario.federation.notaries > 0,
+            "federation",
+            "[federation] belongs to key-world scenarios; a room-world scenario's servers are \
+             set by [rooms]",
+        ),
+    ];
+    if let Some((_, path, problem)) = key_world_only.iter().find(|(present, ..)| *present) {
+        return Err(((*path).to_owned(), (*problem).to_owned()));
+    }
     if rooms.servers < 2 {
         return Err(("rooms.servers".to_owned(), "must be at least 2".to_owned()));
     }
@@ -511,13 +541,7 @@ pub(super) fn validate(scenario: &Scenario, rooms: &Rooms) -> Result<(), Invalid
     for (index, action) in rooms.actions.iter().enumerate() {
         validate_action(&format!("rooms.actions[{index}]"), action, scenario, rooms)?;
     }
-    if scenario.metrics.sample_interval.ms() == 0 {
-        return Err((
-            "metrics.sample_interval".to_owned(),
-            "must be longer than 0ms".to_owned(),
-        ));
-    }
-    Ok(())
+    super::validate_metrics(scenario)
 }
 
 /// The kebab-case name of an action kind (as scenario files spell it).
