@@ -582,3 +582,47 @@ fn a_scenario_can_declare_its_sweep_and_flags_replace_it() {
         error.message
     );
 }
+
+/// A small key-world scenario for the real simulator (a fraction of a second per run).
+const TINY_KEY_WORLD: &str = r#"
+name = "tiny"
+duration = "2h"
+crypto = "symbolic"
+
+[[federation.domain_groups]]
+name = "live"
+count = 600
+key_lifetime = "1h"
+
+[[observers]]
+name = "P1"
+domains = "live"
+known_domains = [600]
+policy = { preset = "P1" }
+
+[metrics]
+sample_interval = "1m"
+
+[outputs]
+chart = "none"
+"#;
+
+/// The real runner runs every run from the scenario text read when the sweep started (the file
+/// named here does not even exist), so editing the file mid-sweep cannot mix two scenarios.
+#[test]
+fn the_simulator_runner_runs_the_scenario_as_read_when_the_sweep_started() {
+    use fedsim::sweep::simulator::SimulatorRunner;
+    let root = scratch("simulator-runner");
+    let scenario = root.join("tiny.toml");
+    fs::write(&scenario, TINY_KEY_WORLD).unwrap();
+    let out = root.join("out");
+    let runner = SimulatorRunner {
+        file: "no-such-file.toml".into(),
+        text: TINY_KEY_WORLD.into(),
+        sets: Vec::new(),
+    };
+    let flags = ["--param", "metrics.sample_interval=1m,2h", "--seeds", "1"];
+    run_with(&args(&scenario, &out, &flags), &runner).unwrap();
+    let text = table(&out);
+    assert_eq!(text.matches(",ok,").count(), 2, "{text}");
+}

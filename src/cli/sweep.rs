@@ -61,17 +61,22 @@ fn to_cli_error(error: SweepError) -> CliError {
     }
 }
 
-/// Parses and checks the flags into a spec, options and the output directory.
-pub fn parse(args: &SweepArgs) -> Result<(SweepSpec, SweepOptions, PathBuf), CliError> {
-    let bytes = std::fs::read(&args.scenario).map_err(|error| {
+/// The scenario file's bytes, read once per sweep.
+fn read_scenario(args: &SweepArgs) -> Result<Vec<u8>, CliError> {
+    std::fs::read(&args.scenario).map_err(|error| {
         CliError::input(format!(
             "{}: cannot read scenario: {error}",
             args.scenario.display()
         ))
-    })?;
-    let digest = Sha256::digest(&bytes);
+    })
+}
+
+/// Parses and checks the flags into a spec, options and the output directory, with the
+/// scenario file's `bytes` (hashed into the spec).
+fn parse(args: &SweepArgs, bytes: &[u8]) -> Result<(SweepSpec, SweepOptions, PathBuf), CliError> {
+    let digest = Sha256::digest(bytes);
     let scenario_sha256: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-    let text = String::from_utf8_lossy(&bytes);
+    let text = String::from_utf8_lossy(bytes);
     let declared = sweep::defaults::scenario_sweep(&args.scenario.display().to_string(), &text)
         .map_err(CliError::input)?;
     // Flags replace the scenario's declared sweep part by part.
@@ -135,16 +140,29 @@ pub fn parse(args: &SweepArgs) -> Result<(SweepSpec, SweepOptions, PathBuf), Cli
 
 /// Runs `fedsim sweep` with the simulator doing the runs.
 pub fn run(args: &SweepArgs) -> Result<(), CliError> {
+    let bytes = read_scenario(args)?;
+    let text = String::from_utf8(bytes.clone()).map_err(|_| {
+        CliError::input(format!(
+            "{}: cannot read scenario: not UTF-8 text",
+            args.scenario.display()
+        ))
+    })?;
     let runner = sweep::simulator::SimulatorRunner {
-        scenario: args.scenario.clone(),
+        file: args.scenario.display().to_string(),
+        text,
         sets: args.sets.clone(),
     };
-    run_with(args, &runner)
+    sweep_with(args, &bytes, &runner)
 }
 
 /// Runs `fedsim sweep` with `runner` doing the runs.
 pub fn run_with(args: &SweepArgs, runner: &dyn Runner) -> Result<(), CliError> {
-    let (spec, options, out) = parse(args)?;
+    sweep_with(args, &read_scenario(args)?, runner)
+}
+
+/// Runs `fedsim sweep` on the scenario file's `bytes` as read once, with `runner`.
+fn sweep_with(args: &SweepArgs, bytes: &[u8], runner: &dyn Runner) -> Result<(), CliError> {
+    let (spec, options, out) = parse(args, bytes)?;
     // A bad value should stop the sweep before hours of runs, with the flag named: first the
     // fixed --set overrides alone, then each combination of swept values.
     runner

@@ -54,6 +54,9 @@ pub fn run_sweep(
         .filter(|run| !matches!(dir.run_state(run), RunState::Complete(_)))
         .collect();
     let progress = Progress::new(options.progress, pending.len() as u64);
+    // More workers than runs only cost threads (`--jobs 100000` once ran out of memory
+    // starting them).
+    let jobs = options.jobs.min(pending.len().max(1));
     let shard_text = options
         .shard
         .map(|shard| format!(" (shard {shard})"))
@@ -64,11 +67,11 @@ pub fn run_sweep(
         out.display(),
         runs.len() - pending.len(),
         pending.len(),
-        options.jobs
+        jobs
     ));
 
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(options.jobs)
+        .num_threads(jobs)
         .build()
         .map_err(|error| SweepError::Failure(format!("cannot start worker threads: {error}")))?;
     // Each worker writes only its own run folders; results are read back from disk below, so the
