@@ -36,8 +36,12 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             .join(format!("seed-{}", args.seed))
     });
     let reproduce = reproduce_command(args);
-    let outcome = crate::world::run_to_dir(&scenario, args.seed, &out_dir, true)
-        .map_err(|error| CliError::failure(format!("run failed: {error}")))?;
+    let partial = prepare_out_dir(&out_dir)?;
+    let outcome =
+        crate::world::run_to_dir(&scenario, args.seed, &partial, true).map_err(|error| {
+            CliError::failure(format!("run failed: {error}\nreproduce: {reproduce}"))
+        })?;
+    move_into_place(&partial, &out_dir)?;
     println!(
         "fedsim: {} seed {}: {} events in {:.1}s; results in {}",
         scenario.name,
@@ -61,6 +65,12 @@ pub fn run(args: &Args) -> Result<(), CliError> {
                 .map(|name| name.to_string_lossy().into_owned())
                 .unwrap_or_default()
         ));
+        // A directory left by an earlier check would add its files to the comparison.
+        if second_dir.exists() {
+            std::fs::remove_dir_all(&second_dir).map_err(|error| {
+                CliError::failure(format!("{}: cannot remove: {error}", second_dir.display()))
+            })?;
+        }
         crate::world::run_to_dir(&scenario, args.seed, &second_dir, true)
             .map_err(|error| CliError::failure(format!("second run failed: {error}")))?;
         let difference = first_difference(&out_dir, &second_dir)
@@ -95,10 +105,80 @@ fn reproduce_command(args: &Args) -> String {
     for set in &args.sets {
         command.push_str(&format!(" --set '{set}'"));
     }
+    if let Some(out) = &args.out {
+        command.push_str(&format!(" --out {}", out.display()));
+    }
     if args.check_determinism {
         command.push_str(" --check-determinism");
     }
     command
+}
+
+/// Readies `out_dir` for a run and returns the directory the run writes into: a sibling
+/// `<out>.partial`, created now (so a place that cannot be written fails before the
+/// simulation, with exit 2, not after it) and moved into place complete
+/// ([`move_into_place`]): a run killed half-way leaves no mix of new and old files, and no
+/// file of an earlier run (another scenario's chart, a stale trace) survives beside the new
+/// ones. `out_dir` must be new, empty, or an earlier run's directory (it has `summary.json` or
+/// `run-info.json`), which is replaced: any other directory is refused, so nothing else is
+/// ever deleted.
+fn prepare_out_dir(out_dir: &Path) -> Result<PathBuf, CliError> {
+    let shown = out_dir.display();
+    let Some(name) = out_dir.file_name() else {
+        return Err(CliError::input(format!(
+            "--out {shown}: not a directory name a run can be written to"
+        )));
+    };
+    if out_dir.exists() {
+        if !out_dir.is_dir() {
+            return Err(CliError::input(format!(
+                "--out {shown}: exists and is not a directory"
+            )));
+        }
+        let entries = std::fs::read_dir(out_dir)
+            .map_err(|error| CliError::input(format!("--out {shown}: cannot read: {error}")))?
+            .count();
+        let earlier_run = ["summary.json", "run-info.json"]
+            .iter()
+            .any(|file| out_dir.join(file).is_file());
+        if entries > 0 && !earlier_run {
+            return Err(CliError::input(format!(
+                "--out {shown}: holds files that are not a fedsim run (no summary.json); give \
+                 a new or empty directory"
+            )));
+        }
+    }
+    let partial = out_dir.with_file_name(format!("{}.partial", name.to_string_lossy()));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(|error| {
+            CliError::input(format!("{}: cannot remove: {error}", partial.display()))
+        })?;
+    }
+    std::fs::create_dir_all(&partial).map_err(|error| {
+        CliError::input(format!(
+            "--out {shown}: cannot create {}: {error}",
+            partial.display()
+        ))
+    })?;
+    // create_dir_all succeeds on a directory that cannot be written: try it.
+    let probe = partial.join(".write-probe");
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|error| CliError::input(format!("--out {shown}: cannot write: {error}")))?;
+    Ok(partial)
+}
+
+/// Replaces `out_dir` (an earlier run's, if any) with the complete run in `partial`.
+fn move_into_place(partial: &Path, out_dir: &Path) -> Result<(), CliError> {
+    let failure = |what: &str, path: &Path, error: std::io::Error| {
+        CliError::failure(format!("{what} {}: {error}", path.display()))
+    };
+    if out_dir.exists() {
+        eprintln!("fedsim: replacing the earlier run in {}", out_dir.display());
+        std::fs::remove_dir_all(out_dir)
+            .map_err(|error| failure("cannot remove", out_dir, error))?;
+    }
+    std::fs::rename(partial, out_dir).map_err(|error| failure("cannot move into", out_dir, error))
 }
 
 /// The first difference between two result directories, ignoring wall-clock files.
