@@ -220,3 +220,35 @@ fn the_verification_memo_changes_nothing() {
     assert!(with_memo.memo.hits > 0);
     assert_eq!(without_memo.memo.hits, hits_after_build);
 }
+
+/// An observer that departs or is decommissioned stops polling, as a crashed one does: 20
+/// domains with one-hour keys are polled once (the first hour), not every hour of the day.
+#[test]
+fn an_observer_that_leaves_stops_polling() {
+    for kind in ["crash", "depart", "decommission"] {
+        let text = format!(
+            r#"
+name = "leaves"
+duration = "1d"
+[federation]
+domain_groups = [{{ name = "origins", count = 20, key_lifetime = "1h" }}]
+[network]
+latency = {{ kind = "constant", value = "50ms" }}
+[[observers]]
+name = "obs"
+domains = "origins"
+known_domains = [20]
+policy = {{ preset = "P1" }}
+[[phases]]
+name = "gone"
+at = "1h"
+actions = [{{ kind = "{kind}", targets = {{ group = "obs" }} }}]
+[outputs]
+chart = "none"
+"#
+        );
+        let mut world = World::build(&scenario(&text), 1, Trace::default());
+        world.run(|_| {});
+        assert_eq!(world.observers[0].cache.stats.requests(), 20, "{kind}");
+    }
+}

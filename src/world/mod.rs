@@ -895,9 +895,7 @@ impl World {
             ActionKind::Crash => {
                 for server in targets {
                     self.net.set_server_status(server, ServerStatus::Crashed);
-                    if let Role::Observer(observer) = self.roles[server as usize] {
-                        self.observers[observer as usize].crashed = true;
-                    }
+                    self.stop_observer(server);
                 }
             }
             ActionKind::Restart => {
@@ -917,6 +915,7 @@ impl World {
             ActionKind::Depart => {
                 for server in targets {
                     self.net.set_server_status(server, ServerStatus::Departed);
+                    self.stop_observer(server);
                     self.park_domains_of(server, DomainState::Parked);
                 }
             }
@@ -1013,6 +1012,7 @@ impl World {
                 let state = DomainState::dead(mode, action.status.unwrap_or(503));
                 for server in targets {
                     self.net.set_server_status(server, ServerStatus::Departed);
+                    self.stop_observer(server);
                     self.park_domains_of(server, state);
                 }
             }
@@ -1021,6 +1021,15 @@ impl World {
                     self.reregister(server);
                 }
             }
+        }
+    }
+
+    /// An observer that crashes, departs or is decommissioned stops: it polls, fetches and
+    /// hears nothing more (until a `restart`, which a departed server ignores). Before, only a
+    /// crash stopped it, and a departed observer kept polling every domain.
+    fn stop_observer(&mut self, server: ServerId) {
+        if let Role::Observer(observer) = self.roles[server as usize] {
+            self.observers[observer as usize].crashed = true;
         }
     }
 
