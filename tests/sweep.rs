@@ -351,9 +351,33 @@ fn shards_merged_equal_a_single_machine() {
     .unwrap_err();
     assert_eq!(error.exit_code, 2);
     assert!(
-        error.message.contains("different sweep"),
+        error.message.contains("different sweep") && error.message.contains("--param"),
         "{}",
         error.message
+    );
+    // The same scenario given by another path (another machine's checkout) is the same sweep.
+    let respelled = root.join(".").join("scenario.toml");
+    let last = root.join("shard-4-respelled");
+    run_with(
+        &args(
+            &respelled,
+            &last,
+            &[&SWEEP[..], &["--shard", "4/5"]].concat(),
+        ),
+        &ArithmeticRunner::new(),
+    )
+    .unwrap();
+    let mut sources = shard_dirs[..4].to_vec();
+    sources.push(last);
+    let respelled_merge = root.join("merged-respelled");
+    run_merge(&MergeArgs {
+        out: respelled_merge.clone(),
+        shards: sources,
+    })
+    .unwrap();
+    assert_eq!(
+        fs::read(single.join("runs.csv")).unwrap(),
+        fs::read(respelled_merge.join("runs.csv")).unwrap()
     );
 }
 

@@ -34,15 +34,14 @@ pub fn merge(out: &Path, sources: &[PathBuf]) -> Result<MergeReport, SweepError>
                 super::store::SPEC_FILE
             ))
         })?;
-        if let Some((first_dir, first)) = records.first() {
-            if first.spec != record.spec || first.fedsim_version != record.fedsim_version {
-                return Err(SweepError::Input(format!(
-                    "{}: holds a different sweep from {} (scenario, --set, --param, --seeds or \
-                     fedsim version differ)",
-                    source.display(),
-                    first_dir.root.display()
-                )));
-            }
+        if let Some((first_dir, first)) = records.first()
+            && let Some(difference) = record_difference(first, &record)
+        {
+            return Err(SweepError::Input(format!(
+                "{}: holds a different sweep from {}: {difference}",
+                source.display(),
+                first_dir.root.display()
+            )));
         }
         records.push((dir, record));
     }
@@ -55,7 +54,7 @@ pub fn merge(out: &Path, sources: &[PathBuf]) -> Result<MergeReport, SweepError>
 
     let target = SweepDir::new(out);
     if let Some(existing) = target.read_record()? {
-        if existing != merged {
+        if existing.shard.is_some() || record_difference(&existing, &merged).is_some() {
             return Err(SweepError::Input(format!(
                 "{}: already holds another sweep (or a single shard); merge into a new directory",
                 out.display()
@@ -134,4 +133,33 @@ fn find_run<'a>(
             ))
         }
     })
+}
+
+/// How two shards' records differ, naming the first field that does, or `None` if they are
+/// shards of one sweep. The scenario is compared by its bytes' hash, not by the path it was
+/// given as (`./s/x.toml` and `/home/a/s/x.toml` are the same scenario).
+fn record_difference(first: &SweepRecord, other: &SweepRecord) -> Option<String> {
+    let (a, b) = (&first.spec, &other.spec);
+    if a.scenario_sha256 != b.scenario_sha256 {
+        return Some(format!(
+            "another scenario, or another version of it ({} against {})",
+            b.scenario, a.scenario
+        ));
+    }
+    if first.fedsim_version != other.fedsim_version {
+        return Some(format!(
+            "fedsim {} against {}",
+            other.fedsim_version, first.fedsim_version
+        ));
+    }
+    if a.sets != b.sets {
+        return Some(format!("--set {:?} against {:?}", b.sets, a.sets));
+    }
+    if a.params != b.params {
+        return Some(format!("--param {:?} against {:?}", b.params, a.params));
+    }
+    if a.seeds != b.seeds {
+        return Some(format!("--seeds {:?} against {:?}", b.seeds, a.seeds));
+    }
+    None
 }
