@@ -93,6 +93,28 @@ pub fn run_sweep(
         .collect();
     let param_paths: Vec<String> = spec.params.iter().map(|param| param.path.clone()).collect();
     write_atomically(&dir.table_path(), &render_table(&param_paths, &rows))?;
+    // Runs an earlier, larger sweep left here stay on disk but are not this sweep's: say so,
+    // rather than let them vanish from runs.csv unannounced.
+    let names: std::collections::BTreeSet<&str> =
+        runs.iter().map(|run| run.name.as_str()).collect();
+    let left_out = std::fs::read_dir(dir.runs_dir())
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.path().is_dir())
+                .filter_map(|entry| entry.file_name().into_string().ok())
+                .filter(|name| !name.starts_with('.') && !names.contains(name.as_str()))
+                .count()
+        })
+        .unwrap_or(0);
+    if left_out > 0 {
+        progress.note(&format!(
+            "sweep: {left_out} run folder(s) in {} are not in this sweep (other values or \
+             seeds) and are left out of {}",
+            dir.runs_dir().display(),
+            dir.table_path().display()
+        ));
+    }
     let failed = rows
         .iter()
         .filter(|(_, state)| !matches!(state, RunState::Complete(_)))
