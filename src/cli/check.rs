@@ -18,6 +18,7 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<(), CliError> {
     let scenario =
         crate::scenario::load(Some(&args.scenario), &args.sets).map_err(CliError::input)?;
+    check_declared_sweep(args)?;
     if let Some(rooms) = &scenario.rooms {
         println!(
             "{}: ok: scenario {:?}, {} simulated, room world: {} servers, {} rooms, policy {}, {} action(s)",
@@ -59,5 +60,28 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         observers,
         scenario.phases.len()
     );
+    Ok(())
+}
+
+/// The scenario's own `[sweep]` table (what `fedsim sweep FILE` runs without flags): its form,
+/// and each declared value applied alone on top of the `--set`s, so a bad path or value is
+/// found here rather than when the sweep starts.
+fn check_declared_sweep(args: &Args) -> Result<(), CliError> {
+    let file = args.scenario.display().to_string();
+    let text = std::fs::read_to_string(&args.scenario)
+        .map_err(|error| CliError::input(format!("{file}: cannot read: {error}")))?;
+    let declared = crate::sweep::defaults::scenario_sweep(&file, &text).map_err(CliError::input)?;
+    for (index, param) in declared.params.iter().enumerate() {
+        for value in &param.values {
+            let mut sets = args.sets.clone();
+            sets.push(format!("{}={value}", param.path));
+            crate::scenario::parse(&file, &text, &sets).map_err(|error| {
+                CliError::input(format!(
+                    "{file}: sweep.params[{index}] ({}={value}): {}: {}",
+                    param.path, error.path, error.problem
+                ))
+            })?;
+        }
+    }
     Ok(())
 }

@@ -176,7 +176,13 @@ fn sweep_with(args: &SweepArgs, bytes: &[u8], runner: &dyn Runner) -> Result<(),
         }
         runner.validate(&overrides).map_err(|error| {
             let swept: Vec<String> = run.params.iter().map(|(p, v)| format!("{p}={v}")).collect();
-            CliError::input(format!("--param {}: {error}", swept.join(" ")))
+            // Values from the scenario's own [sweep] table are not flags the user typed.
+            let source = if args.params.is_empty() {
+                "the scenario's [sweep] params"
+            } else {
+                "--param"
+            };
+            CliError::input(format!("{source} {}: {error}", swept.join(" ")))
         })?;
         checked.push(overrides);
     }
