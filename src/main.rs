@@ -52,6 +52,12 @@ enum Command {
 }
 
 fn main() {
+    // Die quietly when a reader of stdout goes away (`fedsim resolve ... | head`), as Unix tools
+    // do, instead of panicking on the failed write (Rust ignores SIGPIPE by default).
+    // SAFETY: called first, before any other thread exists; restores the default disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if matches!(cli.command, Command::Run(_) | Command::Sweep(_)) {
         fedsim::prefault::start();

@@ -38,8 +38,8 @@ pub const STANDARD: &[(&str, &str)] = &[
 /// Arguments of `fedsim bench`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Standard sizes (small, medium, federation) or scenario files; default: small (~20 s).
-    /// medium takes ~10 minutes and ~3.2 GiB; federation does not fit one machine today: it is
+    /// Standard sizes (small, medium, federation) or scenario files; default: small (~3 s).
+    /// medium takes ~1 minute and ~3.2 GiB; federation does not fit one machine today: it is
     /// held to its targets (10 minutes, 8 GiB) and reported with how far it got (the header of
     /// scenarios/bench-federation.toml has the measured ladder).
     pub scenarios: Vec<String>,
@@ -176,10 +176,20 @@ impl BenchRow {
     }
 }
 
-/// Maps a standard size name to its file; anything else is taken as a file.
+/// Maps a standard size name to its file; anything else is taken as a file. A standard file is
+/// looked for in the working directory, then in the source tree the binary was built from, so
+/// `fedsim bench` works outside the repository's root too.
 fn resolve(spec: &str) -> (String, String) {
     match STANDARD.iter().find(|(name, _)| *name == spec) {
-        Some((name, file)) => ((*name).to_owned(), (*file).to_owned()),
+        Some((name, file)) => {
+            let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            let file = if !Path::new(file).exists() && built_from.exists() {
+                built_from.display().to_string()
+            } else {
+                (*file).to_owned()
+            };
+            ((*name).to_owned(), file)
+        }
         None => {
             let name = Path::new(spec)
                 .file_stem()
@@ -237,8 +247,13 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         let cpu_seconds = children_cpu_seconds().map(|after| after - cpu_before.unwrap_or(0.0));
         let row = match ended {
             Ended::Exited(status) if !status.success() => {
+                let sets: String = args
+                    .sets
+                    .iter()
+                    .map(|set| format!(" --set '{set}'"))
+                    .collect();
                 return Err(CliError::failure(format!(
-                    "{file}: the run failed ({status})\nreproduce: fedsim run {file} --seed {}",
+                    "{file}: the run failed ({status})\nreproduce: fedsim run {file} --seed {}{sets}",
                     args.seed
                 )));
             }

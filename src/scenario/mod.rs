@@ -710,7 +710,9 @@ fn check_fraction(path: String, value: f64) -> Result<(), Invalid> {
 
 /// The semantic checks serde cannot express.
 fn validate(scenario: &Scenario) -> Result<(), Invalid> {
+    // The name is a directory under results/: "." and ".." would escape it.
     if scenario.name.is_empty()
+        || scenario.name.chars().all(|character| character == '.')
         || !scenario
             .name
             .chars()
@@ -719,7 +721,7 @@ fn validate(scenario: &Scenario) -> Result<(), Invalid> {
         return Err((
             "name".to_owned(),
             format!(
-                "{:?} is not a directory-safe name (allowed: letters, digits, '-', '_', '.')",
+                "{:?} is not a directory-safe name (allowed: letters, digits, '-', '_', '.', not dots alone)",
                 scenario.name
             ),
         ));
