@@ -133,9 +133,22 @@ impl FedWorld {
         hs.outbox.clear();
         hs.key_waiters.clear();
         hs.resigned.clear();
-        // A fresh server: nothing the old one left undone, and no answer to its requests.
+        // A fresh server: nothing the old one left undone, and no answer to its requests (they
+        // end here, as timeouts: the new owner never learns of them).
         hs.deferred.clear();
         hs.epoch += 1;
+        let mut lost: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, request)| request.from == server)
+            .map(|(id, _)| *id)
+            .collect();
+        lost.sort_unstable();
+        for id in lost {
+            let request = self.requests.remove(&id).expect("listed");
+            self.counters.requests[request.purpose as usize][super::Done::Timeout.index()] += 1;
+        }
+        let hs = &mut self.servers[server as usize];
         hs.cache.forget_all(now_ms, &mut out);
         self.apply_key_outputs(server, &mut out, None);
         self.key_outputs = out;

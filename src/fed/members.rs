@@ -35,6 +35,11 @@ impl FedWorld {
         user: u32,
         attempt: u32,
     ) {
+        // A domain's new owner runs a fresh server with no rooms: the old owner's planned
+        // joins are not its own.
+        if self.key_adv.reregistered_at.contains_key(&server) {
+            return;
+        }
         let several = self.plans[room as usize].has_several_users(server);
         if !several {
             self.start_join(room, server, user, attempt);

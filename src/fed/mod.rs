@@ -2635,6 +2635,10 @@ impl FedWorld {
     /// `user` of `server` starts the server's join of `room` through a resident (the creator's
     /// server first, then the other planned member servers in turn on each retry).
     fn start_join(&mut self, room: RoomIndex, server: ServerId, user: u32, attempt: u32) {
+        // A server that is down joins nothing (a workload rejoin; planned joins are deferred).
+        if !self.is_up(server) {
+            return;
+        }
         let Some(room_id) = self.plans[room as usize].room_id.clone() else {
             return;
         };
@@ -2838,6 +2842,11 @@ impl FedWorld {
             return;
         }
         for destination in self.servers[server as usize].destinations() {
+            // A destination that is down would only refuse, and each refusal counts towards
+            // giving its PDUs up: it keeps its backoff.
+            if !self.is_up(destination) {
+                continue;
+            }
             let outbox = self.servers[server as usize]
                 .outbox
                 .get_mut(&destination)
@@ -2885,6 +2894,13 @@ impl FedWorld {
             RoomActionKind::BringOnline => {
                 for server in targets {
                     self.net.set_server_status(server, ServerStatus::Up);
+                    // Its key cache restarts as the key world's does: fetches lost with the
+                    // crash are made again (their answers, if any come, carry the old epoch and
+                    // are dropped) instead of reading as an unreachable domain.
+                    let mut out = std::mem::take(&mut self.key_outputs);
+                    self.servers[server as usize].cache.resume(now_ms, &mut out);
+                    self.apply_key_outputs(server, &mut out, None);
+                    self.key_outputs = out;
                     // What fell due while it was down, in order, then its outboxes.
                     let deferred = std::mem::take(&mut self.servers[server as usize].deferred);
                     for event in deferred {
