@@ -30,7 +30,12 @@ const NONDETERMINISTIC_FILES: &[&str] = &["run-info.json"];
 pub fn run(args: &Args) -> Result<(), CliError> {
     let scenario =
         crate::scenario::load(args.scenario.as_deref(), &args.sets).map_err(CliError::input)?;
-    let out_dir = args.out.clone().unwrap_or_else(|| {
+    // `X/.` and `X/` name X: normalise, so the run's sibling `.partial` is X's.
+    let out_dir = args
+        .out
+        .as_deref()
+        .map(|out| out.components().collect::<PathBuf>());
+    let out_dir = out_dir.unwrap_or_else(|| {
         PathBuf::from("results")
             .join(&scenario.name)
             .join(format!("seed-{}", args.seed))
@@ -66,11 +71,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
                 .unwrap_or_default()
         ));
         // A directory left by an earlier check would add its files to the comparison.
-        if second_dir.exists() {
-            std::fs::remove_dir_all(&second_dir).map_err(|error| {
-                CliError::failure(format!("{}: cannot remove: {error}", second_dir.display()))
-            })?;
-        }
+        remove_leftover(&second_dir)?;
         crate::world::run_to_dir(&scenario, args.seed, &second_dir, true)
             .map_err(|error| CliError::failure(format!("second run failed: {error}")))?;
         let difference = first_difference(&out_dir, &second_dir)
@@ -129,31 +130,15 @@ fn prepare_out_dir(out_dir: &Path) -> Result<PathBuf, CliError> {
             "--out {shown}: not a directory name a run can be written to"
         )));
     };
-    if out_dir.exists() {
-        if !out_dir.is_dir() {
-            return Err(CliError::input(format!(
-                "--out {shown}: exists and is not a directory"
-            )));
-        }
-        let entries = std::fs::read_dir(out_dir)
-            .map_err(|error| CliError::input(format!("--out {shown}: cannot read: {error}")))?
-            .count();
-        let earlier_run = ["summary.json", "run-info.json"]
-            .iter()
-            .any(|file| out_dir.join(file).is_file());
-        if entries > 0 && !earlier_run {
-            return Err(CliError::input(format!(
-                "--out {shown}: holds files that are not a fedsim run (no summary.json); give \
-                 a new or empty directory"
-            )));
-        }
+    if out_dir.exists() && !replaceable(out_dir)? {
+        return Err(CliError::input(format!(
+            "--out {shown}: holds something other than one earlier fedsim run (a run's \
+             directory has only files, among them run-info.json); give a new or empty \
+             directory"
+        )));
     }
     let partial = out_dir.with_file_name(format!("{}.partial", name.to_string_lossy()));
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial).map_err(|error| {
-            CliError::input(format!("{}: cannot remove: {error}", partial.display()))
-        })?;
-    }
+    remove_leftover(&partial)?;
     std::fs::create_dir_all(&partial).map_err(|error| {
         CliError::input(format!(
             "--out {shown}: cannot create {}: {error}",
@@ -166,6 +151,61 @@ fn prepare_out_dir(out_dir: &Path) -> Result<PathBuf, CliError> {
         .and_then(|()| std::fs::remove_file(&probe))
         .map_err(|error| CliError::input(format!("--out {shown}: cannot write: {error}")))?;
     Ok(partial)
+}
+
+/// Whether `dir` may be replaced by a run: it is a directory holding nothing, or only files
+/// (a run writes no subdirectory) among which a run's `run-info.json` or `summary.json`. A
+/// symlink is not followed: it is refused. Anything else (a project folder, a directory of
+/// several runs) is never deleted.
+fn replaceable(dir: &Path) -> Result<bool, CliError> {
+    let shown = dir.display();
+    let metadata = std::fs::symlink_metadata(dir)
+        .map_err(|error| CliError::input(format!("{shown}: cannot read: {error}")))?;
+    if !metadata.is_dir() {
+        return Ok(false);
+    }
+    let mut entries = 0;
+    for entry in std::fs::read_dir(dir)
+        .map_err(|error| CliError::input(format!("{shown}: cannot read: {error}")))?
+    {
+        let entry = entry.map_err(|error| CliError::input(format!("{shown}: {error}")))?;
+        let is_file = entry.file_type().is_ok_and(|kind| kind.is_file());
+        if !is_file {
+            return Ok(false);
+        }
+        entries += 1;
+    }
+    let earlier_run = ["run-info.json", "summary.json"]
+        .iter()
+        .any(|file| dir.join(file).is_file());
+    Ok(entries == 0 || earlier_run)
+}
+
+/// Removes a scratch directory an earlier run left at `path` (its `.partial` or
+/// `.determinism-check`), refusing to remove anything that does not look like one.
+fn remove_leftover(path: &Path) -> Result<(), CliError> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    if !is_empty_or_files_only(path) {
+        return Err(CliError::input(format!(
+            "{}: exists and is not a run's scratch directory; remove it or use another --out",
+            path.display()
+        )));
+    }
+    std::fs::remove_dir_all(path)
+        .map_err(|error| CliError::input(format!("{}: cannot remove: {error}", path.display())))
+}
+
+/// Whether `path` is a real directory holding only files (a run killed before it wrote
+/// run-info.json leaves such a `.partial`).
+fn is_empty_or_files_only(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|metadata| metadata.is_dir())
+        && std::fs::read_dir(path).is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .all(|entry| entry.file_type().is_ok_and(|kind| kind.is_file()))
+        })
 }
 
 /// Replaces `out_dir` (an earlier run's, if any) with the complete run in `partial`.
@@ -221,4 +261,53 @@ pub fn first_difference(first: &Path, second: &Path) -> std::io::Result<Option<S
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir()
+            .join(format!("fedsim-run-out-{}", std::process::id()))
+            .join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Only an earlier run's directory (files only, with run-info.json or summary.json) or an
+    /// empty one is replaced; a folder with anything else in it, a subdirectory above all, is
+    /// refused with exit 2 and left as it was (a project folder holding a summary.json once
+    /// lost its src/).
+    #[test]
+    fn only_an_earlier_run_or_an_empty_directory_is_replaced() {
+        let run = scratch("run");
+        std::fs::write(run.join("run-info.json"), "{}").unwrap();
+        std::fs::write(run.join("timeseries.csv"), "t\n").unwrap();
+        assert!(replaceable(&run).unwrap());
+        assert!(replaceable(&scratch("empty")).unwrap());
+
+        let project = scratch("project");
+        std::fs::write(project.join("summary.json"), "{}").unwrap();
+        std::fs::create_dir_all(project.join("src")).unwrap();
+        std::fs::write(project.join("src").join("main.rs"), "fn main() {}").unwrap();
+        assert!(!replaceable(&project).unwrap());
+        let error = prepare_out_dir(&project).unwrap_err();
+        assert_eq!(error.exit_code, 2);
+        assert!(project.join("src").join("main.rs").exists());
+
+        let notes = scratch("notes");
+        std::fs::write(notes.join("notes.txt"), "mine").unwrap();
+        assert!(!replaceable(&notes).unwrap());
+
+        // A leftover scratch directory with a subdirectory is not removed either.
+        let out = scratch("out").join("seed-1");
+        let partial = out.with_file_name("seed-1.partial");
+        std::fs::create_dir_all(partial.join("kept")).unwrap();
+        assert_eq!(prepare_out_dir(&out).unwrap_err().exit_code, 2);
+        assert!(partial.join("kept").exists());
+        std::fs::remove_dir_all(partial.join("kept")).unwrap();
+        assert_eq!(prepare_out_dir(&out).unwrap(), partial);
+    }
 }
