@@ -924,12 +924,13 @@ pub(super) fn validate_metrics(scenario: &Scenario) -> Result<(), Invalid> {
         ));
     }
     let warmup_ms = scenario.metrics.warmup.ms();
-    if warmup_ms >= duration_ms {
+    if warmup_ms.saturating_add(interval_ms) > duration_ms {
         return Err((
             "metrics.warmup".to_owned(),
             format!(
-                "{} leaves nothing of the run ({}) to measure",
+                "{} leaves less than one sample interval ({}) of the run ({}) to measure",
                 format_duration_ms(warmup_ms),
+                format_duration_ms(interval_ms),
                 format_duration_ms(duration_ms)
             ),
         ));
