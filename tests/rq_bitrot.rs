@@ -172,3 +172,25 @@ fn with_a_notary_p0_checks_the_dead_servers_history_and_p7_vouches_for_it_while_
     let (_, _, p7_rows) = run(&["rooms.policy=P7", "rooms.notary=0"], "notary-p7");
     assert_eq!(number(&p7_rows, "links_verifiable"), 7.0);
 }
+
+/// Every newcomer has a row, placed or not: without a notary a P0 newcomer drops a dead
+/// server's events and cannot place its own join (hs21..hs25 here), and it counts with what it
+/// holds of the history before its attempt (almost nothing) instead of being left out, which
+/// made the pooled shares read 100% exactly when newcomers failed.
+#[test]
+fn newcomers_that_cannot_place_their_join_still_count() {
+    let text: String = std::fs::read_to_string("scenarios/rq4-bitrot.toml")
+        .unwrap()
+        .lines()
+        .filter(|line| !line.starts_with("notary ="))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let scenario = parse("rq4-no-notary.toml", &text, &["rooms.policy=P0".to_owned()]).unwrap();
+    let (dir, summary) = world_run::run(&scenario, 1, "no-notary-p0");
+    let metrics = &summary["metrics"];
+    // Six newcomers in each of the two rooms.
+    assert_eq!(metrics["bitrot_newcomers"], 12);
+    let held = metrics["bitrot_messages_held_share"].as_f64().unwrap();
+    assert!(held < 0.1, "held share {held}");
+    let _ = std::fs::remove_dir_all(dir);
+}

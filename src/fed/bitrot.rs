@@ -175,13 +175,76 @@ impl FedWorld {
         }
     }
 
-    /// `newcomer`'s figures for `room` now, if it joined.
+    /// `newcomer`'s figures for `room` now: what it holds and shows of the history if its join
+    /// is placed, else [`FedWorld::unplaced_row`].
     fn newcomer_row(
         &self,
         room: RoomIndex,
         newcomer: ServerId,
         now_ms: u64,
     ) -> Option<NewcomerRow> {
+        self.placed_row(room, newcomer, now_ms)
+            .or_else(|| self.unplaced_row(room, newcomer, now_ms))
+    }
+
+    /// A newcomer whose join was never placed (it could not join, or could not place its own
+    /// member event or the create event: P0 without a notary drops a dead server's events and
+    /// everything built on them) still counts: the room's history before its join attempt
+    /// against what it holds and shows of it (nothing, if it never got the room). Leaving it out made the pooled shares read 100%
+    /// exactly when newcomers failed. `None` if no server holds the room's create event.
+    fn unplaced_row(
+        &self,
+        room: RoomIndex,
+        newcomer: ServerId,
+        now_ms: u64,
+    ) -> Option<NewcomerRow> {
+        let start_abs_ms = crate::server::absolute_ms(0);
+        let attempt_ms = self.late_join_ms(room, newcomer)?;
+        let attempt_abs_ms = start_abs_ms + attempt_ms as i64;
+        let mut history = RoomHistory::default();
+        let mut created_abs_ms = None;
+        for server in &self.servers {
+            if let Some(state) = server.rooms.get(&room) {
+                history.add(&state.state);
+                created_abs_ms = created_abs_ms.or_else(|| {
+                    state
+                        .state
+                        .held_events()
+                        .find(|(pdu, _)| pdu.event_type == "m.room.create")
+                        .map(|(pdu, _)| pdu.origin_server_ts)
+                });
+            }
+        }
+        let created_ms = (created_abs_ms? - start_abs_ms).max(0) as u64;
+        // What it holds and shows of the history before its attempt, if it holds anything.
+        let history = match self.servers[newcomer as usize].rooms.get(&room) {
+            Some(state) => newcomer_history(&state.state, &state.links, attempt_abs_ms, &history),
+            None => NewcomerHistory {
+                links: history
+                    .claims
+                    .values()
+                    .filter(|times| times.iter().any(|at| *at < attempt_abs_ms))
+                    .count(),
+                messages: history
+                    .messages
+                    .values()
+                    .filter(|(_, sent_at_ms)| *sent_at_ms < attempt_abs_ms)
+                    .count(),
+                ..NewcomerHistory::default()
+            },
+        };
+        Some(NewcomerRow {
+            room,
+            server: self.servers[newcomer as usize].name.clone(),
+            room_age_ms: attempt_ms.saturating_sub(created_ms),
+            joined_at_ms: attempt_ms,
+            measured_at_ms: now_ms,
+            history,
+        })
+    }
+
+    /// `newcomer`'s figures for `room` now, if its join is placed.
+    fn placed_row(&self, room: RoomIndex, newcomer: ServerId, now_ms: u64) -> Option<NewcomerRow> {
         let start_abs_ms = crate::server::absolute_ms(0);
         let plan = &self.plans[room as usize];
         let state = self.servers[newcomer as usize]
