@@ -208,3 +208,27 @@ servers = [2]
         );
     }
 }
+
+/// P9 in the room world, where caches start from a warm start shared by the world unless the
+/// policy binds keys: the server shown a second key under the lying server's key ID never
+/// adopts it (collisions, no revalidation), where P1 adopts it. The lie starts at 1 min, before
+/// any re-check, so only the warm start has shown the real key: sharing the unbound warm start
+/// under P9 would let the first re-check bind the second key (checked: this test then fails).
+#[test]
+fn p9_never_adopts_a_second_key_under_a_known_key_id() {
+    let lie = "[[rooms.actions]]\nat = \"1m\"\nkind = \"lying-server\"\nservers = [2]\n\
+               audience = [1, 3, 4, 5]\n";
+    let p1 = world(lie, &["rooms.policy=P1"], 1);
+    let p9 = world(lie, &["rooms.policy=P9"], 1);
+    let collisions = |world: &FedWorld| -> u64 {
+        world
+            .servers
+            .iter()
+            .map(|hs| hs.cache.stats.key_collisions)
+            .sum()
+    };
+    assert_eq!(collisions(&p1), 0);
+    assert!(p1.counters.key_revalidations > 0);
+    assert!(collisions(&p9) > 0);
+    assert_eq!(p9.counters.key_revalidations, 0);
+}

@@ -489,3 +489,22 @@ chart = "{chart}"
     assert!(svg.contains("P2") && svg.contains("partition length"));
     std::fs::remove_dir_all(base).unwrap();
 }
+
+/// RQ10 under P9 in the key world: the observers that saw the real key first never adopt the
+/// lying server's second key under the same key ID, while P1 observers do; both stop trusting
+/// the first.
+#[test]
+fn first_seen_wins_observers_never_adopt_a_lying_servers_second_key() {
+    let text = std::fs::read_to_string("scenarios/rq10-lying-server.toml").unwrap();
+    let scenario =
+        parse("rq10.toml", &text, &["duration=12h".to_owned()]).unwrap_or_else(|e| panic!("{e}"));
+    let mut world = World::build(&scenario, 1, Trace::default());
+    world.run(|_| {});
+    let metrics = world.metrics();
+    let lie =
+        |group: &str, figure: &str| number(&metrics, &format!("containment.lie.{group}.{figure}"));
+    assert!(lie("others", "new_key_t100_s").is_some());
+    assert_eq!(lie("others-first-seen-wins", "new_key_t50_s"), None);
+    assert!(lie("others-first-seen-wins", "t100_s").is_some());
+    assert!(number(&metrics, "others-first-seen-wins.n200.key_collisions").unwrap() > 0.0);
+}

@@ -72,7 +72,7 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     (
         "P9",
-        "MSC4499 cache discipline: first-seen-wins key binding (a later body under a known key ID is ignored), negative caching 60 s floor -> 1 h cap, request coalescing; not modelled: notary-learned bindings being provisional",
+        "MSC4499 cache discipline: first-seen-wins key binding (a later body under a known key ID is never adopted; the domain no longer vouching for the old one still invalidates it), negative caching 60 s floor -> 1 h cap, request coalescing; not modelled: notary-learned bindings being provisional",
     ),
     (
         "half-life",
