@@ -130,7 +130,7 @@ fn prepare_out_dir(out_dir: &Path) -> Result<PathBuf, CliError> {
             "--out {shown}: not a directory name a run can be written to"
         )));
     };
-    if out_dir.exists() && !replaceable(out_dir)? {
+    if out_dir.exists() && !replaceable(out_dir) {
         return Err(CliError::input(format!(
             "--out {shown}: holds something other than one earlier fedsim run (a run's \
              directory has only files, among them run-info.json); give a new or empty \
@@ -157,28 +157,12 @@ fn prepare_out_dir(out_dir: &Path) -> Result<PathBuf, CliError> {
 /// (a run writes no subdirectory) among which a run's `run-info.json` or `summary.json`. A
 /// symlink is not followed: it is refused. Anything else (a project folder, a directory of
 /// several runs) is never deleted.
-fn replaceable(dir: &Path) -> Result<bool, CliError> {
-    let shown = dir.display();
-    let metadata = std::fs::symlink_metadata(dir)
-        .map_err(|error| CliError::input(format!("{shown}: cannot read: {error}")))?;
-    if !metadata.is_dir() {
-        return Ok(false);
-    }
-    let mut entries = 0;
-    for entry in std::fs::read_dir(dir)
-        .map_err(|error| CliError::input(format!("{shown}: cannot read: {error}")))?
-    {
-        let entry = entry.map_err(|error| CliError::input(format!("{shown}: {error}")))?;
-        let is_file = entry.file_type().is_ok_and(|kind| kind.is_file());
-        if !is_file {
-            return Ok(false);
-        }
-        entries += 1;
-    }
+fn replaceable(dir: &Path) -> bool {
+    let empty = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
     let earlier_run = ["run-info.json", "summary.json"]
         .iter()
         .any(|file| dir.join(file).is_file());
-    Ok(entries == 0 || earlier_run)
+    files_only(dir) && (empty || earlier_run)
 }
 
 /// Removes a scratch directory an earlier run left at `path` (its `.partial` or
@@ -187,7 +171,7 @@ fn remove_leftover(path: &Path) -> Result<(), CliError> {
     if std::fs::symlink_metadata(path).is_err() {
         return Ok(());
     }
-    if !is_empty_or_files_only(path) {
+    if !files_only(path) {
         return Err(CliError::input(format!(
             "{}: exists and is not a run's scratch directory; remove it or use another --out",
             path.display()
@@ -199,7 +183,7 @@ fn remove_leftover(path: &Path) -> Result<(), CliError> {
 
 /// Whether `path` is a real directory holding only files (a run killed before it wrote
 /// run-info.json leaves such a `.partial`).
-fn is_empty_or_files_only(path: &Path) -> bool {
+fn files_only(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|metadata| metadata.is_dir())
         && std::fs::read_dir(path).is_ok_and(|entries| {
             entries
@@ -285,21 +269,21 @@ mod tests {
         let run = scratch("run");
         std::fs::write(run.join("run-info.json"), "{}").unwrap();
         std::fs::write(run.join("timeseries.csv"), "t\n").unwrap();
-        assert!(replaceable(&run).unwrap());
-        assert!(replaceable(&scratch("empty")).unwrap());
+        assert!(replaceable(&run));
+        assert!(replaceable(&scratch("empty")));
 
         let project = scratch("project");
         std::fs::write(project.join("summary.json"), "{}").unwrap();
         std::fs::create_dir_all(project.join("src")).unwrap();
         std::fs::write(project.join("src").join("main.rs"), "fn main() {}").unwrap();
-        assert!(!replaceable(&project).unwrap());
+        assert!(!replaceable(&project));
         let error = prepare_out_dir(&project).unwrap_err();
         assert_eq!(error.exit_code, 2);
         assert!(project.join("src").join("main.rs").exists());
 
         let notes = scratch("notes");
         std::fs::write(notes.join("notes.txt"), "mine").unwrap();
-        assert!(!replaceable(&notes).unwrap());
+        assert!(!replaceable(&notes));
 
         // A leftover scratch directory with a subdirectory is not removed either.
         let out = scratch("out").join("seed-1");

@@ -175,6 +175,19 @@ impl FedWorld {
         }
     }
 
+    /// The room's history: every event any server holds of it.
+    fn room_history(&self, room: RoomIndex) -> RoomHistory {
+        let mut history = RoomHistory::default();
+        for state in self
+            .servers
+            .iter()
+            .filter_map(|server| server.rooms.get(&room))
+        {
+            history.add(&state.state);
+        }
+        history
+    }
+
     /// `newcomer`'s figures for `room` now: what it holds and shows of the history if its join
     /// is placed, else [`FedWorld::unplaced_row`].
     fn newcomer_row(
@@ -201,21 +214,19 @@ impl FedWorld {
         let start_abs_ms = crate::server::absolute_ms(0);
         let attempt_ms = self.late_join_ms(room, newcomer)?;
         let attempt_abs_ms = start_abs_ms + attempt_ms as i64;
-        let mut history = RoomHistory::default();
-        let mut created_abs_ms = None;
-        for server in &self.servers {
-            if let Some(state) = server.rooms.get(&room) {
-                history.add(&state.state);
-                created_abs_ms = created_abs_ms.or_else(|| {
-                    state
-                        .state
-                        .held_events()
-                        .find(|(pdu, _)| pdu.event_type == "m.room.create")
-                        .map(|(pdu, _)| pdu.origin_server_ts)
-                });
-            }
-        }
-        let created_ms = (created_abs_ms? - start_abs_ms).max(0) as u64;
+        let history = self.room_history(room);
+        let created_abs_ms = self
+            .servers
+            .iter()
+            .filter_map(|server| server.rooms.get(&room))
+            .find_map(|state| {
+                state
+                    .state
+                    .held_events()
+                    .find(|(pdu, _)| pdu.event_type == "m.room.create")
+                    .map(|(pdu, _)| pdu.origin_server_ts)
+            })?;
+        let created_ms = (created_abs_ms - start_abs_ms).max(0) as u64;
         // What it holds and shows of the history before its attempt, if it holds anything.
         let history = match self.servers[newcomer as usize].rooms.get(&room) {
             Some(state) => newcomer_history(&state.state, &state.links, attempt_abs_ms, &history),
@@ -268,12 +279,7 @@ impl FedWorld {
             .held_events()
             .find(|(pdu, _)| pdu.event_type == "m.room.create")
             .map(|(pdu, _)| pdu.origin_server_ts)?;
-        let mut history = RoomHistory::default();
-        for server in &self.servers {
-            if let Some(state) = server.rooms.get(&room) {
-                history.add(&state.state);
-            }
-        }
+        let history = self.room_history(room);
         let created_ms = (created_abs_ms - start_abs_ms).max(0) as u64;
         let late_join_ms = self.late_join_ms(room, newcomer).unwrap_or(0);
         Some(NewcomerRow {
