@@ -124,3 +124,44 @@ fn check_validates_the_declared_sweep() {
         }
     }
 }
+
+/// `fedsim check` recognises a reproduction script (`scenarios/repro/*.toml`) and validates it
+/// with the script language's rules; it used to refuse every one with "unknown field `checks`".
+#[test]
+fn check_validates_reproduction_scripts_with_their_own_rules() {
+    use fedsim::cli::check::{Args, run};
+    let mut checked = 0;
+    for entry in std::fs::read_dir("scenarios/repro").unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .extension()
+            .is_some_and(|extension| extension == "toml")
+        {
+            run(&Args {
+                scenario: path.clone(),
+                sets: Vec::new(),
+            })
+            .unwrap_or_else(|error| panic!("{}: {}", path.display(), error.message));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("check-repro");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad-repro.toml");
+    let good = std::fs::read_to_string("scenarios/repro/partition-ban.toml").unwrap();
+    std::fs::write(&file, format!("{good}\n[[steps]]\nban = \"nobody\"\n")).unwrap();
+    let error = run(&Args {
+        scenario: file.clone(),
+        sets: Vec::new(),
+    })
+    .unwrap_err();
+    assert_eq!(error.exit_code, 2);
+    assert!(error.message.contains("steps["), "{}", error.message);
+    let error = run(&Args {
+        scenario: "scenarios/repro/partition-ban.toml".into(),
+        sets: vec!["name=\"x\"".to_owned()],
+    })
+    .unwrap_err();
+    assert!(error.message.contains("--set"), "{}", error.message);
+}

@@ -16,6 +16,9 @@ pub struct Args {
 
 /// Runs the command: prints a one-line summary, or the one-line error (exit code 2).
 pub fn run(args: &Args) -> Result<(), CliError> {
+    if is_reproduction_script(&args.scenario) {
+        return check_reproduction_script(args);
+    }
     let scenario =
         crate::scenario::load(Some(&args.scenario), &args.sets).map_err(CliError::input)?;
     check_declared_sweep(args)?;
@@ -83,5 +86,37 @@ fn check_declared_sweep(args: &Args) -> Result<(), CliError> {
             })?;
         }
     }
+    Ok(())
+}
+
+/// Whether `file` is a reproduction script (`scenarios/repro/*.toml`, run by `fedsim repro`):
+/// a TOML table with `steps` or `checks` at the top, which no scenario has. A file that cannot
+/// be read or parsed is not one: the scenario loader reports it.
+fn is_reproduction_script(file: &std::path::Path) -> bool {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
+        .is_some_and(|table| table.contains_key("steps") || table.contains_key("checks"))
+}
+
+/// `fedsim check` on a reproduction script: the script language's own validation (it used to
+/// fail with "unknown field `checks`" from the scenario loader).
+fn check_reproduction_script(args: &Args) -> Result<(), CliError> {
+    let file = args.scenario.display().to_string();
+    if !args.sets.is_empty() {
+        return Err(CliError::input(format!(
+            "{file}: --set: a reproduction script has no fields to override; edit the file"
+        )));
+    }
+    let script = crate::room::script::load(&file).map_err(CliError::input)?;
+    println!(
+        "{file}: ok: reproduction script {:?} (run it with `fedsim repro {file}`), {} servers, \
+         {} users, {} steps, {} checks",
+        script.name,
+        script.servers.len(),
+        script.users.len(),
+        script.steps.len(),
+        script.checks.len()
+    );
     Ok(())
 }

@@ -739,7 +739,8 @@ fn validate(scenario: &Scenario) -> Result<(), Invalid> {
             "needs at least one domain group".to_owned(),
         ));
     }
-    let mut group_names: Vec<&str> = vec!["notaries"];
+    // Each group a selector may name, with its size (selectors must stay inside it).
+    let mut groups: Vec<(&str, u32)> = vec![("notaries", federation.notaries)];
     for (index, group) in federation.domain_groups.iter().enumerate() {
         let path = format!("federation.domain_groups[{index}]");
         if group.count == 0 {
@@ -762,13 +763,13 @@ fn validate(scenario: &Scenario) -> Result<(), Invalid> {
                 ),
             ));
         }
-        if group_names.contains(&group.name.as_str()) {
+        if groups.iter().any(|(name, _)| *name == group.name) {
             return Err((
                 format!("{path}.name"),
                 format!("group name {:?} is used twice", group.name),
             ));
         }
-        group_names.push(&group.name);
+        groups.push((&group.name, group.count));
     }
     validate_network(&scenario.network)?;
     if scenario.observers.is_empty() {
@@ -850,13 +851,17 @@ fn validate(scenario: &Scenario) -> Result<(), Invalid> {
                 ));
             }
         }
-        if group_names.contains(&observers.name.as_str()) {
+        if groups.iter().any(|(name, _)| *name == observers.name) {
             return Err((
                 format!("{path}.name"),
                 format!("group name {:?} is used twice", observers.name),
             ));
         }
-        group_names.push(&observers.name);
+        let size = match &observers.known_domains_distribution {
+            Some(distribution) => distribution.servers,
+            None => observers.known_domains.len() as u32,
+        };
+        groups.push((&observers.name, size));
         let policy = observers
             .policy
             .resolve()
@@ -888,7 +893,7 @@ fn validate(scenario: &Scenario) -> Result<(), Invalid> {
                     ),
                 ));
             }
-            validate_action(&path, action, scenario, &group_names)?;
+            validate_action(&path, action, scenario, &groups)?;
         }
     }
     if let Some(budget) = scenario.metrics.wakeup_budget_per_hour
@@ -1091,7 +1096,7 @@ fn validate_action(
     path: &str,
     action: &Action,
     scenario: &Scenario,
-    group_names: &[&str],
+    groups: &[(&str, u32)],
 ) -> Result<(), Invalid> {
     let check_selector = |field: &str, selector: &Option<Selector>| -> Result<(), Invalid> {
         let Some(selector) = selector else {
@@ -1100,15 +1105,41 @@ fn validate_action(
                 "is required by this kind".to_owned(),
             ));
         };
-        if !group_names.contains(&selector.group.as_str()) {
+        let Some(&(_, size)) = groups.iter().find(|(name, _)| *name == selector.group) else {
+            let names: Vec<&str> = groups.iter().map(|(name, _)| *name).collect();
             return Err((
                 format!("{path}.{field}.group"),
                 format!(
                     "no group {:?} (allowed: {})",
                     selector.group,
-                    group_names.join(", ")
+                    names.join(", ")
                 ),
             ));
+        };
+        // A selector past the group's end would silently act on fewer servers (or none).
+        if selector.from >= size {
+            return Err((
+                format!("{path}.{field}.from"),
+                format!(
+                    "{} is past the end of group {:?} ({size} servers: from 0 to {})",
+                    selector.from,
+                    selector.group,
+                    size.saturating_sub(1)
+                ),
+            ));
+        }
+        if let Some(count) = selector.count {
+            let room = size - selector.from;
+            if count == 0 || count > room {
+                return Err((
+                    format!("{path}.{field}.count"),
+                    format!(
+                        "{count} is out of range (group {:?} has {size} servers, so from {} \
+                         at most {room}; leave count out for the rest)",
+                        selector.group, selector.from
+                    ),
+                ));
+            }
         }
         Ok(())
     };
@@ -1204,6 +1235,29 @@ fn validate_action(
         &[ActionKind::Partition],
     )?;
     unused("mode", action.mode.is_some(), &[ActionKind::Decommission])?;
+    unused(
+        "status",
+        action.status.is_some(),
+        &[ActionKind::Decommission],
+    )?;
+    for (field, present) in [
+        ("a", action.a.is_some()),
+        ("b", action.b.is_some()),
+        ("partition", action.partition.is_some()),
+        ("loss_a_to_b", action.loss_a_to_b.is_some()),
+        ("loss_b_to_a", action.loss_b_to_a.is_some()),
+    ] {
+        unused(field, present, &[ActionKind::Partition])?;
+    }
+    if matches!(action.kind, ActionKind::Partition | ActionKind::Heal) && action.targets.is_some() {
+        return Err((
+            format!("{path}.targets"),
+            format!(
+                "not used by kind {kind:?} (a partition cuts `a` from `b`; a heal ends every \
+                 partition)"
+            ),
+        ));
+    }
     match action.kind {
         ActionKind::LyingServer => check_selector("audience", &action.audience)?,
         ActionKind::KeyFlapping => match action.period {
@@ -1252,6 +1306,15 @@ fn validate_action(
         return Err((
             format!("{path}.label"),
             format!("{label:?} is not a metric-safe name (allowed: letters, digits, '-', '_')"),
+        ));
+    }
+    if action.kind == ActionKind::Decommission
+        && action.status.is_some()
+        && action.mode != Some(DeadMode::Status)
+    {
+        return Err((
+            format!("{path}.status"),
+            "is used only with mode = \"status\"".to_owned(),
         ));
     }
     if action.kind == ActionKind::Decommission && action.mode == Some(DeadMode::Status) {

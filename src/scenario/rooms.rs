@@ -618,6 +618,56 @@ fn validate_action(
         ));
     }
     use RoomActionKind as Kind;
+    // Fields a kind does not read would be ignored in silence: refuse them, naming the kinds
+    // that do read them.
+    let partition_only: &[Kind] = &[Kind::Partition];
+    let with_room: &[Kind] = &[
+        Kind::JoinLate,
+        Kind::AttackerSend,
+        Kind::SetAcl,
+        Kind::FakeDomainJoin,
+        Kind::DuplicateIdentity,
+        Kind::Ban,
+        Kind::Leave,
+        Kind::Send,
+    ];
+    for (field, present, used_by) in [
+        ("a", !action.a.is_empty(), partition_only),
+        ("b", !action.b.is_empty(), partition_only),
+        ("partition", action.partition.is_some(), partition_only),
+        ("room", action.room.is_some(), with_room),
+        (
+            "count",
+            action.count.is_some(),
+            &[Kind::Send, Kind::AttackerSend, Kind::DuplicateIdentity],
+        ),
+        ("pin_timestamp", action.pin_timestamp, &[Kind::AttackerSend]),
+        ("resign", action.resign.is_some(), &[Kind::RotateKey]),
+    ] {
+        if present && !used_by.contains(&action.kind) {
+            let users: Vec<String> = used_by.iter().map(|kind| kind_name(*kind)).collect();
+            return Err((
+                format!("{path}.{field}"),
+                format!(
+                    "not used by kind {:?} (used by: {})",
+                    kind_name(action.kind),
+                    users.join(", ")
+                ),
+            ));
+        }
+    }
+    if matches!(action.kind, Kind::Partition | Kind::Heal | Kind::SetAcl)
+        && !action.servers.is_empty()
+    {
+        return Err((
+            format!("{path}.servers"),
+            format!(
+                "not used by kind {:?} (a partition cuts `a` from `b`, a heal ends every \
+                 partition, an ACL is sent by the room's creator)",
+                kind_name(action.kind)
+            ),
+        ));
+    }
     for (field, present, kind) in [
         ("audience", !action.audience.is_empty(), Kind::LyingServer),
         ("period", action.period.is_some(), Kind::KeyFlapping),
