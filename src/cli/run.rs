@@ -12,7 +12,8 @@ pub struct Args {
     /// The run seed.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Output directory (default: results/<scenario>/seed-<N>/).
+    /// Output directory (default: results/<scenario>/seed-<N>/, or
+    /// results/<scenario>/set-<overrides>/seed-<N>/ with --set).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Override a scenario field: --set observers[0].policy.recheck=half-life (repeatable).
@@ -35,11 +36,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         .out
         .as_deref()
         .map(|out| out.components().collect::<PathBuf>());
-    let out_dir = out_dir.unwrap_or_else(|| {
-        PathBuf::from("results")
-            .join(&scenario.name)
-            .join(format!("seed-{}", args.seed))
-    });
+    let out_dir = out_dir.unwrap_or_else(|| default_out_dir(&scenario.name, &args.sets, args.seed));
     let reproduce = reproduce_command(args);
     let partial = prepare_out_dir(&out_dir)?;
     let outcome =
@@ -94,6 +91,54 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         )));
     }
     Ok(())
+}
+
+/// Where a run writes without `--out`: `results/<name>/seed-<N>`, and with `--set` overrides
+/// `results/<name>/set-<overrides>/seed-<N>`, so runs of one scenario under two policies
+/// (`--set rooms.policy=P1`, `--set rooms.policy=P5`) keep both results instead of the second
+/// replacing the first. The overrides are spelled into the name as far as they are safe in a
+/// path (letters, digits, `.`, `_`, `-`, `=`; the `--set`s joined by `+`); when
+/// anything had to be replaced or cut, a hash of the exact overrides follows, so two different
+/// override lists never share a directory.
+pub fn default_out_dir(name: &str, sets: &[String], seed: u64) -> PathBuf {
+    let mut dir = PathBuf::from("results").join(name);
+    if !sets.is_empty() {
+        const MAX_LABEL_CHARS: usize = 60;
+        let safe =
+            |character: char| character.is_ascii_alphanumeric() || "._-=".contains(character);
+        let mut label = sets
+            .iter()
+            .map(|set| {
+                set.chars()
+                    .map(|character| if safe(character) { character } else { '_' })
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join("+");
+        let lossy = sets.iter().any(|set| !set.chars().all(safe));
+        let cut = label.chars().count() > MAX_LABEL_CHARS;
+        if cut {
+            label = label.chars().take(MAX_LABEL_CHARS).collect();
+        }
+        if lossy || cut {
+            // Each override length-prefixed, so no two lists hash the same text.
+            let mut exact = Vec::new();
+            for set in sets {
+                exact.extend_from_slice(&(set.len() as u64).to_le_bytes());
+                exact.extend_from_slice(set.as_bytes());
+            }
+            label.push_str(&format!("-{:08x}", fnv1a_32(&exact)));
+        }
+        dir = dir.join(format!("set-{label}"));
+    }
+    dir.join(format!("seed-{seed}"))
+}
+
+/// FNV-1a (32 bits): a short, stable name for an override list (not a security hash).
+fn fnv1a_32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |hash, byte| {
+        (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// The one command that reproduces this run.
@@ -250,6 +295,48 @@ pub fn first_difference(first: &Path, second: &Path) -> std::io::Result<Option<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two override lists never share a default directory; plain ones stay readable.
+    #[test]
+    fn default_out_dir_keeps_runs_with_different_overrides_apart() {
+        let dir = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|set| (*set).to_owned()).collect();
+            default_out_dir("rq5", &sets, 2).display().to_string()
+        };
+        assert_eq!(dir(&[]), "results/rq5/seed-2");
+        assert_eq!(
+            dir(&["rooms.policy=P5"]),
+            "results/rq5/set-rooms.policy=P5/seed-2"
+        );
+        assert_eq!(
+            dir(&["rooms.policy=P5", "duration=1d"]),
+            "results/rq5/set-rooms.policy=P5+duration=1d/seed-2"
+        );
+        let quoted = dir(&["rooms.policy=\"P5\""]);
+        assert!(
+            quoted.starts_with("results/rq5/set-rooms.policy=_P5_-"),
+            "{quoted}"
+        );
+        // Replaced characters, a literal '+' and cut labels get a hash of the exact text.
+        let mut seen = std::collections::BTreeSet::new();
+        for sets in [
+            &["a[0]=1"][..],
+            &["a_0_=1"],
+            &["a=1+2"],
+            &["a=1", "2"],
+            &["x=1,2"],
+            &["x=1", "2"],
+            &["observers[0].policy.recheck=half-life"],
+            &["observers[1].policy.recheck=half-life"],
+            &[&"k".repeat(100)],
+            &[&format!("{}j", "k".repeat(99))],
+        ] {
+            let name = dir(sets);
+            assert!(seen.insert(name.clone()), "{sets:?} shares {name}");
+            let label = name.split('/').nth(2).unwrap();
+            assert!(label.len() <= "set-".len() + 60 + 9, "{name}");
+        }
+    }
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir()
