@@ -266,6 +266,45 @@ fn failed_runs_are_recorded_then_retried() {
     );
 }
 
+/// Two sweeps in one directory would delete each other's half-written runs: the second is
+/// refused while the first holds the directory's lock, and runs once it is released.
+#[test]
+fn a_second_sweep_in_the_same_directory_is_refused_while_the_first_runs() {
+    let root = scratch("locked");
+    let scenario = scenario_file(&root);
+    let out = root.join("sweep");
+    let held = fedsim::sweep::store::SweepDir::new(&out).lock().unwrap();
+    let runner = ArithmeticRunner::new();
+    let error = run_with(&args(&scenario, &out, &SWEEP), &runner).unwrap_err();
+    assert_eq!(error.exit_code, 1);
+    assert!(
+        error
+            .message
+            .contains("another fedsim sweep or merge is writing here"),
+        "{}",
+        error.message
+    );
+    assert!(runner.calls().is_empty(), "nothing ran");
+    drop(held);
+    run_with(&args(&scenario, &out, &SWEEP), &ArithmeticRunner::new()).unwrap();
+    // A merge takes its output directory's lock too.
+    let merged = root.join("merged");
+    let held = fedsim::sweep::store::SweepDir::new(&merged).lock().unwrap();
+    let error = run_merge(&MergeArgs {
+        out: merged.clone(),
+        shards: vec![out.clone()],
+    })
+    .unwrap_err();
+    assert!(error.message.contains("sweep.lock"), "{}", error.message);
+    assert!(!merged.join("sweep.json").exists());
+    drop(held);
+    run_merge(&MergeArgs {
+        out: merged.clone(),
+        shards: vec![out.clone()],
+    })
+    .unwrap();
+}
+
 #[test]
 fn shards_merged_equal_a_single_machine() {
     let root = scratch("shards");
@@ -327,6 +366,8 @@ fn shards_merged_equal_a_single_machine() {
     .unwrap_err();
     assert_eq!(error.exit_code, 2);
     assert!(error.message.contains("shard 4/5"), "{}", error.message);
+    // ... before anything is written: the output directory is not even created.
+    assert!(!root.join("incomplete").exists());
     // A shard of another sweep is refused.
     let other = root.join("other");
     let other_flags = [

@@ -79,7 +79,7 @@ pub fn format_duration_ms(duration_ms: u64) -> String {
         (MINUTE_MS, "m"),
         (SECOND_MS, "s"),
     ] {
-        if duration_ms % unit_ms == 0 {
+        if duration_ms.is_multiple_of(unit_ms) {
             return format!("{}{unit}", duration_ms / unit_ms);
         }
     }

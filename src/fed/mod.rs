@@ -952,7 +952,7 @@ impl FedWorld {
             self.trace.record(at_ms, kind, entity);
             self.handle(event);
             self.watch_agreement(at_ms);
-            if self.events_processed % 4_096 == 0 {
+            if self.events_processed.is_multiple_of(4_096) {
                 progress(at_ms);
             }
         }

@@ -52,21 +52,26 @@ pub fn merge(out: &Path, sources: &[PathBuf]) -> Result<MergeReport, SweepError>
         shard: None,
     };
 
+    // Every run is found before anything is written: a missing or unfinished shard leaves
+    // `out` as it was (it used to hold the record and the runs copied so far).
+    let mut found: Vec<(RunSpec, &SweepDir, RunState)> = Vec::new();
+    for run in merged.spec.runs() {
+        let (source, state) = find_run(&records, &run)?;
+        found.push((run, source, state));
+    }
     let target = SweepDir::new(out);
-    if let Some(existing) = target.read_record()? {
-        if existing.shard.is_some() || record_difference(&existing, &merged).is_some() {
+    let _lock = target.lock()?;
+    if let Some(existing) = target.read_record()?
+        && (existing.shard.is_some() || record_difference(&existing, &merged).is_some()) {
             return Err(SweepError::Input(format!(
                 "{}: already holds another sweep (or a single shard); merge into a new directory",
                 out.display()
             )));
         }
-    }
     target.prepare()?;
     target.write_record(&merged)?;
-
     let mut rows: Vec<(RunSpec, RunState)> = Vec::new();
-    for run in merged.spec.runs() {
-        let (source, state) = find_run(&records, &run)?;
+    for (run, source, state) in found {
         target.import_run(source, &run)?;
         rows.push((run, state));
     }
@@ -97,11 +102,10 @@ fn find_run<'a>(
     let mut failed: Option<(&SweepDir, RunState)> = None;
     let mut unfinished_in: Option<&SweepDir> = None;
     for (dir, record) in records {
-        if let Some(shard) = record.shard {
-            if !shard.contains(run.position) {
+        if let Some(shard) = record.shard
+            && !shard.contains(run.position) {
                 continue;
             }
-        }
         match dir.run_state(run) {
             state @ RunState::Complete(_) => return Ok((dir, state)),
             state @ RunState::Failed(_) => {

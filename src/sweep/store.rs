@@ -26,6 +26,16 @@ pub const ERROR_FILE: &str = "error.txt";
 pub const SPEC_FILE: &str = "sweep.json";
 pub const TABLE_FILE: &str = "runs.csv";
 pub const RUNS_DIR: &str = "runs";
+/// Held (an advisory lock on it, not its existence) by the one process writing a sweep
+/// directory. The file stays: removing it would let a waiting process lock an unlinked copy.
+pub const LOCK_FILE: &str = "sweep.lock";
+
+/// A sweep directory's write lock: held until dropped (or until the process ends, however it
+/// ends, so a killed sweep leaves no stale lock).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: fs::File,
+}
 
 /// A file-system or consistency problem with a sweep directory, as one line naming the path.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +148,32 @@ impl SweepDir {
         self.root.join(TABLE_FILE)
     }
 
+    /// Takes the directory's write lock (creating the directory), or fails at once if another
+    /// sweep or merge holds it: two writers would remove each other's half-written runs
+    /// ([`SweepDir::prepare`]) and interleave `runs.csv`.
+    pub fn lock(&self) -> Result<DirLock, StoreError> {
+        fs::create_dir_all(&self.root).map_err(io_error(&self.root, "cannot create"))?;
+        let path = self.root.join(LOCK_FILE);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_error(&path, "cannot open"))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(StoreError::Mismatch {
+                path: self.root.display().to_string(),
+                message: "another fedsim sweep or merge is writing here (it holds sweep.lock); \
+                          wait for it to finish or give another directory"
+                    .to_owned(),
+            }),
+            Err(fs::TryLockError::Error(error)) => Err(io_error(&path, "cannot lock")(error)),
+        }
+    }
+
     /// Creates the directory tree and removes what an interrupted earlier sweep left half done.
+    /// The caller holds the directory's [`SweepDir::lock`].
     pub fn prepare(&self) -> Result<(), StoreError> {
         let runs_dir = self.runs_dir();
         fs::create_dir_all(&runs_dir).map_err(io_error(&runs_dir, "cannot create"))?;
@@ -253,11 +288,10 @@ fn read_summary_metrics(
 ) -> Option<serde_json::Map<String, serde_json::Value>> {
     let text = fs::read_to_string(path).ok()?;
     let summary: serde_json::Value = serde_json::from_str(&text).ok()?;
-    if let Some(summary_seed) = summary.get("seed") {
-        if summary_seed.as_u64() != Some(seed) {
+    if let Some(summary_seed) = summary.get("seed")
+        && summary_seed.as_u64() != Some(seed) {
             return None;
         }
-    }
     summary.get("metrics")?.as_object().cloned()
 }
 

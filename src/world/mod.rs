@@ -307,7 +307,7 @@ impl World {
             self.record(at_ms, &event);
             self.handle(event);
             self.prefetch_next(true);
-            if self.events_processed % 65_536 == 0 {
+            if self.events_processed.is_multiple_of(65_536) {
                 progress(at_ms);
             }
         }
