@@ -15,7 +15,7 @@ static ALLOCATOR: fedsim::prefault::PrefaultingAlloc = fedsim::prefault::Prefaul
 #[derive(Parser)]
 #[command(
     name = "fedsim",
-    version,
+    version = fedsim::BUILD,
     about = "A deterministic discrete-event simulator of Matrix federation (MSC4430 member keys)"
 )]
 struct Cli {

@@ -305,6 +305,40 @@ fn a_second_sweep_in_the_same_directory_is_refused_while_the_first_runs() {
     .unwrap();
 }
 
+/// A sweep is not resumed by another build: its table would mix two builds' results. The
+/// record names the build that ran it, as run-info.json files and `fedsim --version` do.
+#[test]
+fn a_sweep_is_not_resumed_by_another_build() {
+    let root = scratch("other-build");
+    let scenario = scenario_file(&root);
+    let out = root.join("sweep");
+    run_with(&args(&scenario, &out, &SWEEP), &ArithmeticRunner::new()).unwrap();
+    let record_path = out.join("sweep.json");
+    let record = fs::read_to_string(&record_path).unwrap();
+    let this_build = format!("\"fedsim_build\": \"{}\"", fedsim::BUILD);
+    assert!(record.contains(&this_build), "{record}");
+    assert!(fedsim::BUILD.starts_with(env!("CARGO_PKG_VERSION")));
+    fs::write(
+        &record_path,
+        record.replace(
+            &this_build,
+            "\"fedsim_build\": \"0.0.1+src.0123456789abcdef\"",
+        ),
+    )
+    .unwrap();
+    let runner = ArithmeticRunner::new();
+    let error = run_with(&args(&scenario, &out, &SWEEP), &runner).unwrap_err();
+    assert_eq!(error.exit_code, 2);
+    assert!(
+        error
+            .message
+            .contains("was run by 0.0.1+src.0123456789abcdef"),
+        "{}",
+        error.message
+    );
+    assert!(runner.calls().is_empty());
+}
+
 #[test]
 fn shards_merged_equal_a_single_machine() {
     let root = scratch("shards");

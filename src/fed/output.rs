@@ -128,6 +128,7 @@ fn write_results(
     let floor_seconds =
         signatures_made as f64 * raw.sign_seconds + signature_checks as f64 * raw.verify_seconds;
     let run_info = json!({
+        "fedsim_build": crate::BUILD,
         "wall_seconds": rounded(wall_seconds),
         "run_seconds": rounded(run_seconds),
         "events_processed": world.events_processed,

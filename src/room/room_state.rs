@@ -517,10 +517,11 @@ impl RoomState {
             return Ok(Arc::new(StateMap::new()));
         }
         if let Some(memo) = &mut self.memo
-            && let Some(position) = memo.iter().position(|(key, _)| *key == extremities) {
-                memo[..=position].rotate_right(1);
-                return Ok(Arc::clone(&memo[0].1));
-            }
+            && let Some(position) = memo.iter().position(|(key, _)| *key == extremities)
+        {
+            memo[..=position].rotate_right(1);
+            return Ok(Arc::clone(&memo[0].1));
+        }
         let state = self.resolve_extremities(&extremities)?;
         if let Some(memo) = &mut self.memo {
             memo.truncate(MEMO_CAPACITY - 1);

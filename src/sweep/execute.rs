@@ -45,6 +45,7 @@ pub fn run_sweep(
     dir.prepare()?;
     dir.write_record(&SweepRecord {
         fedsim_version: env!("CARGO_PKG_VERSION").to_string(),
+        fedsim_build: crate::BUILD.to_string(),
         spec: spec.clone(),
         shard: options.shard,
     })?;
@@ -160,6 +161,17 @@ fn check_compatible(
             "sweeps parameters {:?}, not {:?}",
             paths(old),
             paths(spec)
+        ))
+    } else if record.fedsim_build != crate::BUILD {
+        // A run's results may differ between builds: one sweep table must come from one.
+        let old = if record.fedsim_build.is_empty() {
+            "an earlier build that did not record its name"
+        } else {
+            &record.fedsim_build
+        };
+        Some(format!(
+            "was run by {old}, not this build ({}); its runs and this build's may differ",
+            crate::BUILD
         ))
     } else if record.shard != shard {
         let describe = |shard: Option<Shard>| match shard {

@@ -48,6 +48,7 @@ pub fn merge(out: &Path, sources: &[PathBuf]) -> Result<MergeReport, SweepError>
     let (_, first) = &records[0];
     let merged = SweepRecord {
         fedsim_version: first.fedsim_version.clone(),
+        fedsim_build: first.fedsim_build.clone(),
         spec: first.spec.clone(),
         shard: None,
     };
@@ -62,12 +63,13 @@ pub fn merge(out: &Path, sources: &[PathBuf]) -> Result<MergeReport, SweepError>
     let target = SweepDir::new(out);
     let _lock = target.lock()?;
     if let Some(existing) = target.read_record()?
-        && (existing.shard.is_some() || record_difference(&existing, &merged).is_some()) {
-            return Err(SweepError::Input(format!(
-                "{}: already holds another sweep (or a single shard); merge into a new directory",
-                out.display()
-            )));
-        }
+        && (existing.shard.is_some() || record_difference(&existing, &merged).is_some())
+    {
+        return Err(SweepError::Input(format!(
+            "{}: already holds another sweep (or a single shard); merge into a new directory",
+            out.display()
+        )));
+    }
     target.prepare()?;
     target.write_record(&merged)?;
     let mut rows: Vec<(RunSpec, RunState)> = Vec::new();
@@ -103,9 +105,10 @@ fn find_run<'a>(
     let mut unfinished_in: Option<&SweepDir> = None;
     for (dir, record) in records {
         if let Some(shard) = record.shard
-            && !shard.contains(run.position) {
-                continue;
-            }
+            && !shard.contains(run.position)
+        {
+            continue;
+        }
         match dir.run_state(run) {
             state @ RunState::Complete(_) => return Ok((dir, state)),
             state @ RunState::Failed(_) => {
@@ -154,6 +157,12 @@ fn record_difference(first: &SweepRecord, other: &SweepRecord) -> Option<String>
         return Some(format!(
             "fedsim {} against {}",
             other.fedsim_version, first.fedsim_version
+        ));
+    }
+    if first.fedsim_build != other.fedsim_build {
+        return Some(format!(
+            "build {:?} against {:?} (a run's results may differ between builds)",
+            other.fedsim_build, first.fedsim_build
         ));
     }
     if a.sets != b.sets {

@@ -67,6 +67,10 @@ pub(crate) fn io_error(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SweepRecord {
     pub fedsim_version: String,
+    /// The build that ran it ([`crate::BUILD`]); empty in a record written before builds were
+    /// named.
+    #[serde(default)]
+    pub fedsim_build: String,
     #[serde(flatten)]
     pub spec: SweepSpec,
     /// `None` for a whole sweep (including one assembled by `merge`).
@@ -289,9 +293,10 @@ fn read_summary_metrics(
     let text = fs::read_to_string(path).ok()?;
     let summary: serde_json::Value = serde_json::from_str(&text).ok()?;
     if let Some(summary_seed) = summary.get("seed")
-        && summary_seed.as_u64() != Some(seed) {
-            return None;
-        }
+        && summary_seed.as_u64() != Some(seed)
+    {
+        return None;
+    }
     summary.get("metrics")?.as_object().cloned()
 }
 

@@ -158,6 +158,7 @@ fn write_results(world: &World, out_dir: &Path, wall_seconds: f64) -> Result<Run
         ChartKind::Rq5Divergence | ChartKind::Rq7RequeryStorm => {}
     }
     let run_info = json!({
+        "fedsim_build": crate::BUILD,
         "wall_seconds": rounded(wall_seconds),
         "events_processed": world.events_processed,
         "events_per_second": rounded(world.events_processed as f64 / wall_seconds.max(1e-9)),
