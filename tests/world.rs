@@ -252,3 +252,68 @@ chart = "none"
         assert_eq!(world.observers[0].cache.stats.requests(), 20, "{kind}");
     }
 }
+
+/// An on-demand observer re-checks a domain's key when that domain sends it a request; a
+/// partition between them stops those requests (it used to let them through, so a cut-off
+/// observer kept re-fetching on triggers it could never have received).
+#[test]
+fn a_partition_stops_the_requests_that_trigger_on_demand_rechecks() {
+    let text = |partition: &str| {
+        format!(
+            r#"
+name = "on-demand-cut"
+duration = "2d"
+[federation]
+notaries = 1
+domain_groups = [{{ name = "g", count = 20, key_lifetime = "7d" }}]
+[network]
+latency = {{ kind = "constant", value = "50ms" }}
+[[observers]]
+name = "o"
+domains = "g"
+known_domains = [20]
+policy = {{ preset = "P0", incoming_requests_per_domain_per_day = 48.0 }}
+{partition}
+[outputs]
+chart = "none"
+"#
+        )
+    };
+    let base = std::env::temp_dir().join(format!("fedsim-on-demand-cut-{}", std::process::id()));
+    let cut_metric = |scenario: &Scenario, dir: &str| {
+        let outcome = fedsim::world::run_to_dir(scenario, 3, &base.join(dir), false).unwrap();
+        outcome.metrics["incoming_cut_by_partition_total"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(cut_metric(&scenario(&text("")), "open"), 0);
+    // 20 domains x 48 a day x half a day cut: ~480 triggers stopped.
+    let cut = cut_metric(
+        &scenario(&text(
+            r#"[[phases]]
+name = "split"
+at = "12h"
+actions = [
+  { kind = "partition", partition = "symmetric", a = { group = "g" }, b = { group = "o" } },
+  { at = "12h", kind = "heal" },
+]"#,
+        )),
+        "cut",
+    );
+    assert!((300..=700).contains(&cut), "{cut} triggers cut");
+    // A one-way cut from the observer to the domains leaves the domains' requests alone.
+    let one_way = cut_metric(
+        &scenario(&text(
+            r#"[[phases]]
+name = "split"
+at = "12h"
+actions = [
+  { kind = "partition", partition = "one-way", a = { group = "o" }, b = { group = "g" } },
+  { at = "12h", kind = "heal" },
+]"#,
+        )),
+        "one-way",
+    );
+    assert_eq!(one_way, 0);
+    let _ = std::fs::remove_dir_all(&base);
+}

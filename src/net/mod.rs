@@ -283,13 +283,27 @@ impl Network {
     /// Whether a message from `from` to `to` gets through (loss and partitions), drawing from
     /// the sender's stream.
     pub fn passes(&mut self, from: ServerId, to: ServerId) -> bool {
-        let mut loss = self.loss;
-        for partition in &self.partitions {
-            let partition_loss = partition.loss(from, to);
-            // Independent losses combine: pass only if every one passes.
-            loss = 1.0 - (1.0 - loss) * (1.0 - partition_loss);
-        }
+        let loss = 1.0 - (1.0 - self.loss) * (1.0 - self.partition_loss(from, to));
         !self.rng_of[from as usize].chance(loss)
+    }
+
+    /// The share of messages from `from` to `to` the active partitions lose (0.0 with none;
+    /// 1.0 for a symmetric cut), without the base loss and without a draw.
+    pub fn partition_loss(&self, from: ServerId, to: ServerId) -> f64 {
+        let mut pass = 1.0;
+        for partition in &self.partitions {
+            // Independent losses combine: pass only if every one passes.
+            pass *= 1.0 - partition.loss(from, to);
+        }
+        1.0 - pass
+    }
+
+    /// The server serving `domain`, if one does.
+    pub fn server_of(&self, domain: DomainId) -> Option<ServerId> {
+        match self.domains[domain as usize] {
+            DomainState::Served(server) => Some(server),
+            _ => None,
+        }
     }
 
     /// Routes a request from `from` to `domain`, decided at send time.

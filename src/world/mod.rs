@@ -218,6 +218,8 @@ pub struct Totals {
     pub answers_timeout: u64,
     pub answers_refused: u64,
     pub requests_to_dead_domains: u64,
+    /// On-demand recheck triggers (requests from a domain) a partition stopped.
+    pub incoming_cut_by_partition: u64,
     pub invalidations: u64,
     pub revalidations: u64,
 }
@@ -395,6 +397,18 @@ impl World {
                 {
                     // Dead domains send nothing; crashed observers receive nothing.
                     return;
+                }
+                // A partition between the domain's server and the observer stops its requests
+                // (a fractional cut drops this share of them, drawn from the observer's own
+                // incoming stream so no other server's draws move). The base loss is not
+                // applied: a real sender retries a lost transaction until it gets through.
+                let domain = state.cache.slots()[slot as usize].domain;
+                if let Some(sender) = self.net.server_of(domain) {
+                    let cut = self.net.partition_loss(sender, state.server);
+                    if cut > 0.0 && (cut >= 1.0 || state.incoming_rng.chance(cut)) {
+                        self.totals.incoming_cut_by_partition += 1;
+                        return;
+                    }
                 }
                 state
                     .cache

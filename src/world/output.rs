@@ -355,6 +355,10 @@ fn headline_metrics(world: &World) -> Map<String, Value> {
         "answers_not_found_total".into(),
         totals.answers_not_found.into(),
     );
+    metrics.insert(
+        "incoming_cut_by_partition_total".into(),
+        totals.incoming_cut_by_partition.into(),
+    );
     metrics.insert("events_processed".into(), world.events_processed.into());
     super::key_rq::add_metrics(world, &mut metrics);
     metrics
