@@ -92,16 +92,18 @@ fn param_from_toml(field: &str, entry: &toml::Value) -> Result<SweptParam, Strin
     for value in values {
         let text = match value {
             toml::Value::String(text) => text.clone(),
-            toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
-                value.to_string()
-            }
-            _ => {
-                return Err(format!(
-                    "{field}.values: only strings, numbers and booleans"
-                ));
+            // Arrays and inline tables as TOML text: their commas are inside brackets, which
+            // the value list's split keeps together.
+            toml::Value::Integer(_)
+            | toml::Value::Float(_)
+            | toml::Value::Boolean(_)
+            | toml::Value::Array(_)
+            | toml::Value::Table(_) => value.to_string(),
+            toml::Value::Datetime(_) => {
+                return Err(format!("{field}.values: dates are not scenario values"));
             }
         };
-        if text.contains(',') {
+        if matches!(value, toml::Value::String(_)) && text.contains(',') {
             return Err(format!("{field}.values: '{text}' contains a comma"));
         }
         texts.push(text);
@@ -132,11 +134,13 @@ params = [
   { path = "groups[0].lifetime", values = ["1h", "1d"] },
   { path = "observers[0].cap", values = [1, 64] },
   { path = "b", values = [0.5, true] },
+  { path = "observers[0].known_domains", values = [[100, 1000], [10000]] },
 ]
 "#;
         let sweep = scenario_sweep("s.toml", text).unwrap();
         assert_eq!(sweep.seeds, Some(vec![2, 3, 4]));
-        assert_eq!(sweep.params.len(), 3);
+        assert_eq!(sweep.params.len(), 4);
+        assert_eq!(sweep.params[3].values, vec!["[100, 1000]", "[10000]"]);
         assert_eq!(sweep.params[0].path, "groups[0].lifetime");
         assert_eq!(sweep.params[1].values, vec!["1", "64"]);
         assert_eq!(sweep.params[2].values, vec!["0.5", "true"]);

@@ -71,7 +71,9 @@ impl SweptParam {
             ));
         }
         let mut values: Vec<String> = Vec::new();
-        for value in values_text.split(',') {
+        let items =
+            split_top_level(values_text).map_err(|problem| SpecError::new(flag, text, problem))?;
+        for value in items {
             let value = value.trim();
             if value.is_empty() {
                 return Err(SpecError::new(flag, text, "empty value in the list"));
@@ -90,6 +92,52 @@ impl SweptParam {
             values,
         })
     }
+}
+
+/// Splits a `--param` value list at its top-level commas: commas inside `[...]`, `{...}` or a
+/// quoted string belong to the value, so TOML arrays and inline tables can be swept
+/// (`observers[0].known_domains=[100,1000],[10000]` has two values).
+fn split_top_level(text: &str) -> Result<Vec<&str>, String> {
+    let mut items = Vec::new();
+    let mut closers: Vec<char> = Vec::new();
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut start = 0;
+    for (at, character) in text.char_indices() {
+        if let Some(open) = quote {
+            if escaped {
+                escaped = false;
+            } else if character == '\\' && open == '"' {
+                escaped = true;
+            } else if character == open {
+                quote = None;
+            }
+            continue;
+        }
+        match character {
+            '"' | '\'' => quote = Some(character),
+            '[' => closers.push(']'),
+            '{' => closers.push('}'),
+            ']' | '}' => {
+                if closers.pop() != Some(character) {
+                    return Err(format!("unbalanced '{character}' in the value list"));
+                }
+            }
+            ',' if closers.is_empty() => {
+                items.push(&text[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    if quote.is_some() {
+        return Err("a quoted value is not closed".to_owned());
+    }
+    if let Some(closer) = closers.last() {
+        return Err(format!("a value is missing its closing '{closer}'"));
+    }
+    items.push(&text[start..]);
+    Ok(items)
 }
 
 /// Checks a `--set` override has the `path=value` shape and returns its path.
@@ -481,6 +529,35 @@ mod tests {
         );
         assert!(parse_seeds("-1").is_err());
         assert!(parse_seeds("0..2000000").is_err());
+    }
+
+    /// TOML arrays, inline tables and quoted strings keep their commas; the list splits at the
+    /// top-level ones only.
+    #[test]
+    fn params_sweep_arrays_tables_and_quoted_strings() {
+        let values = |text: &str| SweptParam::parse(text).map(|param| param.values);
+        assert_eq!(
+            values("observers[0].known_domains=[100,1000],[10000]").unwrap(),
+            ["[100,1000]", "[10000]"]
+        );
+        assert_eq!(
+            values("x={ a = [1, 2], b = \"c,d\" }, 3").unwrap(),
+            ["{ a = [1, 2], b = \"c,d\" }", "3"]
+        );
+        assert_eq!(
+            values("x=\"a,\\\"b\",'c,d'").unwrap(),
+            ["\"a,\\\"b\"", "'c,d'"]
+        );
+        assert_eq!(values("x=1,2").unwrap(), ["1", "2"]);
+        for (bad, problem) in [
+            ("x=[1,2", "closing ']'"),
+            ("x=1],2", "unbalanced ']'"),
+            ("x=[1,2}", "unbalanced '}'"),
+            ("x=\"a,b", "not closed"),
+        ] {
+            let error = SweptParam::parse(bad).unwrap_err();
+            assert!(error.message.contains(problem), "{bad}: {}", error.message);
+        }
     }
 
     #[test]
