@@ -118,10 +118,8 @@ fn split_top_level(text: &str) -> Result<Vec<&str>, String> {
             '"' | '\'' => quote = Some(character),
             '[' => closers.push(']'),
             '{' => closers.push('}'),
-            ']' | '}' => {
-                if closers.pop() != Some(character) {
-                    return Err(format!("unbalanced '{character}' in the value list"));
-                }
+            ']' | '}' if closers.pop() != Some(character) => {
+                return Err(format!("unbalanced '{character}' in the value list"));
             }
             ',' if closers.is_empty() => {
                 items.push(&text[start..at]);
