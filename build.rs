@@ -1,6 +1,7 @@
 //! Names the build by its sources: `FEDSIM_BUILD` = `<crate version>+src.<16 hex digits>`, a
 //! hash of every file that can change what a run computes or draws (src/, assets/, Cargo.toml,
-//! Cargo.lock). `fedsim_version` alone is the same for every commit, so resumed and merged
+//! Cargo.lock, and the compiled-in default scenario). .gitattributes keeps line endings LF in
+//! every checkout, so the hash does not depend on the platform; the toolchain is not part of it. `fedsim_version` alone is the same for every commit, so resumed and merged
 //! sweeps could not tell two builds apart; run-info.json, sweep.json and `fedsim --version`
 //! carry this name instead. It is a content hash, not a git commit, so a clean clone, a
 //! tarball and a working tree with the same files name the same build.
@@ -9,7 +10,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 fn main() {
-    let inputs = ["src", "assets", "Cargo.toml", "Cargo.lock"];
+    // The default scenario is compiled in (`include_str!` in src/scenario/mod.rs).
+    let inputs = [
+        "src",
+        "assets",
+        "Cargo.toml",
+        "Cargo.lock",
+        "scenarios/rq1-polling-load.toml",
+    ];
     let mut files = Vec::new();
     for input in inputs {
         println!("cargo::rerun-if-changed={input}");

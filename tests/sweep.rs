@@ -298,6 +298,15 @@ fn a_second_sweep_in_the_same_directory_is_refused_while_the_first_runs() {
     assert!(error.message.contains("sweep.lock"), "{}", error.message);
     assert!(!merged.join("sweep.json").exists());
     drop(held);
+    // ... and a shared lock on each source: a sweep still writing one stops the merge.
+    let writing = fedsim::sweep::store::SweepDir::new(&out).lock().unwrap();
+    let error = run_merge(&MergeArgs {
+        out: merged.clone(),
+        shards: vec![out.clone()],
+    })
+    .unwrap_err();
+    assert!(error.message.contains("still writing"), "{}", error.message);
+    drop(writing);
     run_merge(&MergeArgs {
         out: merged.clone(),
         shards: vec![out.clone()],

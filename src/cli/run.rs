@@ -98,8 +98,8 @@ pub fn run(args: &Args) -> Result<(), CliError> {
 /// (`--set rooms.policy=P1`, `--set rooms.policy=P5`) keep both results instead of the second
 /// replacing the first. The overrides are spelled into the name as far as they are safe in a
 /// path (letters, digits, `.`, `_`, `-`, `=`; the `--set`s joined by `+`); when
-/// anything had to be replaced or cut, a hash of the exact overrides follows, so two different
-/// override lists never share a directory.
+/// anything had to be replaced or cut, `@` and a hash of the exact overrides follow, so two
+/// different override lists never share a directory.
 pub fn default_out_dir(name: &str, sets: &[String], seed: u64) -> PathBuf {
     let mut dir = PathBuf::from("results").join(name);
     if !sets.is_empty() {
@@ -127,7 +127,8 @@ pub fn default_out_dir(name: &str, sets: &[String], seed: u64) -> PathBuf {
                 exact.extend_from_slice(&(set.len() as u64).to_le_bytes());
                 exact.extend_from_slice(set.as_bytes());
             }
-            label.push_str(&format!("-{:08x}", fnv1a_32(&exact)));
+            // '@' is outside the safe set: no plain label can equal a hashed one.
+            label.push_str(&format!("@{:08x}", fnv1a_32(&exact)));
         }
         dir = dir.join(format!("set-{label}"));
     }
@@ -314,9 +315,19 @@ mod tests {
         );
         let quoted = dir(&["rooms.policy=\"P5\""]);
         assert!(
-            quoted.starts_with("results/rq5/set-rooms.policy=_P5_-"),
+            quoted.starts_with("results/rq5/set-rooms.policy=_P5_@"),
             "{quoted}"
         );
+        // A plain label cannot spell a hashed one (found in review).
+        let hashed = dir(&["description=a b"]);
+        let label = hashed
+            .split("set-")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        assert_ne!(dir(&[label]), hashed);
         // Replaced characters, a literal '+' and cut labels get a hash of the exact text.
         let mut seen = std::collections::BTreeSet::new();
         for sets in [

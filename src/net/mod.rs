@@ -283,7 +283,11 @@ impl Network {
     /// Whether a message from `from` to `to` gets through (loss and partitions), drawing from
     /// the sender's stream.
     pub fn passes(&mut self, from: ServerId, to: ServerId) -> bool {
-        let loss = 1.0 - (1.0 - self.loss) * (1.0 - self.partition_loss(from, to));
+        // Combined exactly as before `partition_loss` existed (bit for bit, so no draw moves).
+        let mut loss = self.loss;
+        for partition in &self.partitions {
+            loss = 1.0 - (1.0 - loss) * (1.0 - partition.loss(from, to));
+        }
         !self.rng_of[from as usize].chance(loss)
     }
 

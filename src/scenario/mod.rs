@@ -1116,6 +1116,15 @@ fn validate_action(
                 ),
             ));
         };
+        if size == 0 {
+            return Err((
+                format!("{path}.{field}.group"),
+                format!(
+                    "group {:?} is empty: it has no servers to act on",
+                    selector.group
+                ),
+            ));
+        }
         // A selector past the group's end would silently act on fewer servers (or none).
         if selector.from >= size {
             return Err((
@@ -1235,6 +1244,21 @@ fn validate_action(
         &[ActionKind::Partition],
     )?;
     unused("mode", action.mode.is_some(), &[ActionKind::Decommission])?;
+    // The kinds whose containment is measured (`World::open_watches`) are the ones named.
+    unused(
+        "label",
+        action.label.is_some(),
+        &[
+            ActionKind::RotateKey,
+            ActionKind::LoseKey,
+            ActionKind::Decommission,
+            ActionKind::Depart,
+            ActionKind::Reregister,
+            ActionKind::Compromise,
+            ActionKind::LyingServer,
+            ActionKind::KeyFlapping,
+        ],
+    )?;
     unused(
         "status",
         action.status.is_some(),

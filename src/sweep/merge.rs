@@ -25,8 +25,14 @@ pub fn merge(out: &Path, sources: &[PathBuf]) -> Result<MergeReport, SweepError>
         ));
     }
     let mut records: Vec<(SweepDir, SweepRecord)> = Vec::new();
+    let mut _source_locks = Vec::new();
+    let out_canonical = out.canonicalize().ok();
     for source in sources {
         let dir = SweepDir::new(source);
+        // OUT's own exclusive lock, taken below, covers a source that is OUT itself.
+        if source.canonicalize().ok() != out_canonical || out_canonical.is_none() {
+            _source_locks.push(dir.lock_shared()?);
+        }
         let record = dir.read_record()?.ok_or_else(|| {
             SweepError::Input(format!(
                 "{}: no {} here; not a sweep directory",

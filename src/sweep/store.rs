@@ -34,7 +34,8 @@ pub const LOCK_FILE: &str = "sweep.lock";
 /// ends, so a killed sweep leaves no stale lock).
 #[derive(Debug)]
 pub struct DirLock {
-    _file: fs::File,
+    /// `None` where the file system cannot lock (some cluster mounts): the run goes on unguarded.
+    _file: Option<fs::File>,
 }
 
 /// A file-system or consistency problem with a sweep directory, as one line naming the path.
@@ -165,14 +166,44 @@ impl SweepDir {
             .open(&path)
             .map_err(io_error(&path, "cannot open"))?;
         match file.try_lock() {
-            Ok(()) => Ok(DirLock { _file: file }),
+            Ok(()) => Ok(DirLock { _file: Some(file) }),
             Err(fs::TryLockError::WouldBlock) => Err(StoreError::Mismatch {
                 path: self.root.display().to_string(),
                 message: "another fedsim sweep or merge is writing here (it holds sweep.lock); \
                           wait for it to finish or give another directory"
                     .to_owned(),
             }),
-            Err(fs::TryLockError::Error(error)) => Err(io_error(&path, "cannot lock")(error)),
+            // Lustre mounted without flock, NFS without its lock daemon: the lock is a guard,
+            // not a condition, so say so and go on.
+            Err(fs::TryLockError::Error(error)) => {
+                eprintln!(
+                    "fedsim: warning: {}: cannot lock ({error}); going on without the lock: do \
+                     not start a second sweep or merge in this directory meanwhile",
+                    path.display()
+                );
+                Ok(DirLock { _file: None })
+            }
+        }
+    }
+
+    /// Takes a shared lock on a directory this process only reads (a shard being merged), so
+    /// that a sweep still writing it makes the merge stop instead of copying a run the sweep
+    /// is about to replace. A directory without `sweep.lock` (written before locks existed) or
+    /// on a file system that cannot lock is read unguarded.
+    pub fn lock_shared(&self) -> Result<DirLock, StoreError> {
+        let path = self.root.join(LOCK_FILE);
+        let Ok(file) = fs::File::open(&path) else {
+            return Ok(DirLock { _file: None });
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(DirLock { _file: Some(file) }),
+            Err(fs::TryLockError::WouldBlock) => Err(StoreError::Mismatch {
+                path: self.root.display().to_string(),
+                message: "a fedsim sweep is still writing this directory (it holds sweep.lock); \
+                          merge once it has finished"
+                    .to_owned(),
+            }),
+            Err(fs::TryLockError::Error(_)) => Ok(DirLock { _file: None }),
         }
     }
 
