@@ -98,14 +98,16 @@ pub struct Tracker {
 }
 
 /// Whether a slot accepts `key` for an event stamped `pinned_abs_ms` under the v5 rule: the
-/// key is the cached current key with `valid_until_ts` at or after the stamp, or sits in
-/// `old_verify_keys` with `expired_ts` at or after it.
+/// key is the cached current key with its validity at or after the stamp, or sits in
+/// `old_verify_keys` with `expired_ts` at or after it. The validity is the slot's, which the
+/// policy's 7-day clamp has already capped at fetch time + 7 days (the spec's rule); the
+/// response's own `valid_until_ts` would accept stamps past that cap.
 fn accepts_pinned(slot: &Slot, key_id: &str, key: &VerifyingKey, pinned_abs_ms: i64) -> bool {
     let Some(keys) = slot.keys() else {
         return false;
     };
     let current =
-        keys.verify_keys.get(key_id) == Some(key) && keys.valid_until_ts_ms >= pinned_abs_ms;
+        keys.verify_keys.get(key_id) == Some(key) && slot.valid_until_ms() >= pinned_abs_ms;
     let old = keys
         .old_verify_keys
         .get(key_id)
@@ -322,6 +324,47 @@ pub fn quantile_of_known(values: &[Option<u64>], fraction: f64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 30-day key fetched at t: with the 7-day clamp a stamp at t + 10 days is past the
+    /// key's validity; without it the stamp is accepted (found in session 25's review).
+    #[test]
+    fn pinned_stamps_respect_the_seven_day_clamp() {
+        use crate::engine::SimRng;
+        use crate::engine::time::DAY_MS;
+        use crate::server::EPOCH_MS;
+        use crate::server::memo::check_direct;
+        use crate::server::policy::KeyPolicy;
+        use crate::server::publisher::KeyPublisher;
+        let name = "a.example";
+        let mut publisher = KeyPublisher::new(name.into(), 30 * DAY_MS, SimRng::stream(1, "k", 0));
+        let body = publisher.publish_at(EPOCH_MS);
+        let keys = check_direct(name, &body).unwrap().unwrap();
+        let (key_id, key) = keys
+            .verify_keys
+            .iter()
+            .next()
+            .map(|(id, key)| (id.clone(), *key))
+            .unwrap();
+        for (clamp, accepted) in [(true, false), (false, true)] {
+            let mut policy = KeyPolicy::msc4430();
+            policy.clamp_7d = clamp;
+            let mut cache = KeyCache::new(policy, &[0], 0, SimRng::stream(1, "c", 0));
+            cache.warm(0, 0, keys.clone(), EPOCH_MS, &mut Vec::new());
+            let slot = &cache.slots()[0];
+            let stamp_ms = EPOCH_MS + 10 * DAY_MS as i64;
+            assert_eq!(
+                accepts_pinned(slot, &key_id, &key, stamp_ms),
+                accepted,
+                "clamp {clamp}"
+            );
+            assert!(accepts_pinned(
+                slot,
+                &key_id,
+                &key,
+                EPOCH_MS + DAY_MS as i64
+            ));
+        }
+    }
 
     #[test]
     fn invalid_intervals_follow_the_transitions() {
