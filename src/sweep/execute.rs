@@ -78,11 +78,29 @@ pub fn run_sweep(
         .map_err(|error| SweepError::Failure(format!("cannot start worker threads: {error}")))?;
     // Each worker writes only its own run folders; results are read back from disk below, so the
     // order in which runs finish cannot affect any output.
-    let outcomes: Vec<Result<(), StoreError>> = pool.install(|| {
-        pending
-            .par_iter()
-            .map(|run| execute_run(&dir, runner, run, &progress))
-            .collect()
+    let outcomes: Vec<Result<(), StoreError>> = std::thread::scope(|scope| {
+        // In plain-line mode (logs, Slurm), a line every HEARTBEAT names the runs still going.
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        if progress.wants_heartbeat() {
+            let progress = &progress;
+            scope.spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(super::progress::HEARTBEAT)
+                {
+                    if let Some(line) = progress.heartbeat() {
+                        progress.note(&line);
+                    }
+                }
+            });
+        }
+        let outcomes = pool.install(|| {
+            pending
+                .par_iter()
+                .map(|run| execute_run(&dir, runner, run, &progress))
+                .collect()
+        });
+        drop(stop);
+        outcomes
     });
     progress.finish();
     for outcome in outcomes {
@@ -207,6 +225,7 @@ fn execute_run(
             .map_err(super::store::io_error(&partial, "cannot remove"))?;
     }
     std::fs::create_dir_all(&partial).map_err(super::store::io_error(&partial, "cannot create"))?;
+    progress.started(&run.name);
     // A panicking run is one failed run, not the end of the whole sweep.
     let outcome =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runner.run(run, &partial)))
