@@ -110,28 +110,15 @@ fn check_validates_the_declared_sweep() {
         "{}",
         error.message
     );
-    for entry in std::fs::read_dir("scenarios").unwrap() {
-        let path = entry.unwrap().path();
-        if path
-            .extension()
-            .is_some_and(|extension| extension == "toml")
-        {
-            run(&Args {
-                scenario: path.clone(),
-                sets: Vec::new(),
-            })
-            .unwrap_or_else(|error| panic!("{}: {}", path.display(), error.message));
-        }
-    }
+    assert!(check_every_file_in("scenarios") >= 2);
 }
 
-/// `fedsim check` recognises a reproduction script (`scenarios/repro/*.toml`) and validates it
-/// with the script language's rules; it used to refuse every one with "unknown field `checks`".
-#[test]
-fn check_validates_reproduction_scripts_with_their_own_rules() {
+/// Runs `fedsim check` on every `.toml` file of `directory`, panicking at the first refusal;
+/// returns how many it checked.
+fn check_every_file_in(directory: &str) -> usize {
     use fedsim::cli::check::{Args, run};
     let mut checked = 0;
-    for entry in std::fs::read_dir("scenarios/repro").unwrap() {
+    for entry in std::fs::read_dir(directory).unwrap() {
         let path = entry.unwrap().path();
         if path
             .extension()
@@ -145,7 +132,15 @@ fn check_validates_reproduction_scripts_with_their_own_rules() {
             checked += 1;
         }
     }
-    assert!(checked >= 3);
+    checked
+}
+
+/// `fedsim check` recognises a reproduction script (`scenarios/repro/*.toml`) and validates it
+/// with the script language's rules; it used to refuse every one with "unknown field `checks`".
+#[test]
+fn check_validates_reproduction_scripts_with_their_own_rules() {
+    use fedsim::cli::check::{Args, run};
+    assert!(check_every_file_in("scenarios/repro") >= 3);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("check-repro");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("bad-repro.toml");

@@ -1223,55 +1223,49 @@ fn validate_action(
         }
         Ok(())
     };
-    unused(
-        "audience",
-        action.audience.is_some(),
-        &[ActionKind::LyingServer],
-    )?;
-    unused(
-        "period",
-        action.period.is_some(),
-        &[ActionKind::KeyFlapping],
-    )?;
-    unused(
-        "offset_ms",
-        action.offset_ms.is_some(),
-        &[ActionKind::ClockSkew],
-    )?;
-    unused(
-        "duration",
-        action.duration.is_some(),
-        &[ActionKind::Partition],
-    )?;
-    unused("mode", action.mode.is_some(), &[ActionKind::Decommission])?;
-    // The kinds whose containment is measured (`World::open_watches`) are the ones named.
-    unused(
-        "label",
-        action.label.is_some(),
-        &[
-            ActionKind::RotateKey,
-            ActionKind::LoseKey,
-            ActionKind::Decommission,
-            ActionKind::Depart,
-            ActionKind::Reregister,
-            ActionKind::Compromise,
-            ActionKind::LyingServer,
-            ActionKind::KeyFlapping,
-        ],
-    )?;
-    unused(
-        "status",
-        action.status.is_some(),
-        &[ActionKind::Decommission],
-    )?;
-    for (field, present) in [
-        ("a", action.a.is_some()),
-        ("b", action.b.is_some()),
-        ("partition", action.partition.is_some()),
-        ("loss_a_to_b", action.loss_a_to_b.is_some()),
-        ("loss_b_to_a", action.loss_b_to_a.is_some()),
+    // The kinds whose containment is measured (`World::open_watches`) are the ones a label names.
+    let measured: &[ActionKind] = &[
+        ActionKind::RotateKey,
+        ActionKind::LoseKey,
+        ActionKind::Decommission,
+        ActionKind::Depart,
+        ActionKind::Reregister,
+        ActionKind::Compromise,
+        ActionKind::LyingServer,
+        ActionKind::KeyFlapping,
+    ];
+    let partition_only: &[ActionKind] = &[ActionKind::Partition];
+    for (field, present, used_by) in [
+        (
+            "audience",
+            action.audience.is_some(),
+            &[ActionKind::LyingServer][..],
+        ),
+        (
+            "period",
+            action.period.is_some(),
+            &[ActionKind::KeyFlapping],
+        ),
+        (
+            "offset_ms",
+            action.offset_ms.is_some(),
+            &[ActionKind::ClockSkew],
+        ),
+        ("duration", action.duration.is_some(), partition_only),
+        ("mode", action.mode.is_some(), &[ActionKind::Decommission]),
+        ("label", action.label.is_some(), measured),
+        (
+            "status",
+            action.status.is_some(),
+            &[ActionKind::Decommission],
+        ),
+        ("a", action.a.is_some(), partition_only),
+        ("b", action.b.is_some(), partition_only),
+        ("partition", action.partition.is_some(), partition_only),
+        ("loss_a_to_b", action.loss_a_to_b.is_some(), partition_only),
+        ("loss_b_to_a", action.loss_b_to_a.is_some(), partition_only),
     ] {
-        unused(field, present, &[ActionKind::Partition])?;
+        unused(field, present, used_by)?;
     }
     if matches!(action.kind, ActionKind::Partition | ActionKind::Heal) && action.targets.is_some() {
         return Err((
