@@ -29,6 +29,15 @@ const NONDETERMINISTIC_FILES: &[&str] = &["run-info.json"];
 
 /// Runs the command.
 pub fn run(args: &Args) -> Result<(), CliError> {
+    if let Some(file) = &args.scenario
+        && super::check::is_reproduction_script(file)
+    {
+        return Err(CliError::input(format!(
+            "{}: a reproduction script, not a scenario: run it with `fedsim repro {}`",
+            file.display(),
+            file.display()
+        )));
+    }
     let scenario =
         crate::scenario::load(args.scenario.as_deref(), &args.sets).map_err(CliError::input)?;
     // `X/.` and `X/` name X: normalise, so the run's sibling `.partial` is X's.
@@ -43,6 +52,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         crate::world::run_to_dir(&scenario, args.seed, &partial, true).map_err(|error| {
             CliError::failure(format!("run failed: {error}\nreproduce: {reproduce}"))
         })?;
+    write_manifest(&partial)?;
     move_into_place(&partial, &out_dir)?;
     println!(
         "fedsim: {} seed {}: {} events in {:.1}s; results in {}",
@@ -166,9 +176,8 @@ fn reproduce_command(args: &Args) -> String {
 /// simulation, with exit 2, not after it) and moved into place complete
 /// ([`move_into_place`]): a run killed half-way leaves no mix of new and old files, and no
 /// file of an earlier run (another scenario's chart, a stale trace) survives beside the new
-/// ones. `out_dir` must be new, empty, or an earlier run's directory (it has `summary.json` or
-/// `run-info.json`), which is replaced: any other directory is refused, so nothing else is
-/// ever deleted.
+/// ones. `out_dir` must be new, empty, or exactly an earlier run's files ([`replaceable`]),
+/// which are replaced: any other directory is refused, so nothing else is ever deleted.
 fn prepare_out_dir(out_dir: &Path) -> Result<PathBuf, CliError> {
     let shown = out_dir.display();
     let Some(name) = out_dir.file_name() else {
@@ -176,11 +185,16 @@ fn prepare_out_dir(out_dir: &Path) -> Result<PathBuf, CliError> {
             "--out {shown}: not a directory name a run can be written to"
         )));
     };
+    if std::fs::symlink_metadata(out_dir).is_ok_and(|metadata| !metadata.is_dir()) {
+        return Err(CliError::input(format!(
+            "--out {shown}: is a file (or a link), not a directory; give a new or empty directory"
+        )));
+    }
     if out_dir.exists() && !replaceable(out_dir) {
         return Err(CliError::input(format!(
-            "--out {shown}: holds something other than one earlier fedsim run (a run's \
-             directory has only files, among them run-info.json); give a new or empty \
-             directory"
+            "--out {shown}: holds files fedsim run did not write there ({}); a run replaces \
+             only an empty directory or one earlier run's; give a new or empty directory",
+            foreign_files(out_dir).join(", ")
         )));
     }
     let partial = out_dir.with_file_name(format!("{}.partial", name.to_string_lossy()));
@@ -199,16 +213,83 @@ fn prepare_out_dir(out_dir: &Path) -> Result<PathBuf, CliError> {
     Ok(partial)
 }
 
-/// Whether `dir` may be replaced by a run: it is a directory holding nothing, or only files
-/// (a run writes no subdirectory) among which a run's `run-info.json` or `summary.json`. A
-/// symlink is not followed: it is refused. Anything else (a project folder, a directory of
-/// several runs) is never deleted.
+/// The file a run leaves in its directory listing every file it wrote (hidden: result
+/// comparisons skip dot files), so that a later run replaces exactly those and nothing a user
+/// added beside them.
+const MANIFEST_FILE: &str = ".fedsim-run";
+
+/// What runs wrote before the manifest existed (session 27): a directory of these names alone
+/// is an earlier run's.
+const LEGACY_RUN_FILES: &[&str] = &[
+    "bitrot.csv",
+    "bitrot.svg",
+    "bitrot.png",
+    "containment.csv",
+    "divergence.csv",
+    "divergence.png",
+    "divergence.svg",
+    "orphans.csv",
+    "polling-load.png",
+    "polling-load.svg",
+    "requery-storm.png",
+    "requery-storm.svg",
+    "run-info.json",
+    "servers.csv",
+    "storm.csv",
+    "summary.json",
+    "timeseries.csv",
+    "trace.jsonl",
+    "transitions.csv",
+];
+
+/// Whether `dir` may be replaced by a run: it is a directory holding nothing, or exactly the
+/// files an earlier run wrote (its manifest's, or for a run older than manifests the names runs
+/// write) with its `run-info.json`. A symlink is not followed: it is refused. A directory with
+/// anything else in it (a notebook beside a run, a project folder, several runs) is never
+/// deleted.
 fn replaceable(dir: &Path) -> bool {
     let empty = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
-    let earlier_run = ["run-info.json", "summary.json"]
-        .iter()
-        .any(|file| dir.join(file).is_file());
-    files_only(dir) && (empty || earlier_run)
+    empty
+        || (files_only(dir) && dir.join("run-info.json").is_file() && foreign_files(dir).is_empty())
+}
+
+/// The files in `dir` that no earlier run wrote there (sorted, at most five named).
+fn foreign_files(dir: &Path) -> Vec<String> {
+    let listed: Option<Vec<String>> = std::fs::read_to_string(dir.join(MANIFEST_FILE))
+        .ok()
+        .map(|text| text.lines().map(str::to_owned).collect());
+    let mut foreign: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .filter(|name| name != MANIFEST_FILE)
+                .filter(|name| match &listed {
+                    Some(listed) => !listed.contains(name),
+                    None => !LEGACY_RUN_FILES.contains(&name.as_str()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    foreign.sort();
+    foreign.truncate(5);
+    foreign
+}
+
+/// Writes the run's manifest into its (complete) scratch directory.
+fn write_manifest(partial: &Path) -> Result<(), CliError> {
+    let mut names: Vec<String> = std::fs::read_dir(partial)
+        .map_err(|error| CliError::failure(format!("{}: cannot list: {error}", partial.display())))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name != MANIFEST_FILE)
+        .collect();
+    names.sort();
+    let path = partial.join(MANIFEST_FILE);
+    let mut text = names.join("\n");
+    text.push('\n');
+    std::fs::write(&path, text)
+        .map_err(|error| CliError::failure(format!("{}: cannot write: {error}", path.display())))
 }
 
 /// Removes a scratch directory an earlier run left at `path` (its `.partial` or
@@ -369,6 +450,36 @@ mod tests {
         std::fs::write(run.join("timeseries.csv"), "t\n").unwrap();
         assert!(replaceable(&run));
         assert!(replaceable(&scratch("empty")));
+        // A file the user added beside a run's keeps the directory (found in session 27's
+        // walkthrough: a notebook beside a run was deleted), whether the run listed its files
+        // or is older than the manifest.
+        std::fs::write(run.join("analysis.ipynb"), "{}").unwrap();
+        assert!(!replaceable(&run));
+        let error = prepare_out_dir(&run).unwrap_err();
+        assert!(
+            error.message.contains("analysis.ipynb"),
+            "{}",
+            error.message
+        );
+        std::fs::write(run.join("chart-of-mine.svg"), "<svg/>").unwrap();
+        write_manifest(&run).unwrap();
+        assert!(replaceable(&run), "the manifest lists every file");
+        std::fs::write(run.join("NOTES.md"), "mine").unwrap();
+        assert_eq!(foreign_files(&run), ["NOTES.md"]);
+        assert!(!replaceable(&run));
+        // A summary.json alone is not a run.
+        let garbage = scratch("garbage");
+        std::fs::write(garbage.join("summary.json"), "x").unwrap();
+        assert!(!replaceable(&garbage));
+        // --out naming a file says so.
+        let file = scratch("file-out").join("afile");
+        std::fs::write(&file, "x").unwrap();
+        assert!(
+            prepare_out_dir(&file)
+                .unwrap_err()
+                .message
+                .contains("is a file")
+        );
 
         let project = scratch("project");
         std::fs::write(project.join("summary.json"), "{}").unwrap();
