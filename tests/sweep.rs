@@ -276,7 +276,7 @@ fn a_second_sweep_in_the_same_directory_is_refused_while_the_first_runs() {
     let held = fedsim::sweep::store::SweepDir::new(&out).lock().unwrap();
     let runner = ArithmeticRunner::new();
     let error = run_with(&args(&scenario, &out, &SWEEP), &runner).unwrap_err();
-    assert_eq!(error.exit_code, 1);
+    assert_eq!(error.exit_code, 2);
     assert!(
         error
             .message
@@ -312,6 +312,30 @@ fn a_second_sweep_in_the_same_directory_is_refused_while_the_first_runs() {
         shards: vec![out.clone()],
     })
     .unwrap();
+}
+
+/// A sweep or merge into a folder that holds something else (a run's files, a project) is
+/// refused and the folder left as it was (found in session 27's walkthrough).
+#[test]
+fn a_sweep_or_merge_into_a_folder_of_other_files_is_refused() {
+    let root = scratch("foreign");
+    let scenario = scenario_file(&root);
+    let out = root.join("a-run");
+    fs::create_dir_all(&out).unwrap();
+    fs::write(out.join("summary.json"), "{}").unwrap();
+    let error = run_with(&args(&scenario, &out, &SWEEP), &ArithmeticRunner::new()).unwrap_err();
+    assert_eq!(error.exit_code, 2);
+    assert!(error.message.contains("summary.json"), "{}", error.message);
+    assert!(!out.join("sweep.lock").exists() && !out.join("runs").exists());
+    let sweep = root.join("sweep");
+    run_with(&args(&scenario, &sweep, &SWEEP), &ArithmeticRunner::new()).unwrap();
+    let error = run_merge(&MergeArgs {
+        out: out.clone(),
+        shards: vec![sweep.clone()],
+    })
+    .unwrap_err();
+    assert_eq!(error.exit_code, 2);
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 1);
 }
 
 /// A sweep is not resumed by another build: its table would mix two builds' results. The

@@ -92,7 +92,7 @@ fn check_declared_sweep(args: &Args) -> Result<(), CliError> {
 /// Whether `file` is a reproduction script (`scenarios/repro/*.toml`, run by `fedsim repro`):
 /// a TOML table with `steps` or `checks` at the top, which no scenario has. A file that cannot
 /// be read or parsed is not one: the scenario loader reports it.
-fn is_reproduction_script(file: &std::path::Path) -> bool {
+pub(crate) fn is_reproduction_script(file: &std::path::Path) -> bool {
     std::fs::read_to_string(file)
         .ok()
         .and_then(|text| toml::from_str::<toml::Table>(&text).ok())

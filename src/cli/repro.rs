@@ -35,7 +35,24 @@ fn run_once(script: &script::Script) -> Result<(Files, run::Run), CliError> {
 
 /// `fedsim repro`.
 pub fn run(args: &Args) -> Result<(), CliError> {
-    let script = script::load(&args.file).map_err(CliError::input)?;
+    let script = script::load(&args.file).map_err(|error| {
+        let scenario = std::fs::read_to_string(&args.file)
+            .ok()
+            .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
+            .is_some_and(|table| {
+                ["rooms", "federation", "observers", "phases"]
+                    .iter()
+                    .any(|key| table.contains_key(*key))
+            });
+        if scenario {
+            CliError::input(format!(
+                "{}: a scenario, not a reproduction script: run it with `fedsim run {}`",
+                args.file, args.file
+            ))
+        } else {
+            CliError::input(error)
+        }
+    })?;
     let (files, finished) = run_once(&script)?;
     if args.check_determinism {
         let (again, _) = run_once(&script)?;

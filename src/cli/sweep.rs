@@ -57,6 +57,11 @@ fn to_cli_error(error: SweepError) -> CliError {
     match error {
         SweepError::Input(message) => CliError::input(message),
         SweepError::Failure(message) => CliError::failure(message),
+        // A directory that does not fit the request is refused like bad input (exit 2); a
+        // file-system failure is a failure (exit 1).
+        SweepError::Store(error @ sweep::store::StoreError::Mismatch { .. }) => {
+            CliError::input(error)
+        }
         SweepError::Store(error) => CliError::failure(error),
     }
 }

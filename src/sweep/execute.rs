@@ -40,6 +40,7 @@ pub fn run_sweep(
 ) -> Result<SweepReport, SweepError> {
     assert!(options.jobs >= 1, "jobs is validated by the caller");
     let dir = SweepDir::new(out);
+    dir.check_is_sweep_or_new()?;
     let _lock = dir.lock()?;
     check_compatible(&dir, spec, options.shard)?;
     dir.prepare()?;

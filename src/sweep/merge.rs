@@ -67,6 +67,7 @@ pub fn merge(out: &Path, sources: &[PathBuf]) -> Result<MergeReport, SweepError>
         found.push((run, source, state));
     }
     let target = SweepDir::new(out);
+    target.check_is_sweep_or_new()?;
     let _lock = target.lock()?;
     if let Some(existing) = target.read_record()?
         && (existing.shard.is_some() || record_difference(&existing, &merged).is_some())

@@ -153,6 +153,41 @@ impl SweepDir {
         self.root.join(TABLE_FILE)
     }
 
+    /// Refuses a directory that exists and holds something other than a sweep: without its
+    /// `sweep.json` only what a sweep writes before that (its lock, `runs/`, `.partial-*`) may
+    /// be there. A sweep or merge into a run's folder or a project folder would mix its files
+    /// with theirs. Call before [`SweepDir::lock`], which creates `sweep.lock`.
+    pub fn check_is_sweep_or_new(&self) -> Result<(), StoreError> {
+        if self.spec_path().is_file() {
+            return Ok(());
+        }
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(io_error(&self.root, "cannot list")(error)),
+        };
+        let mut foreign: Vec<String> = entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| {
+                name != LOCK_FILE && name != RUNS_DIR && !name.starts_with(PARTIAL_PREFIX)
+            })
+            .collect();
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        foreign.sort();
+        foreign.truncate(5);
+        Err(StoreError::Mismatch {
+            path: self.root.display().to_string(),
+            message: format!(
+                "holds files that are not a sweep's ({}) and no {SPEC_FILE}; give a new or \
+                 empty directory",
+                foreign.join(", ")
+            ),
+        })
+    }
+
     /// Takes the directory's write lock (creating the directory), or fails at once if another
     /// sweep or merge holds it: two writers would remove each other's half-written runs
     /// ([`SweepDir::prepare`]) and interleave `runs.csv`.
