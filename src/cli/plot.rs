@@ -27,8 +27,25 @@ pub fn run(args: &PlotArgs) -> Result<(), CliError> {
     let chart_dir = args.out.clone().unwrap_or_else(|| args.dir.join("charts"));
     let written = crate::chart::sweep_charts::plot_sweep_dir(&args.dir, &chart_dir, &args.metrics)
         .map_err(CliError::input)?;
-    for path in &written {
+    // Piped, every path (for scripts); on a terminal a sweep with many metrics would print
+    // hundreds of lines, so the first few and a count.
+    use std::io::IsTerminal;
+    const SHOWN_ON_A_TERMINAL: usize = 8;
+    let shown = if std::io::stdout().is_terminal() {
+        SHOWN_ON_A_TERMINAL
+    } else {
+        usize::MAX
+    };
+    for path in written.iter().take(shown) {
         println!("{}", path.display());
+    }
+    if written.len() > shown {
+        println!(
+            "... and {} more: {} files in {} (SVG and PNG per chart; --metric TEXT draws fewer)",
+            written.len() - shown,
+            written.len(),
+            chart_dir.display()
+        );
     }
     Ok(())
 }

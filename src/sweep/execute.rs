@@ -64,14 +64,23 @@ pub fn run_sweep(
         .shard
         .map(|shard| format!(" (shard {shard})"))
         .unwrap_or_default();
-    progress.note(&format!(
-        "sweep: {} runs{shard_text} in {}, {} already complete, {} to run on {} jobs",
-        runs.len(),
-        out.display(),
-        runs.len() - pending.len(),
-        pending.len(),
-        jobs
-    ));
+    progress.note(&if pending.is_empty() {
+        format!(
+            "sweep: {} runs{shard_text} in {}, all already complete; writing the table",
+            runs.len(),
+            out.display()
+        )
+    } else {
+        format!(
+            "sweep: {} runs{shard_text} in {}, {} already complete, {} to run on {} job{}",
+            runs.len(),
+            out.display(),
+            runs.len() - pending.len(),
+            pending.len(),
+            jobs,
+            if jobs == 1 { "" } else { "s" }
+        )
+    });
 
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
