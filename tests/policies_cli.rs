@@ -49,7 +49,11 @@ fn json_has_every_preset_with_both_layers() {
         assert!(entry.get("key_layer").is_some(), "{name}: {entry}");
         assert_eq!(
             entry["key_layer"].is_object(),
-            entry["accepted_by_run"] == Value::Bool(true)
+            entry["key_world_preset"] == Value::Bool(true)
+        );
+        assert_eq!(
+            entry["room_layer"].is_object(),
+            entry["room_world_preset"] == Value::Bool(true)
         );
     }
     // Presets that both layers define carry both.

@@ -166,9 +166,9 @@ fn render_text(names: &[&str]) -> Result<String, CliError> {
         out.push_str(&format!("{name}: {}\n", description(name)));
         match key_knobs(name)? {
             Some(knobs) => {
-                out.push_str("  key layer:\n");
+                out.push_str("  key layer (as a scenario's policy table spells each knob):\n");
                 for (knob, value) in &knobs {
-                    out.push_str(&format!("    {knob} = {}\n", text_value(value)));
+                    out.push_str(&format!("    {}\n", scenario_spelling(knob, value)));
                 }
             }
             None => out.push_str("  key layer: no such preset (P1's in the room world)\n"),
@@ -184,6 +184,22 @@ fn render_text(names: &[&str]) -> Result<String, CliError> {
         }
     }
     Ok(out)
+}
+
+/// A key-layer knob as a scenario's `policy = { ... }` table sets it: `retry_interval_ms =
+/// 60000` is `retry_interval = "1m"` there; knobs a scenario cannot set say so.
+fn scenario_spelling(knob: &str, value: &Value) -> String {
+    if knob.starts_with("backoff_jitter_") {
+        return format!("{knob} = {} (preset only)", text_value(value));
+    }
+    match (knob.strip_suffix("_ms"), value.as_u64()) {
+        (Some(name), Some(duration_ms)) if duration_ms > 0 => format!(
+            "{name} = \"{}\"",
+            crate::engine::format_duration_ms(duration_ms)
+        ),
+        (Some(name), Some(_)) => format!("{name} = \"0s\""),
+        _ => format!("{knob} = {}", text_value(value)),
+    }
 }
 
 /// A JSON value for a text listing: strings without quotes.
@@ -214,9 +230,15 @@ fn render_json(names: &[&str]) -> Result<String, CliError> {
                 )
             }),
         );
+        // Which scenarios take the name: a key world's `policy.preset`, a room world's
+        // `rooms.policy`.
         entry.insert(
-            "accepted_by_run".to_owned(),
+            "key_world_preset".to_owned(),
             Value::from(KeyPolicy::preset(name).is_some()),
+        );
+        entry.insert(
+            "room_world_preset".to_owned(),
+            Value::from(RoomPolicy::preset(name).is_some()),
         );
         presets.insert((*name).to_owned(), Value::Object(entry));
     }
