@@ -69,12 +69,18 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("results/repro").join(&script.name));
+    // As `fedsim run` does: written beside, then moved into place whole, so no file of an
+    // earlier version of the script (a DAG it no longer draws) stays among the new ones, and
+    // a folder holding anything else is refused rather than mixed.
+    let partial = super::run::prepare_out_dir(&out)?;
     for (name, bytes) in &files {
-        let path = out.join(name);
+        let path = partial.join(name);
         write_atomic(&path, bytes).map_err(|error| {
             CliError::failure(format!("{}: cannot write: {error}", path.display()))
         })?;
     }
+    super::run::write_manifest(&partial)?;
+    super::run::move_into_place(&partial, &out)?;
     let mut unmet = 0;
     for (check, result) in script.checks.iter().zip(&finished.results) {
         let met = check.expect_pass == result.passed;

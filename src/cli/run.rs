@@ -178,7 +178,7 @@ fn reproduce_command(args: &Args) -> String {
 /// file of an earlier run (another scenario's chart, a stale trace) survives beside the new
 /// ones. `out_dir` must be new, empty, or exactly an earlier run's files ([`replaceable`]),
 /// which are replaced: any other directory is refused, so nothing else is ever deleted.
-fn prepare_out_dir(out_dir: &Path) -> Result<PathBuf, CliError> {
+pub(crate) fn prepare_out_dir(out_dir: &Path) -> Result<PathBuf, CliError> {
     let shown = out_dir.display();
     let Some(name) = out_dir.file_name() else {
         return Err(CliError::input(format!(
@@ -191,10 +191,20 @@ fn prepare_out_dir(out_dir: &Path) -> Result<PathBuf, CliError> {
         )));
     }
     if out_dir.exists() && !replaceable(out_dir) {
+        let foreign = foreign_files(out_dir);
+        let what = if foreign.is_empty() {
+            "is not an earlier fedsim run's directory (it has subdirectories, or none of a \
+             run's run-info.json, manifest or timeline.csv)"
+                .to_owned()
+        } else {
+            format!(
+                "holds files fedsim did not write there ({})",
+                foreign.join(", ")
+            )
+        };
         return Err(CliError::input(format!(
-            "--out {shown}: holds files fedsim run did not write there ({}); a run replaces \
-             only an empty directory or one earlier run's; give a new or empty directory",
-            foreign_files(out_dir).join(", ")
+            "--out {shown}: {what}; a run replaces only an empty directory or one earlier \
+             run's; give a new or empty directory"
         )));
     }
     let partial = out_dir.with_file_name(format!("{}.partial", name.to_string_lossy()));
@@ -218,8 +228,8 @@ fn prepare_out_dir(out_dir: &Path) -> Result<PathBuf, CliError> {
 /// added beside them.
 const MANIFEST_FILE: &str = ".fedsim-run";
 
-/// What runs wrote before the manifest existed (session 27): a directory of these names alone
-/// is an earlier run's.
+/// What runs (and reproductions, with their `dag*.dot` files) wrote before the manifest existed
+/// (session 27): a directory of these names alone is an earlier run's.
 const LEGACY_RUN_FILES: &[&str] = &[
     "bitrot.csv",
     "bitrot.svg",
@@ -237,6 +247,7 @@ const LEGACY_RUN_FILES: &[&str] = &[
     "servers.csv",
     "storm.csv",
     "summary.json",
+    "timeline.csv",
     "timeseries.csv",
     "trace.jsonl",
     "transitions.csv",
@@ -249,8 +260,12 @@ const LEGACY_RUN_FILES: &[&str] = &[
 /// deleted.
 fn replaceable(dir: &Path) -> bool {
     let empty = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
-    empty
-        || (files_only(dir) && dir.join("run-info.json").is_file() && foreign_files(dir).is_empty())
+    // A run leaves run-info.json, a reproduction (`fedsim repro`) timeline.csv; with a
+    // manifest either is enough to be sure, without one the file names must all be known.
+    let written_by_fedsim = dir.join(MANIFEST_FILE).is_file()
+        || dir.join("run-info.json").is_file()
+        || (dir.join("summary.json").is_file() && dir.join("timeline.csv").is_file());
+    empty || (files_only(dir) && written_by_fedsim && foreign_files(dir).is_empty())
 }
 
 /// The files in `dir` that no earlier run wrote there (sorted, at most five named).
@@ -266,7 +281,10 @@ fn foreign_files(dir: &Path) -> Vec<String> {
                 .filter(|name| name != MANIFEST_FILE)
                 .filter(|name| match &listed {
                     Some(listed) => !listed.contains(name),
-                    None => !LEGACY_RUN_FILES.contains(&name.as_str()),
+                    None => {
+                        let reproduction_dag = name.starts_with("dag") && name.ends_with(".dot");
+                        !(LEGACY_RUN_FILES.contains(&name.as_str()) || reproduction_dag)
+                    }
                 })
                 .collect()
         })
@@ -277,7 +295,7 @@ fn foreign_files(dir: &Path) -> Vec<String> {
 }
 
 /// Writes the run's manifest into its (complete) scratch directory.
-fn write_manifest(partial: &Path) -> Result<(), CliError> {
+pub(crate) fn write_manifest(partial: &Path) -> Result<(), CliError> {
     let mut names: Vec<String> = std::fs::read_dir(partial)
         .map_err(|error| CliError::failure(format!("{}: cannot list: {error}", partial.display())))?
         .filter_map(Result::ok)
@@ -320,7 +338,7 @@ fn files_only(path: &Path) -> bool {
 }
 
 /// Replaces `out_dir` (an earlier run's, if any) with the complete run in `partial`.
-fn move_into_place(partial: &Path, out_dir: &Path) -> Result<(), CliError> {
+pub(crate) fn move_into_place(partial: &Path, out_dir: &Path) -> Result<(), CliError> {
     let failure = |what: &str, path: &Path, error: std::io::Error| {
         CliError::failure(format!("{what} {}: {error}", path.display()))
     };
@@ -467,6 +485,14 @@ mod tests {
         std::fs::write(run.join("NOTES.md"), "mine").unwrap();
         assert_eq!(foreign_files(&run), ["NOTES.md"]);
         assert!(!replaceable(&run));
+        // A reproduction's folder from before manifests: its own names, no run-info.json.
+        let repro = scratch("repro");
+        for name in ["summary.json", "timeline.csv", "dag.dot", "dag-healed.dot"] {
+            std::fs::write(repro.join(name), "x").unwrap();
+        }
+        assert!(replaceable(&repro));
+        std::fs::write(repro.join("mine.txt"), "x").unwrap();
+        assert!(!replaceable(&repro));
         // A summary.json alone is not a run.
         let garbage = scratch("garbage");
         std::fs::write(garbage.join("summary.json"), "x").unwrap();

@@ -27,6 +27,8 @@ pub enum DurationError {
     UnknownUnit { text: String, unit: String },
     #[error("{0:?} is too large")]
     Overflow(String),
+    #[error("{0:?}: whole numbers only; use a smaller unit (e.g. \"36h\" for 1.5d)")]
+    Fraction(String),
 }
 
 /// Parses a duration such as `"250ms"`, `"90s"`, `"15m"`, `"6h"` or `"7d"` into milliseconds.
@@ -43,6 +45,9 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, DurationError> {
         return Err(DurationError::NoNumber(trimmed.to_owned()));
     }
     let unit = &trimmed[digits_end..];
+    if unit.starts_with('.') || unit.starts_with(',') {
+        return Err(DurationError::Fraction(trimmed.to_owned()));
+    }
     if unit.is_empty() {
         return Err(DurationError::NoUnit(trimmed.to_owned()));
     }
@@ -113,8 +118,14 @@ mod tests {
         ));
         assert!(matches!(
             parse_duration_ms("1.5h"),
-            Err(DurationError::UnknownUnit { .. })
+            Err(DurationError::Fraction(_))
         ));
+        assert!(
+            parse_duration_ms("1.5d")
+                .unwrap_err()
+                .to_string()
+                .contains("whole numbers only")
+        );
         assert!(matches!(
             parse_duration_ms("3w"),
             Err(DurationError::UnknownUnit { .. })
