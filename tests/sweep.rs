@@ -266,6 +266,16 @@ fn failed_runs_are_recorded_then_retried() {
     );
 }
 
+/// Sweeping `SWEEP` into `out` is refused (exit 2) with a message containing `needle`, and
+/// no run starts.
+fn assert_refused(scenario: &Path, out: &Path, needle: &str) {
+    let runner = ArithmeticRunner::new();
+    let error = run_with(&args(scenario, out, &SWEEP), &runner).unwrap_err();
+    assert_eq!(error.exit_code, 2);
+    assert!(error.message.contains(needle), "{}", error.message);
+    assert!(runner.calls().is_empty(), "nothing ran");
+}
+
 /// Two sweeps in one directory would delete each other's half-written runs: the second is
 /// refused while the first holds the directory's lock, and runs once it is released.
 #[test]
@@ -274,17 +284,11 @@ fn a_second_sweep_in_the_same_directory_is_refused_while_the_first_runs() {
     let scenario = scenario_file(&root);
     let out = root.join("sweep");
     let held = fedsim::sweep::store::SweepDir::new(&out).lock().unwrap();
-    let runner = ArithmeticRunner::new();
-    let error = run_with(&args(&scenario, &out, &SWEEP), &runner).unwrap_err();
-    assert_eq!(error.exit_code, 2);
-    assert!(
-        error
-            .message
-            .contains("another fedsim sweep or merge is writing here"),
-        "{}",
-        error.message
+    assert_refused(
+        &scenario,
+        &out,
+        "another fedsim sweep or merge is writing here",
     );
-    assert!(runner.calls().is_empty(), "nothing ran");
     drop(held);
     run_with(&args(&scenario, &out, &SWEEP), &ArithmeticRunner::new()).unwrap();
     // A merge takes its output directory's lock too.
@@ -323,9 +327,7 @@ fn a_sweep_or_merge_into_a_folder_of_other_files_is_refused() {
     let out = root.join("a-run");
     fs::create_dir_all(&out).unwrap();
     fs::write(out.join("summary.json"), "{}").unwrap();
-    let error = run_with(&args(&scenario, &out, &SWEEP), &ArithmeticRunner::new()).unwrap_err();
-    assert_eq!(error.exit_code, 2);
-    assert!(error.message.contains("summary.json"), "{}", error.message);
+    assert_refused(&scenario, &out, "summary.json");
     assert!(!out.join("sweep.lock").exists() && !out.join("runs").exists());
     let sweep = root.join("sweep");
     run_with(&args(&scenario, &sweep, &SWEEP), &ArithmeticRunner::new()).unwrap();
@@ -359,17 +361,7 @@ fn a_sweep_is_not_resumed_by_another_build() {
         ),
     )
     .unwrap();
-    let runner = ArithmeticRunner::new();
-    let error = run_with(&args(&scenario, &out, &SWEEP), &runner).unwrap_err();
-    assert_eq!(error.exit_code, 2);
-    assert!(
-        error
-            .message
-            .contains("was run by 0.0.1+src.0123456789abcdef"),
-        "{}",
-        error.message
-    );
-    assert!(runner.calls().is_empty());
+    assert_refused(&scenario, &out, "was run by 0.0.1+src.0123456789abcdef");
 }
 
 #[test]

@@ -287,33 +287,23 @@ chart = "none"
             .unwrap()
     };
     assert_eq!(cut_metric(&scenario(&text("")), "open"), 0);
-    // 20 domains x 48 a day x half a day cut: ~480 triggers stopped.
-    let cut = cut_metric(
-        &scenario(&text(
+    // Half a day of a partition of this kind between sides a and b.
+    let split = |kind: &str, a: &str, b: &str| {
+        scenario(&text(&format!(
             r#"[[phases]]
 name = "split"
 at = "12h"
 actions = [
-  { kind = "partition", partition = "symmetric", a = { group = "g" }, b = { group = "o" } },
-  { at = "12h", kind = "heal" },
-]"#,
-        )),
-        "cut",
-    );
+  {{ kind = "partition", partition = "{kind}", a = {{ group = "{a}" }}, b = {{ group = "{b}" }} }},
+  {{ at = "12h", kind = "heal" }},
+]"#
+        )))
+    };
+    // 20 domains x 48 a day x half a day cut: ~480 triggers stopped.
+    let cut = cut_metric(&split("symmetric", "g", "o"), "cut");
     assert!((300..=700).contains(&cut), "{cut} triggers cut");
     // A one-way cut from the observer to the domains leaves the domains' requests alone.
-    let one_way = cut_metric(
-        &scenario(&text(
-            r#"[[phases]]
-name = "split"
-at = "12h"
-actions = [
-  { kind = "partition", partition = "one-way", a = { group = "o" }, b = { group = "g" } },
-  { at = "12h", kind = "heal" },
-]"#,
-        )),
-        "one-way",
-    );
+    let one_way = cut_metric(&split("one-way", "o", "g"), "one-way");
     assert_eq!(one_way, 0);
     let _ = std::fs::remove_dir_all(&base);
 }
