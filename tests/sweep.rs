@@ -338,6 +338,15 @@ fn a_sweep_or_merge_into_a_folder_of_other_files_is_refused() {
     .unwrap_err();
     assert_eq!(error.exit_code, 2);
     assert_eq!(fs::read_dir(&out).unwrap().count(), 1);
+    // A folder of directories only (shards, logs: the Slurm layout) takes the merge.
+    let parent = root.join("parent");
+    fs::create_dir_all(parent.join("logs")).unwrap();
+    run_merge(&MergeArgs {
+        out: parent.clone(),
+        shards: vec![sweep.clone()],
+    })
+    .unwrap();
+    assert!(parent.join("runs.csv").is_file());
 }
 
 /// A sweep is not resumed by another build: its table would mix two builds' results. The

@@ -153,10 +153,12 @@ impl SweepDir {
         self.root.join(TABLE_FILE)
     }
 
-    /// Refuses a directory that exists and holds something other than a sweep: without its
-    /// `sweep.json` only what a sweep writes before that (its lock, `runs/`, `.partial-*`) may
-    /// be there. A sweep or merge into a run's folder or a project folder would mix its files
-    /// with theirs. Call before [`SweepDir::lock`], which creates `sweep.lock`.
+    /// Refuses a directory that exists and holds files other than a sweep's: without its
+    /// `sweep.json` only what a sweep writes before that (its lock, `.partial-*`) may be there
+    /// as files. A sweep or merge into a run's folder would mix its files with the run's.
+    /// Subdirectories are allowed: a merge's output holds its shards and the Slurm logs
+    /// (`scripts/slurm/submit-sweep.sh`), and a sweep writes only its own names beside them.
+    /// Call before [`SweepDir::lock`], which creates `sweep.lock`.
     pub fn check_is_sweep_or_new(&self) -> Result<(), StoreError> {
         if self.spec_path().is_file() {
             return Ok(());
@@ -168,10 +170,9 @@ impl SweepDir {
         };
         let mut foreign: Vec<String> = entries
             .filter_map(Result::ok)
+            .filter(|entry| !entry.file_type().is_ok_and(|kind| kind.is_dir()))
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .filter(|name| {
-                name != LOCK_FILE && name != RUNS_DIR && !name.starts_with(PARTIAL_PREFIX)
-            })
+            .filter(|name| name != LOCK_FILE && !name.starts_with(PARTIAL_PREFIX))
             .collect();
         if foreign.is_empty() {
             return Ok(());
@@ -181,8 +182,8 @@ impl SweepDir {
         Err(StoreError::Mismatch {
             path: self.root.display().to_string(),
             message: format!(
-                "holds files that are not a sweep's ({}) and no {SPEC_FILE}; give a new or \
-                 empty directory",
+                "holds files that are not a sweep's ({}) and no {SPEC_FILE}; give a new \
+                 directory, or one holding only directories (shards, logs)",
                 foreign.join(", ")
             ),
         })
