@@ -238,6 +238,8 @@ const LEGACY_RUN_FILES: &[&str] = &[
     "divergence.csv",
     "divergence.png",
     "divergence.svg",
+    "link-hours-lost.png",
+    "link-hours-lost.svg",
     "orphans.csv",
     "polling-load.png",
     "polling-load.svg",
@@ -251,7 +253,19 @@ const LEGACY_RUN_FILES: &[&str] = &[
     "timeseries.csv",
     "trace.jsonl",
     "transitions.csv",
+    "wakeups.png",
+    "wakeups.svg",
 ];
+
+/// Whether `name` is a file a run or reproduction from before manifests wrote: a fixed name, a
+/// per-action containment chart (`containment-<label>.{svg,png}`, `world::key_charts`) or a
+/// reproduction's DAG (`dag*.dot`).
+fn legacy_run_file(name: &str) -> bool {
+    let chart = name.ends_with(".svg") || name.ends_with(".png");
+    LEGACY_RUN_FILES.contains(&name)
+        || (chart && name.starts_with("containment-"))
+        || (name.starts_with("dag") && name.ends_with(".dot"))
+}
 
 /// Whether `dir` may be replaced by a run: it is a directory holding nothing, or exactly the
 /// files an earlier run wrote (its manifest's, or for a run older than manifests the names runs
@@ -281,10 +295,7 @@ fn foreign_files(dir: &Path) -> Vec<String> {
                 .filter(|name| name != MANIFEST_FILE)
                 .filter(|name| match &listed {
                     Some(listed) => !listed.contains(name),
-                    None => {
-                        let reproduction_dag = name.starts_with("dag") && name.ends_with(".dot");
-                        !(LEGACY_RUN_FILES.contains(&name.as_str()) || reproduction_dag)
-                    }
+                    None => !legacy_run_file(name),
                 })
                 .collect()
         })
@@ -493,6 +504,12 @@ mod tests {
         assert!(replaceable(&repro));
         std::fs::write(repro.join("mine.txt"), "x").unwrap();
         assert!(!replaceable(&repro));
+        // A key-world run from before manifests, with a per-action containment chart.
+        let keys = scratch("keys");
+        for name in ["run-info.json", "containment-rotation.svg", "wakeups.png"] {
+            std::fs::write(keys.join(name), "x").unwrap();
+        }
+        assert!(replaceable(&keys));
         // A summary.json alone is not a run.
         let garbage = scratch("garbage");
         std::fs::write(garbage.join("summary.json"), "x").unwrap();
